@@ -1,1 +1,47 @@
-fn main() {}
+//! `ward`: the operator CLI (identities, CA, join tokens) and the demo.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "ward", version, about = "Ward service mesh: operator CLI and demo")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control plane and meshed workloads on this machine and show mTLS at work.
+    Demo(demo::DemoArgs),
+    /// Parse and verify SPIFFE IDs and X.509-SVIDs.
+    #[command(subcommand)]
+    Identity(cli::identity::IdentityCommand),
+    /// Create or inspect the control plane's certificate authority.
+    #[command(subcommand)]
+    Ca(cli::ca::CaCommand),
+    /// Mint join tokens that let a workload enrol once.
+    #[command(subcommand)]
+    Token(cli::token::TokenCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Identity(cmd) => cli::identity::run(cmd),
+        Command::Ca(cmd) => cli::ca::run(cmd),
+        Command::Token(cmd) => cli::token::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ward: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,12 @@
+//! Ward control plane: the CA server that attests workloads and signs their
+//! X.509-SVIDs, and (later) policy distribution and the injector webhook.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod attest;
+pub mod client;
+pub mod data_dir;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+mod serving;

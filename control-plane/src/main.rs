@@ -1,1 +1,77 @@
-fn main() {}
+//! `ward-control-plane`: the CA server and (later) policy distribution.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ward_control_plane::attest::K8sTokenConfig;
+use ward_control_plane::logging::{self, LogFormat};
+use ward_control_plane::server::{Config, ControlPlane};
+
+/// Every flag falls back to the `WARD_*` environment variable named beside it.
+#[derive(Parser)]
+#[command(name = "ward-control-plane", version, about = "Ward control plane: CA and workload attestation")]
+struct Args {
+    /// Trust domain of the mesh (SPIFFE IDs are spiffe://<this>/ns/<ns>/sa/<sa>).
+    #[arg(long, env = "WARD_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Directory holding the CA key (0600), certificate and join tokens.
+    #[arg(long, env = "WARD_DATA_DIR", default_value = "/var/lib/ward")]
+    data_dir: PathBuf,
+    /// API listener (TLS). Loopback by default; deployments set 0.0.0.0:15012.
+    #[arg(long, env = "WARD_LISTEN", default_value = "127.0.0.1:15012")]
+    listen: SocketAddr,
+    /// Plaintext /metrics, /ready, /live listener.
+    #[arg(long, env = "WARD_ADMIN_LISTEN", default_value = "127.0.0.1:15014")]
+    admin_listen: SocketAddr,
+    /// Lifetime of workload certificates (e.g. 24h, 90m).
+    #[arg(long, env = "WARD_SVID_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    svid_ttl: Duration,
+    /// Issuer (`iss`) of Kubernetes service-account tokens; enables that attestation.
+    #[arg(long, env = "WARD_K8S_ISSUER", requires = "k8s_jwks_file")]
+    k8s_issuer: Option<String>,
+    /// JWKS file with the service-account token signing keys.
+    #[arg(long, env = "WARD_K8S_JWKS_FILE", requires = "k8s_issuer")]
+    k8s_jwks_file: Option<PathBuf>,
+    /// Audience service-account tokens must carry.
+    #[arg(long, env = "WARD_K8S_AUDIENCE", default_value = "ward")]
+    k8s_audience: String,
+    #[arg(long, env = "WARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[arg(long, env = "WARD_LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    logging::init(args.log_format, &args.log_level)?;
+    let mut config = Config::new(args.trust_domain.clone(), args.data_dir);
+    config.listen = args.listen;
+    config.admin_listen = Some(args.admin_listen);
+    config.svid_ttl = args.svid_ttl;
+    if let (Some(issuer), Some(jwks)) = (args.k8s_issuer, args.k8s_jwks_file) {
+        config.k8s = Some(K8sTokenConfig::from_jwks_file(
+            issuer,
+            args.k8s_audience,
+            &jwks,
+            args.trust_domain,
+        )?);
+    }
+    let control_plane = ControlPlane::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    control_plane.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,422 @@
+//! The control plane process: the HTTPS API on 15012 (HTTP/2 and HTTP/1.1
+//! over TLS 1.3) and a plaintext admin listener for `/metrics`, `/ready`
+//! and `/live`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+use ward_identity::SpiffeId;
+use ward_identity::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+
+use crate::api::{self, BundleResponse, ErrorBody, SvidRequest, SvidResponse};
+use crate::attest::{Attestor, JoinTokenStore, K8sTokenConfig, ServiceAccountTokenValidator};
+use crate::data_dir::DataDir;
+use crate::metrics::Metrics;
+use crate::serving::ServingIdentity;
+
+/// Longest a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent API connections; more wait in the kernel's accept queue.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// How a control plane is set up. `ward-control-plane` fills it from flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: String,
+    pub data_dir: PathBuf,
+    /// API listener (TLS). Port 15012 in a deployment.
+    pub listen: SocketAddr,
+    /// Plaintext `/metrics`, `/ready`, `/live`; none when `None`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Lifetime of the SVIDs issued to workloads.
+    pub svid_ttl: Duration,
+    /// Kubernetes service-account token attestation, when configured.
+    pub k8s: Option<K8sTokenConfig>,
+    /// DNS names the serving certificate carries besides `localhost`.
+    pub serving_dns_names: Vec<String>,
+}
+
+impl Config {
+    pub fn new(trust_domain: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Config {
+            trust_domain: trust_domain.into(),
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 15012)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15014))),
+            svid_ttl: DEFAULT_SVID_TTL,
+            k8s: None,
+            serving_dns_names: vec![
+                "ward-control-plane.ward-system.svc".into(),
+                "ward-control-plane.ward-system.svc.cluster.local".into(),
+            ],
+        }
+    }
+}
+
+struct State {
+    ca: Arc<CertificateAuthority>,
+    attestor: Attestor,
+    metrics: Metrics,
+    svid_ttl: Duration,
+}
+
+/// A running control plane. Dropping it does not stop it: call `shutdown`.
+pub struct ControlPlane {
+    api_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    trust_domain: String,
+    bundle_pem: String,
+    serving_id: SpiffeId,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl ControlPlane {
+    /// Opens the data directory (creating the CA on first start), binds the
+    /// listeners and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let data = DataDir::open(&config.data_dir)?;
+        let ca = data.load_or_init_ca(&config.trust_domain)?;
+        let join_tokens = JoinTokenStore::open(&data.join_tokens_dir())?;
+        let k8s = config
+            .k8s
+            .clone()
+            .map(ServiceAccountTokenValidator::new)
+            .transpose()?;
+        let attestor = Attestor {
+            join_tokens: Some(join_tokens),
+            k8s,
+        };
+        let metrics = Metrics::new();
+        metrics.ca_expiry.set(ca.not_after().unix_timestamp() as f64);
+
+        let serving = ServingIdentity::new(&ca, &config.serving_dns_names)?;
+        let serving_id = serving.spiffe_id().clone();
+        let acceptor = TlsAcceptor::from(serving.server_config());
+        let trust_domain = ca.trust_domain().to_owned();
+        let bundle_pem = ca.bundle_pem();
+        let state = Arc::new(State {
+            ca: Arc::new(ca),
+            attestor,
+            metrics,
+            svid_ttl: config.svid_ttl,
+        });
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let api = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the API listener on {}", config.listen))?;
+        let api_addr = api.local_addr()?;
+        tasks.spawn(accept_api(api, acceptor, state.clone(), shutdown_rx.clone()));
+        tasks.spawn(serving.renew_forever(state.ca.clone(), shutdown_rx.clone()));
+
+        let admin_addr = match config.admin_listen {
+            Some(addr) => {
+                let admin = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin listener on {addr}"))?;
+                let local = admin.local_addr()?;
+                tasks.spawn(accept_admin(admin, state.clone(), shutdown_rx));
+                Some(local)
+            }
+            None => None,
+        };
+        info!(%api_addr, ?admin_addr, trust_domain, "control plane serving");
+        Ok(ControlPlane {
+            api_addr,
+            admin_addr,
+            trust_domain,
+            bundle_pem,
+            serving_id,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The roots workloads must trust (PEM).
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    /// The SPIFFE ID in the control plane's serving certificate.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.serving_id
+    }
+
+    /// Stops accepting, lets in-flight requests finish, and returns.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn accept_api(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, peer_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
+        conns.spawn(async move {
+            serve_api_connection(tcp, peer_addr, acceptor, state, shutdown).await;
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+async fn serve_api_connection(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
+            warn!(%peer_addr, %err, "TLS handshake with a client failed");
+            return;
+        }
+        Err(_) => {
+            warn!(%peer_addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    // The client's SVID, when it presented one (renewals do).
+    let peer_id = ward_identity::tls::peer_spiffe_id(tls.get_ref().1);
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let peer_id = peer_id.clone();
+        async move { Ok::<_, Infallible>(route(&state, peer_id.as_ref(), req).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                warn!(%peer_addr, %err, "API connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+async fn route(state: &State, peer_id: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, api::SVID_PATH) => issue_svid(state, peer_id, req).await,
+        (&Method::GET, api::BUNDLE_PATH) => json(
+            StatusCode::OK,
+            &BundleResponse {
+                trust_domain: state.ca.trust_domain().to_owned(),
+                bundle_pem: state.ca.bundle_pem(),
+            },
+        ),
+        (_, api::SVID_PATH | api::BUNDLE_PATH) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this path does not accept that method".into(),
+        ),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "no such API path".into()),
+    }
+}
+
+/// `POST /v1/svid`: check the request, attest the caller, then sign. Nothing
+/// is signed unless every step succeeded.
+async fn issue_svid(state: &State, peer_id: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let refuse = |status, reason: &'static str, message: String| {
+        state.metrics.certificate_refusals.with_label_values(&[reason]).inc();
+        warn!(reason, %message, "certificate request refused");
+        error(status, reason, message)
+    };
+    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_unreadable",
+                format!("request body unreadable or over {} bytes: {err}", api::MAX_BODY_BYTES),
+            );
+        }
+    };
+    let request: SvidRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(err) => return refuse(StatusCode::BAD_REQUEST, "malformed_request", format!("malformed request: {err}")),
+    };
+    let requested = match SpiffeId::parse(&request.spiffe_id) {
+        Ok(id) => id,
+        Err(err) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_spiffe_id",
+                format!("spiffe_id {:?}: {err}", request.spiffe_id),
+            );
+        }
+    };
+    // Validate the CSR before attesting, so a bad CSR never burns a join token.
+    if let Err(err) = state.ca.check_csr(&request.csr, &requested) {
+        return refuse(StatusCode::BAD_REQUEST, "bad_csr", format!("CSR refused: {err}"));
+    }
+    let attested = match &request.credential {
+        Some(credential) => match state.attestor.attest(credential, &requested, SystemTime::now()) {
+            Ok(id) => id,
+            Err(err) => {
+                state
+                    .metrics
+                    .attestation_failures
+                    .with_label_values(&[err.method(), err.reason()])
+                    .inc();
+                return refuse(StatusCode::FORBIDDEN, "attestation_failed", format!("attestation failed: {err}"));
+            }
+        },
+        // Renewal: the caller proves its identity with its current SVID.
+        None => match peer_id {
+            Some(current) if *current == requested => requested,
+            Some(current) => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "renewal_id_mismatch",
+                    format!("client certificate is for {current}, not {requested}"),
+                );
+            }
+            None => {
+                return refuse(
+                    StatusCode::UNAUTHORIZED,
+                    "no_credential",
+                    "no credential and no client certificate: send a join token, a service-account token, or renew over mTLS".into(),
+                );
+            }
+        },
+    };
+    match state.ca.sign_csr(&request.csr, &attested, state.svid_ttl) {
+        Ok(svid) => {
+            state.metrics.certificates_issued.inc();
+            let not_after = ward_identity::rfc3339(svid.not_after);
+            info!(spiffe_id = %attested, serial = %svid.serial_hex, %not_after, "issued X.509-SVID");
+            json(
+                StatusCode::OK,
+                &SvidResponse {
+                    spiffe_id: attested.to_string(),
+                    chain_pem: svid.chain_pem,
+                    trust_domain: state.ca.trust_domain().to_owned(),
+                    bundle_pem: state.ca.bundle_pem(),
+                    not_after,
+                },
+            )
+        }
+        Err(err) => refuse(StatusCode::BAD_REQUEST, "signing_refused", format!("signing refused: {err}")),
+    }
+}
+
+async fn accept_admin(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(admin_route(&state, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+fn admin_route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(state.metrics.render())))
+            .expect("valid response"),
+        (&Method::GET, "/ready" | "/live") => text(StatusCode::OK, "ok\n"),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("serializable"))))
+        .expect("valid response")
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &ErrorBody {
+            error: code.to_owned(),
+            message,
+        },
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("valid response")
+}

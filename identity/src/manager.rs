@@ -1,0 +1,213 @@
+//! The workload side of identity: generate a key in memory, send a CSR to
+//! the control plane, install the SVID, and renew it at half its lifetime
+//! (with jitter, so a fleet started together does not renew together).
+//! Failed attempts back off exponentially while the current certificate
+//! keeps serving; the private key never leaves this process.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::SpiffeId;
+use crate::bundle::TrustBundles;
+use crate::ca;
+use crate::tls::{SharedBundles, SvidCell};
+
+/// What the control plane answers to a CSR.
+#[derive(Debug, Clone)]
+pub struct IssuedChain {
+    /// Leaf first, then intermediates (PEM).
+    pub chain_pem: String,
+    pub trust_domain: String,
+    /// Roots for `trust_domain` (PEM).
+    pub bundle_pem: String,
+}
+
+/// Something that turns a CSR into a certificate chain: the control plane
+/// client in production, a local CA in tests and in standalone mode.
+pub trait SvidIssuer: Send + Sync + 'static {
+    fn issue(
+        &self,
+        id: &SpiffeId,
+        csr_pem: String,
+        current: &Arc<SvidCell>,
+    ) -> impl Future<Output = Result<IssuedChain, String>> + Send;
+}
+
+/// When to renew and how to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RotationPolicy {
+    /// Fraction of the lifetime after which to renew (0.5: at half-life).
+    pub renew_at: f64,
+    /// Random spread around `renew_at`, as a fraction of the lifetime.
+    pub jitter: f64,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        RotationPolicy {
+            renew_at: 0.5,
+            jitter: 0.05,
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters a caller can export as metrics.
+#[derive(Debug, Default)]
+pub struct RotationStats {
+    pub renewals: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// A handle on a running identity manager.
+#[derive(Clone)]
+pub struct IdentityHandle {
+    id: SpiffeId,
+    svid: Arc<SvidCell>,
+    bundles: SharedBundles,
+    installed: watch::Receiver<Option<OffsetDateTime>>,
+    stats: Arc<RotationStats>,
+}
+
+impl IdentityHandle {
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    pub fn svid(&self) -> &Arc<SvidCell> {
+        &self.svid
+    }
+
+    pub fn bundles(&self) -> &SharedBundles {
+        &self.bundles
+    }
+
+    /// True once the first SVID has been installed.
+    pub fn is_ready(&self) -> bool {
+        self.installed.borrow().is_some()
+    }
+
+    /// Expiry of the certificate in use, once there is one.
+    pub fn not_after(&self) -> Option<OffsetDateTime> {
+        *self.installed.borrow()
+    }
+
+    pub fn stats(&self) -> &Arc<RotationStats> {
+        &self.stats
+    }
+
+    /// Waits for the first SVID; returns its expiry.
+    pub async fn ready(&self) -> OffsetDateTime {
+        let mut rx = self.installed.clone();
+        let value = rx.wait_for(Option::is_some).await.expect("manager alive while handle exists");
+        value.expect("waited for Some")
+    }
+
+    /// Waits until a certificate other than the one expiring at `after` is installed.
+    pub async fn renewed_after(&self, after: OffsetDateTime) -> OffsetDateTime {
+        let mut rx = self.installed.clone();
+        let value = rx
+            .wait_for(|v| v.is_some_and(|t| t != after))
+            .await
+            .expect("manager alive while handle exists");
+        value.expect("waited for Some")
+    }
+}
+
+/// Starts the manager task. It runs until `shutdown` turns true.
+pub fn spawn<I: SvidIssuer>(
+    id: SpiffeId,
+    issuer: I,
+    policy: RotationPolicy,
+    mut shutdown: watch::Receiver<bool>,
+) -> IdentityHandle {
+    let svid = Arc::new(SvidCell::new());
+    let bundles: SharedBundles = Arc::new(arc_swap::ArcSwap::from_pointee(TrustBundles::new()));
+    let (installed_tx, installed) = watch::channel(None);
+    let stats = Arc::new(RotationStats::default());
+    let handle = IdentityHandle {
+        id: id.clone(),
+        svid: svid.clone(),
+        bundles: bundles.clone(),
+        installed,
+        stats: stats.clone(),
+    };
+    tokio::spawn(async move {
+        let mut backoff = policy.min_backoff;
+        loop {
+            let wait = match obtain(&id, &issuer, &svid, &bundles).await {
+                Ok(not_after) => {
+                    stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    backoff = policy.min_backoff;
+                    let _ = installed_tx.send(Some(not_after));
+                    let wait = renewal_delay(&policy, not_after);
+                    info!(spiffe_id = %id, not_after = %crate::rfc3339(not_after), renew_in = ?wait, "installed X.509-SVID");
+                    wait
+                }
+                Err(err) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(policy.max_backoff);
+                    warn!(spiffe_id = %id, %err, retry_in = ?wait, "obtaining an X.509-SVID failed; keeping the current one");
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    });
+    handle
+}
+
+/// One round: fresh key, CSR, issuance, verification, atomic install.
+async fn obtain<I: SvidIssuer>(
+    id: &SpiffeId,
+    issuer: &I,
+    svid: &Arc<SvidCell>,
+    bundles: &SharedBundles,
+) -> Result<OffsetDateTime, String> {
+    let key = ca::generate_key();
+    let csr = ca::build_csr(&key, id).map_err(|e| format!("building the CSR: {e}"))?;
+    let issued = issuer.issue(id, csr, svid).await?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate chain from the control plane: {e}"))?;
+    let mut next_bundles = TrustBundles::clone(&bundles.load());
+    next_bundles
+        .add_pem(&issued.trust_domain, &issued.bundle_pem)
+        .map_err(|e| format!("trust bundle from the control plane: {e}"))?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let verified = svid
+        .install(chain, key, &next_bundles)
+        .map_err(|e| format!("the issued certificate does not verify: {e}"))?;
+    if verified.spiffe_id != *id {
+        return Err(format!("issued certificate is for {}, not {id}", verified.spiffe_id));
+    }
+    bundles.store(Arc::new(next_bundles));
+    Ok(verified.not_after)
+}
+
+/// Time until renewal: `renew_at` of the remaining lifetime, ± jitter.
+fn renewal_delay(policy: &RotationPolicy, not_after: OffsetDateTime) -> Duration {
+    let remaining = (not_after - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+    let remaining = Duration::try_from(remaining).unwrap_or_default();
+    let spread = rand::rng().random_range(-policy.jitter..=policy.jitter);
+    remaining.mul_f64((policy.renew_at + spread).clamp(0.05, 0.95))
+}
+
+#[cfg(test)]
+mod tests;
