@@ -53,12 +53,9 @@ async fn main() -> anyhow::Result<()> {
     config.admin_listen = Some(args.admin_listen);
     config.svid_ttl = args.svid_ttl;
     if let (Some(issuer), Some(jwks)) = (args.k8s_issuer, args.k8s_jwks_file) {
-        config.k8s = Some(K8sTokenConfig::from_jwks_file(
-            issuer,
-            args.k8s_audience,
-            &jwks,
-            args.trust_domain,
-        )?);
+        let mut k8s = K8sTokenConfig::from_jwks_file(issuer, args.trust_domain, &jwks)?;
+        k8s.audience = args.k8s_audience;
+        config.k8s = Some(k8s);
     }
     let control_plane = ControlPlane::start(config).await?;
     shutdown_signal().await;

@@ -1,0 +1,370 @@
+//! Certificate issuance over the real HTTPS API: a control plane on
+//! loopback, workloads enrolling with join tokens and service-account JWTs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::StatusCode;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use ward_control_plane::api::{SvidRequest, SvidResponse};
+use ward_control_plane::attest::{Credential, JoinTokenStore, K8sTokenConfig};
+use ward_control_plane::client::{ClientError, ControlPlaneClient};
+use ward_control_plane::data_dir::DataDir;
+use ward_control_plane::server::{Config, ControlPlane};
+use ward_identity::SpiffeId;
+use ward_identity::bundle::TrustBundles;
+use ward_identity::ca;
+use ward_identity::svid::{self, Role};
+use ward_identity::tls::SvidCell;
+
+const TD: &str = "cluster.local";
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+struct Harness {
+    cp: ControlPlane,
+    data: tempfile::TempDir,
+    signing_key: rcgen::KeyPair,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let data = tempfile::tempdir().unwrap();
+        Self::start_in(data).await
+    }
+
+    async fn start_in(data: tempfile::TempDir) -> Harness {
+        let signing_key = ca::generate_key();
+        let mut config = Config::new(TD, data.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.k8s = Some(K8sTokenConfig::from_jwks_json(ISSUER, TD, &jwks_for(&signing_key, "key-1")).unwrap());
+        let cp = ControlPlane::start(config).await.unwrap();
+        Harness { cp, data, signing_key }
+    }
+
+    fn client(&self) -> ControlPlaneClient {
+        ControlPlaneClient::from_bundle_pem(self.cp.api_addr().to_string(), TD, self.cp.bundle_pem()).unwrap()
+    }
+
+    fn token(&self, id: &SpiffeId, ttl: Duration) -> String {
+        let dir = DataDir::open(self.data.path()).unwrap();
+        JoinTokenStore::open(&dir.join_tokens_dir()).unwrap().create(id, ttl).unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(self.cp.admin_addr().unwrap(), "/metrics").await
+    }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::for_service_account(TD, "default", sa).unwrap()
+}
+
+fn csr_for(id: &SpiffeId) -> (rcgen::KeyPair, String) {
+    let key = ca::generate_key();
+    let csr = ca::build_csr(&key, id).unwrap();
+    (key, csr)
+}
+
+fn request(id: &SpiffeId, credential: Option<Credential>) -> SvidRequest {
+    SvidRequest {
+        spiffe_id: id.to_string(),
+        csr: csr_for(id).1,
+        credential,
+    }
+}
+
+fn verify(answer: &SvidResponse) -> SpiffeId {
+    let mut bundles = TrustBundles::new();
+    bundles.add_pem(&answer.trust_domain, &answer.bundle_pem).unwrap();
+    let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(answer.chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let now = rustls_pki_types::UnixTime::now();
+    svid::verify_chain(&chain, &bundles, Role::Any, now).unwrap().spiffe_id
+}
+
+fn refusal_code(err: ClientError) -> (StatusCode, String) {
+    match err {
+        ClientError::Refused { status, code, message } => {
+            assert!(!message.is_empty());
+            (status, code)
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+/// Minimal HTTP/1.1 GET on the plaintext admin port.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn join_token_enrols_once_and_is_refused_on_replay() {
+    let h = Harness::start().await;
+    let web = id("web");
+    let token = h.token(&web, Duration::from_secs(60));
+    let answer = h
+        .client()
+        .request_svid(&request(&web, Some(Credential::JoinToken(token.clone()))), None)
+        .await
+        .unwrap();
+    assert_eq!(verify(&answer), web);
+    assert_eq!(answer.spiffe_id, web.as_str());
+    assert!(answer.not_after.ends_with('Z'));
+
+    let replay = h
+        .client()
+        .request_svid(&request(&web, Some(Credential::JoinToken(token))), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal_code(replay), (StatusCode::FORBIDDEN, "attestation_failed".into()));
+
+    let metrics = h.metrics().await;
+    assert_eq!(metric_value(&metrics, "ward_ca_certificates_issued_total"), 1.0);
+    assert_eq!(
+        metric_value(&metrics, r#"ward_ca_attestation_failures_total{method="join_token",reason="token_reused"}"#),
+        1.0,
+        "{metrics}"
+    );
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn join_token_refusals_are_specific_and_issue_nothing() {
+    let h = Harness::start().await;
+    let web = id("web");
+    let client = h.client();
+
+    // Bound to another ID: refused, and the token still works for its own ID.
+    let token = h.token(&web, Duration::from_secs(60));
+    let err = client
+        .request_svid(&request(&id("db"), Some(Credential::JoinToken(token.clone()))), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
+
+    // A CSR whose SAN differs from the requested ID never burns the token.
+    let mut mismatched = request(&web, Some(Credential::JoinToken(token.clone())));
+    mismatched.csr = csr_for(&id("other")).1;
+    let err = client.request_svid(&mismatched, None).await.unwrap_err();
+    assert_eq!(refusal_code(err), (StatusCode::BAD_REQUEST, "bad_csr".into()));
+
+    assert!(client.request_svid(&request(&web, Some(Credential::JoinToken(token))), None).await.is_ok());
+
+    // Unknown and expired tokens.
+    let err = client
+        .request_svid(&request(&web, Some(Credential::JoinToken("nope".into()))), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
+    let short = h.token(&web, Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = client
+        .request_svid(&request(&web, Some(Credential::JoinToken(short))), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
+
+    // An ID outside the trust domain, and no credential at all.
+    let foreign = SpiffeId::parse("spiffe://other.example/ns/default/sa/web").unwrap();
+    let err = client.request_svid(&request(&foreign, None), None).await.unwrap_err();
+    assert_eq!(refusal_code(err).0, StatusCode::BAD_REQUEST);
+    let err = client.request_svid(&request(&web, None), None).await.unwrap_err();
+    assert_eq!(refusal_code(err), (StatusCode::UNAUTHORIZED, "no_credential".into()));
+
+    let metrics = h.metrics().await;
+    assert_eq!(metric_value(&metrics, "ward_ca_certificates_issued_total"), 1.0, "{metrics}");
+    for reason in ["id_mismatch", "token_unknown", "token_expired"] {
+        let series = format!(r#"ward_ca_attestation_failures_total{{method="join_token",reason="{reason}"}}"#);
+        assert_eq!(metric_value(&metrics, &series), 1.0, "{series}\n{metrics}");
+    }
+    h.cp.shutdown().await;
+}
+
+// ---- Kubernetes service-account tokens --------------------------------
+
+/// A JWKS holding the EC P-256 public key of `key`, as the API server
+/// publishes at /openid/v1/jwks.
+fn jwks_for(key: &rcgen::KeyPair, kid: &str) -> String {
+    let raw = key.public_key_raw(); // 0x04 || X || Y
+    assert_eq!(raw.len(), 65);
+    serde_json::json!({
+        "keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&raw[33..]),
+        }]
+    })
+    .to_string()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A projected service-account token shaped exactly as the kubelet gets it.
+fn sa_token(key: &rcgen::KeyPair, kid: &str, iss: &str, aud: &str, exp: u64, ns: &str, sa: &str) -> String {
+    let now = now_secs();
+    let claims = serde_json::json!({
+        "aud": [aud],
+        "exp": exp,
+        "iat": now - 10,
+        "nbf": now - 10,
+        "iss": iss,
+        "sub": format!("system:serviceaccount:{ns}:{sa}"),
+        "kubernetes.io": {
+            "namespace": ns,
+            "pod": {"name": format!("{sa}-7d9c8b-x2x4z"), "uid": "5f2b1a6e-0000-4000-8000-000000000001"},
+            "serviceaccount": {"name": sa, "uid": "9a1c1d34-0000-4000-8000-000000000002"}
+        }
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.into());
+    let encoding = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
+}
+
+#[tokio::test]
+async fn service_account_token_enrols_and_bad_tokens_are_refused() {
+    let h = Harness::start().await;
+    let client = h.client();
+    let api = SpiffeId::for_service_account(TD, "prod", "api").unwrap();
+    let exp = now_secs() + 600;
+    let good = sa_token(&h.signing_key, "key-1", ISSUER, "ward", exp, "prod", "api");
+    let answer = client
+        .request_svid(&request(&api, Some(Credential::ServiceAccountToken(good.clone()))), None)
+        .await
+        .unwrap();
+    assert_eq!(verify(&answer), api);
+
+    // The token names prod/api: asking for another identity is refused.
+    let err = client
+        .request_svid(&request(&id("api"), Some(Credential::ServiceAccountToken(good))), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
+
+    let other_key = ca::generate_key();
+    let bad = [
+        ("expired", sa_token(&h.signing_key, "key-1", ISSUER, "ward", now_secs() - 120, "prod", "api")),
+        ("wrong audience", sa_token(&h.signing_key, "key-1", ISSUER, "istio-ca", exp, "prod", "api")),
+        ("wrong issuer", sa_token(&h.signing_key, "key-1", "https://evil.example", "ward", exp, "prod", "api")),
+        ("unknown key id", sa_token(&h.signing_key, "key-9", ISSUER, "ward", exp, "prod", "api")),
+        ("signed by another key", sa_token(&other_key, "key-1", ISSUER, "ward", exp, "prod", "api")),
+    ];
+    for (what, token) in bad {
+        let err = client
+            .request_svid(&request(&api, Some(Credential::ServiceAccountToken(token))), None)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal_code(err), (StatusCode::FORBIDDEN, "attestation_failed".into()), "{what}");
+    }
+    let metrics = h.metrics().await;
+    assert_eq!(metric_value(&metrics, "ward_ca_certificates_issued_total"), 1.0, "{metrics}");
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn renewal_over_mtls_needs_the_same_identity() {
+    let h = Harness::start().await;
+    let client = h.client();
+    let web = id("web");
+    let token = h.token(&web, Duration::from_secs(60));
+    let (key, csr) = csr_for(&web);
+    let first = client
+        .request_svid(
+            &SvidRequest {
+                spiffe_id: web.to_string(),
+                csr,
+                credential: Some(Credential::JoinToken(token)),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let cell = Arc::new(SvidCell::new());
+    let mut bundles = TrustBundles::new();
+    bundles.add_pem(TD, &first.bundle_pem).unwrap();
+    let chain = CertificateDer::pem_slice_iter(first.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    cell.install(chain, key, &bundles).unwrap();
+
+    // With its current SVID as client certificate: renewed without a credential.
+    let renewed = client.request_svid(&request(&web, None), Some(&cell)).await.unwrap();
+    assert_eq!(verify(&renewed), web);
+    // The same certificate cannot get another identity.
+    let err = client.request_svid(&request(&id("admin"), None), Some(&cell)).await.unwrap_err();
+    assert_eq!(refusal_code(err), (StatusCode::FORBIDDEN, "renewal_id_mismatch".into()));
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_the_ca_and_the_key_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::start().await;
+    let bundle = h.cp.bundle_pem().to_owned();
+    let data = h.data;
+    h.cp.shutdown().await;
+    let mode = std::fs::metadata(data.path().join("ca/ca-key.pem")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let again = Harness::start_in(data).await;
+    assert_eq!(again.cp.bundle_pem(), bundle);
+    again.cp.shutdown().await;
+}
+
+/// curl as an independent HTTP/2 + TLS client: the API negotiates h2 and
+/// its serving certificate verifies against the bundle for `localhost`.
+#[tokio::test]
+async fn curl_reaches_the_api_over_http2() {
+    ward_testkit::require_tool!("curl");
+    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, h.cp.bundle_pem()).unwrap();
+    let port = h.cp.api_addr().port();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&bundle)
+        .args(["-w", "\n%{http_version} %{http_code}"])
+        .arg(format!("https://localhost:{port}/v1/bundle"))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.ends_with("\n2 200"), "{stdout}");
+    assert!(stdout.contains("BEGIN CERTIFICATE"), "{stdout}");
+
+    // A malformed request gets a 4xx, not a crash.
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(&bundle)
+        .args(["-w", "%{http_code}", "-o", "/dev/null", "-d", "{not json"])
+        .arg(format!("https://localhost:{port}/v1/svid"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+    h.cp.shutdown().await;
+}
