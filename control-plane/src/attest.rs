@@ -1,0 +1,233 @@
+//! Workload attestation: how a workload proves who it is before the CA signs
+//! its CSR.
+//!
+//! Two methods are supported:
+//! - a one-time **join token** created by an operator (`ward token create`)
+//!   and bound to exactly one SPIFFE ID ([`JoinTokenStore`]);
+//! - a Kubernetes **projected service-account token**, a JWT signed by the
+//!   API server ([`ServiceAccountTokenValidator`]).
+//!
+//! [`Attestor`] dispatches a [`Credential`] to the configured method and
+//! checks that the requested SPIFFE ID is the one the credential proves.
+//! Every failure is an [`AttestError`] with a fixed metric label
+//! ([`AttestError::reason`]) and the method it came from
+//! ([`AttestError::method`]).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use ward_identity::{SpiffeId, SpiffeIdError};
+
+mod join_token;
+mod k8s_token;
+
+pub use join_token::JoinTokenStore;
+pub use k8s_token::{
+    DEFAULT_AUDIENCE, K8sTokenConfig, MAX_CLOCK_SKEW_SECS, ServiceAccountIdentity,
+    ServiceAccountTokenValidator,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// Metric label / log value for the join-token method.
+pub const METHOD_JOIN_TOKEN: &str = "join_token";
+/// Metric label / log value for the Kubernetes service-account token method.
+pub const METHOD_K8S_SA_TOKEN: &str = "k8s_sa_token";
+
+/// Why attestation failed. Each variant says what to fix; [`Self::reason`]
+/// gives a stable, low-cardinality label for metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    // --- join tokens ---
+    #[error("join token is unknown (never created, or already pruned)")]
+    TokenUnknown,
+    #[error("join token was already used; create a new one with `ward token create`")]
+    TokenAlreadyUsed,
+    #[error("join token has expired; create a new one with `ward token create`")]
+    TokenExpired,
+    #[error("join token is bound to {bound}, but {requested} was requested")]
+    TokenIdMismatch {
+        bound: SpiffeId,
+        requested: SpiffeId,
+    },
+    #[error("join token record {path} is corrupt: {reason}")]
+    TokenRecordCorrupt { path: PathBuf, reason: String },
+    #[error("join token store: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    // --- Kubernetes service-account tokens ---
+    #[error("service-account token is not a well-formed JWT: {0}")]
+    JwtMalformed(String),
+    #[error("service-account token signature does not verify")]
+    JwtBadSignature,
+    #[error("service-account token is signed with key id {0:?}, which is not in the JWKS")]
+    JwtUnknownKey(String),
+    #[error("service-account token has expired")]
+    JwtExpired,
+    #[error("service-account token is not valid yet (nbf/iat in the future)")]
+    JwtNotYetValid,
+    #[error("service-account token audience does not include the expected audience")]
+    JwtWrongAudience,
+    #[error("service-account token issuer is not the configured issuer")]
+    JwtWrongIssuer,
+    #[error("service-account token lacks the {0:?} claim")]
+    JwtMissingClaim(&'static str),
+    #[error("service-account token claims disagree: {0}")]
+    JwtInconsistentClaims(String),
+    #[error("JWT algorithm {0:?} is not allowed (only RS256 and ES256)")]
+    JwtAlgorithmNotAllowed(String),
+    #[error("service-account token proves {derived}, but {requested} was requested")]
+    JwtIdMismatch {
+        derived: SpiffeId,
+        requested: SpiffeId,
+    },
+    #[error("service-account token names an identity that is not a valid SPIFFE ID: {0}")]
+    JwtInvalidIdentity(SpiffeIdError),
+    #[error("JWKS is unusable: {0}")]
+    JwksInvalid(String),
+    #[error("configured trust domain {0:?} is invalid")]
+    InvalidTrustDomain(String),
+
+    // --- dispatch ---
+    #[error("attestation method {0} is not enabled on this control plane")]
+    MethodNotEnabled(&'static str),
+}
+
+impl AttestError {
+    /// A fixed label for the `reason` dimension of attestation-failure metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::TokenUnknown => "token_unknown",
+            Self::TokenAlreadyUsed => "token_reused",
+            Self::TokenExpired => "token_expired",
+            Self::TokenIdMismatch { .. } | Self::JwtIdMismatch { .. } => "id_mismatch",
+            Self::TokenRecordCorrupt { .. } => "token_store_corrupt",
+            Self::Io { .. } => "io_error",
+            Self::JwtMalformed(_) => "jwt_malformed",
+            Self::JwtBadSignature => "jwt_invalid_signature",
+            Self::JwtUnknownKey(_) => "jwt_unknown_key",
+            Self::JwtExpired => "jwt_expired",
+            Self::JwtNotYetValid => "jwt_not_yet_valid",
+            Self::JwtWrongAudience => "jwt_wrong_audience",
+            Self::JwtWrongIssuer => "jwt_wrong_issuer",
+            Self::JwtMissingClaim(_) => "jwt_missing_claim",
+            Self::JwtInconsistentClaims(_) => "jwt_inconsistent_claims",
+            Self::JwtAlgorithmNotAllowed(_) => "jwt_algorithm_not_allowed",
+            Self::JwtInvalidIdentity(_) => "jwt_invalid_identity",
+            Self::JwksInvalid(_) => "jwks_invalid",
+            Self::InvalidTrustDomain(_) => "invalid_trust_domain",
+            Self::MethodNotEnabled(_) => "method_not_enabled",
+        }
+    }
+
+    /// The attestation method the error belongs to: `join_token` or
+    /// `k8s_sa_token`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::TokenUnknown
+            | Self::TokenAlreadyUsed
+            | Self::TokenExpired
+            | Self::TokenIdMismatch { .. }
+            | Self::TokenRecordCorrupt { .. }
+            | Self::Io { .. } => METHOD_JOIN_TOKEN,
+            Self::JwtMalformed(_)
+            | Self::JwtBadSignature
+            | Self::JwtUnknownKey(_)
+            | Self::JwtExpired
+            | Self::JwtNotYetValid
+            | Self::JwtWrongAudience
+            | Self::JwtWrongIssuer
+            | Self::JwtMissingClaim(_)
+            | Self::JwtInconsistentClaims(_)
+            | Self::JwtAlgorithmNotAllowed(_)
+            | Self::JwtIdMismatch { .. }
+            | Self::JwtInvalidIdentity(_)
+            | Self::JwksInvalid(_)
+            | Self::InvalidTrustDomain(_) => METHOD_K8S_SA_TOKEN,
+            Self::MethodNotEnabled(method) => method,
+        }
+    }
+}
+
+/// What a workload presents to prove its identity. On the wire:
+/// `{"join_token": "..."}` or `{"k8s_sa_token": "..."}`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Credential {
+    JoinToken(String),
+    #[serde(rename = "k8s_sa_token")]
+    ServiceAccountToken(String),
+}
+
+impl Credential {
+    /// The method label ([`METHOD_JOIN_TOKEN`] or [`METHOD_K8S_SA_TOKEN`]).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Self::JoinToken(_) => METHOD_JOIN_TOKEN,
+            Self::ServiceAccountToken(_) => METHOD_K8S_SA_TOKEN,
+        }
+    }
+}
+
+/// Credentials are secrets: never let them reach a log through `{:?}`.
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let variant = match self {
+            Self::JoinToken(_) => "JoinToken",
+            Self::ServiceAccountToken(_) => "ServiceAccountToken",
+        };
+        f.debug_tuple(variant).field(&"[redacted]").finish()
+    }
+}
+
+/// Dispatches credentials to the attestation methods this control plane has
+/// enabled. A method left `None` refuses with [`AttestError::MethodNotEnabled`].
+#[derive(Debug, Default)]
+pub struct Attestor {
+    pub join_tokens: Option<JoinTokenStore>,
+    pub k8s: Option<ServiceAccountTokenValidator>,
+}
+
+impl Attestor {
+    /// Proves that the presenter of `cred` may obtain a certificate for
+    /// `requested`, and returns that ID.
+    ///
+    /// Nothing is consumed on failure, except an expired join token (which
+    /// is retired so it can never succeed later). A successful join-token
+    /// attestation consumes the token.
+    pub fn attest(
+        &self,
+        cred: &Credential,
+        requested: &SpiffeId,
+        now: SystemTime,
+    ) -> Result<SpiffeId, AttestError> {
+        match cred {
+            Credential::JoinToken(token) => self
+                .join_tokens
+                .as_ref()
+                .ok_or(AttestError::MethodNotEnabled(METHOD_JOIN_TOKEN))?
+                .consume(token, requested, now),
+            Credential::ServiceAccountToken(jwt) => {
+                let validator = self
+                    .k8s
+                    .as_ref()
+                    .ok_or(AttestError::MethodNotEnabled(METHOD_K8S_SA_TOKEN))?;
+                let identity = validator.validate(jwt, now)?;
+                if identity.spiffe_id != *requested {
+                    return Err(AttestError::JwtIdMismatch {
+                        derived: identity.spiffe_id,
+                        requested: requested.clone(),
+                    });
+                }
+                Ok(identity.spiffe_id)
+            }
+        }
+    }
+}
