@@ -194,6 +194,9 @@ fn ca_init_inspect_and_token_create() {
     }
     let out = ward(&["token", "create", "--data-dir", data, "--spiffe-id", "spiffe://mesh.example/ns/a/sa/"]);
     assert_ne!(out.status.code(), Some(0));
+    let out = ward(&["token", "create", "--data-dir", data, "--spiffe-id", "spiffe://other.example/ns/a/sa/b"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("trust domain"), "{}", stderr(&out));
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

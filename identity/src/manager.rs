@@ -42,6 +42,23 @@ pub trait SvidIssuer: Send + Sync + 'static {
     ) -> impl Future<Output = Result<IssuedChain, String>> + Send;
 }
 
+/// Issues from a CA held in this process: standalone mode and tests.
+pub struct LocalIssuer {
+    pub ca: Arc<ca::CertificateAuthority>,
+    pub ttl: Duration,
+}
+
+impl SvidIssuer for LocalIssuer {
+    async fn issue(&self, id: &SpiffeId, csr_pem: String, _current: &Arc<SvidCell>) -> Result<IssuedChain, String> {
+        let issued = self.ca.sign_csr(&csr_pem, id, self.ttl).map_err(|e| e.to_string())?;
+        Ok(IssuedChain {
+            chain_pem: issued.chain_pem,
+            trust_domain: self.ca.trust_domain().to_owned(),
+            bundle_pem: self.ca.bundle_pem(),
+        })
+    }
+}
+
 /// When to renew and how to retry.
 #[derive(Debug, Clone, Copy)]
 pub struct RotationPolicy {
@@ -188,7 +205,7 @@ async fn obtain<I: SvidIssuer>(
         .map_err(|e| format!("certificate chain from the control plane: {e}"))?;
     let mut next_bundles = TrustBundles::clone(&bundles.load());
     next_bundles
-        .add_pem(&issued.trust_domain, &issued.bundle_pem)
+        .set_pem(&issued.trust_domain, &issued.bundle_pem)
         .map_err(|e| format!("trust bundle from the control plane: {e}"))?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let verified = svid

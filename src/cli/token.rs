@@ -32,6 +32,15 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         } => {
             let id = SpiffeId::parse(&spiffe_id).map_err(|e| anyhow::anyhow!("--spiffe-id {spiffe_id:?}: {e}"))?;
             let dir = DataDir::open(&data_dir)?;
+            // A token for an ID the CA cannot sign would only fail later.
+            if dir.has_ca() {
+                let ca = dir.load_ca(None)?;
+                anyhow::ensure!(
+                    id.trust_domain() == ca.trust_domain(),
+                    "{id} is outside the CA's trust domain {:?}",
+                    ca.trust_domain()
+                );
+            }
             let store = JoinTokenStore::open(&dir.join_tokens_dir())?;
             println!("{}", store.create(&id, ttl)?);
             Ok(ExitCode::SUCCESS)

@@ -1,0 +1,88 @@
+//! The control plane's own serving certificate: issued by its CA at start
+//! for `spiffe://<td>/ns/ward-system/sa/ward-control-plane` (plus DNS names
+//! so curl and Kubernetes clients can verify it too), held in memory only,
+//! and re-issued at half-life without restarting the listener.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use ward_identity::SpiffeId;
+use ward_identity::bundle::TrustBundles;
+use ward_identity::ca::{self, CertificateAuthority};
+use ward_identity::tls::{self, SharedBundles, SvidCell};
+
+use crate::client::control_plane_id;
+
+const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub struct ServingIdentity {
+    id: SpiffeId,
+    dns_names: Vec<String>,
+    svid: Arc<SvidCell>,
+    bundles: SharedBundles,
+}
+
+impl ServingIdentity {
+    pub fn new(ca: &CertificateAuthority, extra_dns_names: &[String]) -> anyhow::Result<Self> {
+        let id = control_plane_id(ca.trust_domain())?;
+        let mut dns_names = vec!["localhost".to_owned()];
+        dns_names.extend(extra_dns_names.iter().cloned());
+        let bundles = tls::shared_bundles(TrustBundles::new().with_root(ca.trust_domain(), &ca.bundle_pem())?);
+        let serving = ServingIdentity {
+            id,
+            dns_names,
+            svid: Arc::new(SvidCell::new()),
+            bundles,
+        };
+        serving.issue(ca)?;
+        Ok(serving)
+    }
+
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// TLS 1.3, ALPN h2 then http/1.1; client certificates optional (first
+    /// enrolment has none) but verified when presented (renewal).
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let mut config = Arc::unwrap_or_clone(tls::server_config_optional_client_auth(
+            self.svid.clone(),
+            self.bundles.clone(),
+        ));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    fn issue(&self, ca: &CertificateAuthority) -> anyhow::Result<()> {
+        let key = ca::generate_key();
+        let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
+        let issued = ca.issue_for_key(&self.id, &self.dns_names, &ips, &key, SERVING_TTL.min(ca.max_ttl()))?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        self.svid.install(issued.chain_der, key, &self.bundles.load())?;
+        Ok(())
+    }
+
+    /// Re-issues the serving certificate at half its lifetime until shutdown.
+    pub async fn renew_forever(self, ca: Arc<CertificateAuthority>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let wait = self
+                .svid
+                .not_after()
+                .map(|t| (t - time::OffsetDateTime::now_utc()) / 2)
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            match self.issue(&ca) {
+                Ok(()) => info!(spiffe_id = %self.id, "renewed the control plane's serving certificate"),
+                Err(err) => warn!(%err, "renewing the serving certificate failed; retrying at half the remaining lifetime"),
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+use super::*;
+use crate::ca::CertificateAuthority;
+use std::sync::Mutex;
+
+fn local_ca() -> Arc<CertificateAuthority> {
+    Arc::new(CertificateAuthority::generate_root("test.example", Duration::from_secs(3600)).unwrap())
+}
+
+fn workload() -> SpiffeId {
+    SpiffeId::for_service_account("test.example", "default", "web").unwrap()
+}
+
+#[tokio::test]
+async fn first_svid_makes_the_handle_ready() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let issuer = LocalIssuer {
+        ca: local_ca(),
+        ttl: Duration::from_secs(600),
+    };
+    let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
+    let not_after = tokio::time::timeout(Duration::from_secs(5), handle.ready()).await.unwrap();
+    assert!(handle.is_ready());
+    assert_eq!(handle.svid().current_id(), Some(workload()));
+    let lifetime = not_after - OffsetDateTime::now_utc();
+    assert!(lifetime > time::Duration::seconds(590) && lifetime <= time::Duration::seconds(600), "{lifetime}");
+    assert!(handle.bundles().load().roots_for("test.example").is_some());
+}
+
+#[tokio::test]
+async fn renews_at_half_life_with_a_new_key() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let issuer = LocalIssuer {
+        ca: local_ca(),
+        ttl: Duration::from_secs(2),
+    };
+    let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
+    let first = tokio::time::timeout(Duration::from_secs(5), handle.ready()).await.unwrap();
+    let first_key = handle.svid().certified_key().unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), handle.renewed_after(first))
+        .await
+        .expect("renewed within the certificate's lifetime");
+    assert!(second > first);
+    let second_key = handle.svid().certified_key().unwrap();
+    assert_ne!(first_key.cert[0], second_key.cert[0]);
+    assert!(handle.stats().renewals.load(Ordering::Relaxed) >= 2);
+}
+
+/// Fails the calls listed in `fail`, issuing from a local CA otherwise.
+struct FlakyIssuer {
+    inner: LocalIssuer,
+    calls: Mutex<u32>,
+    fail: &'static [u32],
+}
+
+impl SvidIssuer for FlakyIssuer {
+    async fn issue(&self, id: &SpiffeId, csr: String, current: &Arc<SvidCell>) -> Result<IssuedChain, String> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls
+        };
+        if self.fail.contains(&call) {
+            return Err(format!("control plane unreachable (call {call})"));
+        }
+        self.inner.issue(id, csr, current).await
+    }
+}
+
+#[tokio::test]
+async fn failures_back_off_and_keep_the_current_certificate() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let issuer = FlakyIssuer {
+        inner: LocalIssuer {
+            ca: local_ca(),
+            ttl: Duration::from_secs(4),
+        },
+        calls: Mutex::new(0),
+        // First attempt fails (not ready yet), then succeeds; the first
+        // renewal fails twice before succeeding.
+        fail: &[1, 3, 4],
+    };
+    let policy = RotationPolicy {
+        min_backoff: Duration::from_millis(100),
+        ..RotationPolicy::default()
+    };
+    let handle = spawn(workload(), issuer, policy, stop);
+    let first = tokio::time::timeout(Duration::from_secs(5), handle.ready()).await.unwrap();
+    assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 1);
+    let first_cert = handle.svid().certified_key().unwrap().cert[0].clone();
+    // While renewals fail, the first certificate is still served.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let during = handle.svid().certified_key().unwrap().cert[0].clone();
+    let renewed = tokio::time::timeout(Duration::from_secs(5), handle.renewed_after(first)).await.unwrap();
+    assert!(renewed > first);
+    assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 3);
+    // `during` is either still the first certificate or already the renewed one.
+    let now = handle.svid().certified_key().unwrap().cert[0].clone();
+    assert!(during == first_cert || during == now);
+    assert_ne!(now, first_cert);
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_identity_is_never_installed() {
+    struct WrongIdIssuer(LocalIssuer);
+    impl SvidIssuer for WrongIdIssuer {
+        async fn issue(&self, _id: &SpiffeId, _csr: String, current: &Arc<SvidCell>) -> Result<IssuedChain, String> {
+            let other = SpiffeId::for_service_account("test.example", "default", "admin").unwrap();
+            let key = ca::generate_key();
+            let csr = ca::build_csr(&key, &other).unwrap();
+            self.0.issue(&other, csr, current).await
+        }
+    }
+    let (_stop_tx, stop) = watch::channel(false);
+    let issuer = WrongIdIssuer(LocalIssuer {
+        ca: local_ca(),
+        ttl: Duration::from_secs(60),
+    });
+    let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!handle.is_ready());
+    assert!(handle.stats().failures.load(Ordering::Relaxed) >= 1);
+}
