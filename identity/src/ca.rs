@@ -239,7 +239,7 @@ impl CertificateAuthority {
 
     /// The CA certificate, PEM (for persisting next to [`Self::key_pem`]).
     pub fn cert_pem(&self) -> String {
-        to_pem(std::slice::from_ref(&self.cert_der))
+        certs_to_pem(std::slice::from_ref(&self.cert_der))
     }
 
     /// The CA private key, PKCS#8 PEM. Secret: persist with mode 0600.
@@ -250,7 +250,7 @@ impl CertificateAuthority {
     /// The root workloads must trust: the CA certificate itself for a root,
     /// otherwise the last certificate of the supplied chain.
     pub fn bundle_pem(&self) -> String {
-        to_pem(std::slice::from_ref(
+        certs_to_pem(std::slice::from_ref(
             self.issuers_der.last().unwrap_or(&self.cert_der),
         ))
     }
@@ -258,7 +258,7 @@ impl CertificateAuthority {
     /// The intermediates a workload sends after its leaf (PEM): empty for a
     /// root CA, otherwise the CA certificate and its issuers below the root.
     pub fn chain_pem(&self) -> String {
-        to_pem(&self.chain_der())
+        certs_to_pem(&self.chain_der())
     }
 
     /// [`Self::chain_pem`] as DER.
@@ -384,7 +384,7 @@ impl CertificateAuthority {
         let mut chain_der = vec![leaf.der().clone()];
         chain_der.extend(self.chain_der());
         Ok(IssuedSvid {
-            chain_pem: to_pem(&chain_der),
+            chain_pem: certs_to_pem(&chain_der),
             chain_der,
             spiffe_id: id.clone(),
             not_after: params.not_after,
@@ -577,7 +577,8 @@ fn now_seconds() -> OffsetDateTime {
     now.replace_nanosecond(0).unwrap_or(now)
 }
 
-fn to_pem(certs: &[CertificateDer<'_>]) -> String {
+/// Certificates as concatenated PEM blocks.
+pub(crate) fn certs_to_pem(certs: &[CertificateDer<'_>]) -> String {
     certs
         .iter()
         .map(|der| {

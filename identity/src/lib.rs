@@ -2,11 +2,20 @@
 //! verification, mesh TLS configuration and workload certificate rotation.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod ca;
 pub mod spiffe_id;
+pub mod svid;
+pub mod tls;
 
+#[cfg(test)]
+mod testutil;
+
+pub use bundle::{BundleError, TrustBundles};
 pub use ca::{
     CaError, CertificateAuthority, DEFAULT_MAX_SVID_TTL, DEFAULT_SVID_TTL, IssuedSvid, build_csr,
     generate_key,
 };
 pub use spiffe_id::{SpiffeId, SpiffeIdError};
+pub use svid::{Role, SvidError, VerifiedSvid, verify_chain};
+pub use tls::{SharedBundles, SvidCell};

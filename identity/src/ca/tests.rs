@@ -184,7 +184,7 @@ fn intermediate_from_pem_sends_chain_and_bundles_root() {
     assert_eq!(svid.chain_der.len(), 2);
     assert_eq!(
         svid.chain_pem,
-        format!("{}{inter_pem}", to_pem(&svid.chain_der[..1]))
+        format!("{}{inter_pem}", certs_to_pem(&svid.chain_der[..1]))
     );
     let inter_der = CertificateDer::from_pem_slice(inter_pem.as_bytes()).unwrap();
     parse(&svid.chain_der[0])
