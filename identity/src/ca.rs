@@ -58,7 +58,7 @@ pub enum CaError {
     NoCertificate,
     #[error("malformed CA certificate: {0}")]
     MalformedCertificate(String),
-    #[error("malformed CA private key (PKCS#8 PEM expected): {0}")]
+    #[error("malformed CA private key (PKCS#8, SEC1 or PKCS#1 PEM expected): {0}")]
     MalformedKey(String),
     #[error("the private key does not match the CA certificate")]
     KeyMismatch,
@@ -66,6 +66,8 @@ pub enum CaError {
     NotCa,
     #[error("the CA certificate's keyUsage lacks keyCertSign")]
     NoKeyCertSign,
+    #[error("certificate #{index} of the CA chain is not signed by the one after it")]
+    BrokenChain { index: usize },
     #[error("the CA certificate expired at {0}")]
     CaExpired(OffsetDateTime),
     #[error("the CA certificate has no spiffe:// URI SAN: the trust domain must be supplied")]
@@ -208,6 +210,7 @@ impl CertificateAuthority {
             return Err(CaError::CaExpired(not_after));
         }
         let trust_domain = resolve_trust_domain(&cert, trust_domain)?;
+        check_chain_links(&cert_der, &certs)?;
         let issuer = Issuer::from_ca_cert_der(&cert_der, key)?;
         Ok(Self {
             trust_domain,
@@ -509,6 +512,25 @@ fn check_signing_cert(cert: &X509Certificate<'_>) -> Result<(), CaError> {
         .map_err(|e| CaError::MalformedCertificate(e.to_string()))?;
     if !ku.is_some_and(|ku| ku.value.key_cert_sign()) {
         return Err(CaError::NoKeyCertSign);
+    }
+    Ok(())
+}
+
+/// Each certificate of a loaded chain must be signed by the next one, or
+/// the leafs issued would not verify against the bundle.
+fn check_chain_links(
+    ca_cert: &CertificateDer<'_>,
+    issuers: &[CertificateDer<'_>],
+) -> Result<(), CaError> {
+    let parsed = std::iter::once(ca_cert)
+        .chain(issuers)
+        .map(|der| X509Certificate::from_der(der).map(|(_, cert)| cert))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::MalformedCertificate(e.to_string()))?;
+    for (index, pair) in parsed.windows(2).enumerate() {
+        pair[0]
+            .verify_signature(Some(pair[1].public_key()))
+            .map_err(|_| CaError::BrokenChain { index })?;
     }
     Ok(())
 }

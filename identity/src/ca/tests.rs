@@ -192,6 +192,17 @@ fn intermediate_from_pem_sends_chain_and_bundles_root() {
         .unwrap();
 }
 
+#[test]
+fn from_pem_refuses_a_chain_that_does_not_link() {
+    let (_root_pem, inter_pem, inter_key) = rcgen_root_and_intermediate("example.org");
+    let (other_root, _, _) = rcgen_root_and_intermediate("example.org");
+    let chain = format!("{inter_pem}{other_root}");
+    assert!(matches!(
+        CertificateAuthority::from_pem(&chain, &inter_key),
+        Err(CaError::BrokenChain { index: 0 })
+    ));
+}
+
 /// Root (CA) and intermediate (CA, `spiffe://td` SAN) made with rcgen directly.
 pub(crate) fn rcgen_root_and_intermediate(td: &str) -> (String, String, String) {
     let root_key = generate_key();
@@ -581,9 +592,12 @@ fn openssl_made_intermediate_issues_verifiable_leafs() {
             "ca.ext",
         ],
     );
+    // Offline CAs often keep SEC1 ("EC PRIVATE KEY") keys.
+    openssl(d, &["ec", "-in", "inter.key", "-out", "inter.sec1.key"]);
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert!(read("inter.sec1.key").starts_with("-----BEGIN EC PRIVATE KEY-----"));
     let chain = format!("{}{}", read("inter.pem"), read("root.pem"));
-    let ca = CertificateAuthority::from_pem(&chain, &read("inter.key")).unwrap();
+    let ca = CertificateAuthority::from_pem(&chain, &read("inter.sec1.key")).unwrap();
     assert_eq!(ca.trust_domain(), "corp.example");
 
     let key = generate_key();
