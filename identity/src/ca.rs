@@ -94,6 +94,8 @@ pub enum CaError {
     ForeignTrustDomain { id: String, ca_trust_domain: String },
     #[error("{0} has no path; workload SVIDs need one")]
     IdWithoutPath(String),
+    #[error("invalid DNS name for a SAN: {0:?}")]
+    InvalidDnsName(String),
     #[error("requested TTL is zero")]
     ZeroTtl,
     #[error("requested TTL {requested:?} exceeds the maximum {max:?}")]
@@ -325,7 +327,11 @@ impl CertificateAuthority {
         self.check_issuable(id, ttl)?;
         let mut extra = Vec::with_capacity(dns_names.len() + ip_addrs.len());
         for name in dns_names {
-            extra.push(SanType::DnsName(name.clone().try_into()?));
+            let dns = name
+                .clone()
+                .try_into()
+                .map_err(|_| CaError::InvalidDnsName(name.clone()))?;
+            extra.push(SanType::DnsName(dns));
         }
         extra.extend(ip_addrs.iter().copied().map(SanType::IpAddress));
         self.issue(id, extra, key, ttl)

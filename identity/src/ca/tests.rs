@@ -460,6 +460,10 @@ fn issue_for_key_adds_dns_and_ip_sans() {
         ]
     );
     assert!(matches!(
+        ca.issue_for_key(&cp, &["bad name ü".to_owned()], &[], &key, HOUR),
+        Err(CaError::InvalidDnsName(_))
+    ));
+    assert!(matches!(
         ca.issue_for_key(&id("spiffe://x.org/a"), &[], &[], &key, HOUR),
         Err(CaError::ForeignTrustDomain { .. })
     ));
