@@ -183,7 +183,9 @@ pub fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
     }
     let Some(segments) = path.strip_prefix('/') else {
         // Unreachable from `parse` (the path starts at a '/'), kept for callers.
-        return Err(SpiffeIdError::BadPathSegmentChar(path.chars().next().unwrap_or('/')));
+        return Err(SpiffeIdError::BadPathSegmentChar(
+            path.chars().next().unwrap_or('/'),
+        ));
     };
     let mut segments = segments.split('/').peekable();
     while let Some(segment) = segments.next() {

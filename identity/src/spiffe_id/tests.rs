@@ -6,7 +6,11 @@ fn valid_ids_parse_into_parts() {
     let cases = [
         ("spiffe://example.org", "example.org", ""),
         ("spiffe://example.org/workload", "example.org", "/workload"),
-        ("spiffe://cluster.local/ns/default/sa/web", "cluster.local", "/ns/default/sa/web"),
+        (
+            "spiffe://cluster.local/ns/default/sa/web",
+            "cluster.local",
+            "/ns/default/sa/web",
+        ),
         ("spiffe://a_b-c.1/A.b-C_9/x", "a_b-c.1", "/A.b-C_9/x"),
         ("spiffe://td/.../a..b/.x", "td", "/.../a..b/.x"),
         ("spiffe://1.2.3.4/x", "1.2.3.4", "/x"),
@@ -72,7 +76,11 @@ fn every_allowed_character_is_accepted_and_every_other_ascii_refused() {
         // '/' ends the trust domain, so "a/b" is a valid ID with td "a".
         let td_ok = c == '/' || c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c);
         let path_ok = c.is_ascii_alphanumeric() || "-._".contains(c) || c == '/';
-        assert_eq!(SpiffeId::parse(&td).is_ok(), td_ok, "trust domain char {c:?}");
+        assert_eq!(
+            SpiffeId::parse(&td).is_ok(),
+            td_ok,
+            "trust domain char {c:?}"
+        );
         assert_eq!(SpiffeId::parse(&path).is_ok(), path_ok, "path char {c:?}");
     }
 }
