@@ -2,7 +2,6 @@
 //! workload enrols with a join token, gets its X.509-SVID, and the two talk
 //! over mutual TLS, each side checking the other's SPIFFE ID.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -38,7 +37,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.admin_listen = Some("127.0.0.1:0".parse()?);
     let cp = ControlPlane::start(config).await?;
-    println!("control plane   https://{} (CA for trust domain {:?}, data in a temporary directory)", cp.api_addr(), cp.trust_domain());
+    println!(
+        "control plane   https://{} (CA for trust domain {:?}, data in a temporary directory)",
+        cp.api_addr(),
+        cp.trust_domain()
+    );
 
     let (stop_tx, stop) = watch::channel(false);
     let tokens = JoinTokenStore::open(&DataDir::open(data.path())?.join_tokens_dir())?;
@@ -46,7 +49,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     for name in ["frontend", "backend"] {
         let id = SpiffeId::for_service_account(&args.trust_domain, "demo", name)?;
         let token = tokens.create(&id, Duration::from_secs(300))?;
-        let client = ControlPlaneClient::from_bundle_pem(cp.api_addr().to_string(), cp.trust_domain(), cp.bundle_pem())?;
+        let client = ControlPlaneClient::from_bundle_pem(
+            cp.api_addr().to_string(),
+            cp.trust_domain(),
+            cp.bundle_pem(),
+        )?;
         let issuer = ControlPlaneIssuer {
             client,
             credential: CredentialSource::join_token(token),
@@ -75,7 +82,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 async fn mtls_exchange(frontend: &IdentityHandle, backend: &IdentityHandle) -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let acceptor = TlsAcceptor::from(tls::server_config(backend.svid().clone(), backend.bundles().clone()));
+    let acceptor = TlsAcceptor::from(tls::server_config(
+        backend.svid().clone(),
+        backend.bundles().clone(),
+    ));
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await?;
         let mut tls = acceptor.accept(tcp).await?;
@@ -94,10 +104,17 @@ async fn mtls_exchange(frontend: &IdentityHandle, backend: &IdentityHandle) -> a
     ));
     let tcp = TcpStream::connect(addr).await?;
     let mut tls = connector.connect("backend.demo".try_into()?, tcp).await?;
-    let server_id = tls::peer_spiffe_id(tls.get_ref().1).context("server presented no SPIFFE ID")?;
+    let server_id =
+        tls::peer_spiffe_id(tls.get_ref().1).context("server presented no SPIFFE ID")?;
     let (version, suite) = {
         let conn = tls.get_ref().1;
-        (conn.protocol_version(), conn.negotiated_cipher_suite())
+        let version = conn
+            .protocol_version()
+            .context("no TLS version negotiated")?;
+        let suite = conn
+            .negotiated_cipher_suite()
+            .context("no cipher suite negotiated")?;
+        (version, suite.suite())
     };
     tls.write_all(b"hello").await?;
     let mut reply = String::new();
@@ -107,7 +124,7 @@ async fn mtls_exchange(frontend: &IdentityHandle, backend: &IdentityHandle) -> a
         bail!("identities do not match: server saw {client_id}, client saw {server_id}");
     }
     println!();
-    println!("mTLS handshake  frontend -> backend: {version:?}, {:?}", suite.map(|s| s.suite()));
+    println!("mTLS handshake  frontend -> backend: {version:?}, {suite:?}");
     println!("  backend verified the client as  {client_id}");
     println!("  frontend verified the server as {server_id}");
     println!("  backend answered: {reply:?}");

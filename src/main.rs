@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "ward", version, about = "Ward service mesh: operator CLI and demo")]
+#[command(
+    name = "ward",
+    version,
+    about = "Ward service mesh: operator CLI and demo"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -9,7 +9,10 @@ use ward_identity::SpiffeId;
 use ward_identity::ca::{self, CertificateAuthority};
 
 fn ward(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ward")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ward_stdin(args: &[&str], stdin: &[u8]) -> Output {
@@ -37,7 +40,10 @@ fn identity_parse_prints_trust_domain_and_path() {
     let out = ward(&["identity", "parse", "spiffe://cluster.local/ns/prod/sa/api"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(json, serde_json::json!({"trust_domain": "cluster.local", "path": "/ns/prod/sa/api"}));
+    assert_eq!(
+        json,
+        serde_json::json!({"trust_domain": "cluster.local", "path": "/ns/prod/sa/api"})
+    );
 
     let out = ward(&["identity", "parse", "spiffe://example.org"]);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -79,7 +85,12 @@ fn identity_parse_reads_stdin_exactly_as_given() {
 fn usage_errors_exit_2() {
     assert_eq!(ward(&["identity", "parse"]).status.code(), Some(2));
     assert_eq!(ward(&["identity", "frobnicate"]).status.code(), Some(2));
-    assert_eq!(ward(&["identity", "verify", "--bundle", "noequals", "x.pem"]).status.code(), Some(2));
+    assert_eq!(
+        ward(&["identity", "verify", "--bundle", "noequals", "x.pem"])
+            .status
+            .code(),
+        Some(2)
+    );
 }
 
 /// A workload certificate issued by `ca`, written as chain + key files.
@@ -98,8 +109,10 @@ fn issue(ca: &CertificateAuthority, id: &str, dir: &Path, name: &str) -> (String
 #[test]
 fn identity_verify_checks_chain_by_trust_domain_role_and_key() {
     let dir = tempfile::tempdir().unwrap();
-    let ca_a = CertificateAuthority::generate_root("a.example", Duration::from_secs(86400)).unwrap();
-    let ca_b = CertificateAuthority::generate_root("b.example", Duration::from_secs(86400)).unwrap();
+    let ca_a =
+        CertificateAuthority::generate_root("a.example", Duration::from_secs(86400)).unwrap();
+    let ca_b =
+        CertificateAuthority::generate_root("b.example", Duration::from_secs(86400)).unwrap();
     let bundle_a = dir.path().join("a.pem");
     let bundle_b = dir.path().join("b.pem");
     std::fs::write(&bundle_a, ca_a.bundle_pem()).unwrap();
@@ -117,18 +130,36 @@ fn identity_verify_checks_chain_by_trust_domain_role_and_key() {
         ward(&args)
     };
 
-    let (chain, key) = issue(&ca_a, "spiffe://a.example/ns/default/sa/web", dir.path(), "web");
+    let (chain, key) = issue(
+        &ca_a,
+        "spiffe://a.example/ns/default/sa/web",
+        dir.path(),
+        "web",
+    );
     let out = verify(&[&chain]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(json["spiffe_id"], "spiffe://a.example/ns/default/sa/web");
     let not_after = json["not_after"].as_str().unwrap();
-    assert!(not_after.len() == 20 && not_after.ends_with('Z'), "{not_after}");
+    assert!(
+        not_after.len() == 20 && not_after.ends_with('Z'),
+        "{not_after}"
+    );
     assert_eq!(verify(&["--role", "server", &chain]).status.code(), Some(0));
-    assert_eq!(verify(&["--role", "client", "--key", &key, &chain]).status.code(), Some(0));
+    assert_eq!(
+        verify(&["--role", "client", "--key", &key, &chain])
+            .status
+            .code(),
+        Some(0)
+    );
 
     // Someone else's key does not match the leaf.
-    let (_, other_key) = issue(&ca_a, "spiffe://a.example/ns/default/sa/db", dir.path(), "db");
+    let (_, other_key) = issue(
+        &ca_a,
+        "spiffe://a.example/ns/default/sa/db",
+        dir.path(),
+        "db",
+    );
     let out = verify(&["--key", &other_key, &chain]);
     assert_eq!(out.status.code(), Some(1));
     assert!(!stderr(&out).is_empty());
@@ -142,8 +173,19 @@ fn identity_verify_checks_chain_by_trust_domain_role_and_key() {
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
 
     // Only A's bundle given: B's ID has no bundle at all.
-    let (chain_b, _) = issue(&ca_b, "spiffe://b.example/ns/default/sa/web", dir.path(), "webb");
-    let out = ward(&["identity", "verify", "--bundle", &format!("a.example={}", bundle_a.display()), &chain_b]);
+    let (chain_b, _) = issue(
+        &ca_b,
+        "spiffe://b.example/ns/default/sa/web",
+        dir.path(),
+        "webb",
+    );
+    let out = ward(&[
+        "identity",
+        "verify",
+        "--bundle",
+        &format!("a.example={}", bundle_a.display()),
+        &chain_b,
+    ]);
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -169,7 +211,14 @@ fn ca_init_inspect_and_token_create() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let out = ward(&["ca", "init", "--data-dir", data, "--trust-domain", "mesh.example"]);
+    let out = ward(&[
+        "ca",
+        "init",
+        "--data-dir",
+        data,
+        "--trust-domain",
+        "mesh.example",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let init: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(init["trust_domain"], "mesh.example");
@@ -177,24 +226,61 @@ fn ca_init_inspect_and_token_create() {
     let out = ward(&["ca", "inspect", "--data-dir", data]);
     let inspect: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(inspect["fingerprint_sha256"], init["fingerprint_sha256"]);
-    assert_eq!(inspect["fingerprint_sha256"].as_str().unwrap().len(), 32 * 3 - 1);
+    assert_eq!(
+        inspect["fingerprint_sha256"].as_str().unwrap().len(),
+        32 * 3 - 1
+    );
 
     // A second init must not overwrite the CA.
-    let out = ward(&["ca", "init", "--data-dir", data, "--trust-domain", "mesh.example"]);
+    let out = ward(&[
+        "ca",
+        "init",
+        "--data-dir",
+        data,
+        "--trust-domain",
+        "mesh.example",
+    ]);
     assert_ne!(out.status.code(), Some(0));
 
-    let out = ward(&["token", "create", "--data-dir", data, "--spiffe-id", "spiffe://mesh.example/ns/a/sa/b", "--ttl", "10m"]);
+    let out = ward(&[
+        "token",
+        "create",
+        "--data-dir",
+        data,
+        "--spiffe-id",
+        "spiffe://mesh.example/ns/a/sa/b",
+        "--ttl",
+        "10m",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let token = stdout(&out).trim().to_owned();
     assert!(token.len() >= 40, "{token}");
     // The raw token is stored nowhere in the data directory.
     for entry in walk(Path::new(data)) {
         let contents = std::fs::read(&entry).unwrap();
-        assert!(!String::from_utf8_lossy(&contents).contains(&token), "{}", entry.display());
+        assert!(
+            !String::from_utf8_lossy(&contents).contains(&token),
+            "{}",
+            entry.display()
+        );
     }
-    let out = ward(&["token", "create", "--data-dir", data, "--spiffe-id", "spiffe://mesh.example/ns/a/sa/"]);
+    let out = ward(&[
+        "token",
+        "create",
+        "--data-dir",
+        data,
+        "--spiffe-id",
+        "spiffe://mesh.example/ns/a/sa/",
+    ]);
     assert_ne!(out.status.code(), Some(0));
-    let out = ward(&["token", "create", "--data-dir", data, "--spiffe-id", "spiffe://other.example/ns/a/sa/b"]);
+    let out = ward(&[
+        "token",
+        "create",
+        "--data-dir",
+        data,
+        "--spiffe-id",
+        "spiffe://other.example/ns/a/sa/b",
+    ]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("trust domain"), "{}", stderr(&out));
 }

@@ -25,9 +25,15 @@ pub fn control_plane_id(trust_domain: &str) -> Result<SpiffeId, SpiffeIdError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connecting to the control plane at {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS handshake with the control plane at {addr}: {source}")]
-    Tls { addr: String, source: std::io::Error },
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("HTTP exchange with the control plane: {0}")]
     Http(#[from] hyper::Error),
     #[error("control plane refused the request ({status}): {code}: {message}")]
@@ -59,13 +65,18 @@ pub struct ControlPlaneClient {
 impl ControlPlaneClient {
     /// `addr` is `host:port`; the server must present the control plane's
     /// SPIFFE ID in `bundles`' trust domain.
-    pub fn new(addr: impl Into<String>, expected: SpiffeId, bundles: SharedBundles) -> Result<Self, ClientError> {
+    pub fn new(
+        addr: impl Into<String>,
+        expected: SpiffeId,
+        bundles: SharedBundles,
+    ) -> Result<Self, ClientError> {
         let addr = addr.into();
         let host = addr
             .rsplit_once(':')
             .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
             .ok_or_else(|| ClientError::Address(addr.clone()))?;
-        let server_name = ServerName::try_from(host.to_owned()).map_err(|_| ClientError::Address(addr.clone()))?;
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|_| ClientError::Address(addr.clone()))?;
         Ok(ControlPlaneClient {
             addr,
             server_name,
@@ -75,11 +86,19 @@ impl ControlPlaneClient {
     }
 
     /// Builds a client from a PEM trust bundle for `trust_domain`.
-    pub fn from_bundle_pem(addr: impl Into<String>, trust_domain: &str, bundle_pem: &str) -> anyhow::Result<Self> {
+    pub fn from_bundle_pem(
+        addr: impl Into<String>,
+        trust_domain: &str,
+        bundle_pem: &str,
+    ) -> anyhow::Result<Self> {
         let mut bundles = TrustBundles::new();
         bundles.add_pem(trust_domain, bundle_pem)?;
         let expected = control_plane_id(trust_domain)?;
-        Ok(Self::new(addr, expected, Arc::new(arc_swap::ArcSwap::from_pointee(bundles)))?)
+        Ok(Self::new(
+            addr,
+            expected,
+            Arc::new(arc_swap::ArcSwap::from_pointee(bundles)),
+        )?)
     }
 
     /// Requests an SVID. With `current` holding a valid SVID the connection
@@ -90,7 +109,9 @@ impl ControlPlaneClient {
         current: Option<&Arc<SvidCell>>,
     ) -> Result<SvidResponse, ClientError> {
         let body = serde_json::to_vec(request).expect("serializable");
-        let answer = self.call(Method::POST, api::SVID_PATH, Some(body), current).await?;
+        let answer = self
+            .call(Method::POST, api::SVID_PATH, Some(body), current)
+            .await?;
         serde_json::from_slice(&answer).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -102,15 +123,19 @@ impl ControlPlaneClient {
         current: Option<&Arc<SvidCell>>,
     ) -> Result<Bytes, ClientError> {
         let config = match current.filter(|cell| cell.is_ready()) {
-            Some(cell) => tls::client_config(cell.clone(), self.bundles.clone(), self.expected.clone()),
+            Some(cell) => {
+                tls::client_config(cell.clone(), self.bundles.clone(), self.expected.clone())
+            }
             None => tls::client_config_no_client_auth(self.bundles.clone(), self.expected.clone()),
         };
         let mut config = Arc::unwrap_or_clone(config);
         config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = TcpStream::connect(&self.addr).await.map_err(|source| ClientError::Connect {
-            addr: self.addr.clone(),
-            source,
-        })?;
+        let tcp = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let tls = TlsConnector::from(Arc::new(config))
             .connect(self.server_name.clone(), tcp)
@@ -119,7 +144,8 @@ impl ControlPlaneClient {
                 addr: self.addr.clone(),
                 source,
             })?;
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
         tokio::spawn(conn);
         let request = Request::builder()
             .method(method)
@@ -135,9 +161,16 @@ impl ControlPlaneClient {
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(e) => (e.error, e.message),
-            Err(_) => ("unknown".into(), String::from_utf8_lossy(&bytes).into_owned()),
+            Err(_) => (
+                "unknown".into(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ),
         };
-        Err(ClientError::Refused { status, code, message })
+        Err(ClientError::Refused {
+            status,
+            code,
+            message,
+        })
     }
 }
 
@@ -164,7 +197,9 @@ impl CredentialSource {
                 .expect("not poisoned")
                 .clone()
                 .map(crate::attest::Credential::JoinToken)
-                .ok_or_else(|| "the join token was already used and no valid SVID is left to renew with".into()),
+                .ok_or_else(|| {
+                    "the join token was already used and no valid SVID is left to renew with".into()
+                }),
             CredentialSource::ServiceAccountTokenFile(path) => std::fs::read_to_string(path)
                 .map(|t| crate::attest::Credential::ServiceAccountToken(t.trim().to_owned()))
                 .map_err(|e| format!("reading {}: {e}", path.display())),
@@ -192,8 +227,15 @@ impl ward_identity::manager::SvidIssuer for ControlPlaneIssuer {
         csr_pem: String,
         current: &Arc<SvidCell>,
     ) -> Result<ward_identity::manager::IssuedChain, String> {
-        let renewing = current.is_ready() && current.not_after().is_some_and(|t| t > time::OffsetDateTime::now_utc());
-        let credential = if renewing { None } else { Some(self.credential.get()?) };
+        let renewing = current.is_ready()
+            && current
+                .not_after()
+                .is_some_and(|t| t > time::OffsetDateTime::now_utc());
+        let credential = if renewing {
+            None
+        } else {
+            Some(self.credential.get()?)
+        };
         let request = SvidRequest {
             spiffe_id: id.to_string(),
             csr: csr_pem,

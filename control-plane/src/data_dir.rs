@@ -24,7 +24,9 @@ pub enum DataDirError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}: no CA here yet (run `ward ca init --data-dir …` or start the control plane with --init-ca)")]
+    #[error(
+        "{0}: no CA here yet (run `ward ca init --data-dir …` or start the control plane with --init-ca)"
+    )]
     NoCa(PathBuf),
     #[error("{0}: a CA already exists; refusing to overwrite it")]
     CaExists(PathBuf),
@@ -72,7 +74,10 @@ impl DataDir {
     }
 
     /// Loads the CA kept here, checking it serves `trust_domain` when given.
-    pub fn load_ca(&self, trust_domain: Option<&str>) -> Result<CertificateAuthority, DataDirError> {
+    pub fn load_ca(
+        &self,
+        trust_domain: Option<&str>,
+    ) -> Result<CertificateAuthority, DataDirError> {
         if !self.has_ca() {
             return Err(DataDirError::NoCa(self.root.clone()));
         }
@@ -96,27 +101,36 @@ impl DataDir {
 
     /// Generates a new self-signed root for `trust_domain` and stores it.
     pub fn init_ca(&self, trust_domain: &str) -> Result<CertificateAuthority, DataDirError> {
-        let ca = CertificateAuthority::generate_root(trust_domain, DEFAULT_ROOT_VALIDITY)
-            .map_err(|e| DataDirError::Ca {
+        let ca = CertificateAuthority::generate_root(trust_domain, DEFAULT_ROOT_VALIDITY).map_err(
+            |e| DataDirError::Ca {
                 path: self.root.clone(),
                 message: e.to_string(),
-            })?;
+            },
+        )?;
         self.store(&ca.cert_pem(), &ca.key_pem())?;
         Ok(ca)
     }
 
     /// Imports an existing root or intermediate (certificate chain + key).
-    pub fn import_ca(&self, chain_pem: &str, key_pem: &str) -> Result<CertificateAuthority, DataDirError> {
-        let ca = CertificateAuthority::from_pem(chain_pem, key_pem).map_err(|e| DataDirError::Ca {
-            path: self.root.clone(),
-            message: e.to_string(),
-        })?;
+    pub fn import_ca(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<CertificateAuthority, DataDirError> {
+        let ca =
+            CertificateAuthority::from_pem(chain_pem, key_pem).map_err(|e| DataDirError::Ca {
+                path: self.root.clone(),
+                message: e.to_string(),
+            })?;
         self.store(chain_pem, key_pem)?;
         Ok(ca)
     }
 
     /// Loads the CA, or creates one on first start.
-    pub fn load_or_init_ca(&self, trust_domain: &str) -> Result<CertificateAuthority, DataDirError> {
+    pub fn load_or_init_ca(
+        &self,
+        trust_domain: &str,
+    ) -> Result<CertificateAuthority, DataDirError> {
         if self.has_ca() {
             self.load_ca(Some(trust_domain))
         } else {

@@ -12,7 +12,11 @@ use ward_control_plane::server::{Config, ControlPlane};
 
 /// Every flag falls back to the `WARD_*` environment variable named beside it.
 #[derive(Parser)]
-#[command(name = "ward-control-plane", version, about = "Ward control plane: CA and workload attestation")]
+#[command(
+    name = "ward-control-plane",
+    version,
+    about = "Ward control plane: CA and workload attestation"
+)]
 struct Args {
     /// Trust domain of the mesh (SPIFFE IDs are spiffe://<this>/ns/<ns>/sa/<sa>).
     #[arg(long, env = "WARD_TRUST_DOMAIN", default_value = "cluster.local")]

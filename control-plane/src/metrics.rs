@@ -46,7 +46,9 @@ impl Metrics {
             Box::new(attestation_failures.clone()),
             Box::new(ca_expiry.clone()),
         ] {
-            registry.register(collector).expect("metric registered once");
+            registry
+                .register(collector)
+                .expect("metric registered once");
         }
         Metrics {
             registry,

@@ -104,7 +104,9 @@ impl ControlPlane {
             k8s,
         };
         let metrics = Metrics::new();
-        metrics.ca_expiry.set(ca.not_after().unix_timestamp() as f64);
+        metrics
+            .ca_expiry
+            .set(ca.not_after().unix_timestamp() as f64);
 
         let serving = ServingIdentity::new(&ca, &config.serving_dns_names)?;
         let serving_id = serving.spiffe_id().clone();
@@ -124,7 +126,12 @@ impl ControlPlane {
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen))?;
         let api_addr = api.local_addr()?;
-        tasks.spawn(accept_api(api, acceptor, state.clone(), shutdown_rx.clone()));
+        tasks.spawn(accept_api(
+            api,
+            acceptor,
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
         tasks.spawn(serving.renew_forever(state.ca.clone(), shutdown_rx.clone()));
 
         let admin_addr = match config.admin_listen {
@@ -256,7 +263,11 @@ async fn serve_api_connection(
     }
 }
 
-async fn route(state: &State, peer_id: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &State,
+    peer_id: Option<&SpiffeId>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, api::SVID_PATH) => issue_svid(state, peer_id, req).await,
         (&Method::GET, api::BUNDLE_PATH) => json(
@@ -271,31 +282,55 @@ async fn route(state: &State, peer_id: Option<&SpiffeId>, req: Request<Incoming>
             "method_not_allowed",
             "this path does not accept that method".into(),
         ),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such API path".into()),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such API path".into(),
+        ),
     }
 }
 
 /// `POST /v1/svid`: check the request, attest the caller, then sign. Nothing
 /// is signed unless every step succeeded.
-async fn issue_svid(state: &State, peer_id: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn issue_svid(
+    state: &State,
+    peer_id: Option<&SpiffeId>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let refuse = |status, reason: &'static str, message: String| {
-        state.metrics.certificate_refusals.with_label_values(&[reason]).inc();
+        state
+            .metrics
+            .certificate_refusals
+            .with_label_values(&[reason])
+            .inc();
         warn!(reason, %message, "certificate request refused");
         error(status, reason, message)
     };
-    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
         Err(err) => {
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_unreadable",
-                format!("request body unreadable or over {} bytes: {err}", api::MAX_BODY_BYTES),
+                format!(
+                    "request body unreadable or over {} bytes: {err}",
+                    api::MAX_BODY_BYTES
+                ),
             );
         }
     };
     let request: SvidRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(err) => return refuse(StatusCode::BAD_REQUEST, "malformed_request", format!("malformed request: {err}")),
+        Err(err) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                format!("malformed request: {err}"),
+            );
+        }
     };
     let requested = match SpiffeId::parse(&request.spiffe_id) {
         Ok(id) => id,
@@ -309,10 +344,17 @@ async fn issue_svid(state: &State, peer_id: Option<&SpiffeId>, req: Request<Inco
     };
     // Validate the CSR before attesting, so a bad CSR never burns a join token.
     if let Err(err) = state.ca.check_csr(&request.csr, &requested) {
-        return refuse(StatusCode::BAD_REQUEST, "bad_csr", format!("CSR refused: {err}"));
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_csr",
+            format!("CSR refused: {err}"),
+        );
     }
     let attested = match &request.credential {
-        Some(credential) => match state.attestor.attest(credential, &requested, SystemTime::now()) {
+        Some(credential) => match state
+            .attestor
+            .attest(credential, &requested, SystemTime::now())
+        {
             Ok(id) => id,
             Err(err) => {
                 state
@@ -320,7 +362,11 @@ async fn issue_svid(state: &State, peer_id: Option<&SpiffeId>, req: Request<Inco
                     .attestation_failures
                     .with_label_values(&[err.method(), err.reason()])
                     .inc();
-                return refuse(StatusCode::FORBIDDEN, "attestation_failed", format!("attestation failed: {err}"));
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "attestation_failed",
+                    format!("attestation failed: {err}"),
+                );
             }
         },
         // Renewal: the caller proves its identity with its current SVID.
@@ -358,11 +404,19 @@ async fn issue_svid(state: &State, peer_id: Option<&SpiffeId>, req: Request<Inco
                 },
             )
         }
-        Err(err) => refuse(StatusCode::BAD_REQUEST, "signing_refused", format!("signing refused: {err}")),
+        Err(err) => refuse(
+            StatusCode::BAD_REQUEST,
+            "signing_refused",
+            format!("signing refused: {err}"),
+        ),
     }
 }
 
-async fn accept_admin(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_admin(
+    listener: TcpListener,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -387,7 +441,10 @@ async fn accept_admin(listener: TcpListener, state: Arc<State>, mut shutdown: wa
 fn admin_route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .header(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
             .body(Full::new(Bytes::from(state.metrics.render())))
             .expect("valid response"),
         (&Method::GET, "/ready" | "/live") => text(StatusCode::OK, "ok\n"),
@@ -399,7 +456,9 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Byte
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("serializable"))))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(body).expect("serializable"),
+        )))
         .expect("valid response")
 }
 

@@ -31,7 +31,9 @@ impl ServingIdentity {
         let id = control_plane_id(ca.trust_domain())?;
         let mut dns_names = vec!["localhost".to_owned()];
         dns_names.extend(extra_dns_names.iter().cloned());
-        let bundles = tls::shared_bundles(TrustBundles::new().with_root(ca.trust_domain(), &ca.bundle_pem())?);
+        let bundles = tls::shared_bundles(
+            TrustBundles::new().with_root(ca.trust_domain(), &ca.bundle_pem())?,
+        );
         let serving = ServingIdentity {
             id,
             dns_names,
@@ -59,15 +61,29 @@ impl ServingIdentity {
 
     fn issue(&self, ca: &CertificateAuthority) -> anyhow::Result<()> {
         let key = ca::generate_key();
-        let ips = [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)];
-        let issued = ca.issue_for_key(&self.id, &self.dns_names, &ips, &key, SERVING_TTL.min(ca.max_ttl()))?;
+        let ips = [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ];
+        let issued = ca.issue_for_key(
+            &self.id,
+            &self.dns_names,
+            &ips,
+            &key,
+            SERVING_TTL.min(ca.max_ttl()),
+        )?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        self.svid.install(issued.chain_der, key, &self.bundles.load())?;
+        self.svid
+            .install(issued.chain_der, key, &self.bundles.load())?;
         Ok(())
     }
 
     /// Re-issues the serving certificate at half its lifetime until shutdown.
-    pub async fn renew_forever(self, ca: Arc<CertificateAuthority>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn renew_forever(
+        self,
+        ca: Arc<CertificateAuthority>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let wait = self
                 .svid
@@ -80,8 +96,12 @@ impl ServingIdentity {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             match self.issue(&ca) {
-                Ok(()) => info!(spiffe_id = %self.id, "renewed the control plane's serving certificate"),
-                Err(err) => warn!(%err, "renewing the serving certificate failed; retrying at half the remaining lifetime"),
+                Ok(()) => {
+                    info!(spiffe_id = %self.id, "renewed the control plane's serving certificate")
+                }
+                Err(err) => {
+                    warn!(%err, "renewing the serving certificate failed; retrying at half the remaining lifetime")
+                }
             }
         }
     }

@@ -41,18 +41,32 @@ impl Harness {
         let mut config = Config::new(TD, data.path());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
-        config.k8s = Some(K8sTokenConfig::from_jwks_json(ISSUER, TD, &jwks_for(&signing_key, "key-1")).unwrap());
+        config.k8s = Some(
+            K8sTokenConfig::from_jwks_json(ISSUER, TD, &jwks_for(&signing_key, "key-1")).unwrap(),
+        );
         let cp = ControlPlane::start(config).await.unwrap();
-        Harness { cp, data, signing_key }
+        Harness {
+            cp,
+            data,
+            signing_key,
+        }
     }
 
     fn client(&self) -> ControlPlaneClient {
-        ControlPlaneClient::from_bundle_pem(self.cp.api_addr().to_string(), TD, self.cp.bundle_pem()).unwrap()
+        ControlPlaneClient::from_bundle_pem(
+            self.cp.api_addr().to_string(),
+            TD,
+            self.cp.bundle_pem(),
+        )
+        .unwrap()
     }
 
     fn token(&self, id: &SpiffeId, ttl: Duration) -> String {
         let dir = DataDir::open(self.data.path()).unwrap();
-        JoinTokenStore::open(&dir.join_tokens_dir()).unwrap().create(id, ttl).unwrap()
+        JoinTokenStore::open(&dir.join_tokens_dir())
+            .unwrap()
+            .create(id, ttl)
+            .unwrap()
     }
 
     async fn metrics(&self) -> String {
@@ -80,17 +94,25 @@ fn request(id: &SpiffeId, credential: Option<Credential>) -> SvidRequest {
 
 fn verify(answer: &SvidResponse) -> SpiffeId {
     let mut bundles = TrustBundles::new();
-    bundles.add_pem(&answer.trust_domain, &answer.bundle_pem).unwrap();
+    bundles
+        .add_pem(&answer.trust_domain, &answer.bundle_pem)
+        .unwrap();
     let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(answer.chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
     let now = rustls_pki_types::UnixTime::now();
-    svid::verify_chain(&chain, &bundles, Role::Any, now).unwrap().spiffe_id
+    svid::verify_chain(&chain, &bundles, Role::Any, now)
+        .unwrap()
+        .spiffe_id
 }
 
 fn refusal_code(err: ClientError) -> (StatusCode, String) {
     match err {
-        ClientError::Refused { status, code, message } => {
+        ClientError::Refused {
+            status,
+            code,
+            message,
+        } => {
             assert!(!message.is_empty());
             (status, code)
         }
@@ -102,9 +124,11 @@ fn refusal_code(err: ClientError) -> (StatusCode, String) {
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     tcp.read_to_string(&mut out).await.unwrap();
     out
@@ -113,7 +137,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
 fn metric_value(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|line| {
+            line.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -124,7 +151,10 @@ async fn join_token_enrols_once_and_is_refused_on_replay() {
     let token = h.token(&web, Duration::from_secs(60));
     let answer = h
         .client()
-        .request_svid(&request(&web, Some(Credential::JoinToken(token.clone()))), None)
+        .request_svid(
+            &request(&web, Some(Credential::JoinToken(token.clone()))),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(verify(&answer), web);
@@ -136,12 +166,21 @@ async fn join_token_enrols_once_and_is_refused_on_replay() {
         .request_svid(&request(&web, Some(Credential::JoinToken(token))), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal_code(replay), (StatusCode::FORBIDDEN, "attestation_failed".into()));
+    assert_eq!(
+        refusal_code(replay),
+        (StatusCode::FORBIDDEN, "attestation_failed".into())
+    );
 
     let metrics = h.metrics().await;
-    assert_eq!(metric_value(&metrics, "ward_ca_certificates_issued_total"), 1.0);
     assert_eq!(
-        metric_value(&metrics, r#"ward_ca_attestation_failures_total{method="join_token",reason="token_reused"}"#),
+        metric_value(&metrics, "ward_ca_certificates_issued_total"),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"ward_ca_attestation_failures_total{method="join_token",reason="token_reused"}"#
+        ),
         1.0,
         "{metrics}"
     );
@@ -157,7 +196,10 @@ async fn join_token_refusals_are_specific_and_issue_nothing() {
     // Bound to another ID: refused, and the token still works for its own ID.
     let token = h.token(&web, Duration::from_secs(60));
     let err = client
-        .request_svid(&request(&id("db"), Some(Credential::JoinToken(token.clone()))), None)
+        .request_svid(
+            &request(&id("db"), Some(Credential::JoinToken(token.clone()))),
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
@@ -166,13 +208,24 @@ async fn join_token_refusals_are_specific_and_issue_nothing() {
     let mut mismatched = request(&web, Some(Credential::JoinToken(token.clone())));
     mismatched.csr = csr_for(&id("other")).1;
     let err = client.request_svid(&mismatched, None).await.unwrap_err();
-    assert_eq!(refusal_code(err), (StatusCode::BAD_REQUEST, "bad_csr".into()));
+    assert_eq!(
+        refusal_code(err),
+        (StatusCode::BAD_REQUEST, "bad_csr".into())
+    );
 
-    assert!(client.request_svid(&request(&web, Some(Credential::JoinToken(token))), None).await.is_ok());
+    assert!(
+        client
+            .request_svid(&request(&web, Some(Credential::JoinToken(token))), None)
+            .await
+            .is_ok()
+    );
 
     // Unknown and expired tokens.
     let err = client
-        .request_svid(&request(&web, Some(Credential::JoinToken("nope".into()))), None)
+        .request_svid(
+            &request(&web, Some(Credential::JoinToken("nope".into()))),
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
@@ -186,15 +239,30 @@ async fn join_token_refusals_are_specific_and_issue_nothing() {
 
     // An ID outside the trust domain, and no credential at all.
     let foreign = SpiffeId::parse("spiffe://other.example/ns/default/sa/web").unwrap();
-    let err = client.request_svid(&request(&foreign, None), None).await.unwrap_err();
+    let err = client
+        .request_svid(&request(&foreign, None), None)
+        .await
+        .unwrap_err();
     assert_eq!(refusal_code(err).0, StatusCode::BAD_REQUEST);
-    let err = client.request_svid(&request(&web, None), None).await.unwrap_err();
-    assert_eq!(refusal_code(err), (StatusCode::UNAUTHORIZED, "no_credential".into()));
+    let err = client
+        .request_svid(&request(&web, None), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal_code(err),
+        (StatusCode::UNAUTHORIZED, "no_credential".into())
+    );
 
     let metrics = h.metrics().await;
-    assert_eq!(metric_value(&metrics, "ward_ca_certificates_issued_total"), 1.0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "ward_ca_certificates_issued_total"),
+        1.0,
+        "{metrics}"
+    );
     for reason in ["id_mismatch", "token_unknown", "token_expired"] {
-        let series = format!(r#"ward_ca_attestation_failures_total{{method="join_token",reason="{reason}"}}"#);
+        let series = format!(
+            r#"ward_ca_attestation_failures_total{{method="join_token",reason="{reason}"}}"#
+        );
         assert_eq!(metric_value(&metrics, &series), 1.0, "{series}\n{metrics}");
     }
     h.cp.shutdown().await;
@@ -218,11 +286,22 @@ fn jwks_for(key: &rcgen::KeyPair, kid: &str) -> String {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A projected service-account token shaped exactly as the kubelet gets it.
-fn sa_token(key: &rcgen::KeyPair, kid: &str, iss: &str, aud: &str, exp: u64, ns: &str, sa: &str) -> String {
+fn sa_token(
+    key: &rcgen::KeyPair,
+    kid: &str,
+    iss: &str,
+    aud: &str,
+    exp: u64,
+    ns: &str,
+    sa: &str,
+) -> String {
     let now = now_secs();
     let claims = serde_json::json!({
         "aud": [aud],
@@ -251,35 +330,91 @@ async fn service_account_token_enrols_and_bad_tokens_are_refused() {
     let exp = now_secs() + 600;
     let good = sa_token(&h.signing_key, "key-1", ISSUER, "ward", exp, "prod", "api");
     let answer = client
-        .request_svid(&request(&api, Some(Credential::ServiceAccountToken(good.clone()))), None)
+        .request_svid(
+            &request(&api, Some(Credential::ServiceAccountToken(good.clone()))),
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(verify(&answer), api);
 
     // The token names prod/api: asking for another identity is refused.
     let err = client
-        .request_svid(&request(&id("api"), Some(Credential::ServiceAccountToken(good))), None)
+        .request_svid(
+            &request(&id("api"), Some(Credential::ServiceAccountToken(good))),
+            None,
+        )
         .await
         .unwrap_err();
     assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
 
     let other_key = ca::generate_key();
     let bad = [
-        ("expired", sa_token(&h.signing_key, "key-1", ISSUER, "ward", now_secs() - 120, "prod", "api")),
-        ("wrong audience", sa_token(&h.signing_key, "key-1", ISSUER, "istio-ca", exp, "prod", "api")),
-        ("wrong issuer", sa_token(&h.signing_key, "key-1", "https://evil.example", "ward", exp, "prod", "api")),
-        ("unknown key id", sa_token(&h.signing_key, "key-9", ISSUER, "ward", exp, "prod", "api")),
-        ("signed by another key", sa_token(&other_key, "key-1", ISSUER, "ward", exp, "prod", "api")),
+        (
+            "expired",
+            sa_token(
+                &h.signing_key,
+                "key-1",
+                ISSUER,
+                "ward",
+                now_secs() - 120,
+                "prod",
+                "api",
+            ),
+        ),
+        (
+            "wrong audience",
+            sa_token(
+                &h.signing_key,
+                "key-1",
+                ISSUER,
+                "istio-ca",
+                exp,
+                "prod",
+                "api",
+            ),
+        ),
+        (
+            "wrong issuer",
+            sa_token(
+                &h.signing_key,
+                "key-1",
+                "https://evil.example",
+                "ward",
+                exp,
+                "prod",
+                "api",
+            ),
+        ),
+        (
+            "unknown key id",
+            sa_token(&h.signing_key, "key-9", ISSUER, "ward", exp, "prod", "api"),
+        ),
+        (
+            "signed by another key",
+            sa_token(&other_key, "key-1", ISSUER, "ward", exp, "prod", "api"),
+        ),
     ];
     for (what, token) in bad {
         let err = client
-            .request_svid(&request(&api, Some(Credential::ServiceAccountToken(token))), None)
+            .request_svid(
+                &request(&api, Some(Credential::ServiceAccountToken(token))),
+                None,
+            )
             .await
             .unwrap_err();
-        assert_eq!(refusal_code(err), (StatusCode::FORBIDDEN, "attestation_failed".into()), "{what}");
+        assert_eq!(
+            refusal_code(err),
+            (StatusCode::FORBIDDEN, "attestation_failed".into()),
+            "{what}"
+        );
     }
     let metrics = h.metrics().await;
-    assert_eq!(metric_value(&metrics, "ward_ca_certificates_issued_total"), 1.0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "ward_ca_certificates_issued_total"),
+        1.0,
+        "{metrics}"
+    );
     h.cp.shutdown().await;
 }
 
@@ -311,11 +446,20 @@ async fn renewal_over_mtls_needs_the_same_identity() {
     cell.install(chain, key, &bundles).unwrap();
 
     // With its current SVID as client certificate: renewed without a credential.
-    let renewed = client.request_svid(&request(&web, None), Some(&cell)).await.unwrap();
+    let renewed = client
+        .request_svid(&request(&web, None), Some(&cell))
+        .await
+        .unwrap();
     assert_eq!(verify(&renewed), web);
     // The same certificate cannot get another identity.
-    let err = client.request_svid(&request(&id("admin"), None), Some(&cell)).await.unwrap_err();
-    assert_eq!(refusal_code(err), (StatusCode::FORBIDDEN, "renewal_id_mismatch".into()));
+    let err = client
+        .request_svid(&request(&id("admin"), None), Some(&cell))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refusal_code(err),
+        (StatusCode::FORBIDDEN, "renewal_id_mismatch".into())
+    );
     h.cp.shutdown().await;
 }
 
@@ -326,7 +470,10 @@ async fn restart_keeps_the_ca_and_the_key_is_private() {
     let bundle = h.cp.bundle_pem().to_owned();
     let data = h.data;
     h.cp.shutdown().await;
-    let mode = std::fs::metadata(data.path().join("ca/ca-key.pem")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(data.path().join("ca/ca-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let again = Harness::start_in(data).await;
     assert_eq!(again.cp.bundle_pem(), bundle);
@@ -352,7 +499,11 @@ async fn curl_reaches_the_api_over_http2() {
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.ends_with("\n2 200"), "{stdout}");
     assert!(stdout.contains("BEGIN CERTIFICATE"), "{stdout}");
 

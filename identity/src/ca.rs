@@ -303,15 +303,16 @@ impl CertificateAuthority {
         ttl: Duration,
     ) -> Result<IssuedSvid, CaError> {
         self.check_issuable(attested, ttl)?;
-        let csr_der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-            .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
-        let (_, csr) = X509CertificationRequest::from_der(&csr_der)
-            .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
-        csr.verify_signature()
-            .map_err(|_| CaError::CsrBadSignature)?;
-        check_csr_san(&csr, attested)?;
-        let public_key = CsrPublicKey::from_csr(&csr)?;
+        let public_key = checked_csr_key(csr_pem, attested)?;
         self.issue(attested, Vec::new(), &public_key, ttl)
+    }
+
+    /// Everything `sign_csr` checks about the CSR and the ID, without
+    /// signing: lets the control plane refuse a bad request before it
+    /// consumes a one-time credential.
+    pub fn check_csr(&self, csr_pem: &str, requested: &SpiffeId) -> Result<(), CaError> {
+        self.check_issuable(requested, self.max_ttl.min(DEFAULT_SVID_TTL))?;
+        checked_csr_key(csr_pem, requested).map(drop)
     }
 
     /// Issues a leaf with the SVID profile for a key the caller holds (the
@@ -400,6 +401,19 @@ impl CertificateAuthority {
             serial_hex: hex::encode(serial.to_bytes()),
         })
     }
+}
+
+/// Parses `csr_pem`, verifies its self-signature and that its only SAN is
+/// `id`, and returns its public key.
+fn checked_csr_key(csr_pem: &str, id: &SpiffeId) -> Result<CsrPublicKey, CaError> {
+    let csr_der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
+    let (_, csr) = X509CertificationRequest::from_der(&csr_der)
+        .map_err(|e| CaError::MalformedCsr(e.to_string()))?;
+    csr.verify_signature()
+        .map_err(|_| CaError::CsrBadSignature)?;
+    check_csr_san(&csr, id)?;
+    CsrPublicKey::from_csr(&csr)
 }
 
 /// A new ECDSA P-256 workload key.

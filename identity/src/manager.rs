@@ -49,8 +49,16 @@ pub struct LocalIssuer {
 }
 
 impl SvidIssuer for LocalIssuer {
-    async fn issue(&self, id: &SpiffeId, csr_pem: String, _current: &Arc<SvidCell>) -> Result<IssuedChain, String> {
-        let issued = self.ca.sign_csr(&csr_pem, id, self.ttl).map_err(|e| e.to_string())?;
+    async fn issue(
+        &self,
+        id: &SpiffeId,
+        csr_pem: String,
+        _current: &Arc<SvidCell>,
+    ) -> Result<IssuedChain, String> {
+        let issued = self
+            .ca
+            .sign_csr(&csr_pem, id, self.ttl)
+            .map_err(|e| e.to_string())?;
         Ok(IssuedChain {
             chain_pem: issued.chain_pem,
             trust_domain: self.ca.trust_domain().to_owned(),
@@ -128,7 +136,10 @@ impl IdentityHandle {
     /// Waits for the first SVID; returns its expiry.
     pub async fn ready(&self) -> OffsetDateTime {
         let mut rx = self.installed.clone();
-        let value = rx.wait_for(Option::is_some).await.expect("manager alive while handle exists");
+        let value = rx
+            .wait_for(Option::is_some)
+            .await
+            .expect("manager alive while handle exists");
         value.expect("waited for Some")
     }
 
@@ -200,9 +211,10 @@ async fn obtain<I: SvidIssuer>(
     let key = ca::generate_key();
     let csr = ca::build_csr(&key, id).map_err(|e| format!("building the CSR: {e}"))?;
     let issued = issuer.issue(id, csr, svid).await?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate chain from the control plane: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("certificate chain from the control plane: {e}"))?;
     let mut next_bundles = TrustBundles::clone(&bundles.load());
     next_bundles
         .set_pem(&issued.trust_domain, &issued.bundle_pem)
@@ -212,7 +224,10 @@ async fn obtain<I: SvidIssuer>(
         .install(chain, key, &next_bundles)
         .map_err(|e| format!("the issued certificate does not verify: {e}"))?;
     if verified.spiffe_id != *id {
-        return Err(format!("issued certificate is for {}, not {id}", verified.spiffe_id));
+        return Err(format!(
+            "issued certificate is for {}, not {id}",
+            verified.spiffe_id
+        ));
     }
     bundles.store(Arc::new(next_bundles));
     Ok(verified.not_after)

@@ -41,8 +41,10 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
             let dir = DataDir::open(&data_dir)?;
             let ca = match (import_cert, import_key) {
                 (Some(cert), Some(key)) => {
-                    let cert = std::fs::read_to_string(&cert).with_context(|| format!("reading {}", cert.display()))?;
-                    let key = std::fs::read_to_string(&key).with_context(|| format!("reading {}", key.display()))?;
+                    let cert = std::fs::read_to_string(&cert)
+                        .with_context(|| format!("reading {}", cert.display()))?;
+                    let key = std::fs::read_to_string(&key)
+                        .with_context(|| format!("reading {}", key.display()))?;
                     dir.import_ca(&cert, &key)?
                 }
                 _ => dir.init_ca(&trust_domain)?,
@@ -63,5 +65,8 @@ fn print_summary(ca: &CertificateAuthority) {
         "fingerprint_sha256": ca.fingerprint_sha256(),
         "not_after": ward_identity::rfc3339(ca.not_after()),
     });
-    println!("{}", serde_json::to_string_pretty(&summary).expect("serializable"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).expect("serializable")
+    );
 }

@@ -2,11 +2,11 @@
 
 use anyhow::Context;
 use clap::Subcommand;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use ward_identity::SpiffeId;
 use ward_identity::bundle::TrustBundles;
 use ward_identity::svid::{self, Role};
@@ -44,7 +44,9 @@ pub enum RoleArg {
 
 fn parse_bundle_arg(arg: &str) -> Result<(String, PathBuf), String> {
     match arg.split_once('=') {
-        Some((td, path)) if !td.is_empty() && !path.is_empty() => Ok((td.to_owned(), PathBuf::from(path))),
+        Some((td, path)) if !td.is_empty() && !path.is_empty() => {
+            Ok((td.to_owned(), PathBuf::from(path)))
+        }
         _ => Err(format!("expected <trust-domain>=<bundle.pem>, got {arg:?}")),
     }
 }
@@ -90,15 +92,25 @@ fn parse(arg: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn verify(bundle_args: &[(String, PathBuf)], role: Option<RoleArg>, key: Option<&Path>, chain: &Path) -> anyhow::Result<ExitCode> {
+fn verify(
+    bundle_args: &[(String, PathBuf)],
+    role: Option<RoleArg>,
+    key: Option<&Path>,
+    chain: &Path,
+) -> anyhow::Result<ExitCode> {
     let mut bundles = TrustBundles::new();
     for (trust_domain, path) in bundle_args {
-        let pem = std::fs::read_to_string(path).with_context(|| format!("reading bundle {}", path.display()))?;
-        bundles
-            .add_pem(trust_domain, &pem)
-            .with_context(|| format!("bundle {} for trust domain {trust_domain:?}", path.display()))?;
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading bundle {}", path.display()))?;
+        bundles.add_pem(trust_domain, &pem).with_context(|| {
+            format!(
+                "bundle {} for trust domain {trust_domain:?}",
+                path.display()
+            )
+        })?;
     }
-    let chain_bytes = std::fs::read(chain).with_context(|| format!("reading {}", chain.display()))?;
+    let chain_bytes =
+        std::fs::read(chain).with_context(|| format!("reading {}", chain.display()))?;
     let certs: Vec<CertificateDer> = CertificateDer::pem_slice_iter(&chain_bytes)
         .collect::<Result<_, _>>()
         .with_context(|| format!("{}: not a PEM certificate chain", chain.display()))?;
@@ -115,7 +127,8 @@ fn verify(bundle_args: &[(String, PathBuf)], role: Option<RoleArg>, key: Option<
         }
     };
     if let Some(key_path) = key {
-        let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| format!("{}: not a PEM private key", key_path.display()))?;
+        let key = PrivateKeyDer::from_pem_file(key_path)
+            .with_context(|| format!("{}: not a PEM private key", key_path.display()))?;
         if let Err(err) = svid::check_key_matches(&certs[0], &key) {
             eprintln!("verification failed: {err}");
             return Ok(ExitCode::FAILURE);

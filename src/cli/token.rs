@@ -30,7 +30,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             spiffe_id,
             ttl,
         } => {
-            let id = SpiffeId::parse(&spiffe_id).map_err(|e| anyhow::anyhow!("--spiffe-id {spiffe_id:?}: {e}"))?;
+            let id = SpiffeId::parse(&spiffe_id)
+                .map_err(|e| anyhow::anyhow!("--spiffe-id {spiffe_id:?}: {e}"))?;
             let dir = DataDir::open(&data_dir)?;
             // A token for an ID the CA cannot sign would only fail later.
             if dir.has_ca() {

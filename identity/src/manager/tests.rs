@@ -3,7 +3,9 @@ use crate::ca::CertificateAuthority;
 use std::sync::Mutex;
 
 fn local_ca() -> Arc<CertificateAuthority> {
-    Arc::new(CertificateAuthority::generate_root("test.example", Duration::from_secs(3600)).unwrap())
+    Arc::new(
+        CertificateAuthority::generate_root("test.example", Duration::from_secs(3600)).unwrap(),
+    )
 }
 
 fn workload() -> SpiffeId {
@@ -18,11 +20,16 @@ async fn first_svid_makes_the_handle_ready() {
         ttl: Duration::from_secs(600),
     };
     let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
-    let not_after = tokio::time::timeout(Duration::from_secs(5), handle.ready()).await.unwrap();
+    let not_after = tokio::time::timeout(Duration::from_secs(5), handle.ready())
+        .await
+        .unwrap();
     assert!(handle.is_ready());
     assert_eq!(handle.svid().current_id(), Some(workload()));
     let lifetime = not_after - OffsetDateTime::now_utc();
-    assert!(lifetime > time::Duration::seconds(590) && lifetime <= time::Duration::seconds(600), "{lifetime}");
+    assert!(
+        lifetime > time::Duration::seconds(590) && lifetime <= time::Duration::seconds(600),
+        "{lifetime}"
+    );
     assert!(handle.bundles().load().roots_for("test.example").is_some());
 }
 
@@ -34,7 +41,9 @@ async fn renews_at_half_life_with_a_new_key() {
         ttl: Duration::from_secs(2),
     };
     let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
-    let first = tokio::time::timeout(Duration::from_secs(5), handle.ready()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), handle.ready())
+        .await
+        .unwrap();
     let first_key = handle.svid().certified_key().unwrap();
     let second = tokio::time::timeout(Duration::from_secs(5), handle.renewed_after(first))
         .await
@@ -53,7 +62,12 @@ struct FlakyIssuer {
 }
 
 impl SvidIssuer for FlakyIssuer {
-    async fn issue(&self, id: &SpiffeId, csr: String, current: &Arc<SvidCell>) -> Result<IssuedChain, String> {
+    async fn issue(
+        &self,
+        id: &SpiffeId,
+        csr: String,
+        current: &Arc<SvidCell>,
+    ) -> Result<IssuedChain, String> {
         let call = {
             let mut calls = self.calls.lock().unwrap();
             *calls += 1;
@@ -84,13 +98,17 @@ async fn failures_back_off_and_keep_the_current_certificate() {
         ..RotationPolicy::default()
     };
     let handle = spawn(workload(), issuer, policy, stop);
-    let first = tokio::time::timeout(Duration::from_secs(5), handle.ready()).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), handle.ready())
+        .await
+        .unwrap();
     assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 1);
     let first_cert = handle.svid().certified_key().unwrap().cert[0].clone();
     // While renewals fail, the first certificate is still served.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let during = handle.svid().certified_key().unwrap().cert[0].clone();
-    let renewed = tokio::time::timeout(Duration::from_secs(5), handle.renewed_after(first)).await.unwrap();
+    let renewed = tokio::time::timeout(Duration::from_secs(5), handle.renewed_after(first))
+        .await
+        .unwrap();
     assert!(renewed > first);
     assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 3);
     // `during` is either still the first certificate or already the renewed one.
@@ -103,7 +121,12 @@ async fn failures_back_off_and_keep_the_current_certificate() {
 async fn a_certificate_for_another_identity_is_never_installed() {
     struct WrongIdIssuer(LocalIssuer);
     impl SvidIssuer for WrongIdIssuer {
-        async fn issue(&self, _id: &SpiffeId, _csr: String, current: &Arc<SvidCell>) -> Result<IssuedChain, String> {
+        async fn issue(
+            &self,
+            _id: &SpiffeId,
+            _csr: String,
+            current: &Arc<SvidCell>,
+        ) -> Result<IssuedChain, String> {
             let other = SpiffeId::for_service_account("test.example", "default", "admin").unwrap();
             let key = ca::generate_key();
             let csr = ca::build_csr(&key, &other).unwrap();
