@@ -1,2 +1,75 @@
+//! `ward-proxy`: the Ward sidecar.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ward_proxy::capture::cli::{InitArgs, run_init};
+use ward_proxy::orig_dst;
+
+#[derive(Debug, Parser)]
+#[command(name = "ward-proxy", about = "Ward sidecar proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install (or with --remove, remove) the iptables rules that redirect
+    /// the pod's TCP traffic into the proxy. Needs CAP_NET_ADMIN.
+    Init(InitArgs),
+    // `Run(RunArgs)`, the proxy itself, goes here.
+    /// Test probe: answer each connection with its original destination.
+    #[command(hide = true)]
+    DebugOrigDst(DebugOrigDstArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DebugOrigDstArgs {
+    /// Listen here (repeatable) and answer `<local> <original destination>`.
+    #[arg(long, required_unless_present = "connect")]
+    listen: Vec<SocketAddr>,
+    /// Instead, connect here and print the answer.
+    #[arg(long, conflicts_with = "listen")]
+    connect: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Init(args) => run_init(&args).map_err(|e| e.to_string()),
+        Command::DebugOrigDst(args) => debug_orig_dst(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("ward-proxy: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn debug_orig_dst(args: DebugOrigDstArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        match args.connect {
+            Some(addr) => {
+                let reply =
+                    tokio::time::timeout(Duration::from_secs(5), orig_dst::probe_connect(addr))
+                        .await
+                        .map_err(|_| format!("{addr}: timed out"))?
+                        .map_err(|e| format!("{addr}: {e}"))?;
+                print!("{reply}");
+                Ok(())
+            }
+            None => orig_dst::serve_probe(&args.listen)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    })
+}
