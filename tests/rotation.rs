@@ -19,17 +19,26 @@ use ward_identity::tls;
 const TD: &str = "cluster.local";
 const SVID_TTL: Duration = Duration::from_secs(4);
 
-async fn enrol(cp: &ControlPlane, data: &std::path::Path, sa: &str, stop: watch::Receiver<bool>) -> IdentityHandle {
+async fn enrol(
+    cp: &ControlPlane,
+    data: &std::path::Path,
+    sa: &str,
+    stop: watch::Receiver<bool>,
+) -> IdentityHandle {
     let id = SpiffeId::for_service_account(TD, "default", sa).unwrap();
     let tokens = JoinTokenStore::open(&DataDir::open(data).unwrap().join_tokens_dir()).unwrap();
     let token = tokens.create(&id, Duration::from_secs(60)).unwrap();
-    let client = ControlPlaneClient::from_bundle_pem(cp.api_addr().to_string(), TD, cp.bundle_pem()).unwrap();
+    let client =
+        ControlPlaneClient::from_bundle_pem(cp.api_addr().to_string(), TD, cp.bundle_pem())
+            .unwrap();
     let issuer = ControlPlaneIssuer {
         client,
         credential: CredentialSource::join_token(token),
     };
     let handle = manager::spawn(id, issuer, RotationPolicy::default(), stop);
-    tokio::time::timeout(Duration::from_secs(10), handle.ready()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), handle.ready())
+        .await
+        .unwrap();
     handle
 }
 
@@ -37,13 +46,18 @@ async fn enrol(cp: &ControlPlane, data: &std::path::Path, sa: &str, stop: watch:
 async fn echo_server(backend: &IdentityHandle) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let acceptor = TlsAcceptor::from(tls::server_config(backend.svid().clone(), backend.bundles().clone()));
+    let acceptor = TlsAcceptor::from(tls::server_config(
+        backend.svid().clone(),
+        backend.bundles().clone(),
+    ));
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut buf = [0u8; 64];
                 while let Ok(n) = tls.read(&mut buf).await {
                     if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
@@ -56,14 +70,21 @@ async fn echo_server(backend: &IdentityHandle) -> std::net::SocketAddr {
     addr
 }
 
-async fn connect(frontend: &IdentityHandle, backend: &IdentityHandle, addr: std::net::SocketAddr) -> TlsStream<TcpStream> {
+async fn connect(
+    frontend: &IdentityHandle,
+    backend: &IdentityHandle,
+    addr: std::net::SocketAddr,
+) -> TlsStream<TcpStream> {
     let connector = TlsConnector::from(tls::client_config(
         frontend.svid().clone(),
         frontend.bundles().clone(),
         backend.spiffe_id().clone(),
     ));
     let tcp = TcpStream::connect(addr).await.unwrap();
-    connector.connect("backend".try_into().unwrap(), tcp).await.unwrap()
+    connector
+        .connect("backend".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 async fn echo(conn: &mut TlsStream<TcpStream>, msg: &[u8]) {
@@ -103,18 +124,31 @@ async fn live_connection_survives_renewal_and_new_handshakes_see_the_new_certifi
 
     let fresh = connect(&frontend, &backend, addr).await;
     let new_cert = server_cert(&fresh);
-    assert_ne!(new_cert, first_cert, "a new handshake presents the renewed certificate");
-    assert_eq!(new_cert, backend.svid().certified_key().unwrap().cert[0].to_vec());
+    assert_ne!(
+        new_cert, first_cert,
+        "a new handshake presents the renewed certificate"
+    );
+    assert_eq!(
+        new_cert,
+        backend.svid().certified_key().unwrap().cert[0].to_vec()
+    );
     echo(&mut live, b"after renewal").await;
 
     // Even past the first certificate's expiry the established connection
     // carries on: certificates are checked at the handshake only.
-    let past_expiry = first_expiry - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(500);
+    let past_expiry =
+        first_expiry - time::OffsetDateTime::now_utc() + time::Duration::milliseconds(500);
     if let Ok(wait) = Duration::try_from(past_expiry) {
         tokio::time::sleep(wait).await;
     }
     echo(&mut live, b"after the old certificate expired").await;
-    assert!(frontend.stats().renewals.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    assert!(
+        frontend
+            .stats()
+            .renewals
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
 
     let _ = stop_tx.send(true);
     cp.shutdown().await;
