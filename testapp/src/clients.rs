@@ -88,7 +88,9 @@ pub async fn grpc(
     let mut trailers: Option<HeaderMap> = None;
     loop {
         stage.set(format!("echo {received} of {messages} (or trailers)"));
-        let Some(frame) = body.frame().await else { break };
+        let Some(frame) = body.frame().await else {
+            break;
+        };
         let frame = frame.context("reading response")?;
         let frame = match frame.into_data() {
             Ok(data) => {
@@ -285,7 +287,12 @@ pub async fn tunnel(addr: &str, target: &str, message: &str, stage: &Stage) -> R
 
 /// `tcp-client`: write everything, half-close, read to EOF; expects the echo
 /// followed by `bye <n>\n`.
-pub async fn tcp(addr: &str, send: Option<&str>, bytes: Option<u64>, stage: &Stage) -> Result<bool> {
+pub async fn tcp(
+    addr: &str,
+    send: Option<&str>,
+    bytes: Option<u64>,
+    stage: &Stage,
+) -> Result<bool> {
     let stream = connect(addr, stage).await?;
     let (mut reader, mut writer) = stream.into_split();
     let text = send.unwrap_or_default().as_bytes().to_vec();
@@ -383,7 +390,9 @@ pub async fn banner(addr: &str, expect_banner: Option<&str>, stage: &Stage) -> R
     }
     for (command, expected) in [("HELO x", "250 HELO x"), ("QUIT", "221 bye")] {
         println!("C: {command}");
-        writer.write_all(format!("{command}\r\n").as_bytes()).await?;
+        writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .await?;
         stage.set(format!("reply to {command}"));
         let reply = read_reply(&mut reader).await?;
         ok &= reply == expected;
@@ -392,7 +401,10 @@ pub async fn banner(addr: &str, expect_banner: Option<&str>, stage: &Stage) -> R
     let mut rest = Vec::new();
     (&mut reader).take(4096).read_to_end(&mut rest).await?;
     if !rest.is_empty() {
-        println!("S: (unexpected after QUIT) {}", String::from_utf8_lossy(&rest));
+        println!(
+            "S: (unexpected after QUIT) {}",
+            String::from_utf8_lossy(&rest)
+        );
         ok = false;
     }
     Ok(ok)

@@ -144,7 +144,9 @@ fn stream(req: Request<Incoming>) -> Response<ResBody> {
                 // The client went away (reset): nobody to answer.
                 Some(Err(_)) => return,
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
                     buf.extend_from_slice(data.chunk());
                     loop {
                         match take_message(&mut buf) {

@@ -134,16 +134,12 @@ async fn echo(req: Request<Incoming>, peer: SocketAddr, app: &App) -> Response<R
             Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading body: {e}")),
         }
     }
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        });
+    let authority = parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+    });
     let path = parts
         .uri
         .path_and_query()
@@ -220,8 +216,14 @@ fn source(req: &Request<Incoming>) -> Response<ResBody> {
 
 /// `GET /status/<code>`: answers with that status (200..=599).
 fn status(code: &str) -> Response<ResBody> {
-    match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
-        Some(status) if status.as_u16() >= 200 => text(status, &format!("status {}", status.as_u16())),
+    match code
+        .parse::<u16>()
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        Some(status) if status.as_u16() >= 200 => {
+            text(status, &format!("status {}", status.as_u16()))
+        }
         _ => text(StatusCode::BAD_REQUEST, "usage: GET /status/<200..=599>"),
     }
 }

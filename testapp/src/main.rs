@@ -175,12 +175,17 @@ async fn run(command: Command) -> ExitCode {
         Command::Http { server: s, name } => {
             return server("http", http_server::run(&s.listen, name, drain(&s)).await);
         }
-        Command::Grpc { server: s } => return server("grpc", grpc::run(&s.listen, drain(&s)).await),
+        Command::Grpc { server: s } => {
+            return server("grpc", grpc::run(&s.listen, drain(&s)).await);
+        }
         Command::TcpEcho { server: s } => {
             return server("tcp-echo", tcp::run_echo(&s.listen, drain(&s)).await);
         }
         Command::Banner { server: s, banner } => {
-            return server("banner", tcp::run_banner(&s.listen, banner, drain(&s)).await);
+            return server(
+                "banner",
+                tcp::run_banner(&s.listen, banner, drain(&s)).await,
+            );
         }
         Command::GrpcClient {
             client,
@@ -231,9 +236,10 @@ async fn run(command: Command) -> ExitCode {
             expect_banner,
         } => {
             let (addr, stage) = (client.connect.clone(), stage.clone());
-            let work: ClientFuture = Box::pin(async move {
-                clients::banner(&addr, expect_banner.as_deref(), &stage).await
-            });
+            let work: ClientFuture =
+                Box::pin(
+                    async move { clients::banner(&addr, expect_banner.as_deref(), &stage).await },
+                );
             ("banner-client", client, work)
         }
         Command::Upload {

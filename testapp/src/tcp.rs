@@ -31,7 +31,9 @@ pub async fn run_echo(listen: &str, drain: Duration) -> Result<()> {
 async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
     let (mut reader, mut writer) = stream.split();
     let total = util::echo_until_eof(&mut reader, &mut writer).await?;
-    writer.write_all(format!("bye {total}\n").as_bytes()).await?;
+    writer
+        .write_all(format!("bye {total}\n").as_bytes())
+        .await?;
     writer.shutdown().await?;
     Ok(())
 }

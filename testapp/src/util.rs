@@ -166,10 +166,8 @@ where
         drain.as_millis()
     );
     let _ = shutdown_tx.send(true);
-    let drained = tokio::time::timeout(drain, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         eprintln!(
             "ward-testapp: aborting {} connection(s) still open",
@@ -260,16 +258,14 @@ mod tests {
     fn websocket_accept_matches_rfc_6455_example() {
         assert_eq!(
             websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzo0YzPK+xo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
     #[test]
     fn pattern_is_consistent_across_chunk_boundaries() {
         assert_eq!(PATTERN.len(), 64);
-        let stream: Vec<u8> = (0..3 * CHUNK_LEN + 17)
-            .map(|i| PATTERN[i % 64])
-            .collect();
+        let stream: Vec<u8> = (0..3 * CHUNK_LEN + 17).map(|i| PATTERN[i % 64]).collect();
         assert!(pattern_matches(0, &stream));
         assert!(pattern_matches(100, &stream[100..CHUNK_LEN + 300]));
         assert!(!pattern_matches(1, &stream[..10]));
