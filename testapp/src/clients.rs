@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -210,8 +210,8 @@ async fn raw_handshake(
 
 /// Writes `message`, reads exactly as many bytes back (starting with
 /// `already`), and says whether they are equal.
-async fn echo_check(
-    stream: &mut TcpStream,
+async fn echo_check<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     message: &str,
     mut already: Vec<u8>,
     stage: &Stage,
@@ -275,8 +275,34 @@ pub async fn websocket(
 }
 
 /// `connect-client`: HTTP/1.1 CONNECT, expects 2xx, then a raw byte echo.
-pub async fn tunnel(addr: &str, target: &str, message: &str, stage: &Stage) -> Result<bool> {
+pub async fn tunnel(
+    addr: &str,
+    target: &str,
+    message: &str,
+    http2: bool,
+    stage: &Stage,
+) -> Result<bool> {
     let mut stream = connect(addr, stage).await?;
+    if http2 {
+        // RFC 9113 section 8.5: :method CONNECT + :authority, no :path.
+        stage.set("HTTP/2 handshake");
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .context("HTTP/2 handshake")?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target)
+            .body(http_body_util::Empty::<Bytes>::new())?;
+        stage.set("CONNECT response");
+        let res = sender.send_request(req).await.context("sending CONNECT")?;
+        if !res.status().is_success() {
+            bail!("CONNECT answered {}", res.status());
+        }
+        let upgraded = hyper::upgrade::on(res).await.context("CONNECT stream")?;
+        return echo_check(&mut TokioIo::new(upgraded), message, Vec::new(), stage).await;
+    }
     let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
     let (status, _headers, rest) = raw_handshake(&mut stream, &request, stage).await?;
     if !(200..300).contains(&status) {

@@ -108,6 +108,9 @@ enum Command {
         target: String,
         #[arg(long)]
         message: String,
+        /// CONNECT as an HTTP/2 stream (h2c prior knowledge) instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
     },
     /// Writes TEXT (or N pattern bytes), half-closes, reads to EOF; expects echo + `bye <n>`.
     TcpClient {
@@ -215,10 +218,13 @@ async fn run(command: Command) -> ExitCode {
             client,
             target,
             message,
+            http2,
         } => {
             let (addr, stage) = (client.connect.clone(), stage.clone());
             let work: ClientFuture =
-                Box::pin(async move { clients::tunnel(&addr, &target, &message, &stage).await });
+                Box::pin(
+                    async move { clients::tunnel(&addr, &target, &message, http2, &stage).await },
+                );
             ("connect-client", client, work)
         }
         Command::TcpClient {

@@ -216,6 +216,20 @@ fn connect_tunnel_echo() {
     assert!(out.status.success());
     assert_eq!(stdout(&out), "echo: tunnelled bytes\n");
 
+    // The same over an HTTP/2 CONNECT stream.
+    let out = client(&[
+        "connect-client",
+        "--connect",
+        &server.addr_str(),
+        "--target",
+        "db.internal:5432",
+        "--message",
+        "h2 tunnel",
+        "--http2",
+    ]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), "echo: h2 tunnel\n");
+
     // By hand: after the 200 the connection is a byte pipe until half-close.
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
