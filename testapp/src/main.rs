@@ -70,6 +70,7 @@ enum Command {
     Banner {
         #[command(flatten)]
         server: ServerOpts,
+        /// First line sent on accept (`\r\n` is appended).
         #[arg(long, default_value = "220 ward-test ESMTP ready")]
         banner: String,
     },
@@ -94,18 +95,21 @@ enum Command {
         /// Host header (default: the --connect address).
         #[arg(long)]
         authority: Option<String>,
+        /// Request path of the upgrade.
         #[arg(long, default_value = "/ws")]
         path: String,
+        /// Bytes to send and expect back.
         #[arg(long)]
         message: String,
     },
-    /// HTTP/1.1 CONNECT to --target, then a raw byte echo; prints `echo: TEXT`.
+    /// CONNECT to --target (HTTP/1.1, or h2c with --http2), then a raw byte echo; prints `echo: TEXT`.
     ConnectClient {
         #[command(flatten)]
         client: ClientOpts,
         /// host:port put in the CONNECT request.
         #[arg(long)]
         target: String,
+        /// Bytes to send through the tunnel and expect back.
         #[arg(long)]
         message: String,
         /// CONNECT as an HTTP/2 stream (h2c prior knowledge) instead of HTTP/1.1.
@@ -116,8 +120,10 @@ enum Command {
     TcpClient {
         #[command(flatten)]
         client: ClientOpts,
+        /// Text to send (printed back verbatim, followed by the `bye` line).
         #[arg(long, required_unless_present = "bytes", conflicts_with = "bytes")]
         send: Option<String>,
+        /// Send N generated pattern bytes instead (echo checked on the fly).
         #[arg(long)]
         bytes: Option<u64>,
     },
@@ -136,8 +142,10 @@ enum Command {
         /// Host header / :authority (default: the --connect address).
         #[arg(long)]
         authority: Option<String>,
+        /// Body size; generated on the fly, never buffered.
         #[arg(long)]
         bytes: u64,
+        /// Request path (`verify=pattern` is appended to the query).
         #[arg(long, default_value = "/sink")]
         path: String,
         /// Use HTTP/2 prior knowledge (h2c) instead of HTTP/1.1.
