@@ -263,10 +263,6 @@ fn sigterm_drains_an_in_flight_request_then_exits_0() {
     let (code, _, body) = request.join().unwrap();
     assert_eq!(code, 200);
     assert_eq!(body, b"slow done\n");
-    assert!(
-        TcpStream::connect(addr).is_err(),
-        "still accepting after exit"
-    );
 }
 
 #[test]
