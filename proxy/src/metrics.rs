@@ -6,15 +6,16 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use ward_identity::SpiffeId;
 
 /// Request duration buckets, in seconds: fine below a millisecond, where a
 /// proxy's own overhead lives, up to 10 s for slow applications.
 pub const DURATION_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// Label value for a peer without an identity (plaintext in PERMISSIVE).
@@ -50,31 +51,41 @@ struct Builder<'r>(&'r Registry);
 impl Builder<'_> {
     fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-        self.0.register(Box::new(c.clone())).expect("registered once");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("registered once");
         c
     }
 
     fn plain_counter(&self, name: &str, help: &str) -> IntCounter {
         let c = IntCounter::new(name, help).expect("valid metric");
-        self.0.register(Box::new(c.clone())).expect("registered once");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("registered once");
         c
     }
 
     fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        self.0.register(Box::new(g.clone())).expect("registered once");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("registered once");
         g
     }
 
     fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
         let g = IntGauge::new(name, help).expect("valid metric");
-        self.0.register(Box::new(g.clone())).expect("registered once");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("registered once");
         g
     }
 
     fn gauge(&self, name: &str, help: &str) -> Gauge {
         let g = Gauge::new(name, help).expect("valid metric");
-        self.0.register(Box::new(g.clone())).expect("registered once");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("registered once");
         g
     }
 }
@@ -87,8 +98,14 @@ impl ProxyMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let b = Builder(&registry);
-        let build_info = b.gauge_vec("ward_build_info", "Ward build information (always 1).", &["version", "component"]);
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), "proxy"]).set(1);
+        let build_info = b.gauge_vec(
+            "ward_build_info",
+            "Ward build information (always 1).",
+            &["version", "component"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "proxy"])
+            .set(1);
         let http_duration = HistogramVec::new(
             HistogramOpts::new(
                 "ward_http_request_duration_seconds",
@@ -98,8 +115,10 @@ impl ProxyMetrics {
             &with_peer(&["direction"]),
         )
         .expect("valid metric");
-        registry.register(Box::new(http_duration.clone())).expect("registered once");
-        let metrics = ProxyMetrics {
+        registry
+            .register(Box::new(http_duration.clone()))
+            .expect("registered once");
+        ProxyMetrics {
             http_requests: b.counter("ward_http_requests_total", "HTTP requests received, by direction and peer.", &with_peer(&["direction"])),
             http_responses: b.counter(
                 "ward_http_responses_total",
@@ -151,8 +170,7 @@ impl ProxyMetrics {
                 "When the last update from the control plane arrived (Unix time; 0: never).",
             ),
             registry,
-        };
-        metrics
+        }
     }
 
     /// The Prometheus text exposition: Ward's metrics plus process metrics
@@ -191,7 +209,10 @@ impl Default for ProxyMetrics {
 /// `(namespace, service account)` label values for a peer identity.
 pub fn peer_labels(peer: Option<&SpiffeId>) -> (&str, &str) {
     match peer {
-        Some(id) => (id.namespace().unwrap_or(UNKNOWN), id.service_account().unwrap_or(UNKNOWN)),
+        Some(id) => (
+            id.namespace().unwrap_or(UNKNOWN),
+            id.service_account().unwrap_or(UNKNOWN),
+        ),
         None => (UNKNOWN, UNKNOWN),
     }
 }
@@ -213,14 +234,23 @@ impl PeerMetrics {
     }
 
     pub fn connection_opened(&self) {
-        self.metrics.tcp_opened.with_label_values(&self.labels()).inc();
+        self.metrics
+            .tcp_opened
+            .with_label_values(&self.labels())
+            .inc();
     }
 
     pub fn connection_closed(&self, received: u64, sent: u64) {
         let labels = self.labels();
         self.metrics.tcp_closed.with_label_values(&labels).inc();
-        self.metrics.tcp_received_bytes.with_label_values(&labels).inc_by(received);
-        self.metrics.tcp_sent_bytes.with_label_values(&labels).inc_by(sent);
+        self.metrics
+            .tcp_received_bytes
+            .with_label_values(&labels)
+            .inc_by(received);
+        self.metrics
+            .tcp_sent_bytes
+            .with_label_values(&labels)
+            .inc_by(sent);
     }
 
     pub fn request(&self) {
@@ -237,7 +267,13 @@ impl PeerMetrics {
         };
         self.metrics
             .http_responses
-            .with_label_values(&[self.direction, class, status.as_str(), &self.namespace, &self.service_account])
+            .with_label_values(&[
+                self.direction,
+                class,
+                status.as_str(),
+                &self.namespace,
+                &self.service_account,
+            ])
             .inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
