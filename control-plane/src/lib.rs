@@ -8,5 +8,7 @@ pub mod client;
 pub mod data_dir;
 pub mod logging;
 pub mod metrics;
+pub mod policy_store;
 pub mod server;
 mod serving;
+pub mod watch;
