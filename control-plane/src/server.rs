@@ -127,10 +127,15 @@ impl ControlPlane {
             join_tokens: Some(join_tokens),
             k8s,
         };
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         metrics
             .ca_expiry
             .set(ca.not_after().unix_timestamp() as f64);
+        let policies = Arc::new(PolicyStore::open(config.policy_dir.as_deref(), &metrics)?);
+        let eval_options = ward_policy::EvalOptions {
+            root_namespace: config.root_namespace.clone(),
+            trust_domain: ca.trust_domain().to_owned(),
+        };
 
         let serving = ServingIdentity::new(&ca, &config.serving_dns_names)?;
         let serving_id = serving.spiffe_id().clone();
