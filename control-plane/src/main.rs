@@ -75,8 +75,8 @@ async fn main() -> anyhow::Result<()> {
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let file: File = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let file: File =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config.static_endpoints = file.endpoints;
     }
     if let (Some(issuer), Some(jwks)) = (args.k8s_issuer, args.k8s_jwks_file) {

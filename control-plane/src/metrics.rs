@@ -2,8 +2,8 @@
 //! can run in one test process).
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -57,7 +57,9 @@ impl Metrics {
                 "ward_cp_push_latency_seconds",
                 "Time from accepting a policy set to pushing it to a proxy.",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
         )
         .expect("valid metric");
         let policy_sets = IntCounterVec::new(
@@ -88,7 +90,9 @@ impl Metrics {
             Box::new(policy_version.clone()),
             Box::new(build_info),
         ] {
-            registry.register(collector).expect("metric registered once");
+            registry
+                .register(collector)
+                .expect("metric registered once");
         }
         for collector in [
             Box::new(certificates_issued.clone()) as Box<dyn prometheus::core::Collector>,

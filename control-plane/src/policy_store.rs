@@ -42,7 +42,12 @@ impl PolicySnapshot {
     /// The documents a workload needs, as one multi-document YAML text:
     /// the AuthorizationPolicies that select it, and the PeerAuthentications
     /// of its namespace and of the root namespace.
-    pub fn documents_for(&self, namespace: &str, labels: &BTreeMap<String, String>, options: &EvalOptions) -> String {
+    pub fn documents_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        options: &EvalOptions,
+    ) -> String {
         let applies: Vec<_> = self
             .set
             .authorization_policies()
@@ -52,7 +57,9 @@ impl PolicySnapshot {
         let mut out = String::new();
         for doc in &self.docs {
             let wanted = match doc.kind {
-                "AuthorizationPolicy" => applies.iter().any(|(ns, name)| *ns == doc.namespace && *name == doc.name),
+                "AuthorizationPolicy" => applies
+                    .iter()
+                    .any(|(ns, name)| *ns == doc.namespace && *name == doc.name),
                 _ => doc.namespace == namespace || doc.namespace == options.root_namespace,
             };
             if wanted {
@@ -77,7 +84,9 @@ pub fn load_dir(dir: &Path) -> Result<(PolicySet, Vec<PolicyDoc>), PolicyError> 
             // Each chunk was valid as part of the whole; parse it alone to
             // learn which policies it holds.
             let label = file.display().to_string();
-            let Ok(one) = PolicySet::parse_str(&label, &chunk) else { continue };
+            let Ok(one) = PolicySet::parse_str(&label, &chunk) else {
+                continue;
+            };
             for info in one.policies() {
                 docs.push(PolicyDoc {
                     kind: info.kind,
@@ -117,7 +126,10 @@ fn split_documents(text: &str) -> Vec<String> {
         current.push('\n');
     }
     docs.into_iter()
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
         .collect()
 }
 
@@ -134,7 +146,10 @@ fn fingerprint(dir: &Path) -> u64 {
 /// Versions increase across restarts too: milliseconds since the epoch,
 /// or one more than the previous version if the clock went backwards.
 fn next_version(previous: u64) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     now.max(previous + 1)
 }
 
@@ -149,7 +164,8 @@ impl PolicyStore {
     pub fn open(dir: Option<&Path>, metrics: &Metrics) -> anyhow::Result<Self> {
         let snapshot = match dir {
             Some(dir) => {
-                let (set, docs) = load_dir(dir).map_err(|e| anyhow::anyhow!("policies in {}: {e}", dir.display()))?;
+                let (set, docs) = load_dir(dir)
+                    .map_err(|e| anyhow::anyhow!("policies in {}: {e}", dir.display()))?;
                 metrics.policy_sets.with_label_values(&["accepted"]).inc();
                 PolicySnapshot {
                     version: next_version(0),
@@ -174,7 +190,12 @@ impl PolicyStore {
     }
 
     /// Reloads when the directory changes, until `shutdown`.
-    pub async fn watch_dir(self: Arc<Self>, dir: PathBuf, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn watch_dir(
+        self: Arc<Self>,
+        dir: PathBuf,
+        metrics: Arc<Metrics>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut seen = fingerprint(&dir);
         loop {
             tokio::select! {
@@ -224,6 +245,9 @@ mod tests {
     fn documents_split_at_separator_lines() {
         let text = "# header comment\n---\nkind: A\n---\n\n--- # trailing\nkind: B\nx: '---'\n";
         let docs = split_documents(text);
-        assert_eq!(docs, vec!["kind: A\n".to_owned(), "kind: B\nx: '---'\n".to_owned()]);
+        assert_eq!(
+            docs,
+            vec!["kind: A\n".to_owned(), "kind: B\nx: '---'\n".to_owned()]
+        );
     }
 }

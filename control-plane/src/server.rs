@@ -350,16 +350,31 @@ async fn watch_stream(
             format!("{id} is not of the form spiffe://<td>/ns/<ns>/sa/<sa>"),
         );
     };
-    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
-        Err(err) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body_unreadable", err.to_string()),
+        Err(err) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_unreadable",
+                err.to_string(),
+            );
+        }
     };
     let request: WatchRequest = if body.is_empty() {
         WatchRequest::default()
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
-            Err(err) => return error(StatusCode::BAD_REQUEST, "malformed_request", format!("malformed request: {err}")),
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_request",
+                    format!("malformed request: {err}"),
+                );
+            }
         }
     };
     let registration = request

@@ -78,7 +78,10 @@ impl Endpoints {
     /// not remove it.
     pub fn register(self: &Arc<Self>, ip: IpAddr, id: SpiffeId) -> Registration {
         let generation = self.changed.send_modify_and_get(|g| *g += 1);
-        self.registered.lock().expect("not poisoned").insert(ip, (id, generation));
+        self.registered
+            .lock()
+            .expect("not poisoned")
+            .insert(ip, (id, generation));
         Registration {
             endpoints: self.clone(),
             ip,
@@ -88,16 +91,12 @@ impl Endpoints {
 
     pub fn snapshot(&self) -> Vec<EndpointEntry> {
         let mut entries = self.static_entries.clone();
-        entries.extend(
-            self.registered
-                .lock()
-                .expect("not poisoned")
-                .iter()
-                .map(|(ip, (id, _))| EndpointEntry {
-                    address: ip.to_string(),
-                    spiffe_id: id.to_string(),
-                }),
-        );
+        entries.extend(self.registered.lock().expect("not poisoned").iter().map(
+            |(ip, (id, _))| EndpointEntry {
+                address: ip.to_string(),
+                spiffe_id: id.to_string(),
+            },
+        ));
         entries.sort();
         entries
     }
@@ -127,7 +126,10 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut registered = self.endpoints.registered.lock().expect("not poisoned");
-        if registered.get(&self.ip).is_some_and(|(_, g)| *g == self.generation) {
+        if registered
+            .get(&self.ip)
+            .is_some_and(|(_, g)| *g == self.generation)
+        {
             registered.remove(&self.ip);
             drop(registered);
             self.endpoints.changed.send_modify(|g| *g += 1);
@@ -142,8 +144,13 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|msg| msg.map(|b| Ok(Frame::data(b))))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|msg| msg.map(|b| Ok(Frame::data(b))))
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -189,7 +196,9 @@ pub async fn run_stream(mut ctx: WatchContext, tx: mpsc::Sender<Bytes>) {
                 break;
             }
             if let Some(accepted) = snapshot.accepted_at {
-                ctx.metrics.push_latency.observe(accepted.elapsed().as_secs_f64());
+                ctx.metrics
+                    .push_latency
+                    .observe(accepted.elapsed().as_secs_f64());
             }
             debug!(spiffe_id = %ctx.id, version = update.version, "pushed update");
             last = Some(update);

@@ -21,6 +21,8 @@ use crate::metrics::ProxyMetrics;
 pub struct Admin {
     pub metrics: Arc<ProxyMetrics>,
     pub identity: WorkloadIdentity,
+    /// Ready needs a policy set too when policies are enforced.
+    pub policy: Option<Arc<crate::policy::PolicyAuthorizer>>,
     pub draining: CancellationToken,
 }
 
@@ -63,10 +65,15 @@ impl Admin {
             (&Method::GET, "/ready", true) => {
                 if self.draining.is_cancelled() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if self.identity.is_ready() {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                } else if !self.identity.is_ready() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
+                } else if self.policy.as_ref().is_some_and(|p| !p.has_policy()) {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no policy from the control plane yet\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
                 }
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -3,9 +3,9 @@
 //! place on the path is final; the policy engine plugs in behind it.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use ward_identity::SpiffeId;
+use ward_policy::PolicyRef;
 
 /// What is known about an inbound connection.
 #[derive(Debug, Clone)]
@@ -33,13 +33,6 @@ impl Protocol {
     }
 }
 
-/// A policy's `namespace/name`, shared cheaply between decisions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyName {
-    pub namespace: String,
-    pub name: String,
-}
-
 /// Label value for decisions no policy made (a default).
 pub const DEFAULT_POLICY: &str = "default";
 
@@ -47,7 +40,7 @@ pub const DEFAULT_POLICY: &str = "default";
 pub struct Verdict {
     pub allowed: bool,
     /// The deciding policy; `None` when a default decided.
-    pub policy: Option<Arc<PolicyName>>,
+    pub policy: Option<PolicyRef>,
     /// Index of the deciding rule within the policy.
     pub rule: Option<usize>,
     pub reason: &'static str,
@@ -87,7 +80,7 @@ impl Verdict {
     /// `ns/name` of the deciding policy, or `default`, for access logs.
     pub fn policy_display(&self) -> String {
         match &self.policy {
-            Some(p) => format!("{}/{}", p.namespace, p.name),
+            Some(p) => p.to_string(),
             None => DEFAULT_POLICY.to_owned(),
         }
     }

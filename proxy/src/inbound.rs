@@ -58,6 +58,9 @@ pub struct Inbound {
     pub mode: MtlsMode,
     pub opaque_ports: Vec<u16>,
     pub authz: Arc<dyn Authorizer>,
+    /// The policy engine, when policies are enforced: it also decides the
+    /// mTLS mode per port and closes TCP connections a change denies.
+    pub policy: Option<Arc<crate::policy::PolicyAuthorizer>>,
     pub apps: AppClients,
     pub metrics: Arc<ProxyMetrics>,
     pub limits: Limits,
@@ -122,7 +125,11 @@ impl Inbound {
                 destination,
             },
         };
-        if self.mode == MtlsMode::Disable {
+        let mode = match &self.policy {
+            Some(policy) => policy.mtls_mode(destination.port()),
+            None => self.mode,
+        };
+        if mode == MtlsMode::Disable {
             let protocol = if opaque {
                 Protocol::Opaque
             } else {
@@ -140,11 +147,11 @@ impl Inbound {
                 self.terminate_tls(tcp, source, destination, app, opaque, shutdown)
                     .await;
             }
-            Ok(Peeked::Protocol(protocol)) if self.mode == MtlsMode::Permissive => {
+            Ok(Peeked::Protocol(protocol)) if mode == MtlsMode::Permissive => {
                 let protocol = if opaque { Protocol::Opaque } else { protocol };
                 self.serve(plaintext(tcp), protocol, app, shutdown).await;
             }
-            Ok(Peeked::Silent) if self.mode == MtlsMode::Permissive => {
+            Ok(Peeked::Silent) if mode == MtlsMode::Permissive => {
                 self.serve(plaintext(tcp), Protocol::Opaque, app, shutdown)
                     .await;
             }
@@ -278,7 +285,7 @@ impl Inbound {
             }
             _ => {
                 let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
-                self.serve_tcp(io, &conn, verdict).await
+                self.serve_tcp(io, conn.clone(), verdict).await
             }
         }
         let (received, sent) = counts.totals();
@@ -293,7 +300,7 @@ impl Inbound {
             .inc();
     }
 
-    async fn serve_tcp<I>(&self, mut io: I, conn: &ConnInfo, verdict: Verdict)
+    async fn serve_tcp<I>(&self, mut io: I, conn: Arc<ConnInfo>, verdict: Verdict)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
@@ -318,9 +325,18 @@ impl Inbound {
             }
         };
         let _ = app.set_nodelay(true);
-        let (received, sent) = tokio::io::copy_bidirectional(&mut io, &mut app)
-            .await
-            .unwrap_or_default();
+        // Registered so a policy change can close it.
+        let tracked = self.policy.as_ref().map(|p| p.track_tcp(conn.clone()));
+        let closed_by_policy = async {
+            match &tracked {
+                Some(t) => t.close.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (received, sent) = tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut io, &mut app) => r.unwrap_or_default(),
+            _ = closed_by_policy => (0, 0),
+        };
         info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "allow", policy = %verdict.policy_display(), bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
     }
 
