@@ -15,12 +15,21 @@ fn ward_inject(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
 fn docs(out: &Output) -> Vec<Value> {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_yaml_ng::Deserializer::from_str(std::str::from_utf8(&out.stdout).unwrap())
         .map(|d| Value::deserialize(d).unwrap())
         .collect()
@@ -61,7 +70,10 @@ fn sample_app_is_injected_and_the_rest_passes_through() {
         let proxy = &spec["initContainers"][1];
         assert_eq!(proxy["restartPolicy"], "Always");
         let env = proxy["env"].as_array().unwrap();
-        let td = env.iter().find(|e| e["name"] == "WARD_TRUST_DOMAIN").unwrap();
+        let td = env
+            .iter()
+            .find(|e| e["name"] == "WARD_TRUST_DOMAIN")
+            .unwrap();
         assert_eq!(td["value"], "example.org");
         assert!(got["spec"]["template"]["metadata"]["annotations"]["ward.io/status"].is_string());
         // Everything outside the pod template is untouched.
@@ -85,10 +97,20 @@ fn every_workload_kind_and_lists() {
     );
     // Without the namespace label nothing is selected.
     let untouched = docs(&ward_inject(&["-f", "-"], &input));
-    assert!(!serde_json::to_string(&untouched).unwrap().contains("ward-proxy"));
+    assert!(
+        !serde_json::to_string(&untouched)
+            .unwrap()
+            .contains("ward-proxy")
+    );
 
     let out = docs(&ward_inject(
-        &["-f", "-", "--namespace-injection-enabled", "--native-sidecar", "false"],
+        &[
+            "-f",
+            "-",
+            "--namespace-injection-enabled",
+            "--native-sidecar",
+            "false",
+        ],
         &input,
     ));
     let templates = [
@@ -101,7 +123,11 @@ fn every_workload_kind_and_lists() {
         &out[6]["items"][0],
     ];
     for t in templates {
-        assert_eq!(names(&t["spec"]["containers"]), ["ward-proxy", "app"], "{t}");
+        assert_eq!(
+            names(&t["spec"]["containers"]),
+            ["ward-proxy", "app"],
+            "{t}"
+        );
         assert_eq!(names(&t["spec"]["initContainers"]), ["ward-init"]);
     }
     assert_eq!(out[6]["items"][1]["kind"], "ConfigMap");
@@ -150,7 +176,10 @@ fn invalid_annotation_fails_with_the_object_named() {
 fn reads_a_file() {
     let out = Command::new(env!("CARGO_BIN_EXE_ward"))
         .args(["inject", "-f"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/shop/app.yaml"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/examples/shop/app.yaml"
+        ))
         .output()
         .unwrap();
     assert_eq!(docs(&out).len(), 6);

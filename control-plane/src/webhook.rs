@@ -250,7 +250,8 @@ pub fn review(
         }
         envelope(response)
     };
-    if request.kind.group != "" || request.kind.kind != "Pod" || request.operation != "CREATE" {
+    if !request.kind.group.is_empty() || request.kind.kind != "Pod" || request.operation != "CREATE"
+    {
         return Ok(allow(json!({})));
     }
     let object = request

@@ -32,8 +32,8 @@ struct Harness {
 /// client trusts that CA only, as the API server trusts `caBundle`.
 async fn start() -> Harness {
     let ca = CertificateAuthority::generate_root("example.org", Duration::from_secs(3600)).unwrap();
-    let id = SpiffeId::for_service_account("example.org", "ward-system", "ward-control-plane")
-        .unwrap();
+    let id =
+        SpiffeId::for_service_account("example.org", "ward-system", "ward-control-plane").unwrap();
     let key = ca::generate_key();
     let issued = ca
         .issue_for_key(
@@ -95,14 +95,28 @@ impl Harness {
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
-        (status, resp.into_body().collect().await.unwrap().to_bytes().to_vec())
+        (
+            status,
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
     }
 
     /// Sends a pod CREATE review; returns the response and the pod with the
     /// patch applied (the original pod when there is none).
     async fn review(&self, path: &str, uid: &str, namespace: &str, pod: &Pod) -> (Value, Pod) {
         let (status, body) = self
-            .post("POST", path, admission_review(uid, namespace, pod).to_string().into_bytes())
+            .post(
+                "POST",
+                path,
+                admission_review(uid, namespace, pod)
+                    .to_string()
+                    .into_bytes(),
+            )
             .await;
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let review: Value = serde_json::from_slice(&body).unwrap();
@@ -255,25 +269,50 @@ async fn pod_shapes_through_the_webhook() {
         ["ward-init", "ward-proxy", "migrate"]
     );
     assert_eq!(names(&Some(spec.containers.clone())), ["cart", "cache"]);
-    let volumes: Vec<_> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
-    assert_eq!(volumes, ["data", "ward-token", "ward-ca-bundle", "ward-podinfo"]);
+    let volumes: Vec<_> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(
+        volumes,
+        ["data", "ward-token", "ward-ca-bundle", "ward-podinfo"]
+    );
     let proxy = &spec.init_containers.as_ref().unwrap()[1];
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
     let sc = proxy.security_context.as_ref().unwrap();
-    assert_eq!((sc.run_as_user, sc.run_as_non_root), (Some(1337), Some(true)));
+    assert_eq!(
+        (sc.run_as_user, sc.run_as_non_root),
+        (Some(1337), Some(true))
+    );
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(
         sc.capabilities.as_ref().unwrap().drop.as_deref(),
         Some(&["ALL".to_owned()][..])
     );
     let init = &spec.init_containers.as_ref().unwrap()[0];
-    let caps = init.security_context.as_ref().unwrap().capabilities.as_ref().unwrap();
+    let caps = init
+        .security_context
+        .as_ref()
+        .unwrap()
+        .capabilities
+        .as_ref()
+        .unwrap();
     assert_eq!(
         caps.add.as_deref(),
         Some(&["NET_ADMIN".to_owned(), "NET_RAW".to_owned()][..])
     );
-    assert_eq!(init.command.as_deref(), Some(&["ward-proxy".to_owned(), "init".to_owned()][..]));
-    let env: Vec<_> = proxy.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        init.command.as_deref(),
+        Some(&["ward-proxy".to_owned(), "init".to_owned()][..])
+    );
+    let env: Vec<_> = proxy
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.as_str())
+        .collect();
     for required in [
         "WARD_CONTROL_PLANE",
         "WARD_CA_BUNDLE",
@@ -292,11 +331,23 @@ async fn pod_shapes_through_the_webhook() {
     }
     // Both app containers' probes go through the proxy.
     for (c, name) in spec.containers.iter().zip(["cart", "cache"]) {
-        let get = c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
-        assert_eq!(get.path.as_deref(), Some(&*format!("/app-health/{name}/readyz")));
+        let get = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            get.path.as_deref(),
+            Some(&*format!("/app-health/{name}/readyz"))
+        );
         assert_eq!(get.port, IntOrString::Int(15020));
     }
-    assert_eq!(annotation(&out, "prometheus.io/port").as_deref(), Some("15020"));
+    assert_eq!(
+        annotation(&out, "prometheus.io/port").as_deref(),
+        Some("15020")
+    );
     let status: Value = serde_json::from_str(&annotation(&out, "ward.io/status").unwrap()).unwrap();
     assert_eq!(status["nativeSidecar"], true);
     assert_eq!(out.metadata.labels, p.metadata.labels, "labels untouched");
@@ -304,13 +355,29 @@ async fn pod_shapes_through_the_webhook() {
 
     // Annotation opt-in on the plain path, no labels, no annotations but ours;
     // classic sidecar forced by annotation.
-    let p = pod(&[("ward.io/inject", "true"), ("ward.io/native-sidecar", "false")], &[]);
+    let p = pod(
+        &[
+            ("ward.io/inject", "true"),
+            ("ward.io/native-sidecar", "false"),
+        ],
+        &[],
+    );
     let (resp, out) = h.review("/inject", "uid-2", "shop", &p).await;
     assert_eq!(resp["allowed"], true);
     let spec = out.spec.as_ref().unwrap();
     assert_eq!(names(&spec.init_containers), ["ward-init"]);
-    assert_eq!(names(&Some(spec.containers.clone())), ["ward-proxy", "cart"]);
-    assert!(spec.containers[0].lifecycle.as_ref().unwrap().post_start.is_some());
+    assert_eq!(
+        names(&Some(spec.containers.clone())),
+        ["ward-proxy", "cart"]
+    );
+    assert!(
+        spec.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .post_start
+            .is_some()
+    );
     assert!(out.metadata.labels.is_none());
     save(&out, "classic-sidecar");
 
@@ -334,7 +401,12 @@ async fn pod_shapes_through_the_webhook() {
     let (resp, out) = h.review("/inject", "uid-5", "shop", &p).await;
     assert_eq!(resp["allowed"], true);
     assert_eq!(out, p);
-    assert!(resp["warnings"][0].as_str().unwrap().contains("host-network"));
+    assert!(
+        resp["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("host-network")
+    );
 
     // Already injected: unchanged (re-invocation or a copied manifest).
     let (_, injected) = h
@@ -356,7 +428,10 @@ async fn pod_shapes_through_the_webhook() {
     assert_eq!(out, p);
 
     // A bad annotation is denied with the reason: fail closed.
-    let p = pod(&[("ward.io/inject", "true"), ("ward.io/proxy-memory", "lots")], &[]);
+    let p = pod(
+        &[("ward.io/inject", "true"), ("ward.io/proxy-memory", "lots")],
+        &[],
+    );
     let (resp, out) = h.review("/inject", "uid-9", "shop", &p).await;
     assert_eq!(resp["allowed"], false);
     assert_eq!(resp["status"]["code"], 403);
@@ -367,7 +442,9 @@ async fn pod_shapes_through_the_webhook() {
     // Not a pod CREATE (e.g. an UPDATE): allowed untouched.
     let mut review = admission_review("uid-10", "shop", &pod(&[("ward.io/inject", "true")], &[]));
     review["request"]["operation"] = "UPDATE".into();
-    let (status, body) = h.post("POST", "/inject", review.to_string().into_bytes()).await;
+    let (status, body) = h
+        .post("POST", "/inject", review.to_string().into_bytes())
+        .await;
     assert_eq!(status, 200);
     let review: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(review["response"]["uid"], "uid-10");
@@ -395,7 +472,9 @@ async fn malformed_requests_are_400() {
     // A pod object that is not a pod.
     let mut review = admission_review("uid", "shop", &pod(&[], &[]));
     review["request"]["object"]["spec"] = json!({"containers": "nope"});
-    let (status, body) = h.post("POST", "/inject", review.to_string().into_bytes()).await;
+    let (status, body) = h
+        .post("POST", "/inject", review.to_string().into_bytes())
+        .await;
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert_eq!(h.post("GET", "/inject", vec![]).await.0, 405);
     assert_eq!(h.post("POST", "/elsewhere", vec![]).await.0, 404);
@@ -410,7 +489,12 @@ async fn patched_pods_validate_against_the_kubernetes_schema() {
     ward_testkit::require_tool!("kubernetes-validate");
     let h = start().await;
     let (_, out) = h
-        .review("/inject/namespace-enabled", "uid-s1", "shop", &pod(&[], &[("app", "a")]))
+        .review(
+            "/inject/namespace-enabled",
+            "uid-s1",
+            "shop",
+            &pod(&[], &[("app", "a")]),
+        )
         .await;
     save(&out, "schema-native");
     let (_, out) = h
@@ -418,7 +502,13 @@ async fn patched_pods_validate_against_the_kubernetes_schema() {
             "/inject",
             "uid-s2",
             "shop",
-            &pod(&[("ward.io/inject", "true"), ("ward.io/native-sidecar", "false")], &[]),
+            &pod(
+                &[
+                    ("ward.io/inject", "true"),
+                    ("ward.io/native-sidecar", "false"),
+                ],
+                &[],
+            ),
         )
         .await;
     save(&out, "schema-classic");

@@ -133,7 +133,11 @@ struct Injector<'a> {
 
 impl Injector<'_> {
     fn inject(&self, doc: &mut Value) -> anyhow::Result<()> {
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_owned();
+        let kind = doc
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let name = doc["metadata"]["name"].as_str().unwrap_or("").to_owned();
         let namespace = doc["metadata"]["namespace"]
             .as_str()
@@ -161,14 +165,12 @@ impl Injector<'_> {
         let Some(object) = template.as_object_mut() else {
             bail!("{kind} {namespace}/{name}: the pod template is not an object");
         };
-        let mut meta: ObjectMeta = serde_json::from_value(
-            object.get("metadata").cloned().unwrap_or(Value::Null),
-        )
-        .unwrap_or_default();
-        let mut spec: PodSpec = serde_json::from_value(
-            object.get("spec").cloned().unwrap_or(Value::Null),
-        )
-        .with_context(|| format!("{kind} {namespace}/{name}: pod spec"))?;
+        let mut meta: ObjectMeta =
+            serde_json::from_value(object.get("metadata").cloned().unwrap_or(Value::Null))
+                .unwrap_or_default();
+        let mut spec: PodSpec =
+            serde_json::from_value(object.get("spec").cloned().unwrap_or(Value::Null))
+                .with_context(|| format!("{kind} {namespace}/{name}: pod spec"))?;
         let labels = if self.all_enabled || self.enabled.contains(&namespace) {
             BTreeMap::from([(NAMESPACE_LABEL.to_owned(), NAMESPACE_ENABLED.to_owned())])
         } else {
