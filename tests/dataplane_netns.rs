@@ -56,7 +56,10 @@ fn http1_and_http2_reach_the_app_unmodified_with_the_client_identity() {
     let (_mesh, _b, a) = client_server("ward-dp-http", HTTP_APP, PodOptions::default());
     let url = format!("http://{B}:8080/echo/some/path?q=1&r=two");
     let xfcc = format!("URI={}", spiffe_id("client"));
-    for (version, extra) in [("HTTP/1.1", None), ("HTTP/2.0", Some("--http2-prior-knowledge"))] {
+    for (version, extra) in [
+        ("HTTP/1.1", None),
+        ("HTTP/2.0", Some("--http2-prior-knowledge")),
+    ] {
         let mut args = vec![
             "-X",
             "PUT",
@@ -99,7 +102,14 @@ fn grpc_bidi_streaming_and_trailers() {
     let (_mesh, _b, a) = client_server("ward-dp-grpc", app, PodOptions::default());
     let testapp = &mesh::bins().testapp;
     let target = format!("{B}:9090");
-    let out = a.exec(&[testapp, "grpc-client", "--connect", &target, "--messages", "50"]);
+    let out = a.exec(&[
+        testapp,
+        "grpc-client",
+        "--connect",
+        &target,
+        "--messages",
+        "50",
+    ]);
     let result = json(&assert_ok(out, "grpc-client"));
     assert_eq!(result["received"], 50, "{result}");
     assert_eq!(result["mismatched"], 0, "{result}");
@@ -201,7 +211,14 @@ fn tcp_echo_with_half_close() {
         assert_ok(out, "tcp-client"),
         format!("{text}bye {}\n", text.len())
     );
-    let out = a.exec(&[testapp, "tcp-client", "--connect", &target, "--bytes", "3000000"]);
+    let out = a.exec(&[
+        testapp,
+        "tcp-client",
+        "--connect",
+        &target,
+        "--bytes",
+        "3000000",
+    ]);
     let stdout = assert_ok(out, "tcp-client --bytes");
     assert!(
         stdout.contains("echoed 3000000 of 3000000 bytes, pattern ok"),
@@ -235,7 +252,10 @@ fn server_first_protocol_on_an_opaque_port() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // It went through the server's sidecar over mTLS, which knew the client.
     let log = wait_for_log(&b, &spiffe_id("client"));
-    assert!(log.contains("protocol=\"tcp\"") || log.contains("tcp"), "{log}");
+    assert!(
+        log.contains("protocol=\"tcp\"") || log.contains("tcp"),
+        "{log}"
+    );
 }
 
 /// The sidecar's log once it mentions `needle` (access logs are written when
@@ -250,4 +270,426 @@ fn wait_for_log(pod: &MeshPod, needle: &str) -> String {
         assert!(Instant::now() < deadline, "{needle} not in the log:\n{log}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// One TCP segment's payload from a pcap file.
+struct Segment {
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    payload: Vec<u8>,
+}
+
+/// The TCP payloads in a pcap file (Ethernet link type, IPv4), in order.
+/// Minimal on purpose: little- or big-endian pcap, micro- or nanosecond
+/// timestamps, no VLANs, no IP options beyond what IHL says.
+fn pcap_tcp_segments(pcap: &[u8]) -> Vec<Segment> {
+    assert!(pcap.len() >= 24, "pcap too short: {} bytes", pcap.len());
+    let magic = u32::from_le_bytes(pcap[0..4].try_into().unwrap());
+    let little = match magic {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => true,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => false,
+        other => panic!("not a pcap file (magic {other:#x})"),
+    };
+    let u32_at = |b: &[u8], at: usize| {
+        let bytes: [u8; 4] = b[at..at + 4].try_into().unwrap();
+        if little {
+            u32::from_le_bytes(bytes)
+        } else {
+            u32::from_be_bytes(bytes)
+        }
+    };
+    assert_eq!(u32_at(pcap, 20), 1, "link type must be Ethernet");
+    let mut segments = Vec::new();
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let captured = u32_at(pcap, at + 8) as usize;
+        let frame = &pcap[at + 16..(at + 16 + captured).min(pcap.len())];
+        at += 16 + captured;
+        // Ethernet: 14 bytes, EtherType 0x0800 for IPv4.
+        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        if ip[9] != 6 || ip.len() < ihl + 20 || total > ip.len() {
+            continue;
+        }
+        let tcp = &ip[ihl..total];
+        let data_offset = usize::from(tcp[12] >> 4) * 4;
+        let port = |i: usize| u16::from_be_bytes([tcp[i], tcp[i + 1]]);
+        segments.push(Segment {
+            src: (ip[12..16].try_into().unwrap(), port(0)),
+            dst: (ip[16..20].try_into().unwrap(), port(2)),
+            payload: tcp[data_offset.min(tcp.len())..].to_vec(),
+        });
+    }
+    segments
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn traffic_between_pods_is_tls_on_the_wire() {
+    if !mesh::prerequisites() || !ward_testkit::require_tool("tcpdump") {
+        return;
+    }
+    let (mesh, _b, a) = client_server("ward-dp-wire", HTTP_APP, PodOptions::default());
+    // Positive control for the capture itself: a plain server outside the
+    // mesh, which A's sidecar passes through unencrypted.
+    let outsider = mesh.add_plain_pod("outsider");
+    let testapp = &mesh::bins().testapp;
+    let mut plain_app = outsider.spawn_as(
+        mesh::APP_UID,
+        &[testapp, "http", "--listen", "0.0.0.0:8080"],
+    );
+    plain_app.wait_for_line("listening on 0.0.0.0:8080");
+    let pcap = mesh.dir().join("br0.pcap");
+    let mut tcpdump = mesh.network().spawn(&[
+        "sh",
+        "-c",
+        &format!(
+            "exec tcpdump -i br0 -n -U --immediate-mode -s 0 -Z root -w {} 'tcp port 8080' 2>&1",
+            pcap.display()
+        ),
+    ]);
+    tcpdump.wait_for_line_starting("tcpdump: listening on br0");
+
+    let in_clear = "ward-wire-unmeshed-5e1d";
+    let url = format!("http://{}:8080/echo/{in_clear}", outsider.ip());
+    assert_ok(curl(a.pod(), &[&url]), "curl to the unmeshed pod");
+    let marker = "ward-wire-marker-7f3a9c";
+    let url = format!("http://{B}:8080/echo/{marker}");
+    let header = format!("x-secret: {marker}");
+    let echo = json(&assert_ok(curl(a.pod(), &["-H", &header, &url]), "curl"));
+    assert_eq!(echo["headers"]["x-secret"], marker, "{echo}");
+
+    tcpdump.terminate();
+    assert!(
+        tcpdump.wait_timeout(Duration::from_secs(5)).is_some(),
+        "tcpdump did not stop"
+    );
+    let segments = pcap_tcp_segments(&std::fs::read(&pcap).expect("read the pcap"));
+    let (ip_a, ip_b) = ([198, 18, 0, 2], [198, 18, 0, 3]);
+    let request: Vec<&Segment> = segments
+        .iter()
+        .filter(|s| s.src.0 == ip_a && s.dst == (ip_b, 8080) && !s.payload.is_empty())
+        .collect();
+    let response: Vec<&Segment> = segments
+        .iter()
+        .filter(|s| s.src == (ip_b, 8080) && s.dst.0 == ip_a && !s.payload.is_empty())
+        .collect();
+    assert!(
+        !request.is_empty() && !response.is_empty(),
+        "no A <-> B:8080 data captured ({} TCP segments)",
+        segments.len()
+    );
+    // Both directions open with a TLS handshake record (ClientHello,
+    // ServerHello), on the application's own port: no plaintext preamble.
+    assert_eq!(
+        request[0].payload[..2],
+        [0x16, 0x03],
+        "client's first bytes"
+    );
+    assert_eq!(
+        response[0].payload[..2],
+        [0x16, 0x03],
+        "server's first bytes"
+    );
+    let on_the_wire: Vec<u8> = segments.iter().flat_map(|s| s.payload.clone()).collect();
+    assert!(
+        contains(&on_the_wire, in_clear.as_bytes()),
+        "the capture does not even show unmeshed plaintext"
+    );
+    let on_the_wire: Vec<u8> = request
+        .iter()
+        .chain(&response)
+        .flat_map(|s| s.payload.clone())
+        .collect();
+    for secret in [marker.as_bytes(), b"GET /echo", b"x-secret", b"HTTP/1.1"] {
+        assert!(
+            !contains(&on_the_wire, secret),
+            "{:?} seen in clear on br0",
+            String::from_utf8_lossy(secret)
+        );
+    }
+    // Every record on these connections is TLS (handshake or application
+    // data): the first byte of each direction's stream is a record type.
+    for s in request.iter().chain(&response) {
+        if s.payload.len() >= 5 && s.payload[1] == 0x03 {
+            assert!(matches!(s.payload[0], 0x14..=0x17), "not a TLS record");
+        }
+    }
+}
+
+#[test]
+fn plaintext_is_refused_in_strict_and_served_in_permissive() {
+    if !mesh::prerequisites() {
+        return;
+    }
+    let mesh = Mesh::planned(
+        "ward-dp-plain",
+        &[("a", "client"), ("b", "server"), ("b2", "server2")],
+    );
+    let _b = mesh.add_pod("b", "server", HTTP_APP, PodOptions::default());
+    let _b2 = mesh.add_pod(
+        "b2",
+        "server2",
+        HTTP_APP,
+        PodOptions::default().mtls_mode("permissive"),
+    );
+    let a = mesh.add_pod("a", "client", &[], PodOptions::default());
+    let outsider = mesh.add_plain_pod("outsider");
+    let b2 = "198.18.0.4";
+
+    // Positive controls: meshed clients are served by both.
+    for server in [B, b2] {
+        let url = format!("http://{server}:8080/echo");
+        let echo = json(&assert_ok(curl(a.pod(), &[&url]), "curl from a"));
+        assert_eq!(
+            echo["headers"]["x-forwarded-client-cert"],
+            format!("URI={}", spiffe_id("client")).as_str()
+        );
+    }
+
+    // STRICT: the connection is accepted (iptables sends it to the sidecar)
+    // and then closed without an answer: curl sees a reset or an empty reply,
+    // not "connection refused" (nothing listening) nor any HTTP status.
+    let url = format!("http://{B}:8080/echo");
+    let out = curl(&outsider, &["-o", "/dev/null", "-w", "%{http_code}", &url]);
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(52 | 56)),
+        "plaintext to a STRICT pod: curl exit {code:?} (want 52 empty reply or 56 reset), stdout {:?}, stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+
+    // PERMISSIVE: served, and without an identity.
+    let url = format!("http://{b2}:8080/echo");
+    let echo = json(&assert_ok(curl(&outsider, &[&url]), "plaintext to b2"));
+    assert!(
+        echo["headers"].get("x-forwarded-client-cert").is_none(),
+        "{echo}"
+    );
+    assert_eq!(echo["path"], "/echo");
+}
+
+/// `openssl s_client` from `pod` to `target` with a client certificate,
+/// sending one HTTP/1.1 request; returns (exit success, stdout + stderr).
+fn s_client(pod: &Pod, target: &str, cert: &str, key: &str, ca: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut cmd = pod.command(&[
+        "openssl",
+        "s_client",
+        "-connect",
+        target,
+        "-cert",
+        cert,
+        "-key",
+        key,
+        "-CAfile",
+        ca,
+        "-verify_return_error",
+        "-ign_eof",
+    ]);
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run openssl s_client");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn foreign_and_forged_certificates_fail_the_handshake() {
+    if !mesh::prerequisites() || !ward_testkit::require_tool("openssl") {
+        return;
+    }
+    let mesh = Mesh::planned("ward-dp-certs", &[("a", "client"), ("b", "server")]);
+    let b = mesh.add_pod("b", "server", HTTP_APP, PodOptions::default());
+    let outsider = mesh.add_plain_pod("outsider");
+    let target = format!("{B}:8080");
+    let bundle = mesh.bundle();
+    let bundle = bundle.to_str().unwrap();
+    let client_id = spiffe_id("client");
+
+    // Positive control: a certificate from the mesh CA completes the
+    // handshake and the request reaches the app with that identity.
+    let (cert, key) = mesh.issue(&client_id, "mesh-client");
+    let (ok, out) = s_client(
+        &outsider,
+        &target,
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+        bundle,
+    );
+    assert!(ok, "mesh certificate: s_client failed:\n{out}");
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert!(out.contains(&format!("URI={client_id}")), "{out}");
+
+    // A valid certificate from another trust domain's CA.
+    let other = mesh.dir().join("other");
+    assert_ok(
+        std::process::Command::new(&mesh::bins().ward)
+            .args(["ca", "init", "--data-dir"])
+            .arg(&other)
+            .args(["--trust-domain", "other.example"])
+            .output()
+            .unwrap(),
+        "ward ca init (other.example)",
+    );
+    let (other_cert, other_key) = mesh::issue(
+        &other,
+        mesh.dir(),
+        "spiffe://other.example/ns/default/sa/client",
+        "other-client",
+    );
+    // A self-signed certificate claiming the right SPIFFE ID.
+    let forged_cert = mesh.dir().join("forged.crt");
+    let forged_key = mesh.dir().join("forged.key");
+    assert_ok(
+        std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args([
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+            ])
+            .args(["-subj", "/O=forged"])
+            .arg("-addext")
+            .arg(format!("subjectAltName=URI:{client_id}"))
+            .arg("-keyout")
+            .arg(&forged_key)
+            .arg("-out")
+            .arg(&forged_cert)
+            .output()
+            .unwrap(),
+        "openssl req -x509",
+    );
+    for (what, cert, key) in [
+        ("other trust domain", &other_cert, &other_key),
+        ("self-signed", &forged_cert, &forged_key),
+    ] {
+        let (ok, out) = s_client(
+            &outsider,
+            &target,
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            bundle,
+        );
+        assert!(!ok, "{what}: s_client succeeded:\n{out}");
+        assert!(!out.contains("HTTP/1.1"), "{what}: got an answer:\n{out}");
+        // TLS 1.3: the client has sent its Finished when the server checks
+        // its certificate, so the refusal arrives as the server's alert.
+        assert!(
+            out.contains("SSL alert number"),
+            "{what}: no TLS alert:\n{out}"
+        );
+    }
+    let log = b.proxy_log();
+    assert_eq!(
+        log.matches("mTLS handshake failed").count(),
+        2,
+        "the server's sidecar logs both refusals:\n{log}"
+    );
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
+    if !mesh::prerequisites() {
+        return;
+    }
+    let (mesh, mut b, a) = client_server("ward-dp-drain", HTTP_APP, PodOptions::default());
+    let outsider = mesh.add_plain_pod("outsider");
+    let url = format!("http://{B}:8080/slow?ms=3000");
+    let mut slow = a.pod().command_as(
+        mesh::APP_UID,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "15",
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ],
+    );
+    let started = Instant::now();
+    let in_flight = std::thread::spawn(move || {
+        let out = slow.output().expect("run curl");
+        (out, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+
+    b.proxy().terminate();
+    let signalled = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    // The listener is closed while iptables still redirects to it: refused.
+    let out = curl(
+        &outsider,
+        &["--max-time", "3", &format!("http://{B}:8080/echo")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "new connection after SIGTERM: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a meshed client is not served either.
+    let out = curl(
+        a.pod(),
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{B}:8080/echo"),
+        ],
+    );
+    assert_ne!(String::from_utf8_lossy(&out.stdout), "200");
+
+    let (out, finished) = in_flight.join().unwrap();
+    let stdout = assert_ok(out, "the in-flight request");
+    assert_eq!(stdout, "slow done\n\n200", "{stdout:?}");
+    assert!(finished - started >= Duration::from_millis(2900));
+
+    let status = b
+        .proxy()
+        .wait_timeout(Duration::from_secs(7))
+        .expect("the proxy did not exit within its drain timeout");
+    let exited = Instant::now();
+    assert!(status.success(), "proxy exit status {status}");
+    assert!(
+        exited - signalled < Duration::from_secs(5) + Duration::from_millis(500),
+        "exited {:?} after SIGTERM",
+        exited - signalled
+    );
+    assert!(
+        exited >= finished - Duration::from_millis(100),
+        "exited before the request ended"
+    );
+    eprintln!(
+        "SIGTERM drain: request finished {:?} after the signal, proxy exited {:?} after it",
+        finished - signalled,
+        exited - signalled
+    );
 }

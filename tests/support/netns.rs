@@ -81,7 +81,9 @@ impl Network {
     }
 
     pub fn exec(&self, cmd: &[&str]) -> Output {
-        self.command(cmd).output().expect("run command in the bridge namespace")
+        self.command(cmd)
+            .output()
+            .expect("run command in the bridge namespace")
     }
 
     /// Starts `cmd` in the bridge namespace (stdout piped); killed on drop.
@@ -235,14 +237,24 @@ impl ChildGuard {
     /// Reads stdout lines until `line` (e.g. a readiness marker); panics if
     /// the process exits first.
     pub fn wait_for_line(&mut self, line: &str) {
+        self.wait_for(line, |l| l == line);
+    }
+
+    /// Like [`ChildGuard::wait_for_line`] for a line starting with `prefix`;
+    /// returns that line.
+    pub fn wait_for_line_starting(&mut self, prefix: &str) -> String {
+        self.wait_for(prefix, |l| l.starts_with(prefix))
+    }
+
+    fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let stdout = self.stdout.as_mut().expect("stdout is piped");
         let mut buf = String::new();
         loop {
             buf.clear();
             let n = stdout.read_line(&mut buf).expect("read child stdout");
-            assert!(n > 0, "child exited before printing {line:?}");
-            if buf.trim_end() == line {
-                return;
+            assert!(n > 0, "child exited before printing {what:?}");
+            if matches(buf.trim_end()) {
+                return buf.trim_end().to_owned();
             }
         }
     }
