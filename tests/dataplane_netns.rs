@@ -94,6 +94,23 @@ fn http1_and_http2_reach_the_app_unmodified_with_the_client_identity() {
 }
 
 #[test]
+fn http2_streams_are_multiplexed_through_the_sidecars() {
+    if !mesh::prerequisites() || !ward_testkit::require_tool("nghttp") {
+        return;
+    }
+    let (_mesh, _b, a) = client_server("ward-dp-h2mux", HTTP_APP, PodOptions::default());
+    // 100 concurrent streams of 500 ms each on one client connection
+    // (nghttp2's own client): serialised they would take 50 s.
+    let url = format!("http://{B}:8080/slow?ms=500");
+    let started = Instant::now();
+    let out = a.exec(&["nghttp", "-ns", "-m", "100", &url]);
+    let elapsed = started.elapsed();
+    let stats = assert_ok(out, "nghttp");
+    assert_eq!(stats.matches(" 200 ").count(), 100, "{stats}");
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+#[test]
 fn grpc_bidi_streaming_and_trailers() {
     if !mesh::prerequisites() {
         return;
@@ -643,6 +660,21 @@ fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     b.proxy().terminate();
     let signalled = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
+    // Draining: the pod reports not ready, so it leaves the load balancers.
+    let ready = b.pod().exec(&[
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://127.0.0.1:15020/ready",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&ready.stdout),
+        "503",
+        "/ready while draining"
+    );
     // The listener is closed while iptables still redirects to it: refused.
     let out = curl(
         &outsider,
