@@ -275,6 +275,16 @@ fn server_first_protocol_on_an_opaque_port() {
     );
 }
 
+/// Polls `check` every 50 ms for up to 2 s; panics with `what` if it never
+/// holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !check() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The sidecar's log once it mentions `needle` (access logs are written when
 /// connections close, which may be just after the client returned).
 fn wait_for_log(pod: &MeshPod, needle: &str) -> String {
@@ -450,7 +460,7 @@ fn plaintext_is_refused_in_strict_and_served_in_permissive() {
         "ward-dp-plain",
         &[("a", "client"), ("b", "server"), ("b2", "server2")],
     );
-    let _b = mesh.add_pod("b", "server", HTTP_APP, PodOptions::default());
+    let b = mesh.add_pod("b", "server", HTTP_APP, PodOptions::default());
     let _b2 = mesh.add_pod(
         "b2",
         "server2",
@@ -484,6 +494,16 @@ fn plaintext_is_refused_in_strict_and_served_in_permissive() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "000");
+    let metrics = mesh.metrics(&b);
+    let refused = mesh::metric_sum(
+        &metrics,
+        "ward_connections_refused_total",
+        &[
+            ("direction", "inbound"),
+            ("reason", "plaintext_in_strict_mode"),
+        ],
+    );
+    assert_eq!(refused, 1.0, "{metrics}");
 
     // PERMISSIVE: served, and without an identity.
     let url = format!("http://{b2}:8080/echo");
@@ -628,6 +648,13 @@ fn foreign_and_forged_certificates_fail_the_handshake() {
         2,
         "the server's sidecar logs both refusals:\n{log}"
     );
+    let metrics = mesh.metrics(&b);
+    let failures = mesh::metric_sum(
+        &metrics,
+        "ward_tls_handshake_failures_total",
+        &[("direction", "inbound")],
+    );
+    assert_eq!(failures, 2.0, "{metrics}");
 }
 
 #[test]
@@ -659,33 +686,26 @@ fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
 
     b.proxy().terminate();
     let signalled = Instant::now();
-    std::thread::sleep(Duration::from_millis(300));
-    // Draining: the pod reports not ready, so it leaves the load balancers.
-    let ready = b.pod().exec(&[
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://127.0.0.1:15020/ready",
-    ]);
-    assert_eq!(
-        String::from_utf8_lossy(&ready.stdout),
-        "503",
-        "/ready while draining"
-    );
+    // Draining: the pod reports not ready, so it leaves the load balancers
+    // (polled: the signal is handled asynchronously).
+    let ready = || {
+        let out = b.pod().exec(&[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:15020/ready",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("/ready says 503 while draining", || ready() == "503");
     // The listener is closed while iptables still redirects to it: refused.
-    let out = curl(
-        &outsider,
-        &["--max-time", "3", &format!("http://{B}:8080/echo")],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "new connection after SIGTERM: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://{B}:8080/echo");
+    eventually("a new connection after SIGTERM is refused", || {
+        curl(&outsider, &["--max-time", "3", &url]).status.code() == Some(7)
+    });
     // And a meshed client is not served either.
     let out = curl(
         a.pod(),

@@ -284,6 +284,17 @@ impl Mesh {
         self.network.add_pod(name, &cidr)
     }
 
+    /// The sidecar's Prometheus metrics, scraped from the bridge namespace
+    /// as a Prometheus server outside the pod would (admin port 15020 is
+    /// never captured).
+    pub fn metrics(&self, pod: &MeshPod) -> String {
+        let url = format!("http://{}:15020/metrics", pod.ip());
+        let out = self
+            .network
+            .exec(&["curl", "-sS", "--fail", "--max-time", "5", &url]);
+        assert_ok(out, &format!("scraping {url}"))
+    }
+
     /// A single-use join token for `spiffe_id` (`ward token create`).
     pub fn join_token(&self, spiffe_id: &str) -> String {
         let out = Command::new(&bins().ward)
@@ -533,4 +544,27 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc/PID/status")
+}
+
+/// The sum of the samples of metric `name` whose labels include all of
+/// `labels` (Prometheus text format; 0 when there is none).
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, series_labels) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = metric == name
+                && labels.iter().all(|(k, v)| {
+                    series_labels
+                        .split(',')
+                        .any(|pair| pair == format!("{k}=\"{v}\""))
+                });
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
 }
