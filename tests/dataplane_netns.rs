@@ -5,9 +5,11 @@
 //! programs (curl, openssl, tcpdump, `ward-testapp` clients) that know
 //! nothing about Ward. See `support/mesh.rs` for the layout.
 //!
-//! Needs root, `ip`, `iptables`, `setpriv` and `curl` (plus `openssl` and
-//! `tcpdump` for the tests using them); skips without them (fails under
-//! WARD_TEST_STRICT=1).
+//! Needs root, `ip`, `iptables`, `setpriv` and `curl` (plus `openssl`,
+//! `tcpdump` and `nghttp` for the tests using them); skips without them
+//! (fails under WARD_TEST_STRICT=1). Each test builds its own mesh (control
+//! plane + pods, about a second); the file takes ~30 s, most of it the
+//! 1 GiB transfer.
 
 #[path = "support/mesh.rs"]
 mod mesh;
