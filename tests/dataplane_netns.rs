@@ -114,11 +114,30 @@ fn http2_streams_are_multiplexed_through_the_sidecars() {
 
 #[test]
 fn grpc_bidi_streaming_and_trailers() {
+    grpc_through_sidecars("ward-dp-grpc", PodOptions::default());
+}
+
+/// Known bug, found by this suite: with `--upstream-protocol http1` the
+/// client sidecar downgrades the application's HTTP/2 request to HTTP/1.1
+/// without saying so, and the server sidecar then speaks HTTP/1.1 to the
+/// (h2-only) gRPC server: 502 "application error". Carrying gRPC over
+/// HTTP/1.1 between sidecars also needs the trailers to survive (chunked
+/// trailers with `TE: trailers`).
+#[test]
+#[ignore = "known bug: gRPC fails (502) with --upstream-protocol http1"]
+fn grpc_with_http1_between_sidecars() {
+    let opts = PodOptions::default()
+        .proxy_arg("--upstream-protocol")
+        .proxy_arg("http1");
+    grpc_through_sidecars("ward-dp-grpc1", opts);
+}
+
+fn grpc_through_sidecars(name: &str, opts: PodOptions) {
     if !mesh::prerequisites() {
         return;
     }
     let app = &["ward-testapp", "grpc", "--listen", "0.0.0.0:9090"];
-    let (_mesh, _b, a) = client_server("ward-dp-grpc", app, PodOptions::default());
+    let (_mesh, _b, a) = client_server(name, app, opts);
     let testapp = &mesh::bins().testapp;
     let target = format!("{B}:9090");
     let out = a.exec(&[
