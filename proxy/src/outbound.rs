@@ -282,6 +282,13 @@ impl Outbound {
                 if let Some(pq) = parts.uri.path_and_query() {
                     parts.uri = Uri::from(pq.clone());
                 }
+                if !spoke_http1 {
+                    // gRPC and other HTTP/2-only applications: the far
+                    // sidecar talks HTTP/2 to its application again.
+                    parts
+                        .headers
+                        .insert(h::PROTO_HEADER, HeaderValue::from_static("h2"));
+                }
                 parts.version = Version::HTTP_11;
                 if let Ok(host) = HeaderValue::from_str(&authority) {
                     parts.headers.insert(header::HOST, host);
