@@ -35,6 +35,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub identity: WorkloadIdentity,
     pub metrics: Arc<ProxyMetrics>,
+    /// The policy engine, when policies are enforced.
+    pub policy: Option<Arc<PolicyAuthorizer>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -187,6 +189,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         admin_addr,
         identity,
         metrics,
+        policy,
         shutdown,
         tracker,
     })
