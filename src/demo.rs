@@ -332,8 +332,8 @@ async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
 
 fn print_header() {
     println!(
-        "{:<9} {:<20} {:<6} {:<8} {:<22} {}",
-        "caller", "request", "status", "decision", "deciding policy", "answer"
+        "{:<9} {:<20} {:<6} {:<8} {:<22} answer",
+        "caller", "request", "status", "decision", "deciding policy"
     );
 }
 
@@ -374,14 +374,14 @@ async fn decisions(w: &Workload) -> anyhow::Result<DecisionCounts> {
     let mut out = DecisionCounts::new();
     for (labels, value) in series(&text, "ward_authorization_decisions_total") {
         let policy = match (
-            label(&labels, "policy_namespace"),
-            label(&labels, "policy_name"),
+            label(labels, "policy_namespace"),
+            label(labels, "policy_name"),
         ) {
             (Some("default"), _) | (None, _) => "default (no match)".to_owned(),
             (Some(ns), Some(name)) => format!("{ns}/{name}"),
             (Some(ns), None) => ns.to_owned(),
         };
-        let action = label(&labels, "action").unwrap_or("?").to_owned();
+        let action = label(labels, "action").unwrap_or("?").to_owned();
         *out.entry((action, policy)).or_default() += value;
     }
     Ok(out)
