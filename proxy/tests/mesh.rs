@@ -1,0 +1,673 @@
+//! Explicit-mode data path, without root: test client → outbound proxy →
+//! mTLS → inbound proxy → in-process application, all on 127.0.0.1.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::*;
+
+fn post(uri: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
+    Request::post(uri)
+        .header(header::HOST, "app.test")
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap()
+}
+
+// ------------------------------------------------------------ 1. HTTP/1.1
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_through_mesh_carries_peer_identity_and_replaces_client_xfcc() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(app.addr, &[], &[]).await;
+
+    let mut req = post("/hello?x=1", b"request body, intact");
+    req.headers_mut().insert(
+        "x-forwarded-client-cert",
+        "URI=spiffe://cluster.local/ns/default/sa/admin".parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("x-custom", "kept".parse().unwrap());
+    let reply = within(10, "request", http1(mesh.entry(), req))
+        .await
+        .unwrap();
+
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = reply.json();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["path"], "/hello");
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["body"], "request body, intact");
+    assert_eq!(seen["body_len"], 20);
+    assert_eq!(seen["headers"]["host"], "app.test");
+    assert_eq!(seen["headers"]["x-custom"], "kept");
+    // Exactly the proxy's value: the client's claim is gone, not appended.
+    assert_eq!(seen["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+    // Internal headers between sidecars never reach the application.
+    assert!(seen["headers"].get("x-ward-proto").is_none(), "{seen}");
+    mesh.shutdown().await;
+}
+
+// ------------------------------------------------------------ 2. h2c
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_is_downgraded_for_an_http1_only_app() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(app.addr, &[], &[]).await;
+    for _ in 0..2 {
+        let reply = within(10, "h2c request", h2c(mesh.entry(), get("http://app.test/v")))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert_eq!(reply.version, http::Version::HTTP_2);
+        let seen = reply.json();
+        assert_eq!(seen["version"], "HTTP/1.1", "{seen}");
+        assert_eq!(seen["path"], "/v");
+        assert_eq!(seen["headers"]["host"], "app.test", "{seen}");
+        assert_eq!(seen["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_stays_http2_to_an_h2c_app() {
+    let app = echo_app(Flavor::Auto).await;
+    let mesh = Mesh::new(app.addr, &[], &[]).await;
+    let reply = within(10, "h2c request", h2c(mesh.entry(), get("http://app.test/v2")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = reply.json();
+    assert_eq!(seen["version"], "HTTP/2", "{seen}");
+    assert_eq!(seen["path"], "/v2");
+    assert_eq!(seen["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+
+    // And an HTTP/1.1 client to the same app still reaches it as HTTP/1.1.
+    let reply = within(10, "http1 request", http1(mesh.entry(), get("/v1")))
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["version"], "HTTP/1.1");
+    mesh.shutdown().await;
+}
+
+// ------------------------------------------------------------ 3. gRPC streaming
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bidi_stream_is_not_buffered_and_trailers_arrive() {
+    let app = grpc_app().await;
+    let mesh = Mesh::new(app.addr, &[], &[]).await;
+    let mut sender = within(5, "h2c handshake", h2c_sender::<ChannelBody>(mesh.entry()))
+        .await
+        .unwrap();
+    let (tx, body) = ChannelBody::new(4);
+    let req = Request::post("http://app.test/ward.test.Echo/Stream")
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .body(body)
+        .unwrap();
+    let message = |i: usize| grpc_message(format!("message number {i}").as_bytes());
+    tx.send(Frame::data(message(0))).await.unwrap();
+    let resp = within(10, "response headers", sender.send_request(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let mut pending = BytesMut::new();
+    for i in 0..5 {
+        // Message i+1 is sent only once echo i came back: a proxy that
+        // buffered the request or the response would stall here.
+        if i > 0 {
+            tx.send(Frame::data(message(i))).await.unwrap();
+        }
+        let expected = message(i);
+        while pending.len() < expected.len() {
+            let frame = within(5, &format!("echo of message {i}"), body.frame())
+                .await
+                .expect("stream ended early")
+                .expect("stream error");
+            let data = frame.into_data().expect("data before trailers");
+            pending.extend_from_slice(&data);
+        }
+        assert_eq!(pending.split_to(expected.len()).freeze(), expected);
+    }
+    drop(tx); // end of the request stream
+    let mut trailers = None;
+    while let Some(frame) = within(5, "trailers", body.frame()).await {
+        let frame = frame.expect("stream error");
+        match frame.into_trailers() {
+            Ok(t) => trailers = Some(t),
+            Err(frame) => panic!("unexpected data after the last echo: {frame:?}"),
+        }
+    }
+    let trailers = trailers.expect("trailers arrived");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers[GRPC_TRAILER], "5");
+    mesh.shutdown().await;
+}
+
+// ------------------------------------------------------------ 4. tunnels
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_and_connect_tunnel_echo_both_ways() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(app.addr, &[], &[]).await;
+
+    let mut ws = TcpStream::connect(mesh.entry()).await.unwrap();
+    ws.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut ws).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
+    for msg in [&b"ping"[..], b"a longer second frame", &[0u8, 159, 146, 150]] {
+        ws.write_all(msg).await.unwrap();
+        assert_eq!(read_n(&mut ws, msg.len()).await, msg);
+    }
+    let seen = app.state.last();
+    assert_eq!(seen.headers.get("upgrade").map(String::as_str), Some("echo"));
+    assert_eq!(
+        seen.headers.get("x-forwarded-client-cert"),
+        Some(&format!("URI={CLIENT_ID}"))
+    );
+
+    let mut tunnel = TcpStream::connect(mesh.entry()).await.unwrap();
+    tunnel
+        .write_all(b"CONNECT db.test:5432 HTTP/1.1\r\nHost: db.test:5432\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut tunnel).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    for msg in [&b"through the tunnel"[..], b"and back"] {
+        tunnel.write_all(msg).await.unwrap();
+        assert_eq!(read_n(&mut tunnel, msg.len()).await, msg);
+    }
+    assert_eq!(app.state.last().method, "CONNECT");
+    drop((ws, tunnel));
+    mesh.shutdown().await;
+}
+
+// ------------------------------------------------------------ 6, 7. opaque TCP
+
+async fn opaque_echo_with_half_close(declare_opaque: bool) {
+    let app = tcp_echo_app().await;
+    let pki = Pki::new();
+    let app_port = app.addr.port().to_string();
+    let inbound_flags: &[&str] = if declare_opaque {
+        &["--opaque-ports", &app_port]
+    } else {
+        &[]
+    };
+    let inbound = start_inbound(&pki, app.addr, inbound_flags).await;
+    let inbound_port = inbound.inbound_addrs[0].port().to_string();
+    let outbound_flags: &[&str] = if declare_opaque {
+        &["--opaque-ports", &inbound_port]
+    } else {
+        &[]
+    };
+    let outbound =
+        start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), outbound_flags).await;
+
+    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0]).await.unwrap();
+    // Not HTTP, not TLS: detection must fall back to opaque at once.
+    let first = b"\x00\x01hello opaque world";
+    tcp.write_all(first).await.unwrap();
+    assert_eq!(read_n(&mut tcp, first.len()).await, first);
+    tcp.write_all(b"more").await.unwrap();
+    assert_eq!(read_n(&mut tcp, 4).await, b"more");
+    // Half-close: the app only answers once it saw our FIN.
+    tcp.shutdown().await.unwrap();
+    let (rest, closed) = read_to_close(&mut tcp, 5).await;
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        format!("bye {}", first.len() + 4)
+    );
+    assert!(closed, "the app's close did not come through");
+    let _ = tokio::join!(
+        outbound.drain(Duration::from_secs(2)),
+        inbound.drain(Duration::from_secs(2))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_echo_with_half_close_on_declared_port() {
+    opaque_echo_with_half_close(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_echo_with_half_close_detected() {
+    opaque_echo_with_half_close(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_first_protocol_on_opaque_port() {
+    let app = banner_app().await;
+    let pki = Pki::new();
+    let app_port = app.addr.port().to_string();
+    let inbound = start_inbound(&pki, app.addr, &["--opaque-ports", &app_port]).await;
+    let inbound_port = inbound.inbound_addrs[0].port().to_string();
+    let outbound = start_outbound(
+        &pki,
+        inbound.inbound_addrs[0],
+        Some(SERVER_ID),
+        &["--opaque-ports", &inbound_port],
+    )
+    .await;
+
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0]).await.unwrap();
+    // We send nothing: the banner must come anyway, and soon (not after
+    // the 5 s detection timeout).
+    assert_eq!(read_n(&mut tcp, BANNER.len()).await, BANNER);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    tcp.write_all(b"HELO client\r\n").await.unwrap();
+    assert_eq!(read_n(&mut tcp, 13).await, b"HELO client\r\n");
+    drop(tcp);
+    let _ = tokio::join!(
+        outbound.drain(Duration::from_secs(2)),
+        inbound.drain(Duration::from_secs(2))
+    );
+}
+
+// ------------------------------------------------------------ 8. mTLS modes
+
+const PLAINTEXT_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: app.test\r\nx-forwarded-client-cert: URI=spiffe://cluster.local/ns/default/sa/admin\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_refuses_plaintext() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let inbound = start_inbound(&pki, app.addr, &[]).await;
+    let mut tcp = TcpStream::connect(inbound.inbound_addrs[0]).await.unwrap();
+    let (got, closed) = raw_exchange(&mut tcp, PLAINTEXT_GET, 5).await;
+    assert!(closed, "strict inbound kept a plaintext connection open");
+    assert!(got.is_empty(), "plaintext got an answer: {:?}", String::from_utf8_lossy(&got));
+    assert_eq!(app.state.requests(), 0);
+    let metrics = inbound.metrics.render();
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_connections_refused_total",
+            &[("direction", "inbound"), ("reason", "plaintext_in_strict_mode")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    inbound.drain(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_mode_serves_plaintext_without_identity() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let inbound = start_inbound(&pki, app.addr, &["--mtls-mode", "permissive"]).await;
+    let mut req = get("/plain");
+    req.headers_mut().insert(
+        "x-forwarded-client-cert",
+        "URI=spiffe://cluster.local/ns/default/sa/admin".parse().unwrap(),
+    );
+    let reply = within(10, "plaintext request", http1(inbound.inbound_addrs[0], req))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = reply.json();
+    assert_eq!(seen["path"], "/plain");
+    // No identity, and the client's forged one is not passed on either.
+    assert!(seen["headers"].get("x-forwarded-client-cert").is_none(), "{seen}");
+
+    // mTLS still works on the same listener.
+    let outbound = start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), &[]).await;
+    let reply = within(10, "mTLS request", http1(outbound.outbound_addrs[0], get("/m")))
+        .await
+        .unwrap();
+    assert_eq!(reply.json()["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+    let _ = tokio::join!(
+        outbound.drain(Duration::from_secs(2)),
+        inbound.drain(Duration::from_secs(2))
+    );
+}
+
+// ------------------------------------------------------------ 9. handshakes
+
+/// Connects with `connector`, sends a request and reads: true when the
+/// server refused (handshake error, alert, or close without an answer).
+async fn refused_at_handshake(
+    connector: tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+) -> bool {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = match within(5, "handshake", connector.connect(server_name(), tcp)).await {
+        Ok(tls) => tls,
+        Err(_) => return true,
+    };
+    // TLS 1.3: the server checks the client certificate after the client
+    // considers the handshake done, so the refusal shows on the first read.
+    let _ = tls
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    // An alert is a read error; a close is EOF. Either way nothing of the
+    // application may arrive (bytes read before an error stay in `buf`).
+    let _ = within(5, "read after handshake", tls.read_to_end(&mut buf)).await;
+    buf.is_empty()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_refuses_foreign_and_unissued_client_certificates() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let inbound = start_inbound(&pki, app.addr, &[]).await;
+    let addr = inbound.inbound_addrs[0];
+
+    // Control: a client with a certificate from the mesh CA gets through,
+    // so the refusals below are about the certificates, not the harness.
+    let good = pki.issue(CLIENT_ID);
+    let connector = mesh_connector(&good, &[(TD, pki.bundle_pem())], SERVER_ID, &[b"http/1.1"]);
+    assert!(!refused_at_handshake(connector, addr).await);
+    assert_eq!(app.state.requests(), 1);
+
+    // A valid certificate, from another trust domain's CA.
+    let other = Pki::for_trust_domain("other.example");
+    let foreign = other.issue("spiffe://other.example/ns/default/sa/client");
+    let connector = mesh_connector(
+        &foreign,
+        &[("other.example", other.bundle_pem()), (TD, pki.bundle_pem())],
+        SERVER_ID,
+        &[b"http/1.1"],
+    );
+    assert!(refused_at_handshake(connector, addr).await, "foreign trust domain admitted");
+
+    // The right SPIFFE ID, signed by a CA the mesh never trusted.
+    let rogue = Pki::new();
+    let forged = rogue.issue(CLIENT_ID);
+    let connector = mesh_connector(
+        &forged,
+        &[(TD, rogue.bundle_pem()), (TD, pki.bundle_pem())],
+        SERVER_ID,
+        &[b"http/1.1"],
+    );
+    assert!(refused_at_handshake(connector, addr).await, "unissued certificate admitted");
+
+    assert_eq!(app.state.requests(), 1, "a refused client reached the app");
+    let metrics = inbound.metrics.render();
+    let failures = metric(
+        &metrics,
+        "ward_tls_handshake_failures_total",
+        &[("direction", "inbound")],
+    );
+    assert_eq!(failures, 2.0, "{metrics}");
+    inbound.drain(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_refuses_an_inbound_with_the_wrong_identity() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let inbound = start_inbound(&pki, app.addr, &[]).await;
+    let outbound = start_outbound(
+        &pki,
+        inbound.inbound_addrs[0],
+        Some("spiffe://cluster.local/ns/default/sa/not-the-server"),
+        &[],
+    )
+    .await;
+    let started = Instant::now();
+    let reply = within(10, "request", http1(outbound.outbound_addrs[0], get("/")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert!(ward_error(&reply).is_some(), "{:?}", reply.headers);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(app.state.requests(), 0);
+    let metrics = outbound.metrics.render();
+    assert!(
+        metric(&metrics, "ward_tls_handshake_failures_total", &[("direction", "outbound")]) >= 1.0,
+        "{metrics}"
+    );
+    let _ = tokio::join!(
+        outbound.drain(Duration::from_secs(2)),
+        inbound.drain(Duration::from_secs(2))
+    );
+}
+
+// ------------------------------------------------------------ 10. --allow-peer
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_peer_denies_other_identities_with_403() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(
+        app.addr,
+        &["--allow-peer", "spiffe://cluster.local/ns/default/sa/someone-else"],
+        &[],
+    )
+    .await;
+    for _ in 0..2 {
+        let reply = within(10, "request", http1(mesh.entry(), post("/x", b"data")))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::FORBIDDEN);
+        assert_eq!(reply.text(), "RBAC: access denied");
+    }
+    let reply = within(10, "h2c request", h2c(mesh.entry(), get("http://app.test/y")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.state.requests(), 0, "a denied request reached the app");
+    mesh.shutdown().await;
+
+    // Control: the same flag naming the client admits it.
+    let mesh = Mesh::new(app.addr, &["--allow-peer", CLIENT_ID], &[]).await;
+    let reply = within(10, "request", http1(mesh.entry(), get("/z")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(app.state.requests(), 1);
+    mesh.shutdown().await;
+}
+
+// ------------------------------------------------------------ 11. errors
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meshed_endpoint_down_gives_503_quickly() {
+    let pki = Pki::new();
+    let dead = dead_port().await;
+    let outbound = start_outbound(&pki, dead, Some(SERVER_ID), &[]).await;
+    for request in 0..2 {
+        let started = Instant::now();
+        let reply = within(5, "request", http1(outbound.outbound_addrs[0], get("/")))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "request {request}");
+        assert!(ward_error(&reply).is_some(), "{:?}", reply.headers);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+    let reply = within(5, "h2c request", h2c(outbound.outbound_addrs[0], get("http://a.test/")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    outbound.drain(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmeshed_destination_passes_through_or_is_refused() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let outbound = start_outbound(&pki, app.addr, None, &[]).await;
+    let reply = within(10, "request", http1(outbound.outbound_addrs[0], get("/plain")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.json();
+    assert!(seen["headers"].get("x-forwarded-client-cert").is_none(), "{seen}");
+    outbound.drain(Duration::from_secs(2)).await;
+
+    let denying = start_outbound(&pki, app.addr, None, &["--unmeshed-egress", "deny"]).await;
+    let result = within(5, "request", http1(denying.outbound_addrs[0], get("/plain"))).await;
+    assert!(result.is_err(), "denied egress answered: {result:?}");
+    assert_eq!(app.state.requests(), 1);
+    let metrics = denying.metrics.render();
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_connections_refused_total",
+            &[("direction", "outbound"), ("reason", "unmeshed_egress_denied")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    denying.drain(Duration::from_secs(2)).await;
+}
+
+// ------------------------------------------------------------ 12. drain
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_finishes_in_flight_requests_and_stops_accepting() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let Mesh {
+        pki: _pki,
+        inbound,
+        outbound,
+    } = Mesh::new(app.addr, &[], &[]).await;
+    let inbound_addr = inbound.inbound_addrs[0];
+    let entry = outbound.outbound_addrs[0];
+
+    let slow = tokio::spawn(http1(entry, get("/slow?ms=1500")));
+    within(5, "slow request reaches the app", async {
+        while app.state.requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let started = Instant::now();
+    let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(inbound_addr).await.is_err(),
+        "the draining inbound still accepts connections"
+    );
+
+    let reply = within(5, "slow request", slow).await.unwrap().unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["path"], "/slow");
+    let drained = within(6, "drain", drain).await.unwrap();
+    assert!(drained, "drain ran out of time");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+
+    // New requests through the outbound now fail fast instead of hanging.
+    let reply = within(5, "after drain", http1(entry, get("/"))).await.unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    outbound.drain(Duration::from_secs(2)).await;
+}
+
+// ------------------------------------------------------------ 13. admin
+
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Reply {
+    within(5, "admin request", http1(addr, get(path)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_ready_live_and_metrics() {
+    // Note: /ready and /live are refused to non-loopback peers; every
+    // address here is loopback, so only the allowed side is tested.
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(app.addr, &[], &[]).await;
+    for running in [&mesh.inbound, &mesh.outbound] {
+        let ready = admin_get(running.admin_addr, "/ready").await;
+        assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+        assert_eq!(admin_get(running.admin_addr, "/live").await.status, StatusCode::OK);
+    }
+    let reply = within(10, "request", http1(mesh.entry(), get("/m")))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    for (running, direction) in [(&mesh.inbound, "inbound"), (&mesh.outbound, "outbound")] {
+        let metrics = admin_get(running.admin_addr, "/metrics").await;
+        assert_eq!(metrics.status, StatusCode::OK);
+        let text = metrics.text();
+        assert_eq!(
+            metric(&text, "ward_requests_total", &[("direction", direction), ("code", "200")]),
+            1.0,
+            "{text}"
+        );
+    }
+    assert_eq!(
+        admin_get(mesh.inbound.admin_addr, "/nope").await.status,
+        StatusCode::NOT_FOUND
+    );
+    mesh.shutdown().await;
+}
+
+// ------------------------------------------------------------ 14. slowloris
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_header_is_cut_off_after_header_timeout() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(app.addr, &["--header-timeout", "1s"], &["--header-timeout", "1s"]).await;
+
+    // Plaintext side: the outbound listener.
+    let mut tcp = TcpStream::connect(mesh.entry()).await.unwrap();
+    let started = Instant::now();
+    let (got, closed) = raw_exchange(&mut tcp, b"GET /slowloris HTTP/1.1\r\nHost: app.test\r\nX-A: ", 6).await;
+    assert!(closed, "outbound kept a stalled header open");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    let got = String::from_utf8_lossy(&got);
+    // hyper closes on a header timeout without writing a response (it has
+    // no 408 path: only parse errors get a status).
+    assert!(got.is_empty(), "{got}");
+
+    // mTLS side: a mesh peer that stalls inside its header block.
+    let client = mesh.pki.issue(CLIENT_ID);
+    let connector =
+        mesh_connector(&client, &[(TD, mesh.pki.bundle_pem())], SERVER_ID, &[b"http/1.1"]);
+    let tcp = TcpStream::connect(mesh.inbound_addr()).await.unwrap();
+    let mut tls = connector.connect(server_name(), tcp).await.unwrap();
+    tls.write_all(b"GET /slowloris HTTP/1.1\r\nHost: app.test\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = within(6, "inbound header timeout", tls.read_to_end(&mut buf)).await;
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert_eq!(app.state.requests(), 0);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_block_gets_431() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(app.addr, &[], &["--max-header-bytes", "16384"]).await;
+    let mut request = b"GET /big HTTP/1.1\r\nHost: app.test\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 32 * 1024));
+    request.extend_from_slice(b"\r\n\r\n");
+    let mut tcp = TcpStream::connect(mesh.entry()).await.unwrap();
+    let (got, closed) = raw_exchange(&mut tcp, &request, 5).await;
+    let got = String::from_utf8_lossy(&got);
+    // hyper answers a header block over its read buffer limit with 431 and
+    // closes the connection.
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    assert!(closed);
+    assert_eq!(app.state.requests(), 0);
+
+    // Within the limit is fine.
+    let mut req = get("/ok");
+    req.headers_mut()
+        .insert("x-big", "a".repeat(8 * 1024).parse().unwrap());
+    let reply = within(10, "request", http1(mesh.entry(), req)).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    mesh.shutdown().await;
+}
