@@ -671,3 +671,39 @@ async fn oversized_header_block_gets_431() {
     assert_eq!(reply.status, StatusCode::OK);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_open_tunnels() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let Mesh {
+        pki: _pki,
+        inbound,
+        outbound,
+    } = Mesh::new(app.addr, &[], &[]).await;
+    let mut ws = TcpStream::connect(outbound.outbound_addrs[0]).await.unwrap();
+    ws.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut ws).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+
+    let admin = inbound.admin_addr;
+    let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The WebSocket is a connection like any other: drain waits for it.
+    assert!(!drain.is_finished(), "drain returned with a tunnel still open");
+    let ready = admin_get(admin, "/ready").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.text(), "draining\n");
+    ws.write_all(b"still there").await.unwrap();
+    assert_eq!(read_n(&mut ws, 11).await, b"still there");
+
+    let closed = Instant::now();
+    drop(ws);
+    let drained = within(6, "drain", drain).await.unwrap();
+    assert!(drained, "drain ran out of time after the tunnel closed");
+    assert!(closed.elapsed() < Duration::from_secs(2), "{:?}", closed.elapsed());
+    outbound.drain(Duration::from_secs(2)).await;
+}
