@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 use ward_identity::tls;
 
@@ -62,6 +63,9 @@ pub struct Inbound {
     pub limits: Limits,
     /// Addresses of the proxy's own listeners, to refuse loops.
     pub self_addrs: Vec<SocketAddr>,
+    /// The proxy's connection tracker: upgraded tunnels outlive the HTTP
+    /// connection task that set them up, and drain must wait for them too.
+    pub tracker: TaskTracker,
 }
 
 /// A fixed label for a failed TLS handshake, for metrics and logs.
@@ -439,7 +443,8 @@ impl Inbound {
                     && h::is_upgrade_response(&method, &resp)
                 {
                     let upstream = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(crate::tunnel::splice(downstream, upstream));
+                    self.tracker
+                        .spawn(crate::tunnel::splice(downstream, upstream));
                 } else {
                     h::strip_hop_by_hop(resp.headers_mut());
                 }

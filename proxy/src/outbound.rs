@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 use ward_identity::SpiffeId;
 
@@ -45,6 +46,8 @@ pub struct Outbound {
     pub metrics: Arc<ProxyMetrics>,
     pub limits: Limits,
     pub self_addrs: Vec<SocketAddr>,
+    /// The proxy's connection tracker, for tunnels (see `Inbound::tracker`).
+    pub tracker: TaskTracker,
 }
 
 /// The upstream connection owned by one application connection (no pool,
@@ -362,7 +365,8 @@ impl Outbound {
             .map_err(UpstreamError::Http)?;
         if h::is_upgrade_response(&method, &resp) {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(crate::tunnel::splice(downstream, upstream));
+            self.tracker
+                .spawn(crate::tunnel::splice(downstream, upstream));
         }
         Ok(resp.map(|b| b.boxed()))
     }

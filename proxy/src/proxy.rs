@@ -101,6 +101,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         limits,
         self_addrs: self_addrs.clone(),
+        tracker: tracker.clone(),
     });
     let outbound = Arc::new(Outbound {
         endpoints: Arc::new(arc_swap::ArcSwap::from_pointee(endpoints)),
@@ -112,6 +113,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         limits,
         self_addrs,
+        tracker: tracker.clone(),
     });
 
     let mut inbound_addrs = Vec::new();
