@@ -31,7 +31,9 @@ async fn http1_through_mesh_carries_peer_identity_and_replaces_client_xfcc() {
     let mut req = post("/hello?x=1", b"request body, intact");
     req.headers_mut().insert(
         "x-forwarded-client-cert",
-        "URI=spiffe://cluster.local/ns/default/sa/admin".parse().unwrap(),
+        "URI=spiffe://cluster.local/ns/default/sa/admin"
+            .parse()
+            .unwrap(),
     );
     req.headers_mut()
         .insert("x-custom", "kept".parse().unwrap());
@@ -49,7 +51,10 @@ async fn http1_through_mesh_carries_peer_identity_and_replaces_client_xfcc() {
     assert_eq!(seen["headers"]["host"], "app.test");
     assert_eq!(seen["headers"]["x-custom"], "kept");
     // Exactly the proxy's value: the client's claim is gone, not appended.
-    assert_eq!(seen["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+    assert_eq!(
+        seen["headers"]["x-forwarded-client-cert"],
+        format!("URI={CLIENT_ID}")
+    );
     // Internal headers between sidecars never reach the application.
     assert!(seen["headers"].get("x-ward-proto").is_none(), "{seen}");
     mesh.shutdown().await;
@@ -62,16 +67,23 @@ async fn h2c_client_is_downgraded_for_an_http1_only_app() {
     let app = echo_app(Flavor::Http1Only).await;
     let mesh = Mesh::new(app.addr, &[], &[]).await;
     for _ in 0..2 {
-        let reply = within(10, "h2c request", h2c(mesh.entry(), get("http://app.test/v")))
-            .await
-            .unwrap();
+        let reply = within(
+            10,
+            "h2c request",
+            h2c(mesh.entry(), get("http://app.test/v")),
+        )
+        .await
+        .unwrap();
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         assert_eq!(reply.version, http::Version::HTTP_2);
         let seen = reply.json();
         assert_eq!(seen["version"], "HTTP/1.1", "{seen}");
         assert_eq!(seen["path"], "/v");
         assert_eq!(seen["headers"]["host"], "app.test", "{seen}");
-        assert_eq!(seen["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+        assert_eq!(
+            seen["headers"]["x-forwarded-client-cert"],
+            format!("URI={CLIENT_ID}")
+        );
     }
     mesh.shutdown().await;
 }
@@ -80,14 +92,21 @@ async fn h2c_client_is_downgraded_for_an_http1_only_app() {
 async fn h2c_client_stays_http2_to_an_h2c_app() {
     let app = echo_app(Flavor::Auto).await;
     let mesh = Mesh::new(app.addr, &[], &[]).await;
-    let reply = within(10, "h2c request", h2c(mesh.entry(), get("http://app.test/v2")))
-        .await
-        .unwrap();
+    let reply = within(
+        10,
+        "h2c request",
+        h2c(mesh.entry(), get("http://app.test/v2")),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let seen = reply.json();
     assert_eq!(seen["version"], "HTTP/2", "{seen}");
     assert_eq!(seen["path"], "/v2");
-    assert_eq!(seen["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+    assert_eq!(
+        seen["headers"]["x-forwarded-client-cert"],
+        format!("URI={CLIENT_ID}")
+    );
 
     // And an HTTP/1.1 client to the same app still reaches it as HTTP/1.1.
     let reply = within(10, "http1 request", http1(mesh.entry(), get("/v1")))
@@ -167,13 +186,23 @@ async fn websocket_upgrade_and_connect_tunnel_echo_both_ways() {
     .unwrap();
     let head = read_head(&mut ws).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: echo"), "{head}");
-    for msg in [&b"ping"[..], b"a longer second frame", &[0u8, 159, 146, 150]] {
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    for msg in [
+        &b"ping"[..],
+        b"a longer second frame",
+        &[0u8, 159, 146, 150],
+    ] {
         ws.write_all(msg).await.unwrap();
         assert_eq!(read_n(&mut ws, msg.len()).await, msg);
     }
     let seen = app.state.last();
-    assert_eq!(seen.headers.get("upgrade").map(String::as_str), Some("echo"));
+    assert_eq!(
+        seen.headers.get("upgrade").map(String::as_str),
+        Some("echo")
+    );
     assert_eq!(
         seen.headers.get("x-forwarded-client-cert"),
         Some(&format!("URI={CLIENT_ID}"))
@@ -213,10 +242,17 @@ async fn opaque_echo_with_half_close(declare_opaque: bool) {
     } else {
         &[]
     };
-    let outbound =
-        start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), outbound_flags).await;
+    let outbound = start_outbound(
+        &pki,
+        inbound.inbound_addrs[0],
+        Some(SERVER_ID),
+        outbound_flags,
+    )
+    .await;
 
-    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0]).await.unwrap();
+    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0])
+        .await
+        .unwrap();
     // Not HTTP, not TLS: detection must fall back to opaque at once.
     let first = b"\x00\x01hello opaque world";
     tcp.write_all(first).await.unwrap();
@@ -263,11 +299,17 @@ async fn server_first_protocol_on_opaque_port() {
     .await;
 
     let started = Instant::now();
-    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0]).await.unwrap();
+    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0])
+        .await
+        .unwrap();
     // We send nothing: the banner must come anyway, and soon (not after
     // the 5 s detection timeout).
     assert_eq!(read_n(&mut tcp, BANNER.len()).await, BANNER);
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     tcp.write_all(b"HELO client\r\n").await.unwrap();
     assert_eq!(read_n(&mut tcp, 13).await, b"HELO client\r\n");
     drop(tcp);
@@ -289,14 +331,21 @@ async fn strict_mode_refuses_plaintext() {
     let mut tcp = TcpStream::connect(inbound.inbound_addrs[0]).await.unwrap();
     let (got, closed) = raw_exchange(&mut tcp, PLAINTEXT_GET, 5).await;
     assert!(closed, "strict inbound kept a plaintext connection open");
-    assert!(got.is_empty(), "plaintext got an answer: {:?}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "plaintext got an answer: {:?}",
+        String::from_utf8_lossy(&got)
+    );
     assert_eq!(app.state.requests(), 0);
     let metrics = inbound.metrics.render();
     assert_eq!(
         metric(
             &metrics,
             "ward_connections_refused_total",
-            &[("direction", "inbound"), ("reason", "plaintext_in_strict_mode")]
+            &[
+                ("direction", "inbound"),
+                ("reason", "plaintext_in_strict_mode")
+            ]
         ),
         1.0,
         "{metrics}"
@@ -312,23 +361,39 @@ async fn permissive_mode_serves_plaintext_without_identity() {
     let mut req = get("/plain");
     req.headers_mut().insert(
         "x-forwarded-client-cert",
-        "URI=spiffe://cluster.local/ns/default/sa/admin".parse().unwrap(),
+        "URI=spiffe://cluster.local/ns/default/sa/admin"
+            .parse()
+            .unwrap(),
     );
-    let reply = within(10, "plaintext request", http1(inbound.inbound_addrs[0], req))
-        .await
-        .unwrap();
+    let reply = within(
+        10,
+        "plaintext request",
+        http1(inbound.inbound_addrs[0], req),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let seen = reply.json();
     assert_eq!(seen["path"], "/plain");
     // No identity, and the client's forged one is not passed on either.
-    assert!(seen["headers"].get("x-forwarded-client-cert").is_none(), "{seen}");
+    assert!(
+        seen["headers"].get("x-forwarded-client-cert").is_none(),
+        "{seen}"
+    );
 
     // mTLS still works on the same listener.
     let outbound = start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), &[]).await;
-    let reply = within(10, "mTLS request", http1(outbound.outbound_addrs[0], get("/m")))
-        .await
-        .unwrap();
-    assert_eq!(reply.json()["headers"]["x-forwarded-client-cert"], format!("URI={CLIENT_ID}"));
+    let reply = within(
+        10,
+        "mTLS request",
+        http1(outbound.outbound_addrs[0], get("/m")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reply.json()["headers"]["x-forwarded-client-cert"],
+        format!("URI={CLIENT_ID}")
+    );
     let _ = tokio::join!(
         outbound.drain(Duration::from_secs(2)),
         inbound.drain(Duration::from_secs(2))
@@ -379,11 +444,17 @@ async fn inbound_refuses_foreign_and_unissued_client_certificates() {
     let foreign = other.issue("spiffe://other.example/ns/default/sa/client");
     let connector = mesh_connector(
         &foreign,
-        &[("other.example", other.bundle_pem()), (TD, pki.bundle_pem())],
+        &[
+            ("other.example", other.bundle_pem()),
+            (TD, pki.bundle_pem()),
+        ],
         SERVER_ID,
         &[b"http/1.1"],
     );
-    assert!(refused_at_handshake(connector, addr).await, "foreign trust domain admitted");
+    assert!(
+        refused_at_handshake(connector, addr).await,
+        "foreign trust domain admitted"
+    );
 
     // The right SPIFFE ID, signed by a CA the mesh never trusted.
     let rogue = Pki::new();
@@ -394,7 +465,10 @@ async fn inbound_refuses_foreign_and_unissued_client_certificates() {
         SERVER_ID,
         &[b"http/1.1"],
     );
-    assert!(refused_at_handshake(connector, addr).await, "unissued certificate admitted");
+    assert!(
+        refused_at_handshake(connector, addr).await,
+        "unissued certificate admitted"
+    );
 
     assert_eq!(app.state.requests(), 1, "a refused client reached the app");
     let metrics = inbound.metrics.render();
@@ -429,7 +503,11 @@ async fn outbound_refuses_an_inbound_with_the_wrong_identity() {
     assert_eq!(app.state.requests(), 0);
     let metrics = outbound.metrics.render();
     assert!(
-        metric(&metrics, "ward_tls_handshake_failures_total", &[("direction", "outbound")]) >= 1.0,
+        metric(
+            &metrics,
+            "ward_tls_handshake_failures_total",
+            &[("direction", "outbound")]
+        ) >= 1.0,
         "{metrics}"
     );
     let _ = tokio::join!(
@@ -445,7 +523,10 @@ async fn allow_peer_denies_other_identities_with_403() {
     let app = echo_app(Flavor::Http1Only).await;
     let mesh = Mesh::new(
         app.addr,
-        &["--allow-peer", "spiffe://cluster.local/ns/default/sa/someone-else"],
+        &[
+            "--allow-peer",
+            "spiffe://cluster.local/ns/default/sa/someone-else",
+        ],
         &[],
     )
     .await;
@@ -456,9 +537,13 @@ async fn allow_peer_denies_other_identities_with_403() {
         assert_eq!(reply.status, StatusCode::FORBIDDEN);
         assert_eq!(reply.text(), "RBAC: access denied");
     }
-    let reply = within(10, "h2c request", h2c(mesh.entry(), get("http://app.test/y")))
-        .await
-        .unwrap();
+    let reply = within(
+        10,
+        "h2c request",
+        h2c(mesh.entry(), get("http://app.test/y")),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     assert_eq!(app.state.requests(), 0, "a denied request reached the app");
     mesh.shutdown().await;
@@ -485,13 +570,25 @@ async fn meshed_endpoint_down_gives_503_quickly() {
         let reply = within(5, "request", http1(outbound.outbound_addrs[0], get("/")))
             .await
             .unwrap();
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "request {request}");
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request {request}"
+        );
         assert!(ward_error(&reply).is_some(), "{:?}", reply.headers);
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
-    let reply = within(5, "h2c request", h2c(outbound.outbound_addrs[0], get("http://a.test/")))
-        .await
-        .unwrap();
+    let reply = within(
+        5,
+        "h2c request",
+        h2c(outbound.outbound_addrs[0], get("http://a.test/")),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     outbound.drain(Duration::from_secs(2)).await;
 }
@@ -501,16 +598,28 @@ async fn unmeshed_destination_passes_through_or_is_refused() {
     let app = echo_app(Flavor::Http1Only).await;
     let pki = Pki::new();
     let outbound = start_outbound(&pki, app.addr, None, &[]).await;
-    let reply = within(10, "request", http1(outbound.outbound_addrs[0], get("/plain")))
-        .await
-        .unwrap();
+    let reply = within(
+        10,
+        "request",
+        http1(outbound.outbound_addrs[0], get("/plain")),
+    )
+    .await
+    .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     let seen = reply.json();
-    assert!(seen["headers"].get("x-forwarded-client-cert").is_none(), "{seen}");
+    assert!(
+        seen["headers"].get("x-forwarded-client-cert").is_none(),
+        "{seen}"
+    );
     outbound.drain(Duration::from_secs(2)).await;
 
     let denying = start_outbound(&pki, app.addr, None, &["--unmeshed-egress", "deny"]).await;
-    let result = within(5, "request", http1(denying.outbound_addrs[0], get("/plain"))).await;
+    let result = within(
+        5,
+        "request",
+        http1(denying.outbound_addrs[0], get("/plain")),
+    )
+    .await;
     assert!(result.is_err(), "denied egress answered: {result:?}");
     assert_eq!(app.state.requests(), 1);
     let metrics = denying.metrics.render();
@@ -518,7 +627,10 @@ async fn unmeshed_destination_passes_through_or_is_refused() {
         metric(
             &metrics,
             "ward_connections_refused_total",
-            &[("direction", "outbound"), ("reason", "unmeshed_egress_denied")]
+            &[
+                ("direction", "outbound"),
+                ("reason", "unmeshed_egress_denied")
+            ]
         ),
         1.0,
         "{metrics}"
@@ -559,10 +671,16 @@ async fn drain_finishes_in_flight_requests_and_stops_accepting() {
     assert_eq!(reply.json()["path"], "/slow");
     let drained = within(6, "drain", drain).await.unwrap();
     assert!(drained, "drain ran out of time");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 
     // New requests through the outbound now fail fast instead of hanging.
-    let reply = within(5, "after drain", http1(entry, get("/"))).await.unwrap();
+    let reply = within(5, "after drain", http1(entry, get("/")))
+        .await
+        .unwrap();
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     outbound.drain(Duration::from_secs(2)).await;
 }
@@ -584,7 +702,10 @@ async fn admin_ready_live_and_metrics() {
     for running in [&mesh.inbound, &mesh.outbound] {
         let ready = admin_get(running.admin_addr, "/ready").await;
         assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
-        assert_eq!(admin_get(running.admin_addr, "/live").await.status, StatusCode::OK);
+        assert_eq!(
+            admin_get(running.admin_addr, "/live").await.status,
+            StatusCode::OK
+        );
     }
     let reply = within(10, "request", http1(mesh.entry(), get("/m")))
         .await
@@ -595,7 +716,11 @@ async fn admin_ready_live_and_metrics() {
         assert_eq!(metrics.status, StatusCode::OK);
         let text = metrics.text();
         assert_eq!(
-            metric(&text, "ward_requests_total", &[("direction", direction), ("code", "200")]),
+            metric(
+                &text,
+                "ward_requests_total",
+                &[("direction", direction), ("code", "200")]
+            ),
             1.0,
             "{text}"
         );
@@ -612,12 +737,22 @@ async fn admin_ready_live_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_header_is_cut_off_after_header_timeout() {
     let app = echo_app(Flavor::Http1Only).await;
-    let mesh = Mesh::new(app.addr, &["--header-timeout", "1s"], &["--header-timeout", "1s"]).await;
+    let mesh = Mesh::new(
+        app.addr,
+        &["--header-timeout", "1s"],
+        &["--header-timeout", "1s"],
+    )
+    .await;
 
     // Plaintext side: the outbound listener.
     let mut tcp = TcpStream::connect(mesh.entry()).await.unwrap();
     let started = Instant::now();
-    let (got, closed) = raw_exchange(&mut tcp, b"GET /slowloris HTTP/1.1\r\nHost: app.test\r\nX-A: ", 6).await;
+    let (got, closed) = raw_exchange(
+        &mut tcp,
+        b"GET /slowloris HTTP/1.1\r\nHost: app.test\r\nX-A: ",
+        6,
+    )
+    .await;
     assert!(closed, "outbound kept a stalled header open");
     let elapsed = started.elapsed();
     assert!(
@@ -631,8 +766,12 @@ async fn stalled_header_is_cut_off_after_header_timeout() {
 
     // mTLS side: a mesh peer that stalls inside its header block.
     let client = mesh.pki.issue(CLIENT_ID);
-    let connector =
-        mesh_connector(&client, &[(TD, mesh.pki.bundle_pem())], SERVER_ID, &[b"http/1.1"]);
+    let connector = mesh_connector(
+        &client,
+        &[(TD, mesh.pki.bundle_pem())],
+        SERVER_ID,
+        &[b"http/1.1"],
+    );
     let tcp = TcpStream::connect(mesh.inbound_addr()).await.unwrap();
     let mut tls = connector.connect(server_name(), tcp).await.unwrap();
     tls.write_all(b"GET /slowloris HTTP/1.1\r\nHost: app.test\r\n")
@@ -667,7 +806,9 @@ async fn oversized_header_block_gets_431() {
     let mut req = get("/ok");
     req.headers_mut()
         .insert("x-big", "a".repeat(8 * 1024).parse().unwrap());
-    let reply = within(10, "request", http1(mesh.entry(), req)).await.unwrap();
+    let reply = within(10, "request", http1(mesh.entry(), req))
+        .await
+        .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     mesh.shutdown().await;
 }
@@ -680,7 +821,9 @@ async fn drain_waits_for_open_tunnels() {
         inbound,
         outbound,
     } = Mesh::new(app.addr, &[], &[]).await;
-    let mut ws = TcpStream::connect(outbound.outbound_addrs[0]).await.unwrap();
+    let mut ws = TcpStream::connect(outbound.outbound_addrs[0])
+        .await
+        .unwrap();
     ws.write_all(
         b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
@@ -693,7 +836,10 @@ async fn drain_waits_for_open_tunnels() {
     let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The WebSocket is a connection like any other: drain waits for it.
-    assert!(!drain.is_finished(), "drain returned with a tunnel still open");
+    assert!(
+        !drain.is_finished(),
+        "drain returned with a tunnel still open"
+    );
     let ready = admin_get(admin, "/ready").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.text(), "draining\n");
@@ -704,6 +850,10 @@ async fn drain_waits_for_open_tunnels() {
     drop(ws);
     let drained = within(6, "drain", drain).await.unwrap();
     assert!(drained, "drain ran out of time after the tunnel closed");
-    assert!(closed.elapsed() < Duration::from_secs(2), "{:?}", closed.elapsed());
+    assert!(
+        closed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        closed.elapsed()
+    );
     outbound.drain(Duration::from_secs(2)).await;
 }

@@ -182,13 +182,18 @@ pub async fn start_proxy(cert: &CertFiles, flags: &[String]) -> Running {
         args.push(flag.to_owned());
         args.push(value);
     }
-    proxy::start(&parse_args(&args)).await.expect("proxy starts")
+    proxy::start(&parse_args(&args))
+        .await
+        .expect("proxy starts")
 }
 
 /// `--inbound 127.0.0.1:0=APP_PORT` plus `extra`, with the server identity.
 pub async fn start_inbound(pki: &Pki, app: SocketAddr, extra: &[&str]) -> Running {
     let server = pki.issue(SERVER_ID);
-    let mut flags = vec!["--inbound".to_owned(), format!("127.0.0.1:0={}", app.port())];
+    let mut flags = vec![
+        "--inbound".to_owned(),
+        format!("127.0.0.1:0={}", app.port()),
+    ];
     flags.extend(extra.iter().map(|s| s.to_string()));
     start_proxy(&server, &flags).await
 }
@@ -222,8 +227,13 @@ impl Mesh {
     pub async fn new(app: SocketAddr, inbound_extra: &[&str], outbound_extra: &[&str]) -> Mesh {
         let pki = Pki::new();
         let inbound = start_inbound(&pki, app, inbound_extra).await;
-        let outbound =
-            start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), outbound_extra).await;
+        let outbound = start_outbound(
+            &pki,
+            inbound.inbound_addrs[0],
+            Some(SERVER_ID),
+            outbound_extra,
+        )
+        .await;
         Mesh {
             pki,
             inbound,
@@ -388,7 +398,9 @@ where
 }
 
 /// An HTTP/2 prior-knowledge (h2c) connection to `addr`.
-pub async fn h2c_sender<B>(addr: SocketAddr) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
+pub async fn h2c_sender<B>(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http2::SendRequest<B>>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -564,10 +576,13 @@ pub async fn echo_app(flavor: Flavor) -> App {
     App { addr, state, task }
 }
 
-async fn echo(mut req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<AppBody>, Infallible> {
+async fn echo(
+    mut req: Request<Incoming>,
+    state: Arc<AppState>,
+) -> Result<Response<AppBody>, Infallible> {
     state.started.fetch_add(1, Ordering::SeqCst);
-    let tunnel = req.method() == http::Method::CONNECT
-        || req.headers().contains_key(http::header::UPGRADE);
+    let tunnel =
+        req.method() == http::Method::CONNECT || req.headers().contains_key(http::header::UPGRADE);
     let mut headers = BTreeMap::new();
     for (name, value) in req.headers() {
         let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -679,7 +694,10 @@ pub async fn grpc_app() -> App {
     App { addr, state, task }
 }
 
-async fn grpc_echo(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ChannelBody>, Infallible> {
+async fn grpc_echo(
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+) -> Result<Response<ChannelBody>, Infallible> {
     state.started.fetch_add(1, Ordering::SeqCst);
     let (tx, body) = ChannelBody::new(16);
     let mut incoming = req.into_body();
