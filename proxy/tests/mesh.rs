@@ -857,3 +857,45 @@ async fn drain_waits_for_open_tunnels() {
     );
     outbound.drain(Duration::from_secs(2)).await;
 }
+
+/// A request that arrives while the peer sidecar drains must not be lost on
+/// the pooled connection the peer is closing (GOAWAY): it was never sent,
+/// so the outbound retries it on a new connection; here nothing listens any
+/// more, so that is a 503 (connect refused), not a 502 (protocol error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_during_peer_drain_is_retried_on_a_new_connection() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let Mesh {
+        pki: _pki,
+        inbound,
+        outbound,
+    } = Mesh::new(app.addr, &[], &[]).await;
+    let entry = outbound.outbound_addrs[0];
+    let slow = tokio::spawn(http1(entry, get("/slow?ms=1500")));
+    within(5, "slow request reaches the app", async {
+        while app.state.requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..3 {
+        let reply = within(5, "request during drain", http1(entry, get("/during")))
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request {i}: {:?} {}",
+            ward_error(&reply),
+            reply.text()
+        );
+    }
+    assert_eq!(
+        within(5, "slow", slow).await.unwrap().unwrap().status,
+        StatusCode::OK
+    );
+    assert!(within(6, "drain", drain).await.unwrap());
+    outbound.drain(Duration::from_secs(2)).await;
+}
