@@ -257,17 +257,31 @@ impl Outbound {
                         .headers
                         .insert(h::PROTO_HEADER, HeaderValue::from_static("h1"));
                 }
-                let mut sender = match &route.owned {
-                    None => {
-                        self.upstream
-                            .pooled_http2(route.dest, &route.expected)
-                            .await?
+                let mut req = Request::from_parts(parts, req_body);
+                let mut retried = false;
+                loop {
+                    let mut sender = match &route.owned {
+                        None => {
+                            self.upstream
+                                .pooled_http2(route.dest, &route.expected)
+                                .await?
+                        }
+                        Some(slot) => self.owned_http2(slot, route).await?,
+                    };
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => break Ok(resp),
+                        // The connection closed (the peer's GOAWAY while it
+                        // drains) before the request went out: it is handed
+                        // back unsent, so once more on a fresh connection.
+                        Err(mut err) => match err.take_message() {
+                            Some(unsent) if !retried => {
+                                retried = true;
+                                req = unsent;
+                            }
+                            _ => break Err(err.into_error()),
+                        },
                     }
-                    Some(slot) => self.owned_http2(slot, route).await?,
-                };
-                sender
-                    .send_request(Request::from_parts(parts, req_body))
-                    .await
+                }
             }
             UpstreamProtocol::Http1 => {
                 if let Some(pq) = parts.uri.path_and_query() {
