@@ -541,7 +541,8 @@ type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// The echo app. Any path: reports method, path, version, headers and the
 /// number of body bytes (counted as they stream; only the first 64 KiB are
 /// kept, and returned as `body`) as JSON.
-/// `/slow?ms=N`: waits N ms first. `Upgrade:` requests get 101 and `CONNECT`
+/// `/slow?ms=N`: waits N ms first. `/download?n=N`: answers N bytes of
+/// filler, generated as they are sent. `Upgrade:` requests get 101 and `CONNECT`
 /// gets 200, after which bytes are echoed back.
 pub async fn echo_app(flavor: Flavor) -> App {
     let listener = bind().await;
@@ -627,6 +628,16 @@ async fn echo(
                 .unwrap()
         };
         return Ok(resp);
+    }
+    if seen.path == "/download" {
+        let n = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("n="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        state.seen.lock().unwrap().push(seen);
+        return Ok(Response::new(RepeatBody::new(n).boxed()));
     }
     if seen.path == "/slow" {
         let ms = req
