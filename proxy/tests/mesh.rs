@@ -899,3 +899,129 @@ async fn request_during_peer_drain_is_retried_on_a_new_connection() {
     assert!(within(6, "drain", drain).await.unwrap());
     outbound.drain(Duration::from_secs(2)).await;
 }
+
+// ------------------------------------------------------------ upstream modes
+
+/// The non-default upstream modes (`--no-pool`: a multiplexed connection
+/// per application connection; `--upstream-protocol http1`: HTTP/1.1
+/// between the sidecars) carry the same traffic: keep-alive HTTP/1.1,
+/// concurrent h2c streams, identity, and upgrades.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_default_upstream_modes_carry_http_and_upgrades() {
+    for flags in [&["--no-pool"][..], &["--upstream-protocol", "http1"][..]] {
+        let app = echo_app(Flavor::Http1Only).await;
+        let mesh = Mesh::new(app.addr, &[], flags).await;
+
+        // Keep-alive: three requests on one client connection.
+        let tcp = TcpStream::connect(mesh.entry()).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        for i in 0..3 {
+            within(5, "ready", sender.ready()).await.unwrap();
+            let resp = within(
+                5,
+                "keep-alive request",
+                sender.send_request(post(&format!("/k{i}"), b"abc")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK, "{flags:?}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(seen["path"], format!("/k{i}"));
+            assert_eq!(seen["body"], "abc");
+            assert_eq!(
+                seen["headers"]["x-forwarded-client-cert"],
+                format!("URI={CLIENT_ID}")
+            );
+        }
+
+        // Concurrent h2c streams on one client connection.
+        let sender = within(5, "h2c", h2c_sender::<Full<Bytes>>(mesh.entry()))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..3)
+            .map(|i| {
+                let mut sender = sender.clone();
+                tokio::spawn(async move {
+                    let req = get(&format!("http://app.test/slow?ms=300&i={i}"));
+                    sender.send_request(req).await.map(|r| r.status())
+                })
+            })
+            .collect();
+        for task in tasks {
+            let status = within(10, "concurrent stream", task)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{flags:?}");
+        }
+        let elapsed = started.elapsed();
+        if flags == ["--no-pool"] {
+            // Multiplexed end to end: the three run side by side.
+            assert!(
+                elapsed < Duration::from_millis(850),
+                "{flags:?}: {elapsed:?}"
+            );
+        }
+        // With HTTP/1.1 between the sidecars the streams of one client
+        // connection share one upstream connection and run one at a time
+        // (a documented property of that mode, not asserted either way).
+
+        // An upgrade still works.
+        let mut ws = TcpStream::connect(mesh.entry()).await.unwrap();
+        ws.write_all(
+            b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut ws).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{flags:?}: {head}");
+        ws.write_all(b"ping").await.unwrap();
+        assert_eq!(read_n(&mut ws, 4).await, b"ping");
+        drop(ws);
+        mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_down_behind_the_inbound_gives_503_or_close_quickly() {
+    let dead = dead_port().await;
+    let pki = Pki::new();
+    let inbound = start_inbound(&pki, dead, &[]).await;
+    let outbound = start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), &[]).await;
+    let entry = outbound.outbound_addrs[0];
+    for make in [|| get("/"), || get("http://app.test/")] {
+        let started = Instant::now();
+        let reply = within(5, "request", http1(entry, make())).await.unwrap();
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        assert!(ward_error(&reply).is_some());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    let reply = within(5, "h2c request", h2c(entry, get("http://app.test/")))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+    // Opaque: the client's connection is closed, not left hanging.
+    let mut tcp = TcpStream::connect(entry).await.unwrap();
+    let (got, closed) = raw_exchange(&mut tcp, b"\x00opaque", 5).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+    let _ = tokio::join!(
+        outbound.drain(Duration::from_secs(2)),
+        inbound.drain(Duration::from_secs(2))
+    );
+}

@@ -630,22 +630,12 @@ async fn echo(
         return Ok(resp);
     }
     if seen.path == "/download" {
-        let n = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("n="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let n = query_param(req.uri(), "n").unwrap_or(0);
         state.seen.lock().unwrap().push(seen);
         return Ok(Response::new(RepeatBody::new(n).boxed()));
     }
     if seen.path == "/slow" {
-        let ms = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("ms="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1500);
+        let ms = query_param(req.uri(), "ms").unwrap_or(1500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let mut body = req.into_body();
@@ -676,6 +666,15 @@ async fn echo(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(json.to_string())).boxed())
         .unwrap())
+}
+
+/// The numeric query parameter `name` of `uri`.
+fn query_param(uri: &http::Uri, name: &str) -> Option<u64> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+        .parse()
+        .ok()
 }
 
 pub const GRPC_TRAILER: &str = "x-echo-count";
