@@ -1025,3 +1025,105 @@ async fn application_down_behind_the_inbound_gives_503_or_close_quickly() {
         inbound.drain(Duration::from_secs(2))
     );
 }
+
+// ------------------------------------------------------------ identity files
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_files_are_reloaded_and_bad_files_ignored() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let server = pki.issue(SERVER_ID);
+    let flags = [
+        "--inbound".to_owned(),
+        format!("127.0.0.1:0={}", app.addr.port()),
+    ];
+    let inbound = start_proxy(&server, &flags).await;
+    let addr = inbound.inbound_addrs[0];
+    let request_as = |expected: &'static str| {
+        let pki = &pki;
+        async move {
+            // A fresh outbound: no pooled connection from before the change.
+            let outbound = start_outbound(pki, addr, Some(expected), &[]).await;
+            let reply = within(10, "request", http1(outbound.outbound_addrs[0], get("/")))
+                .await
+                .unwrap();
+            outbound.drain(Duration::from_secs(2)).await;
+            reply.status
+        }
+    };
+    assert_eq!(request_as(SERVER_ID).await, StatusCode::OK);
+
+    // A file that does not load is ignored: the current identity stays.
+    std::fs::write(&server.cert, "not a certificate").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(request_as(SERVER_ID).await, StatusCode::OK);
+    assert_eq!(
+        inbound.identity.svid.current_id().unwrap().as_str(),
+        SERVER_ID
+    );
+
+    // A new certificate (another identity, to tell them apart) is picked up.
+    const V2: &str = "spiffe://cluster.local/ns/default/sa/server-v2";
+    let v2 = pki.issue(V2);
+    std::fs::copy(&v2.key, &server.key).unwrap();
+    std::fs::copy(&v2.cert, &server.cert).unwrap();
+    within(10, "reload", async {
+        while inbound
+            .identity
+            .svid
+            .current_id()
+            .map(|id| id.as_str().to_owned())
+            != Some(V2.to_owned())
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(request_as(V2).await, StatusCode::OK);
+    assert_eq!(request_as(SERVER_ID).await, StatusCode::BAD_GATEWAY);
+    inbound.drain(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_peer_closes_denied_opaque_connections_before_the_app() {
+    let app = tcp_echo_app().await;
+    let pki = Pki::new();
+    let app_port = app.addr.port().to_string();
+    let inbound = start_inbound(
+        &pki,
+        app.addr,
+        &[
+            "--opaque-ports",
+            &app_port,
+            "--allow-peer",
+            "spiffe://cluster.local/ns/default/sa/someone-else",
+        ],
+    )
+    .await;
+    let outbound = start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), &[]).await;
+    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0])
+        .await
+        .unwrap();
+    let (got, closed) = raw_exchange(&mut tcp, b"\x00secret bytes", 5).await;
+    assert!(closed, "denied opaque connection left open");
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(
+        app.state.requests(),
+        0,
+        "the app accepted a denied connection"
+    );
+    let metrics = inbound.metrics.render();
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_authorization_decisions_total",
+            &[("action", "deny"), ("protocol", "tcp")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    let _ = tokio::join!(
+        outbound.drain(Duration::from_secs(2)),
+        inbound.drain(Duration::from_secs(2))
+    );
+}
