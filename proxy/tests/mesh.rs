@@ -120,8 +120,22 @@ async fn h2c_client_stays_http2_to_an_h2c_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_bidi_stream_is_not_buffered_and_trailers_arrive() {
+    grpc_bidi_stream(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bidi_stream_without_pool() {
+    grpc_bidi_stream(&["--no-pool"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bidi_stream_over_http1_between_sidecars() {
+    grpc_bidi_stream(&["--upstream-protocol", "http1"]).await;
+}
+
+async fn grpc_bidi_stream(outbound_flags: &[&str]) {
     let app = grpc_app().await;
-    let mesh = Mesh::new(app.addr, &[], &[]).await;
+    let mesh = Mesh::new(app.addr, &[], outbound_flags).await;
     let mut sender = within(5, "h2c handshake", h2c_sender::<ChannelBody>(mesh.entry()))
         .await
         .unwrap();
