@@ -236,7 +236,15 @@ impl Outbound {
         h::strip_hop_by_hop(&mut parts.headers);
         let authority = authority_of(&parts, route.dest);
         let req_body = body.boxed();
-        let response = match self.protocol {
+        // HTTP/2 clients keep HTTP/2 upstream whatever the setting: their
+        // concurrent streams and trailers (gRPC) cannot ride one HTTP/1.1
+        // connection, and the inbound would speak HTTP/1.1 to the app.
+        let protocol = if spoke_http1 {
+            self.protocol
+        } else {
+            UpstreamProtocol::H2
+        };
+        let response = match protocol {
             UpstreamProtocol::H2 => {
                 parts.uri = Uri::builder()
                     .scheme("http")
