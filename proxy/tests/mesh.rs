@@ -974,17 +974,13 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
                 .unwrap();
             assert_eq!(status, StatusCode::OK, "{flags:?}");
         }
+        // Multiplexed end to end, in both modes (HTTP/2 clients keep
+        // HTTP/2 upstream): the three run side by side.
         let elapsed = started.elapsed();
-        if flags == ["--no-pool"] {
-            // Multiplexed end to end: the three run side by side.
-            assert!(
-                elapsed < Duration::from_millis(850),
-                "{flags:?}: {elapsed:?}"
-            );
-        }
-        // With HTTP/1.1 between the sidecars the streams of one client
-        // connection share one upstream connection and run one at a time
-        // (a documented property of that mode, not asserted either way).
+        assert!(
+            elapsed < Duration::from_millis(850),
+            "{flags:?}: {elapsed:?}"
+        );
 
         // An upgrade still works.
         let mut ws = TcpStream::connect(mesh.entry()).await.unwrap();
