@@ -1137,3 +1137,47 @@ async fn allow_peer_closes_denied_opaque_connections_before_the_app() {
         inbound.drain(Duration::from_secs(2))
     );
 }
+
+/// `--max-header-bytes` (64 KiB by default) is the limit for request and
+/// response header blocks on every hop, HTTP/2 between the sidecars included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_blocks_up_to_the_limit_pass_every_hop() {
+    for flavor in [Flavor::Http1Only, Flavor::Auto] {
+        let app = echo_app(flavor).await;
+        let mesh = Mesh::new(app.addr, &[], &[]).await;
+        let big = 40 * 1024;
+        for h2 in [false, true] {
+            let uri = if h2 { "http://app.test/big" } else { "/big" };
+            let mut req = get(uri);
+            req.headers_mut()
+                .insert("x-big-request", "a".repeat(big).parse().unwrap());
+            req.headers_mut()
+                .insert(BIG_RESPONSE_HEADER, big.to_string().parse().unwrap());
+            let reply = if h2 {
+                within(10, "h2c", h2c(mesh.entry(), req)).await
+            } else {
+                within(10, "http1", http1(mesh.entry(), req)).await
+            }
+            .unwrap();
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "h2={h2}: {:?} {}",
+                ward_error(&reply),
+                reply.text()
+            );
+            assert_eq!(
+                reply.json()["headers"]["x-big-request"]
+                    .as_str()
+                    .map(str::len),
+                Some(big)
+            );
+            assert_eq!(
+                reply.headers.get("x-big").map(|v| v.len()),
+                Some(big),
+                "h2={h2}"
+            );
+        }
+        mesh.shutdown().await;
+    }
+}

@@ -536,12 +536,15 @@ fn version_name(v: http::Version) -> &'static str {
     }
 }
 
+pub const BIG_RESPONSE_HEADER: &str = "x-big-response-header";
+
 type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// The echo app. Any path: reports method, path, version, headers and the
 /// number of body bytes (counted as they stream; only the first 64 KiB are
 /// kept, and returned as `body`) as JSON.
-/// `/slow?ms=N`: waits N ms first. `/download?n=N`: answers N bytes of
+/// With `x-big-response-header: N` the response carries an `x-big`
+/// header of N bytes. `/slow?ms=N`: waits N ms first. `/download?n=N`: answers N bytes of
 /// filler, generated as they are sent. `Upgrade:` requests get 101 and `CONNECT`
 /// gets 200, after which bytes are echoed back.
 pub async fn echo_app(flavor: Flavor) -> App {
@@ -661,11 +664,20 @@ async fn echo(
         "body_len": seen.body_len,
         "body": String::from_utf8_lossy(&sample[..sample.len().min(64 * 1024)]),
     });
+    let big = seen
+        .headers
+        .get(BIG_RESPONSE_HEADER)
+        .and_then(|n| n.parse::<usize>().ok());
     state.seen.lock().unwrap().push(seen);
-    Ok(Response::builder()
+    let mut resp = Response::builder()
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(json.to_string())).boxed())
-        .unwrap())
+        .unwrap();
+    if let Some(n) = big {
+        let value = HeaderValue::from_str(&"b".repeat(n)).unwrap();
+        resp.headers_mut().insert("x-big", value);
+    }
+    Ok(resp)
 }
 
 /// The numeric query parameter `name` of `uri`.
