@@ -406,8 +406,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let tcp = TcpStream::connect(addr).await?;
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
+    // Generous response header limit: the proxies' limits are under test.
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(1024 * 1024)
+        .handshake(TokioIo::new(tcp))
+        .await?;
     tokio::spawn(conn);
     Ok(sender)
 }
@@ -569,9 +572,11 @@ pub async fn echo_app(flavor: Flavor) -> App {
                             .await;
                     }
                     Flavor::Auto => {
-                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                            .serve_connection_with_upgrades(io, svc)
-                            .await;
+                        let mut builder =
+                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        // Generous: the proxies' limits are under test.
+                        builder.http2().max_header_list_size(1024 * 1024);
+                        let _ = builder.serve_connection_with_upgrades(io, svc).await;
                     }
                 }
             });
