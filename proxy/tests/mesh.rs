@@ -1181,3 +1181,110 @@ async fn header_blocks_up_to_the_limit_pass_every_hop() {
         mesh.shutdown().await;
     }
 }
+
+// ------------------------------------------------------------ misc
+
+/// A mesh peer that announces no ALPN (not a Ward sidecar): the inbound
+/// sniffs the decrypted bytes, HTTP/1.1 and opaque alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_peer_without_alpn_is_sniffed() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let inbound = start_inbound(&pki, app.addr, &[]).await;
+    let client = pki.issue(CLIENT_ID);
+    let connector = mesh_connector(&client, &[(TD, pki.bundle_pem())], SERVER_ID, &[]);
+    let tcp = TcpStream::connect(inbound.inbound_addrs[0]).await.unwrap();
+    let mut tls = within(5, "handshake", connector.connect(server_name(), tcp))
+        .await
+        .unwrap();
+    tls.write_all(b"GET /sniffed HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = within(5, "response", tls.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"path\":\"/sniffed\""), "{text}");
+    assert!(text.contains(&format!("URI={CLIENT_ID}")), "{text}");
+    inbound.drain(Duration::from_secs(2)).await;
+
+    let echo = tcp_echo_app().await;
+    let inbound = start_inbound(&pki, echo.addr, &[]).await;
+    let tcp = TcpStream::connect(inbound.inbound_addrs[0]).await.unwrap();
+    let mut tls = within(5, "handshake", connector.connect(server_name(), tcp))
+        .await
+        .unwrap();
+    tls.write_all(b"\x00\x01opaque").await.unwrap();
+    assert_eq!(read_n(&mut tls, 8).await, b"\x00\x01opaque");
+    tls.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = within(5, "bye", tls.read_to_end(&mut rest)).await;
+    assert_eq!(String::from_utf8_lossy(&rest), "bye 8");
+    inbound.drain(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_closed_at_once() {
+    let app = tcp_echo_app().await;
+    let pki = Pki::new();
+    let outbound = start_outbound(&pki, app.addr, None, &["--max-connections", "1"]).await;
+    let entry = outbound.outbound_addrs[0];
+    let mut first = TcpStream::connect(entry).await.unwrap();
+    first.write_all(b"\x00one").await.unwrap();
+    assert_eq!(read_n(&mut first, 4).await, b"\x00one");
+    let mut second = TcpStream::connect(entry).await.unwrap();
+    let (got, closed) = raw_exchange(&mut second, b"\x00two", 5).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+    let metrics = outbound.metrics.render();
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_connections_refused_total",
+            &[("reason", "connection_limit")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // The permit comes back when the first connection ends.
+    drop(first);
+    within(5, "permit released", async {
+        loop {
+            let mut third = TcpStream::connect(entry).await.unwrap();
+            third.write_all(b"\x00three").await.unwrap();
+            let mut buf = [0u8; 6];
+            if tokio::time::timeout(Duration::from_millis(500), third.read_exact(&mut buf))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                assert_eq!(&buf, b"\x00three");
+                break;
+            }
+        }
+    })
+    .await;
+    outbound.drain(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_mode_passes_plaintext_and_strips_forged_identity() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let pki = Pki::new();
+    let inbound = start_inbound(&pki, app.addr, &["--mtls-mode", "disable"]).await;
+    let mut req = get("/off");
+    req.headers_mut().insert(
+        "x-forwarded-client-cert",
+        "URI=spiffe://cluster.local/ns/default/sa/admin"
+            .parse()
+            .unwrap(),
+    );
+    let reply = within(10, "request", http1(inbound.inbound_addrs[0], req))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = reply.json();
+    assert!(
+        seen["headers"].get("x-forwarded-client-cert").is_none(),
+        "{seen}"
+    );
+    inbound.drain(Duration::from_secs(2)).await;
+}
