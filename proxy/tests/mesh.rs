@@ -485,13 +485,15 @@ async fn inbound_refuses_foreign_and_unissued_client_certificates() {
     );
 
     assert_eq!(app.state.requests(), 1, "a refused client reached the app");
-    let metrics = inbound.metrics.render();
-    let failures = metric(
-        &metrics,
+    // Counted as the handshake fails, which may be just after the client
+    // saw the alert.
+    wait_for_metric(
+        &inbound,
         "ward_tls_handshake_failures_total",
         &[("direction", "inbound")],
-    );
-    assert_eq!(failures, 2.0, "{metrics}");
+        2.0,
+    )
+    .await;
     inbound.drain(Duration::from_secs(2)).await;
 }
 
@@ -1286,5 +1288,69 @@ async fn disable_mode_passes_plaintext_and_strips_forged_identity() {
         seen["headers"].get("x-forwarded-client-cert").is_none(),
         "{seen}"
     );
+    inbound.drain(Duration::from_secs(2)).await;
+}
+
+/// A peer that accepts TCP but never completes TLS: the outbound gives up
+/// after `--connect-timeout` with 504, and the inbound cuts a client that
+/// stalls inside its ClientHello after `--header-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_tls_handshakes_time_out() {
+    let pki = Pki::new();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let outbound = start_outbound(
+        &pki,
+        silent_addr,
+        Some(SERVER_ID),
+        &["--connect-timeout", "1s"],
+    )
+    .await;
+    let started = Instant::now();
+    let reply = within(5, "request", http1(outbound.outbound_addrs[0], get("/")))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert!(ward_error(&reply).is_some());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    outbound.drain(Duration::from_secs(2)).await;
+    holder.abort();
+
+    let app = echo_app(Flavor::Http1Only).await;
+    let inbound = start_inbound(&pki, app.addr, &["--header-timeout", "1s"]).await;
+    let mut tcp = TcpStream::connect(inbound.inbound_addrs[0]).await.unwrap();
+    let started = Instant::now();
+    // The start of a ClientHello record, then nothing.
+    let (got, closed) = raw_exchange(&mut tcp, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01], 5).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    // The socket closes as the handshake future is dropped, a moment
+    // before the counter moves: wait for it (bounded).
+    wait_for_metric(
+        &inbound,
+        "ward_tls_handshake_failures_total",
+        &[("direction", "inbound"), ("reason", "timeout")],
+        1.0,
+    )
+    .await;
     inbound.drain(Duration::from_secs(2)).await;
 }

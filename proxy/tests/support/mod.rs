@@ -282,6 +282,23 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// Waits (up to 2 s) for a metric to reach `value`: counters move just
+/// after the socket closes, so a test that saw the close may be early.
+pub async fn wait_for_metric(running: &Running, name: &str, labels: &[(&str, &str)], value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = running.metrics.render();
+        let got = metric(&text, name, labels);
+        if got == value {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{name}{labels:?} = {got}, expected {value}:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 // ---------------------------------------------------------------- bodies
 
 /// A response or request body fed from a channel (streaming, no buffering).
