@@ -234,6 +234,11 @@ async fn websocket_upgrade_and_connect_tunnel_echo_both_ways() {
         assert_eq!(read_n(&mut tunnel, msg.len()).await, msg);
     }
     assert_eq!(app.state.last().method, "CONNECT");
+    // Half-close travels through the tunnel, and the answer comes back.
+    tunnel.shutdown().await.unwrap();
+    let (rest, closed) = read_to_close(&mut tunnel, 5).await;
+    assert_eq!(String::from_utf8_lossy(&rest), "bye 26");
+    assert!(closed);
     drop((ws, tunnel));
     mesh.shutdown().await;
 }

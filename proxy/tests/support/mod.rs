@@ -566,7 +566,8 @@ type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// With `x-big-response-header: N` the response carries an `x-big`
 /// header of N bytes. `/slow?ms=N`: waits N ms first. `/download?n=N`: answers N bytes of
 /// filler, generated as they are sent. `Upgrade:` requests get 101 and `CONNECT`
-/// gets 200, after which bytes are echoed back.
+/// gets 200, after which bytes are echoed back; on the client's half-close
+/// the app writes `bye <n>` and closes.
 pub async fn echo_app(flavor: Flavor) -> App {
     let listener = bind().await;
     let addr = listener.local_addr().unwrap();
@@ -634,11 +635,21 @@ async fn echo(
             if let Ok(upgraded) = on_upgrade.await {
                 let mut io = TokioIo::new(upgraded);
                 let mut buf = [0u8; 4096];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        break;
+                let mut total = 0;
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            total += n;
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => return,
                     }
                 }
+                // The client half-closed: answer, then close our side.
+                let _ = io.write_all(format!("bye {total}").as_bytes()).await;
                 let _ = io.shutdown().await;
             }
         });
