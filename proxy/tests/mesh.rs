@@ -1359,3 +1359,27 @@ async fn stalled_tls_handshakes_time_out() {
     .await;
     inbound.drain(Duration::from_secs(2)).await;
 }
+
+/// RFC 9113 §8.2.3: HTTP/2 clients may split `cookie` into several fields;
+/// they must be joined with "; " before going on over HTTP/1.1 (many
+/// HTTP/1 servers read only one Cookie header).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_http2_cookies_are_joined_for_an_http1_app() {
+    let app = echo_app(Flavor::Http1Only).await;
+    let mesh = Mesh::new(app.addr, &[], &[]).await;
+    let mut req = get("http://app.test/cookies");
+    req.headers_mut()
+        .append(header::COOKIE, "a=1".parse().unwrap());
+    req.headers_mut()
+        .append(header::COOKIE, "b=2".parse().unwrap());
+    let reply = within(10, "h2c", h2c(mesh.entry(), req)).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = app.state.last();
+    assert_eq!(seen.version, "HTTP/1.1");
+    // The echo app joins repeated fields with ", ": "a=1; b=2" proves one field.
+    assert_eq!(
+        seen.headers.get("cookie").map(String::as_str),
+        Some("a=1; b=2")
+    );
+    mesh.shutdown().await;
+}
