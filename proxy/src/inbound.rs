@@ -414,6 +414,7 @@ impl Inbound {
             parts.version == Version::HTTP_2 && !spoke_http1 && !tunnel && app.speaks_h2().await;
         if !use_http2 {
             parts.version = Version::HTTP_11;
+            h::join_cookies(&mut parts.headers);
             if !parts.headers.contains_key(header::HOST)
                 && let Some(authority) = parts.uri.authority()
                 && let Ok(host) = HeaderValue::from_str(authority.as_str())
