@@ -58,7 +58,12 @@ async fn run() {
     let cp = ControlPlane::start(config).await.expect("control plane");
     let ca = dir.path().join("bundle.pem");
     std::fs::write(&ca, cp.bundle_pem()).unwrap();
-    let tokens = JoinTokenStore::open(&DataDir::open(dir.path().join("cp")).unwrap().join_tokens_dir()).unwrap();
+    let tokens = JoinTokenStore::open(
+        &DataDir::open(dir.path().join("cp"))
+            .unwrap()
+            .join_tokens_dir(),
+    )
+    .unwrap();
 
     let mut proxies = Vec::new();
     for i in 0..PROXIES {
@@ -85,11 +90,17 @@ async fn run() {
         proxies.push(ward_proxy::proxy::start(&args).await.expect("proxy"));
     }
     let versions = |proxies: &[ward_proxy::proxy::Running]| -> Vec<Option<u64>> {
-        proxies.iter().map(|p| p.policy.as_ref().and_then(|a| a.version())).collect()
+        proxies
+            .iter()
+            .map(|p| p.policy.as_ref().and_then(|a| a.version()))
+            .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while versions(&proxies).iter().any(Option::is_none) {
-        assert!(Instant::now() < deadline, "proxies did not all receive the first policy set");
+        assert!(
+            Instant::now() < deadline,
+            "proxies did not all receive the first policy set"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -101,7 +112,10 @@ async fn run() {
         let mut seen = vec![None; PROXIES];
         let deadline = changed + Duration::from_secs(10);
         while seen.iter().any(Option::is_none) {
-            assert!(Instant::now() < deadline, "round {round}: not every proxy got the change");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: not every proxy got the change"
+            );
             for (i, v) in versions(&proxies).into_iter().enumerate() {
                 if seen[i].is_none() && v != before[i] {
                     seen[i] = Some(changed.elapsed());

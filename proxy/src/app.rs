@@ -108,13 +108,16 @@ async fn probe_h2(addr: SocketAddr) -> Option<bool> {
 pub struct AppClients {
     ports: RwLock<HashMap<SocketAddr, AppPort>>,
     connect_timeout: Duration,
+    /// Largest response header block accepted from the application.
+    max_header_bytes: u32,
 }
 
 impl AppClients {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, max_header_bytes: u32) -> Self {
         AppClients {
             ports: RwLock::new(HashMap::new()),
             connect_timeout,
+            max_header_bytes,
         }
     }
 
@@ -145,6 +148,7 @@ impl AppClients {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
+            .http2_max_header_list_size(self.max_header_bytes)
             .pool_idle_timeout(Duration::from_secs(90));
         let port = AppPort {
             http1: http1.build(connector.clone()),

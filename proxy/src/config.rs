@@ -42,7 +42,9 @@ pub enum UpstreamProtocol {
     /// request, whatever the application spoke.
     #[default]
     H2,
-    /// HTTP/1.1: one upstream connection per application connection.
+    /// HTTP/1.1 for HTTP/1.1 clients, one upstream connection per
+    /// application connection. HTTP/2 clients (gRPC) still get HTTP/2, on
+    /// one upstream connection per application connection.
     Http1,
 }
 

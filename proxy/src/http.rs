@@ -80,6 +80,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins several `cookie` fields into one, separated by "; ": HTTP/2 may
+/// split them (RFC 9113 §8.2.3) and they must be joined before the request
+/// goes on over HTTP/1.1, where many servers read only one Cookie header.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for value in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// True for requests that take over the connection: `Upgrade` (WebSocket)
 /// and `CONNECT`.
 pub fn is_tunnel(method: &http::Method, headers: &HeaderMap) -> bool {

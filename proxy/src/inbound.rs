@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 use ward_identity::tls;
 
@@ -66,6 +67,9 @@ pub struct Inbound {
     pub limits: Limits,
     /// Addresses of the proxy's own listeners, to refuse loops.
     pub self_addrs: Vec<SocketAddr>,
+    /// The proxy's connection tracker: upgraded tunnels outlive the HTTP
+    /// connection task that set them up, and drain must wait for them too.
+    pub tracker: TaskTracker,
 }
 
 /// A plaintext connection, before its protocol is served.
@@ -459,6 +463,7 @@ impl Inbound {
         let use_http2 = client_h2 && !tunnel && app.speaks_h2().await;
         if !use_http2 {
             parts.version = Version::HTTP_11;
+            h::join_cookies(&mut parts.headers);
             if !parts.headers.contains_key(header::HOST)
                 && let Some(authority) = parts.uri.authority()
                 && let Ok(host) = HeaderValue::from_str(authority.as_str())
@@ -488,7 +493,8 @@ impl Inbound {
                     && h::is_upgrade_response(&method, &resp)
                 {
                     let upstream = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(crate::tunnel::splice(downstream, upstream));
+                    self.tracker
+                        .spawn(crate::tunnel::splice(downstream, upstream));
                 } else {
                     h::strip_hop_by_hop(resp.headers_mut());
                     if downstream_http1 && accepts_trailers {

@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 use ward_identity::SpiffeId;
 
@@ -46,6 +47,8 @@ pub struct Outbound {
     pub metrics: Arc<ProxyMetrics>,
     pub limits: Limits,
     pub self_addrs: Vec<SocketAddr>,
+    /// The proxy's connection tracker, for tunnels (see `Inbound::tracker`).
+    pub tracker: TaskTracker,
 }
 
 /// The upstream connection owned by one application connection (no pool,
@@ -245,7 +248,15 @@ impl Outbound {
         h::strip_hop_by_hop(&mut parts.headers);
         let authority = authority_of(&parts, route.dest);
         let req_body = body.boxed();
-        let response = match self.protocol {
+        // HTTP/2 clients keep HTTP/2 upstream whatever the setting: their
+        // concurrent streams and trailers (gRPC) cannot ride one HTTP/1.1
+        // connection, and the inbound would speak HTTP/1.1 to the app.
+        let protocol = if spoke_http1 {
+            self.protocol
+        } else {
+            UpstreamProtocol::H2
+        };
+        let response = match protocol {
             UpstreamProtocol::H2 => {
                 parts.uri = Uri::builder()
                     .scheme("http")
@@ -266,17 +277,31 @@ impl Outbound {
                         .headers
                         .insert(h::PROTO_HEADER, HeaderValue::from_static("h1"));
                 }
-                let mut sender = match &route.owned {
-                    None => {
-                        self.upstream
-                            .pooled_http2(route.dest, &route.expected)
-                            .await?
+                let mut req = Request::from_parts(parts, req_body);
+                let mut retried = false;
+                loop {
+                    let mut sender = match &route.owned {
+                        None => {
+                            self.upstream
+                                .pooled_http2(route.dest, &route.expected)
+                                .await?
+                        }
+                        Some(slot) => self.owned_http2(slot, route).await?,
+                    };
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => break Ok(resp),
+                        // The connection closed (the peer's GOAWAY while it
+                        // drains) before the request went out: it is handed
+                        // back unsent, so once more on a fresh connection.
+                        Err(mut err) => match err.take_message() {
+                            Some(unsent) if !retried => {
+                                retried = true;
+                                req = unsent;
+                            }
+                            _ => break Err(err.into_error()),
+                        },
                     }
-                    Some(slot) => self.owned_http2(slot, route).await?,
-                };
-                sender
-                    .send_request(Request::from_parts(parts, req_body))
-                    .await
+                }
             }
             UpstreamProtocol::Http1 => {
                 if let Some(pq) = parts.uri.path_and_query() {
@@ -381,7 +406,8 @@ impl Outbound {
             .map_err(UpstreamError::Http)?;
         if h::is_upgrade_response(&method, &resp) {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(crate::tunnel::splice(downstream, upstream));
+            self.tracker
+                .spawn(crate::tunnel::splice(downstream, upstream));
         }
         Ok(resp.map(|b| b.boxed()))
     }

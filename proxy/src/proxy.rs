@@ -61,6 +61,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     let metrics = Arc::new(ProxyMetrics::new());
     let identity = identity::start(args, shutdown.clone())?;
 
+    let max_header_bytes = u32::try_from(args.max_header_bytes).unwrap_or(u32::MAX);
     let limits = Limits {
         detect_timeout: args.detect_timeout,
         header_timeout: args.header_timeout,
@@ -117,14 +118,20 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         opaque_ports: args.opaque_ports.0.clone(),
         authz,
         policy: policy.clone(),
-        apps: AppClients::new(args.connect_timeout),
+        apps: AppClients::new(args.connect_timeout, max_header_bytes),
         metrics: metrics.clone(),
         limits,
         self_addrs: self_addrs.clone(),
+        tracker: tracker.clone(),
     });
     let outbound = Arc::new(Outbound {
         endpoints,
-        upstream: Upstream::new(identity.clone(), args.connect_timeout, metrics.clone()),
+        upstream: Upstream::new(
+            identity.clone(),
+            args.connect_timeout,
+            max_header_bytes,
+            metrics.clone(),
+        ),
         unmeshed: args.unmeshed_egress,
         opaque_ports: args.opaque_ports.0.clone(),
         pooled: !args.no_pool,
@@ -132,6 +139,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         limits,
         self_addrs,
+        tracker: tracker.clone(),
     });
 
     let mut inbound_addrs = Vec::new();

@@ -97,6 +97,8 @@ pub struct Upstream {
     configs: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
     pool: Mutex<HashMap<(SocketAddr, SpiffeId), PoolSlot>>,
     connect_timeout: Duration,
+    /// Largest response header block accepted from the peer sidecar.
+    max_header_bytes: u32,
     metrics: Arc<ProxyMetrics>,
 }
 
@@ -104,6 +106,7 @@ impl Upstream {
     pub fn new(
         identity: WorkloadIdentity,
         connect_timeout: Duration,
+        max_header_bytes: u32,
         metrics: Arc<ProxyMetrics>,
     ) -> Self {
         Upstream {
@@ -111,6 +114,7 @@ impl Upstream {
             configs: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
             connect_timeout,
+            max_header_bytes,
             metrics,
         }
     }
@@ -182,6 +186,7 @@ impl Upstream {
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .keep_alive_interval(Duration::from_secs(30))
+            .max_header_list_size(self.max_header_bytes)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(UpstreamError::Http)?;
