@@ -31,6 +31,9 @@ enum Command {
     /// Mint join tokens that let a workload enrol once.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
+    /// Check requests against authorization policies, and lint policies.
+    #[command(subcommand)]
+    Authz(cli::authz::AuthzCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Identity(cmd) => cli::identity::run(cmd),
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Token(cmd) => cli::token::run(cmd),
+        Command::Authz(cmd) => cli::authz::run(cmd),
     };
     match result {
         Ok(code) => code,
