@@ -90,7 +90,14 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 }
 
 fn check(policies: &[&str], req: &str) -> Output {
-    let mut args = vec!["authz", "check", "--namespace", "prod", "--label", "app=api"];
+    let mut args = vec![
+        "authz",
+        "check",
+        "--namespace",
+        "prod",
+        "--label",
+        "app=api",
+    ];
     for p in policies {
         args.extend(["--policies", p]);
     }
@@ -167,7 +174,18 @@ fn tcp_request_and_request_file() {
         r#"{"protocol": "tcp", "source": {"spiffe_id": "spiffe://cluster.local/ns/web/sa/frontend", "ip": "10.0.0.1"}, "destination": {"ip": "10.0.0.2", "port": 5432}}"#,
     );
     let o = ward(
-        &["authz", "check", "--policies", &f, "--namespace", "prod", "--label", "app=api", "--request", &req],
+        &[
+            "authz",
+            "check",
+            "--policies",
+            &f,
+            "--namespace",
+            "prod",
+            "--label",
+            "app=api",
+            "--request",
+            &req,
+        ],
         None,
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -175,7 +193,16 @@ fn tcp_request_and_request_file() {
     assert_eq!(json(&o)["decision"], "deny");
     // Without the label the policy does not apply.
     let o = ward(
-        &["authz", "check", "--policies", &f, "--namespace", "prod", "--request", &req],
+        &[
+            "authz",
+            "check",
+            "--policies",
+            &f,
+            "--namespace",
+            "prod",
+            "--request",
+            &req,
+        ],
         None,
     );
     assert_eq!(json(&o)["decision"], "allow");
@@ -185,7 +212,10 @@ fn tcp_request_and_request_file() {
 #[test]
 fn empty_directory_allows() {
     let dir = tempfile::tempdir().unwrap();
-    let o = check(&[dir.path().to_str().unwrap()], &request("DELETE", "/x", None));
+    let o = check(
+        &[dir.path().to_str().unwrap()],
+        &request("DELETE", "/x", None),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(json(&o)["decision"], "allow");
 }
@@ -198,7 +228,10 @@ fn invalid_policy_file_is_rejected_whole_with_location() {
         "{DENY_ADMIN}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: bad, namespace: prod}}\nspec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.0.0.0/33\"]\n"
     );
     let f = write(dir.path(), "b.yaml", &bad);
-    let o = check(&[dir.path().to_str().unwrap()], &request("GET", "/admin", FRONTEND));
+    let o = check(
+        &[dir.path().to_str().unwrap()],
+        &request("GET", "/admin", FRONTEND),
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stdout.is_empty());
     let err = stderr(&o);
@@ -227,11 +260,40 @@ fn malformed_request_and_usage_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("source.spiffe_id"), "{}", stderr(&o));
     // Missing --namespace: clap usage error.
-    let o = ward(&["authz", "check", "--policies", &f, "--request", "-"], Some("{}"));
+    let o = ward(
+        &["authz", "check", "--policies", &f, "--request", "-"],
+        Some("{}"),
+    );
     assert_eq!(o.status.code(), Some(2));
-    let o = ward(&["authz", "check", "--policies", &f, "--namespace", "x", "--label", "novalue", "--request", "-"], Some("{}"));
+    let o = ward(
+        &[
+            "authz",
+            "check",
+            "--policies",
+            &f,
+            "--namespace",
+            "x",
+            "--label",
+            "novalue",
+            "--request",
+            "-",
+        ],
+        Some("{}"),
+    );
     assert_eq!(o.status.code(), Some(2));
-    let o = ward(&["authz", "check", "--policies", "/nonexistent/dir", "--namespace", "x", "--request", "-"], Some("{}"));
+    let o = ward(
+        &[
+            "authz",
+            "check",
+            "--policies",
+            "/nonexistent/dir",
+            "--namespace",
+            "x",
+            "--request",
+            "-",
+        ],
+        Some("{}"),
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("/nonexistent/dir"), "{}", stderr(&o));
 }
@@ -270,7 +332,11 @@ spec:
   rules: []
 "#,
     );
-    let workloads = write(dir.path(), "workloads.json", r#"[{"namespace": "prod", "labels": {"app": "api"}}]"#);
+    let workloads = write(
+        dir.path(),
+        "workloads.json",
+        r#"[{"namespace": "prod", "labels": {"app": "api"}}]"#,
+    );
     let p = dir.path().join("p.yaml");
     let p = p.to_str().unwrap();
     let o = ward(&["authz", "lint", p, "--workloads", &workloads], None);
@@ -292,14 +358,29 @@ spec:
     let o = ward(&["authz", "lint", p, "--strict"], None);
     assert_eq!(o.status.code(), Some(1));
     // A set that does not load: exit 1, error on stderr.
-    let bad = write(dir.path(), "bad.yaml", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\nspec:\n  action: DENY\n");
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\nspec:\n  action: DENY\n",
+    );
     let o = ward(&["authz", "lint", &bad], None);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("DENY policy needs at least one rule"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("DENY policy needs at least one rule"),
+        "{}",
+        stderr(&o)
+    );
     // A clean set: no output, exit 0 even with --strict.
     let clean = tempfile::tempdir().unwrap();
     write(clean.path(), "a.yaml", ALLOW_GET);
-    let o = ward(&["authz", "lint", clean.path().to_str().unwrap(), "--strict"], None);
+    let o = ward(
+        &["authz", "lint", clean.path().to_str().unwrap(), "--strict"],
+        None,
+    );
     assert_eq!(o.status.code(), Some(0));
-    assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }

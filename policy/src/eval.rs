@@ -186,8 +186,7 @@ enum TcpMode {
 fn valid_method(m: &str) -> bool {
     !m.is_empty()
         && m.len() <= 32
-        && m
-            .bytes()
+        && m.bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
@@ -225,7 +224,9 @@ impl Source {
                     None => self.service_accounts.is_empty(),
                 }
             }
-            && field(&self.ip_blocks, &self.not_ip_blocks, |n| n.contains(&c.source_ip))
+            && field(&self.ip_blocks, &self.not_ip_blocks, |n| {
+                n.contains(&c.source_ip)
+            })
             && field(&self.remote_ip_blocks, &self.not_remote_ip_blocks, |n| {
                 n.contains(&c.source_ip)
             })
@@ -234,7 +235,9 @@ impl Source {
 
 impl Operation {
     fn matches(&self, c: &Ctx, mode: TcpMode) -> bool {
-        if !field(&self.ports, &self.not_ports, |p| *p == c.req.destination_port) {
+        if !field(&self.ports, &self.not_ports, |p| {
+            *p == c.req.destination_port
+        }) {
             return false;
         }
         match mode {
@@ -263,12 +266,16 @@ impl Condition {
             }
         }
         match &self.key {
-            ConditionKey::SourcePrincipal => {
-                id_field(str_vals(&self.values), str_vals(&self.not_values), c.principal)
-            }
-            ConditionKey::SourceNamespace => {
-                id_field(str_vals(&self.values), str_vals(&self.not_values), c.namespace)
-            }
+            ConditionKey::SourcePrincipal => id_field(
+                str_vals(&self.values),
+                str_vals(&self.not_values),
+                c.principal,
+            ),
+            ConditionKey::SourceNamespace => id_field(
+                str_vals(&self.values),
+                str_vals(&self.not_values),
+                c.namespace,
+            ),
             ConditionKey::SourceIp => self.ip(c.source_ip),
             ConditionKey::DestinationIp => self.ip(c.destination_ip),
             ConditionKey::DestinationPort => {
@@ -287,7 +294,8 @@ impl Condition {
                             .headers
                             .any_value(name, &mut |v| set.iter().any(|m| m.matches(v)))
                     };
-                    (values.is_empty() || any(values)) && (not_values.is_empty() || !any(not_values))
+                    (values.is_empty() || any(values))
+                        && (not_values.is_empty() || !any(not_values))
                 }
             },
         }
@@ -317,9 +325,9 @@ impl AuthorizationPolicy {
         } else {
             TcpMode::NeverMatch
         };
-        self.rules
-            .iter()
-            .position(|r| !(mode == TcpMode::NeverMatch && r.has_http_fields()) && r.matches(c, mode))
+        self.rules.iter().position(|r| {
+            !(mode == TcpMode::NeverMatch && r.has_http_fields()) && r.matches(c, mode)
+        })
     }
 }
 
@@ -401,7 +409,12 @@ impl WorkloadPolicy {
         };
         for p in &self.deny {
             if let Some(rule) = p.first_match(&c) {
-                return decide(false, Some(&p.id), Some(rule), DecisionReason::DeniedByDenyPolicy);
+                return decide(
+                    false,
+                    Some(&p.id),
+                    Some(rule),
+                    DecisionReason::DeniedByDenyPolicy,
+                );
             }
         }
         if self.allow.is_empty() {
@@ -409,7 +422,12 @@ impl WorkloadPolicy {
         }
         for p in &self.allow {
             if let Some(rule) = p.first_match(&c) {
-                return decide(true, Some(&p.id), Some(rule), DecisionReason::AllowedByAllowPolicy);
+                return decide(
+                    true,
+                    Some(&p.id),
+                    Some(rule),
+                    DecisionReason::AllowedByAllowPolicy,
+                );
             }
         }
         decide(false, None, None, DecisionReason::DeniedNoAllowMatched)

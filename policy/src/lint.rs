@@ -93,10 +93,7 @@ pub fn lint(
                 Severity::Warning,
                 None,
                 match &p.selector {
-                    Some(sel) => format!(
-                        "selector {} matches no listed workload",
-                        labels_str(sel)
-                    ),
+                    Some(sel) => format!("selector {} matches no listed workload", labels_str(sel)),
                     None => format!("namespace `{}` has no listed workload", p.id.namespace),
                 },
             );
@@ -117,7 +114,10 @@ pub fn lint(
             }
         }
         for (i, rule) in p.rules.iter().enumerate() {
-            if let Some(j) = p.rules[..i].iter().position(|earlier| covers_rule(earlier, rule)) {
+            if let Some(j) = p.rules[..i]
+                .iter()
+                .position(|earlier| covers_rule(earlier, rule))
+            {
                 let how = if p.rules[j] == *rule {
                     "a duplicate of"
                 } else {
@@ -167,10 +167,9 @@ pub fn lint(
                     policy: p.id.to_string(),
                     rule: None,
                     message: match &p.selector {
-                        Some(sel) => format!(
-                            "selector {} matches no listed workload",
-                            labels_str(sel)
-                        ),
+                        Some(sel) => {
+                            format!("selector {} matches no listed workload", labels_str(sel))
+                        }
                         None => format!("namespace `{}` has no listed workload", p.id.namespace),
                     },
                 });
@@ -192,9 +191,9 @@ fn never_matching(rule: &Rule) -> Vec<String> {
         for set in [&op.methods, &op.not_methods] {
             for m in &set.other {
                 if let StrMatch::Exact(v) = m
-                    && !v
-                        .bytes()
-                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+                    && !v.bytes().all(|b| {
+                        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                    })
                 {
                     out.push(format!(
                         "method `{v}` can never match: methods are case-sensitive and requests with such methods are refused"
@@ -260,8 +259,10 @@ fn lets_plaintext_in(rule: &Rule) -> bool {
         return false;
     }
     let positive_when = rule.when.iter().any(|c| {
-        matches!(c.key, ConditionKey::SourcePrincipal | ConditionKey::SourceNamespace)
-            && !c.values.is_empty()
+        matches!(
+            c.key,
+            ConditionKey::SourcePrincipal | ConditionKey::SourceNamespace
+        ) && !c.values.is_empty()
     });
     let all_sources_positive = rule.from.iter().all(|s| {
         !s.principals.is_empty() || !s.namespaces.is_empty() || !s.service_accounts.is_empty()

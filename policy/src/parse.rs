@@ -324,7 +324,10 @@ impl<'de> Deserialize<'de> for ServiceAccount {
         validate_str(d, "a service account `<namespace>/<name>`", |s| {
             match s.split_once('/') {
                 Some((ns, sa))
-                    if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') && !s.contains('*') =>
+                    if !ns.is_empty()
+                        && !sa.is_empty()
+                        && !sa.contains('/')
+                        && !s.contains('*') =>
                 {
                     Ok(ServiceAccount(ns.to_owned(), sa.to_owned()))
                 }
@@ -365,7 +368,9 @@ impl<'de> Deserialize<'de> for Source {
         validate_map(d, |r: RawSource| {
             let _ = (r.request_principals, r.not_request_principals);
             let has_sa = r.service_accounts.as_ref().is_some_and(|v| !v.is_empty())
-                || r.not_service_accounts.as_ref().is_some_and(|v| !v.is_empty());
+                || r.not_service_accounts
+                    .as_ref()
+                    .is_some_and(|v| !v.is_empty());
             let has_principals = r.principals.as_ref().is_some_and(|v| !v.is_empty())
                 || r.not_principals.as_ref().is_some_and(|v| !v.is_empty());
             if has_sa && has_principals {
@@ -490,7 +495,11 @@ fn condition_key(key: &str) -> Result<ConditionKey, String> {
     })
 }
 
-fn cond_values(key: &ConditionKey, field: &str, v: Option<Vec<String>>) -> Result<CondValues, String> {
+fn cond_values(
+    key: &ConditionKey,
+    field: &str,
+    v: Option<Vec<String>>,
+) -> Result<CondValues, String> {
     let v = v.unwrap_or_default();
     fn each<T>(field: &str, i: usize, r: Result<T, String>) -> Result<T, String> {
         r.map_err(|e| sub_err(&format!("{field}[{i}]"), e))
@@ -536,7 +545,9 @@ impl<'de> Deserialize<'de> for Condition {
             let values = cond_values(&key, "values", r.values)?;
             let not_values = cond_values(&key, "notValues", r.not_values)?;
             if values.is_empty() && not_values.is_empty() {
-                return Err("a condition needs `values` or `notValues` (Istio requires one)".into());
+                return Err(
+                    "a condition needs `values` or `notValues` (Istio requires one)".into(),
+                );
             }
             Ok(Condition {
                 key,
@@ -734,7 +745,9 @@ fn check_name(field: &str, v: Option<String>) -> Result<String, String> {
     match v {
         None => Err(sub_err(
             field,
-            format!("metadata.{field} is required (files must name the namespace a policy applies to)"),
+            format!(
+                "metadata.{field} is required (files must name the namespace a policy applies to)"
+            ),
         )),
         Some(s) if s.is_empty() => Err(sub_err(field, format!("metadata.{field} is empty"))),
         Some(s)
@@ -756,7 +769,13 @@ pub(crate) const DRY_RUN_ANNOTATIONS: [&str; 2] = ["ward.io/dry-run", "istio.io/
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         validate_map(d, |r: RawMetadata| {
-            let _ = (r.labels, r.resource_version, r.generation, r.uid, r.creation_timestamp);
+            let _ = (
+                r.labels,
+                r.resource_version,
+                r.generation,
+                r.uid,
+                r.creation_timestamp,
+            );
             let name = check_name("name", r.name)?;
             let namespace = check_name("namespace", r.namespace)?;
             let mut dry_run = false;
@@ -768,7 +787,9 @@ impl<'de> Deserialize<'de> for Metadata {
                         other => {
                             return Err(sub_err(
                                 &format!("annotations.{k}"),
-                                format!("invalid dry-run annotation value `{other}`: expected \"true\" or \"false\""),
+                                format!(
+                                    "invalid dry-run annotation value `{other}`: expected \"true\" or \"false\""
+                                ),
                             ));
                         }
                     }
@@ -939,7 +960,11 @@ pub(crate) fn parse_file(file: &str, yaml: &str) -> Result<Parsed, Vec<ConfigErr
                         let spec = d.spec.unwrap_or_default();
                         let version = fnv(&format!(
                             "{:?}{:?}{:?}{:?}{}",
-                            spec.selector, spec.action, spec.rules, spec.rules_written, d.metadata.dry_run
+                            spec.selector,
+                            spec.action,
+                            spec.rules,
+                            spec.rules_written,
+                            d.metadata.dry_run
                         ));
                         out.authz.push(AuthorizationPolicy {
                             id: PolicyRef {

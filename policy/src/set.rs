@@ -237,9 +237,10 @@ impl PolicySet {
         port: u16,
         options: &EvalOptions,
     ) -> MtlsMode {
-        let mesh = self.peer.iter().find(|p| {
-            *p.id.namespace == *options.root_namespace && p.selector.is_none()
-        });
+        let mesh = self
+            .peer
+            .iter()
+            .find(|p| *p.id.namespace == *options.root_namespace && p.selector.is_none());
         let ns = self
             .peer
             .iter()

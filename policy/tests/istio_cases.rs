@@ -96,7 +96,11 @@ fn istio_documentation_table() {
         for case in &suite.cases {
             count += 1;
             let source = case.source.as_deref().unwrap_or(&suite.source);
-            assert!(source.starts_with("istio.io/"), "{}: cites no source", case.name);
+            assert!(
+                source.starts_with("istio.io/"),
+                "{}: cites no source",
+                case.name
+            );
             let w = case
                 .workload
                 .clone()
@@ -144,7 +148,11 @@ fn istio_documentation_table() {
             let d = compiled.evaluate(&attrs);
             let got = if d.allowed { "allow" } else { "deny" };
             let mut problems = Vec::new();
-            assert!(case.expect == "allow" || case.expect == "deny", "{}", case.name);
+            assert!(
+                case.expect == "allow" || case.expect == "deny",
+                "{}",
+                case.name
+            );
             if got != case.expect {
                 problems.push(format!("decision {got}, want {}", case.expect));
             }
@@ -168,11 +176,17 @@ fn istio_documentation_table() {
             if let Some(want) = &case.dry_run
                 && &names(&d.dry_run_matches) != want
             {
-                problems.push(format!("dry_run {:?}, want {want:?}", names(&d.dry_run_matches)));
+                problems.push(format!(
+                    "dry_run {:?}, want {want:?}",
+                    names(&d.dry_run_matches)
+                ));
             }
             if let Some(want) = &case.audit {
                 if &names(&d.audit_matches) != want {
-                    problems.push(format!("audit {:?}, want {want:?}", names(&d.audit_matches)));
+                    problems.push(format!(
+                        "audit {:?}, want {want:?}",
+                        names(&d.audit_matches)
+                    ));
                 }
                 assert!(d.audit_matches.iter().all(|m| m.action == Action::Audit));
             }
@@ -186,7 +200,12 @@ fn istio_documentation_table() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {count} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(count >= 150, "only {count} cases");
     eprintln!("{count} cases passed");
 }

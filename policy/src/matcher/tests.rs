@@ -15,7 +15,11 @@ fn parses_the_four_forms() {
 fn matches_and_case() {
     assert!(StrMatch::parse("/api*").unwrap().matches("/api/v1"));
     assert!(!StrMatch::parse("/api*").unwrap().matches("/API/v1"));
-    assert!(StrMatch::parse("*.COM").unwrap().matches_ignore_case("example.com"));
+    assert!(
+        StrMatch::parse("*.COM")
+            .unwrap()
+            .matches_ignore_case("example.com")
+    );
     assert!(!StrMatch::Presence.matches(""));
     assert!(StrMatch::Presence.matches("x"));
 }

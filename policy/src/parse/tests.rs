@@ -29,7 +29,9 @@ fn check(yaml: &str, field: &str, line: usize, reason: &str) {
 #[test]
 fn invalid_cidr_names_the_element() {
     check(
-        &format!("{HEAD}spec:\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/a/sa/b\"]\n    - source:\n        ipBlocks: [\"10.0.0.0/8\", \"1.2.3.4\", \"10.0.0.0/33\"]\n"),
+        &format!(
+            "{HEAD}spec:\n  rules:\n  - from:\n    - source:\n        principals: [\"cluster.local/ns/a/sa/b\"]\n    - source:\n        ipBlocks: [\"10.0.0.0/8\", \"1.2.3.4\", \"10.0.0.0/33\"]\n"
+        ),
         "spec.rules[0].from[1].source.ipBlocks[2]",
         12,
         "invalid CIDR `10.0.0.0/33`",
@@ -91,7 +93,10 @@ fn missing_kind_and_syntax_errors() {
     let e = one("apiVersion: security.istio.io/v1\nmetadata: {}\n");
     assert_eq!(e.field.as_deref(), Some("kind"));
     let e = one("a: [\n");
-    assert_eq!((e.document, e.field.as_deref(), e.line), (Some(0), None, Some(2)));
+    assert_eq!(
+        (e.document, e.field.as_deref(), e.line),
+        (Some(0), None, Some(2))
+    );
     assert!(e.reason.contains("did not find expected node"), "{e}");
 }
 
@@ -103,7 +108,10 @@ fn one_bad_document_rejects_the_file() {
     let e = one(&yaml);
     assert_eq!(e.document, Some(1));
     assert_eq!(e.line, Some(17));
-    assert_eq!(e.field.as_deref(), Some("spec.rules[0].to[0].operation.ports[0]"));
+    assert_eq!(
+        e.field.as_deref(),
+        Some("spec.rules[0].to[0].operation.ports[0]")
+    );
 }
 
 #[test]
