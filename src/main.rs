@@ -33,6 +33,9 @@ enum Command {
     Token(cli::token::TokenCommand),
     /// Add the ward sidecar to Kubernetes manifests, as the injector webhook would.
     Inject(cli::inject::InjectArgs),
+    /// Check requests against authorization policies, and lint policies.
+    #[command(subcommand)]
+    Authz(cli::authz::AuthzCommand),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Token(cmd) => cli::token::run(cmd),
         Command::Inject(args) => cli::inject::run(args),
+        Command::Authz(cmd) => cli::authz::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,31 @@
+use super::*;
 
+fn warnings(yaml: &str) -> Vec<String> {
+    let set = PolicySet::parse_str("l.yaml", yaml).unwrap();
+    lint(&set, None, &EvalOptions::default())
+        .iter()
+        .map(|w| w.to_string())
+        .collect()
+}
+
+#[test]
+fn shadowed_rules() {
+    let w = warnings(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  rules:\n  - to:\n    - operation: {paths: [\"/api/*\"]}\n  - to:\n    - operation: {paths: [\"/api/v1\"], methods: [\"GET\"]}\n  - to:\n    - operation: {paths: [\"/other\"]}\n",
+    );
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].contains("spec.rules[1]: rule is shadowed by spec.rules[0]"),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn paths_that_never_match() {
+    let w = warnings(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  rules:\n  - to:\n    - operation: {paths: [\"admin\", \"/a/../b\"]}\n",
+    );
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].contains("path `admin` can never match"));
+    assert!(w[1].contains("path `/a/../b` can never match"));
+}
