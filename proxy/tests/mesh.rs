@@ -739,8 +739,8 @@ async fn admin_ready_live_and_metrics() {
         assert_eq!(
             metric(
                 &text,
-                "ward_requests_total",
-                &[("direction", direction), ("code", "200")]
+                "ward_http_responses_total",
+                &[("direction", direction), ("status_code", "200")]
             ),
             1.0,
             "{text}"
