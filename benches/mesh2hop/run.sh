@@ -10,7 +10,7 @@
 #
 #   benches/mesh2hop/run.sh [--runs N] [--kinds K,..] [--modes M,..] [--tools T,..]
 #                           [--duration S] [--warmup S] [--out FILE] [--tsv FILE]
-#                           [--quiet-wait S] [--clean-max PCT] [--no-build] [--keep]
+#                           [--quiet-wait S] [--clean-max PCT] [--perf DIR] [--no-build] [--keep]
 #
 # Kinds:  direct   load generator -> app (ceiling, no proxies)
 #         nginx    nginx -> nginx        (HTTP/1.1 over mTLS; the inbound checks the chain only)
@@ -37,6 +37,9 @@
 # --quiet-wait S waits up to S s before each row for the machine to be < --clean-max busy.
 # --out FILE replaces the generated block between the mesh2hop markers in FILE (appends
 # it when the markers are missing); --tsv FILE appends the raw per-run rows.
+# --perf DIR profiles both proxies during each measured window (perf record -e cpu-clock,
+# unpinned, so it perturbs the numbers: use it for profiles, not for the table) and writes
+# DIR/<run>-<kind>-<mode>-<tool>-{out,in}.txt (flat profile by shared object and symbol).
 # Environment: SUT_CPU (0), LOADGEN_CPU (1), BASE_PORT (19000), CONNS (32),
 # H2LOAD_ARGS ("-t1 -c8 -m4"), WARD_BIN (target/release/ward-proxy).
 set -euo pipefail
@@ -46,7 +49,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 CONF=$HERE/conf
 
 KINDS="direct,nginx,haproxy,ward,ward-h1" MODES="keepalive,churn" TOOLS="wrk,h2load"
-RUNS=1 DURATION=10 WARMUP=2 OUT="" TSV="" QUIET_WAIT=0 CLEAN_MAX=10 BUILD=1 KEEP=0
+RUNS=1 DURATION=10 WARMUP=2 OUT="" TSV="" QUIET_WAIT=0 CLEAN_MAX=10 BUILD=1 KEEP=0 PERF=""
 SUT_CPU=${SUT_CPU:-0} LOADGEN_CPU=${LOADGEN_CPU:-1} BASE_PORT=${BASE_PORT:-19000}
 CONNS=${CONNS:-32} H2LOAD_ARGS=${H2LOAD_ARGS:-"-t1 -c8 -m4"}
 WARD_BIN=${WARD_BIN:-$ROOT/target/release/ward-proxy}
@@ -68,6 +71,7 @@ while (($#)); do
         --tsv) TSV=$2; shift 2 ;;
         --quiet-wait) QUIET_WAIT=$2; shift 2 ;;
         --clean-max) CLEAN_MAX=$2; shift 2 ;;
+        --perf) PERF=$(mkdir -p "$2" && cd "$2" && pwd); shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
         -h | --help) usage ;;
@@ -318,6 +322,31 @@ parse_load() {  # parse_load TOOL FILE -> "rps p50_ms p99_ms requests errors"
     fi
 }
 
+# ------------------------------------------------------------------ profiles (--perf)
+profile_start() {  # one perf per proxy, cpu-clock sampling (no hardware counters needed)
+    local side
+    for side in out in; do
+        perf record -q -e cpu-clock -F 2000 -p "${PID[$side]}" -o "$PERF/$1-$side.data" \
+            >"$WORK/log/perf-$side.log" 2>&1 &
+        PID[perf-$side]=$!
+    done
+    sleep 0.2
+}
+profile_stop() {
+    local side
+    for side in out in; do
+        kill -INT "${PID[perf-$side]}" 2>/dev/null || true
+        wait "${PID[perf-$side]}" 2>/dev/null || true
+        unset "PID[perf-$side]"
+        {
+            echo "# by shared object"
+            perf report -q -i "$PERF/$1-$side.data" --stdio --no-children --sort dso --percent-limit 0.5
+            echo "# by symbol"
+            perf report -q -i "$PERF/$1-$side.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7
+        } >"$PERF/$1-$side.txt" 2>/dev/null || true
+    done
+}
+
 # ------------------------------------------------------------------ one row
 COLS="run kind mode tool rps p50_ms p99_ms requests errors conn_per_req proxy_us out_us in_us out_hwm_mib in_hwm_mib app_us lg_pct sut_pct oth_pct bg_pct"
 row() {  # row RUN KIND MODE TOOL: measure, print, append to $WORK/rows.tsv
@@ -335,9 +364,11 @@ row() {  # row RUN KIND MODE TOOL: measure, print, append to $WORK/rows.tsv
     fi
     wait_quiet
     load "$tool" "$mode" "$port" "$WARMUP" "$f.warmup"
+    [[ -n $PERF && $kind != direct ]] && profile_start "$run-$kind-$mode-$tool"
     before=$(snapshot)
     load "$tool" "$mode" "$port" "$DURATION" "$f"
     after=$(snapshot)
+    [[ -n $PERF && $kind != direct ]] && profile_stop "$run-$kind-$mode-$tool"
     [[ $kind == direct ]] || hwm="$(hwm_kb "${PID[out]}") $(hwm_kb "${PID[in]}")"
     halt out; halt in
     local res
