@@ -1,6 +1,21 @@
-//! Ward sidecar proxy library: traffic capture (iptables) and the original
-//! destination of redirected connections.
+//! Ward sidecar proxy: traffic capture (iptables), the inbound and outbound
+//! stacks, identity, admin and metrics.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
+pub mod authz;
 pub mod capture;
+pub mod config;
+pub mod detect;
+pub mod endpoints;
+pub mod http;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
 pub mod orig_dst;
+pub mod outbound;
+pub mod proxy;
+pub mod rewind;
+pub mod tunnel;
+pub mod upstream;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ward_proxy::capture::cli::{InitArgs, run_init};
+use ward_proxy::config::RunArgs;
 use ward_proxy::orig_dst;
 
 #[derive(Debug, Parser)]
@@ -21,7 +22,9 @@ enum Command {
     /// Install (or with --remove, remove) the iptables rules that redirect
     /// the pod's TCP traffic into the proxy. Needs CAP_NET_ADMIN.
     Init(InitArgs),
-    // `Run(RunArgs)`, the proxy itself, goes here.
+    /// Run the proxy: transparent (iptables capture) by default, explicit
+    /// with --inbound/--outbound listeners.
+    Run(Box<RunArgs>),
     /// Test probe: answer each connection with its original destination.
     #[command(hide = true)]
     DebugOrigDst(DebugOrigDstArgs),
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Init(args) => run_init(&args).map_err(|e| e.to_string()),
         Command::DebugOrigDst(args) => debug_orig_dst(args),
+        Command::Run(args) => run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -49,6 +53,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    ward_control_plane::logging::init(args.log_format, &args.log_level)
+        .map_err(|e| e.to_string())?;
+    let runtime = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(ward_proxy::proxy::run(args))
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn debug_orig_dst(args: DebugOrigDstArgs) -> Result<(), String> {

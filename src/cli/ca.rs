@@ -23,6 +23,25 @@ pub enum CaCommand {
         #[arg(long, requires = "import_cert")]
         import_key: Option<PathBuf>,
     },
+    /// Issue a workload certificate and key to files, for a static identity
+    /// (`ward-proxy run --cert --key --ca`). The key is written mode 0600.
+    Issue {
+        #[arg(long, env = "WARD_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        /// Certificate chain output (PEM, leaf first).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Private key output (PEM, PKCS#8).
+        #[arg(long)]
+        key: PathBuf,
+        /// Trust bundle output (PEM): the roots peers are verified against.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// Show the CA's trust domain, fingerprint and expiry as JSON.
     Inspect {
         #[arg(long, env = "WARD_DATA_DIR")]
@@ -51,6 +70,34 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
             };
             print_summary(&ca);
         }
+        CaCommand::Issue {
+            data_dir,
+            spiffe_id,
+            cert,
+            key,
+            bundle,
+            ttl,
+        } => {
+            let id = ward_identity::SpiffeId::parse(&spiffe_id)
+                .map_err(|e| anyhow::anyhow!("--spiffe-id {spiffe_id:?}: {e}"))?;
+            let ca = DataDir::open(&data_dir)?.load_ca(None)?;
+            let workload_key = ward_identity::ca::generate_key();
+            let csr = ward_identity::ca::build_csr(&workload_key, &id)?;
+            let svid = ca.sign_csr(&csr, &id, ttl)?;
+            std::fs::write(&cert, &svid.chain_pem)
+                .with_context(|| format!("writing {}", cert.display()))?;
+            write_private(&key, &workload_key.serialize_pem())?;
+            if let Some(bundle) = bundle {
+                std::fs::write(&bundle, ca.bundle_pem())
+                    .with_context(|| format!("writing {}", bundle.display()))?;
+            }
+            let out = serde_json::json!({
+                "spiffe_id": id.as_str(),
+                "not_after": ward_identity::rfc3339(svid.not_after),
+                "serial": svid.serial_hex,
+            });
+            println!("{out}");
+        }
         CaCommand::Inspect { data_dir } => {
             let ca = DataDir::open(&data_dir)?.load_ca(None)?;
             print_summary(&ca);
@@ -69,4 +116,18 @@ fn print_summary(ca: &CertificateAuthority) {
         "{}",
         serde_json::to_string_pretty(&summary).expect("serializable")
     );
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

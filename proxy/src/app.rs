@@ -1,0 +1,165 @@
+//! The inbound side's connections to the local application: pooled HTTP/1.1
+//! and HTTP/2 (prior knowledge) clients per application port, always to
+//! loopback (never the pod address, which iptables would capture again).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::http::Body;
+
+/// Connects every request to one fixed address, whatever the URI says, so
+/// the URI can keep the client's original authority.
+#[derive(Clone)]
+pub struct FixedConnector {
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+impl tower::Service<Uri> for FixedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let (addr, timeout) = (self.addr, self.timeout);
+        Box::pin(async move {
+            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect to the application timed out",
+                    )
+                })??;
+            let _ = tcp.set_nodelay(true);
+            Ok(TokioIo::new(tcp))
+        })
+    }
+}
+
+pub type AppClient = Client<FixedConnector, Body>;
+
+/// The HTTP/1.1 and HTTP/2 clients for one application port.
+#[derive(Clone)]
+pub struct AppPort {
+    pub http1: AppClient,
+    pub http2: AppClient,
+    addr: SocketAddr,
+    /// Whether the application speaks HTTP/2 with prior knowledge; learnt
+    /// once by a probe, so HTTP/2 clients can reach HTTP/1-only apps.
+    speaks_h2: Arc<tokio::sync::Mutex<Option<bool>>>,
+}
+
+impl AppPort {
+    pub async fn speaks_h2(&self) -> bool {
+        let mut known = self.speaks_h2.lock().await;
+        if let Some(answer) = *known {
+            return answer;
+        }
+        match probe_h2(self.addr).await {
+            Some(answer) => {
+                *known = Some(answer);
+                answer
+            }
+            // No definite answer (the application is down): try HTTP/2 and
+            // ask again next time.
+            None => true,
+        }
+    }
+}
+
+/// Sends the HTTP/2 preface and an empty SETTINGS frame; an HTTP/2 server
+/// answers with its own SETTINGS frame (type 4), an HTTP/1 server with
+/// something else or by closing. `None` when the application is unreachable.
+async fn probe_h2(addr: SocketAddr) -> Option<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let attempt = async {
+        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        let mut hello = crate::detect::H2_PREFACE.to_vec();
+        hello.extend_from_slice(&SETTINGS);
+        tcp.write_all(&hello).await.ok()?;
+        let mut head = [0u8; 9];
+        Some(match tcp.read_exact(&mut head).await {
+            Ok(_) => head[3] == 4,
+            Err(_) => false,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+pub struct AppClients {
+    ports: RwLock<HashMap<SocketAddr, AppPort>>,
+    connect_timeout: Duration,
+}
+
+impl AppClients {
+    pub fn new(connect_timeout: Duration) -> Self {
+        AppClients {
+            ports: RwLock::new(HashMap::new()),
+            connect_timeout,
+        }
+    }
+
+    /// The loopback address of the application behind `port`, in the
+    /// family the client used.
+    pub fn app_addr(destination: SocketAddr) -> SocketAddr {
+        let ip = match destination.ip() {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        SocketAddr::new(ip, destination.port())
+    }
+
+    pub fn for_addr(&self, addr: SocketAddr) -> AppPort {
+        if let Some(port) = self.ports.read().expect("not poisoned").get(&addr) {
+            return port.clone();
+        }
+        let connector = FixedConnector {
+            addr,
+            timeout: self.connect_timeout,
+        };
+        let mut http1 = Client::builder(TokioExecutor::new());
+        http1
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90));
+        let mut http2 = Client::builder(TokioExecutor::new());
+        http2
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(90));
+        let port = AppPort {
+            http1: http1.build(connector.clone()),
+            http2: http2.build(connector),
+            addr,
+            speaks_h2: Arc::default(),
+        };
+        self.ports
+            .write()
+            .expect("not poisoned")
+            .entry(addr)
+            .or_insert(port)
+            .clone()
+    }
+}
+
+/// Shared handle.
+pub type SharedAppClients = Arc<AppClients>;

@@ -1,0 +1,200 @@
+//! `ward-proxy run` settings: every flag has a `WARD_*` environment variable
+//! as fallback; this file is the one place they are named and documented.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{Args, ValueEnum};
+use ward_control_plane::logging::LogFormat;
+use ward_identity::SpiffeId;
+
+use crate::capture::cli::List;
+use crate::endpoints::EndpointKey;
+
+/// How inbound connections must be protected (Istio's PeerAuthentication modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum MtlsMode {
+    /// mTLS required; plaintext is refused.
+    #[default]
+    Strict,
+    /// mTLS and plaintext both accepted (plaintext peers have no identity).
+    Permissive,
+    /// No mTLS termination: everything is passed through as it arrives.
+    Disable,
+}
+
+/// What the outbound side does with a destination that has no sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum UnmeshedEgress {
+    /// Pass the connection through untouched (plaintext stays plaintext).
+    #[default]
+    Allow,
+    /// Refuse it: locked-down egress.
+    Deny,
+}
+
+/// The protocol between the two sidecars for HTTP traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum UpstreamProtocol {
+    /// HTTP/2: one multiplexed connection per destination carries every
+    /// request, whatever the application spoke.
+    #[default]
+    H2,
+    /// HTTP/1.1: one upstream connection per application connection.
+    Http1,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Explicit inbound listener (mTLS in, plaintext to 127.0.0.1:APP_PORT);
+    /// repeatable. With any explicit listener no capture listener is opened.
+    #[arg(long = "inbound", value_name = "LISTEN=APP_PORT", value_parser = parse_inbound)]
+    pub inbound: Vec<(SocketAddr, u16)>,
+    /// Explicit outbound listener (plaintext from the app, to DEST); repeatable.
+    #[arg(long = "outbound", value_name = "LISTEN=DEST", value_parser = parse_outbound)]
+    pub outbound: Vec<(SocketAddr, SocketAddr)>,
+    /// Where iptables sends inbound connections (transparent mode).
+    #[arg(long, env = "WARD_INBOUND_CAPTURE", default_value = "0.0.0.0:15006")]
+    pub inbound_capture: SocketAddr,
+    /// Where iptables sends outbound connections (transparent mode).
+    #[arg(long, env = "WARD_OUTBOUND_CAPTURE", default_value = "0.0.0.0:15001")]
+    pub outbound_capture: SocketAddr,
+    /// Admin listener: `/metrics` from anywhere, `/ready` and `/live` from localhost only.
+    #[arg(long, env = "WARD_ADMIN", default_value = "0.0.0.0:15020")]
+    pub admin: SocketAddr,
+
+    /// A meshed destination and the SPIFFE ID it must present:
+    /// `IP:PORT=ID` or `IP=ID` (any port); repeatable.
+    #[arg(long = "endpoint", value_name = "ADDR=SPIFFE_ID", value_parser = parse_endpoint)]
+    pub endpoints: Vec<(EndpointKey, SpiffeId)>,
+    /// JSON endpoint table: `{"endpoints": [{"address": "IP[:PORT]", "spiffe_id": "…"}]}`.
+    #[arg(long, env = "WARD_ENDPOINTS_FILE")]
+    pub endpoints_file: Option<PathBuf>,
+    #[arg(long, env = "WARD_MTLS_MODE", value_enum, default_value_t = MtlsMode::Strict)]
+    pub mtls_mode: MtlsMode,
+    /// Ports carrying protocols that are never sniffed (server-speaks-first).
+    #[arg(long, env = "WARD_OPAQUE_PORTS", default_value = "", value_parser = List::<u16>::parse)]
+    pub opaque_ports: List<u16>,
+    #[arg(long, env = "WARD_UNMESHED_EGRESS", value_enum, default_value_t = UnmeshedEgress::Allow)]
+    pub unmeshed_egress: UnmeshedEgress,
+    /// Admit only these peer identities inbound (repeatable). Without it every
+    /// authenticated peer is admitted until authorization policies apply.
+    #[arg(long = "allow-peer", value_name = "SPIFFE_ID", value_parser = parse_spiffe_id)]
+    pub allow_peers: Vec<SpiffeId>,
+
+    /// Workload certificate chain (PEM), for a static identity from files
+    /// (cert-manager, SPIRE, benchmarks). Reloaded when the files change.
+    #[arg(long, env = "WARD_CERT", requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// Private key of `--cert` (PEM).
+    #[arg(long, env = "WARD_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Trust bundle: the mesh CA root(s) (PEM).
+    #[arg(long, env = "WARD_CA_BUNDLE")]
+    pub ca: Option<PathBuf>,
+    /// Control plane API (`host:port`) to obtain and renew the SVID from.
+    #[arg(long, env = "WARD_CONTROL_PLANE", conflicts_with = "cert")]
+    pub control_plane: Option<String>,
+    /// This workload's SPIFFE ID; by default built from the trust domain,
+    /// namespace and service account.
+    #[arg(long, env = "WARD_SPIFFE_ID", value_parser = parse_spiffe_id)]
+    pub spiffe_id: Option<SpiffeId>,
+    #[arg(long, env = "WARD_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    #[arg(long, env = "WARD_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    #[arg(long, env = "WARD_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+    /// One-time join token for the first enrolment.
+    #[arg(long, env = "WARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// Projected service-account token (audience `ward`), re-read at each use.
+    #[arg(long, env = "WARD_SA_TOKEN_FILE")]
+    pub sa_token_file: Option<PathBuf>,
+
+    /// Runtime worker threads (1: a single-threaded runtime).
+    #[arg(long, env = "WARD_WORKERS")]
+    pub workers: Option<usize>,
+    /// One upstream connection per application connection instead of a
+    /// shared pool (what a benchmark's churn mode needs).
+    #[arg(long, env = "WARD_NO_POOL", value_parser = BoolishValueParser::new())]
+    pub no_pool: bool,
+    #[arg(long, env = "WARD_UPSTREAM_PROTOCOL", value_enum, default_value_t = UpstreamProtocol::H2)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// Concurrent connections per listener; more are refused at accept.
+    #[arg(long, env = "WARD_MAX_CONNECTIONS", default_value_t = 16384)]
+    pub max_connections: usize,
+    #[arg(long, env = "WARD_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long to wait for a client's first bytes when sniffing the protocol.
+    #[arg(long, env = "WARD_DETECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub detect_timeout: Duration,
+    /// Time allowed for a client to send a request's headers (slowloris).
+    #[arg(long, env = "WARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Close HTTP connections idle for this long.
+    #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Largest request or response header block accepted.
+    #[arg(long, env = "WARD_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+    /// On SIGTERM, how long in-flight requests and connections may take.
+    #[arg(long, env = "WARD_DRAIN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    #[arg(long, env = "WARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[arg(long, env = "WARD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl RunArgs {
+    /// Explicit mode: static listeners, no iptables, no root needed.
+    pub fn is_explicit(&self) -> bool {
+        !self.inbound.is_empty() || !self.outbound.is_empty()
+    }
+
+    /// The workload's SPIFFE ID, given or derived from namespace and service account.
+    pub fn workload_id(&self) -> anyhow::Result<SpiffeId> {
+        if let Some(id) = &self.spiffe_id {
+            return Ok(id.clone());
+        }
+        match (&self.pod_namespace, &self.service_account) {
+            (Some(ns), Some(sa)) => Ok(SpiffeId::for_service_account(&self.trust_domain, ns, sa)?),
+            _ => anyhow::bail!(
+                "no workload identity: set --spiffe-id, or --pod-namespace and --service-account"
+            ),
+        }
+    }
+}
+
+fn parse_inbound(arg: &str) -> Result<(SocketAddr, u16), String> {
+    let (listen, port) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected LISTEN=APP_PORT, got {arg:?}"))?;
+    let listen = listen.parse().map_err(|e| format!("{listen:?}: {e}"))?;
+    let port = port.parse().map_err(|e| format!("{port:?}: {e}"))?;
+    Ok((listen, port))
+}
+
+fn parse_outbound(arg: &str) -> Result<(SocketAddr, SocketAddr), String> {
+    let (listen, dest) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected LISTEN=DEST, got {arg:?}"))?;
+    let listen = listen.parse().map_err(|e| format!("{listen:?}: {e}"))?;
+    let dest = dest.parse().map_err(|e| format!("{dest:?}: {e}"))?;
+    Ok((listen, dest))
+}
+
+fn parse_endpoint(arg: &str) -> Result<(EndpointKey, SpiffeId), String> {
+    let (addr, id) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected ADDR=SPIFFE_ID, got {arg:?}"))?;
+    Ok((addr.parse()?, parse_spiffe_id(id)?))
+}
+
+fn parse_spiffe_id(arg: &str) -> Result<SpiffeId, String> {
+    SpiffeId::parse(arg).map_err(|e| format!("{arg:?}: {e}"))
+}

@@ -1,0 +1,94 @@
+//! HTTP plumbing shared by both directions: the body type, local error
+//! responses, and hop-by-hop header handling.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Set on error responses the proxy makes itself, with a short reason.
+pub const ERROR_HEADER: &str = "x-ward-error";
+/// Between sidecars: the protocol the application spoke, so the inbound
+/// side can talk to its application the same way.
+pub const PROTO_HEADER: &str = "x-ward-proto";
+/// Identity of the peer, for the application (Envoy/Istio's format).
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A response the proxy generated itself (never the application's).
+pub fn local_response(
+    status: StatusCode,
+    reason: &'static str,
+    body: &'static str,
+) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .header(ERROR_HEADER, HeaderValue::from_static(reason))
+        .body(full(Bytes::from_static(body.as_bytes())))
+        .expect("valid response")
+}
+
+/// The 403 a denied request gets: it names no policy internals.
+pub fn forbidden() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::FORBIDDEN)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(full(Bytes::from_static(b"RBAC: access denied")))
+        .expect("valid response")
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes connection-specific headers (and those `Connection` names) before
+/// a message crosses to another connection. `TE: trailers` is kept (gRPC).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE)
+        && te.as_bytes() != b"trailers"
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// True for requests that take over the connection: `Upgrade` (WebSocket)
+/// and `CONNECT`.
+pub fn is_tunnel(method: &http::Method, headers: &HeaderMap) -> bool {
+    method == http::Method::CONNECT || headers.contains_key(header::UPGRADE)
+}
+
+/// True when the response hands the connection over: `101 Switching
+/// Protocols`, or a 2xx answer to `CONNECT`.
+pub fn is_upgrade_response<B>(method: &http::Method, resp: &http::Response<B>) -> bool {
+    resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+        || (method == http::Method::CONNECT && resp.status().is_success())
+}

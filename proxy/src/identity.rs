@@ -1,0 +1,172 @@
+//! Where the proxy's own identity comes from: the control plane (enrol with
+//! a join token or service-account token, then renew over mTLS), or static
+//! files (cert-manager, SPIRE, benchmarks) reloaded when they change.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use ward_control_plane::client::{
+    ControlPlaneClient, ControlPlaneIssuer, CredentialSource, control_plane_id,
+};
+use ward_identity::bundle::TrustBundles;
+use ward_identity::manager::{self, RotationPolicy};
+use ward_identity::svid;
+use ward_identity::tls::{self, SharedBundles, SvidCell};
+
+use crate::config::RunArgs;
+
+/// How often static identity files are checked for changes.
+const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The workload's certificate and the roots it trusts, both hot-swappable.
+#[derive(Clone)]
+pub struct WorkloadIdentity {
+    pub svid: Arc<SvidCell>,
+    pub bundles: SharedBundles,
+}
+
+impl WorkloadIdentity {
+    pub fn is_ready(&self) -> bool {
+        self.svid.is_ready()
+    }
+}
+
+/// Starts the configured identity source. Files are loaded before this
+/// returns (a bad file is an error at start); the control plane is reached
+/// in the background, and the proxy is not ready until it answered.
+pub fn start(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result<WorkloadIdentity> {
+    match (&args.cert, &args.key, &args.ca, &args.control_plane) {
+        (Some(cert), Some(key), Some(ca), None) => start_from_files(cert, key, ca, shutdown),
+        (None, None, Some(ca), Some(addr)) => start_from_control_plane(args, addr, ca, shutdown),
+        _ => anyhow::bail!(
+            "no identity source: give --cert, --key and --ca (static files), or --control-plane and --ca"
+        ),
+    }
+}
+
+fn start_from_files(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<WorkloadIdentity> {
+    let files = IdentityFiles {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        ca: ca.to_owned(),
+    };
+    let svid = Arc::new(SvidCell::new());
+    let bundles = tls::shared_bundles(TrustBundles::new());
+    files.load_into(&svid, &bundles)?;
+    info!(spiffe_id = ?svid.current_id(), "identity loaded from files");
+    tokio::spawn(files.watch(svid.clone(), bundles.clone(), shutdown));
+    Ok(WorkloadIdentity { svid, bundles })
+}
+
+fn start_from_control_plane(
+    args: &RunArgs,
+    addr: &str,
+    ca: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<WorkloadIdentity> {
+    let id = args.workload_id()?;
+    let ca_pem =
+        std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let bundles = tls::shared_bundles(
+        TrustBundles::new()
+            .with_root(id.trust_domain(), &ca_pem)
+            .with_context(|| format!("{}", ca.display()))?,
+    );
+    let client = ControlPlaneClient::new(addr, control_plane_id(id.trust_domain())?, bundles)?;
+    let credential = match (&args.join_token, &args.sa_token_file) {
+        (Some(token), _) => CredentialSource::join_token(token.clone()),
+        (None, Some(path)) => CredentialSource::ServiceAccountTokenFile(path.clone()),
+        (None, None) => {
+            anyhow::bail!("enrolling with the control plane needs --join-token or --sa-token-file")
+        }
+    };
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        let _ = stop_tx.send(true);
+    });
+    let issuer = ControlPlaneIssuer { client, credential };
+    let handle = manager::spawn(id, issuer, RotationPolicy::default(), stop);
+    Ok(WorkloadIdentity {
+        svid: handle.svid().clone(),
+        bundles: handle.bundles().clone(),
+    })
+}
+
+struct IdentityFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl IdentityFiles {
+    /// Loads all three files and installs them only if they verify together.
+    fn load_into(&self, svid: &SvidCell, bundles: &SharedBundles) -> anyhow::Result<()> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .with_context(|| format!("{}", self.cert.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{}: not a PEM certificate chain", self.cert.display()))?;
+        let leaf = chain
+            .first()
+            .with_context(|| format!("{}: no certificate", self.cert.display()))?;
+        let id = svid::spiffe_id_of(leaf).with_context(|| format!("{}", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("{}: not a PEM private key", self.key.display()))?;
+        let ca_pem = std::fs::read_to_string(&self.ca)
+            .with_context(|| format!("reading {}", self.ca.display()))?;
+        let new_bundles = TrustBundles::new()
+            .with_root(id.trust_domain(), &ca_pem)
+            .with_context(|| format!("{}", self.ca.display()))?;
+        svid.install(chain, key, &new_bundles).with_context(|| {
+            format!(
+                "{} does not verify against {}",
+                self.cert.display(),
+                self.ca.display()
+            )
+        })?;
+        bundles.store(Arc::new(new_bundles));
+        Ok(())
+    }
+
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        [&self.cert, &self.key, &self.ca]
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+
+    /// Polls modification times; a change that does not verify is logged
+    /// and the identity in use is kept.
+    async fn watch(self, svid: Arc<SvidCell>, bundles: SharedBundles, shutdown: CancellationToken) {
+        let mut last = self.stamp();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let now = self.stamp();
+            if now == last {
+                continue;
+            }
+            last = now;
+            match self.load_into(&svid, &bundles) {
+                Ok(()) => info!(spiffe_id = ?svid.current_id(), "identity files changed: reloaded"),
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), "identity files changed but do not load; keeping the current identity")
+                }
+            }
+        }
+    }
+}

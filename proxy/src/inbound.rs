@@ -1,0 +1,492 @@
+//! Inbound (world → app): detect TLS, terminate mTLS with the workload's
+//! SVID, learn the peer's SPIFFE ID, detect HTTP/1, HTTP/2 or opaque TCP,
+//! authorize (per connection for TCP, per request for HTTP) and forward to
+//! the application on loopback.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use ward_identity::tls;
+
+use crate::app::{AppClients, AppPort};
+use crate::authz::{Authorizer, ConnInfo, Protocol as AuthzProtocol, Verdict};
+use crate::config::MtlsMode;
+use crate::detect::{self, Peeked, Protocol};
+use crate::http::{self as h, Body};
+use crate::metrics::{ConnectionGuard, ProxyMetrics};
+use crate::rewind::{self, Rewind};
+use crate::upstream::{Alpn, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
+
+/// On opaque ports a plaintext client may wait for the server to speak
+/// first; a mesh client always sends its ClientHello at once. So a short
+/// wait tells them apart without delaying server-first protocols long.
+const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Where an inbound connection goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Transparent mode: the original destination's port on loopback.
+    Original,
+    /// Explicit mode: this application port on loopback.
+    AppPort(u16),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub detect_timeout: Duration,
+    pub header_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+pub struct Inbound {
+    pub tls: TlsAcceptor,
+    pub mode: MtlsMode,
+    pub opaque_ports: Vec<u16>,
+    pub authz: Arc<dyn Authorizer>,
+    pub apps: AppClients,
+    pub metrics: Arc<ProxyMetrics>,
+    pub limits: Limits,
+    /// Addresses of the proxy's own listeners, to refuse loops.
+    pub self_addrs: Vec<SocketAddr>,
+}
+
+/// A fixed label for a failed TLS handshake, for metrics and logs.
+pub fn tls_error_reason(err: &std::io::Error) -> &'static str {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(tls_err) => tls::tls_failure_reason(tls_err),
+        None if err.kind() == std::io::ErrorKind::UnexpectedEof => "connection_closed",
+        None => "protocol_error",
+    }
+}
+
+impl Inbound {
+    pub async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        source: SocketAddr,
+        target: Target,
+        shutdown: CancellationToken,
+    ) {
+        let _open = ConnectionGuard::new(self.metrics.clone(), "inbound");
+        let _ = tcp.set_nodelay(true);
+        let destination = match target {
+            Target::AppPort(port) => match tcp.local_addr() {
+                Ok(local) => SocketAddr::new(local.ip(), port),
+                Err(_) => return,
+            },
+            Target::Original => match crate::orig_dst::original_destination(&tcp) {
+                Ok(dest) if crate::orig_dst::is_self_destination(dest, &self.self_addrs) => {
+                    return self.refuse(source, "loop");
+                }
+                Ok(dest) => dest,
+                Err(_) => return self.refuse(source, "no_original_destination"),
+            },
+        };
+        let app = self.apps_for(destination);
+        let opaque = self.opaque_ports.contains(&destination.port());
+        if self.mode == MtlsMode::Disable {
+            let conn = Arc::new(ConnInfo {
+                peer_id: None,
+                source,
+                destination,
+            });
+            let protocol = if opaque {
+                Protocol::Opaque
+            } else {
+                self.peek_plaintext(&tcp).await
+            };
+            return self.serve(tcp, protocol, conn, app, shutdown).await;
+        }
+        let timeout = if opaque {
+            OPAQUE_DETECT_TIMEOUT
+        } else {
+            self.limits.detect_timeout
+        };
+        match detect::peek(&tcp, timeout).await {
+            Ok(Peeked::Protocol(Protocol::Tls)) => {
+                self.terminate_tls(tcp, source, destination, app, opaque, shutdown)
+                    .await;
+            }
+            Ok(Peeked::Protocol(protocol)) if self.mode == MtlsMode::Permissive => {
+                let conn = Arc::new(ConnInfo {
+                    peer_id: None,
+                    source,
+                    destination,
+                });
+                let protocol = if opaque { Protocol::Opaque } else { protocol };
+                self.serve(tcp, protocol, conn, app, shutdown).await;
+            }
+            Ok(Peeked::Silent) if self.mode == MtlsMode::Permissive => {
+                let conn = Arc::new(ConnInfo {
+                    peer_id: None,
+                    source,
+                    destination,
+                });
+                self.serve(tcp, Protocol::Opaque, conn, app, shutdown).await;
+            }
+            Ok(Peeked::Protocol(_) | Peeked::Silent) => {
+                self.refuse(source, "plaintext_in_strict_mode")
+            }
+            Ok(Peeked::Closed) | Err(_) => {}
+        }
+    }
+
+    fn apps_for(&self, destination: SocketAddr) -> AppPort {
+        self.apps.for_addr(AppClients::app_addr(destination))
+    }
+
+    async fn peek_plaintext(&self, tcp: &TcpStream) -> Protocol {
+        match detect::peek(tcp, self.limits.detect_timeout).await {
+            Ok(Peeked::Protocol(Protocol::Http1)) => Protocol::Http1,
+            Ok(Peeked::Protocol(Protocol::Http2)) => Protocol::Http2,
+            _ => Protocol::Opaque,
+        }
+    }
+
+    fn refuse(&self, source: SocketAddr, reason: &'static str) {
+        self.metrics
+            .refused
+            .with_label_values(&["inbound", reason])
+            .inc();
+        info!(target: "ward::access", direction = "inbound", %source, decision = "refused", reason, "connection refused");
+    }
+
+    async fn terminate_tls(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        source: SocketAddr,
+        destination: SocketAddr,
+        app: AppPort,
+        opaque: bool,
+        shutdown: CancellationToken,
+    ) {
+        let mut tls = match tokio::time::timeout(self.limits.header_timeout, self.tls.accept(tcp))
+            .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                let reason = tls_error_reason(&err);
+                self.metrics
+                    .tls_failures
+                    .with_label_values(&["inbound", reason])
+                    .inc();
+                info!(target: "ward::access", direction = "inbound", %source, decision = "refused", reason, error = %err, "mTLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics
+                    .tls_failures
+                    .with_label_values(&["inbound", "timeout"])
+                    .inc();
+                return;
+            }
+        };
+        let (peer_id, alpn) = {
+            let session = tls.get_ref().1;
+            (
+                tls::peer_spiffe_id(session),
+                session.alpn_protocol().and_then(Alpn::from_id),
+            )
+        };
+        let conn = Arc::new(ConnInfo {
+            peer_id,
+            source,
+            destination,
+        });
+        let protocol = match alpn {
+            Some(Alpn::H2) => Protocol::Http2,
+            Some(Alpn::Http1) => Protocol::Http1,
+            Some(Alpn::Tcp) => Protocol::Opaque,
+            None if opaque => Protocol::Opaque,
+            // A peer that announced nothing: sniff the decrypted bytes.
+            None => match rewind::sniff(&mut tls, self.limits.detect_timeout).await {
+                Ok((prefix, detected)) => {
+                    let protocol = match detected {
+                        Some(Protocol::Http1) => Protocol::Http1,
+                        Some(Protocol::Http2) => Protocol::Http2,
+                        _ => Protocol::Opaque,
+                    };
+                    return self
+                        .serve(Rewind::new(prefix, tls), protocol, conn, app, shutdown)
+                        .await;
+                }
+                Err(_) => return,
+            },
+        };
+        self.serve(tls, protocol, conn, app, shutdown).await;
+    }
+
+    async fn serve<I>(
+        self: Arc<Self>,
+        io: I,
+        protocol: Protocol,
+        conn: Arc<ConnInfo>,
+        app: AppPort,
+        shutdown: CancellationToken,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let authz_protocol = if protocol == Protocol::Opaque {
+            AuthzProtocol::Tcp
+        } else {
+            AuthzProtocol::Http
+        };
+        let verdict = self.authz.connection(&conn, authz_protocol);
+        match protocol {
+            Protocol::Http1 | Protocol::Http2 => {
+                self.serve_http(io, protocol, conn, app, verdict, shutdown)
+                    .await
+            }
+            _ => self.serve_tcp(io, conn, verdict).await,
+        }
+    }
+
+    async fn serve_tcp<I>(&self, mut io: I, conn: Arc<ConnInfo>, verdict: Verdict)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let started = Instant::now();
+        let action = if verdict.is_allowed() {
+            "allow"
+        } else {
+            "deny"
+        };
+        self.metrics.authz.with_label_values(&[action, "tcp"]).inc();
+        if let Verdict::Deny { reason } = verdict {
+            // Closed before a single byte reaches the application.
+            info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = ?conn.peer_id.as_ref().map(|p| p.as_str()), decision = "deny", reason, "connection denied");
+            return;
+        }
+        let app_addr = AppClients::app_addr(conn.destination);
+        let mut app =
+            match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(app_addr))
+                .await
+            {
+                Ok(Ok(app)) => app,
+                _ => {
+                    self.metrics
+                        .refused
+                        .with_label_values(&["inbound", "app_unavailable"])
+                        .inc();
+                    return;
+                }
+            };
+        let _ = app.set_nodelay(true);
+        let result = tokio::io::copy_bidirectional(&mut io, &mut app).await;
+        let (received, sent) = result.unwrap_or_default();
+        info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = ?conn.peer_id.as_ref().map(|p| p.as_str()), decision = "allow", bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+    }
+
+    async fn serve_http<I>(
+        self: Arc<Self>,
+        io: I,
+        protocol: Protocol,
+        conn: Arc<ConnInfo>,
+        app: AppPort,
+        verdict: Verdict,
+        shutdown: CancellationToken,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let this = self.clone();
+        let service = service_fn(move |req| {
+            let (this, conn, app, verdict) =
+                (this.clone(), conn.clone(), app.clone(), verdict.clone());
+            async move { Ok::<_, Infallible>(this.request(&conn, &app, &verdict, req).await) }
+        });
+        let io = TokioIo::new(io);
+        let result = if protocol == Protocol::Http2 {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(self.limits.max_header_bytes as u32)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .keep_alive_interval(Duration::from_secs(30));
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
+            }
+        } else {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.limits.header_timeout)
+                .max_buf_size(self.limits.max_header_bytes.max(8192));
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
+            }
+        };
+        if let Err(err) = result {
+            debug!(%err, "inbound HTTP connection ended with an error");
+        }
+    }
+
+    async fn request(
+        &self,
+        conn: &ConnInfo,
+        app: &AppPort,
+        conn_verdict: &Verdict,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let (parts, body) = req.into_parts();
+        let (method, uri) = (parts.method.clone(), parts.uri.clone());
+        let verdict = match conn_verdict {
+            Verdict::Allow => self.authz.request(conn, &parts),
+            denied => denied.clone(),
+        };
+        let peer = conn.peer_id.as_ref().map(|p| p.as_str());
+        let response = match verdict {
+            Verdict::Deny { reason } => {
+                self.metrics
+                    .authz
+                    .with_label_values(&["deny", "http"])
+                    .inc();
+                info!(target: "ward::access", direction = "inbound", ?peer, %method, path = uri.path(), decision = "deny", reason, status = 403, "request denied");
+                h::forbidden()
+            }
+            Verdict::Allow => {
+                self.metrics
+                    .authz
+                    .with_label_values(&["allow", "http"])
+                    .inc();
+                self.forward(conn, app, Request::from_parts(parts, body))
+                    .await
+            }
+        };
+        let status = response.status();
+        self.metrics
+            .requests
+            .with_label_values(&["inbound", status.as_str()])
+            .inc();
+        info!(target: "ward::access", direction = "inbound", ?peer, %method, path = uri.path(), status = status.as_u16(), duration_us = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn forward(
+        &self,
+        conn: &ConnInfo,
+        app: &AppPort,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        // Only the proxy says who the peer is.
+        parts.headers.remove(h::XFCC);
+        if let Some(peer) = &conn.peer_id
+            && let Ok(value) = HeaderValue::from_str(&format!("URI={peer}"))
+        {
+            parts.headers.insert(h::XFCC, value);
+        }
+        let spoke_http1 = parts
+            .headers
+            .remove(h::PROTO_HEADER)
+            .is_some_and(|v| v == "h1");
+        let tunnel = h::is_tunnel(&parts.method, &parts.headers);
+        let method = parts.method.clone();
+        let use_http2 =
+            parts.version == Version::HTTP_2 && !spoke_http1 && !tunnel && app.speaks_h2().await;
+        if !use_http2 {
+            parts.version = Version::HTTP_11;
+            if !parts.headers.contains_key(header::HOST)
+                && let Some(authority) = parts.uri.authority()
+                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+            {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        if !tunnel {
+            h::strip_hop_by_hop(&mut parts.headers);
+        }
+        parts.uri = match absolute_uri(&parts, conn.destination) {
+            Some(uri) => uri,
+            None => {
+                return h::local_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid request target",
+                    "invalid request target\n",
+                );
+            }
+        };
+        let mut req = Request::from_parts(parts, body.boxed());
+        let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
+        let client = if use_http2 { &app.http2 } else { &app.http1 };
+        match client.request(req).await {
+            Ok(mut resp) => {
+                if let Some(downstream) = downstream_upgrade
+                    && h::is_upgrade_response(&method, &resp)
+                {
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(crate::tunnel::splice(downstream, upstream));
+                } else {
+                    h::strip_hop_by_hop(resp.headers_mut());
+                }
+                resp.map(|b| b.boxed())
+            }
+            Err(err) if err.is_connect() => h::local_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "application unavailable",
+                "application unavailable\n",
+            ),
+            Err(err) => {
+                debug!(%err, "forwarding to the application failed");
+                h::local_response(
+                    StatusCode::BAD_GATEWAY,
+                    "application error",
+                    "application error\n",
+                )
+            }
+        }
+    }
+}
+
+/// The request's URI in absolute form (the legacy client needs a scheme and
+/// authority; the connector ignores them and dials the application).
+fn absolute_uri(parts: &http::request::Parts, destination: SocketAddr) -> Option<http::Uri> {
+    let authority = match parts.uri.authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => match parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            Some(host) => host.to_owned(),
+            None => destination.to_string(),
+        },
+    };
+    let mut builder = http::Uri::builder().scheme("http").authority(authority);
+    if parts.method != http::Method::CONNECT {
+        builder = builder.path_and_query(
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        );
+    } else {
+        builder = builder.path_and_query("/");
+    }
+    builder.build().ok()
+}

@@ -1,0 +1,386 @@
+//! Outbound (app → world): find where the application meant to go, look it
+//! up in the endpoint table, and either carry the traffic over mTLS to the
+//! destination's sidecar (verifying its SPIFFE ID) or pass it through.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1 as client1, http2 as client2};
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use ward_identity::SpiffeId;
+
+use crate::config::{UnmeshedEgress, UpstreamProtocol};
+use crate::detect::{self, Peeked, Protocol};
+use crate::endpoints::SharedEndpoints;
+use crate::http::{self as h, Body};
+use crate::inbound::Limits;
+use crate::metrics::{ConnectionGuard, ProxyMetrics};
+use crate::upstream::{Alpn, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Upstream, UpstreamError};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// Transparent mode: where the application connected before iptables.
+    Original,
+    /// Explicit mode: a fixed destination.
+    Fixed(SocketAddr),
+}
+
+pub struct Outbound {
+    pub endpoints: SharedEndpoints,
+    pub upstream: Upstream,
+    pub unmeshed: UnmeshedEgress,
+    pub opaque_ports: Vec<u16>,
+    pub pooled: bool,
+    pub protocol: UpstreamProtocol,
+    pub metrics: Arc<ProxyMetrics>,
+    pub limits: Limits,
+    pub self_addrs: Vec<SocketAddr>,
+}
+
+/// The upstream connection owned by one application connection (no pool,
+/// or HTTP/1.1 between sidecars).
+enum Owned {
+    Http1(client1::SendRequest<Body>),
+    Http2(client2::SendRequest<Body>),
+}
+
+type OwnedSlot = Arc<tokio::sync::Mutex<Option<Owned>>>;
+
+/// Per application connection: where it goes and, when not pooled, its own
+/// upstream connection.
+struct Route {
+    dest: SocketAddr,
+    expected: SpiffeId,
+    owned: Option<OwnedSlot>,
+}
+
+impl Outbound {
+    pub async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        source: SocketAddr,
+        target: Target,
+        shutdown: CancellationToken,
+    ) {
+        let _open = ConnectionGuard::new(self.metrics.clone(), "outbound");
+        let _ = tcp.set_nodelay(true);
+        let dest = match target {
+            Target::Fixed(dest) => dest,
+            Target::Original => match crate::orig_dst::original_destination(&tcp) {
+                Ok(dest) if crate::orig_dst::is_self_destination(dest, &self.self_addrs) => {
+                    return self.refuse(source, "loop");
+                }
+                Ok(dest) => dest,
+                Err(_) => return self.refuse(source, "no_original_destination"),
+            },
+        };
+        let Some(expected) = self.endpoints.load().lookup(dest).cloned() else {
+            return match self.unmeshed {
+                UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
+                UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
+            };
+        };
+        let protocol = if self.opaque_ports.contains(&dest.port()) {
+            Protocol::Opaque
+        } else {
+            match detect::peek(&tcp, self.limits.detect_timeout).await {
+                Ok(Peeked::Protocol(p)) => p,
+                Ok(Peeked::Silent) => Protocol::Opaque,
+                Ok(Peeked::Closed) | Err(_) => return,
+            }
+        };
+        let owned =
+            (!self.pooled || self.protocol == UpstreamProtocol::Http1).then(OwnedSlot::default);
+        let route = Arc::new(Route {
+            dest,
+            expected,
+            owned,
+        });
+        match protocol {
+            Protocol::Http1 | Protocol::Http2 => {
+                self.serve_http(tcp, protocol, route, shutdown).await
+            }
+            // Opaque bytes, or TLS the application does itself: wrapped in mTLS.
+            Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(tcp, &route).await,
+        }
+    }
+
+    fn refuse(&self, source: SocketAddr, reason: &'static str) {
+        self.metrics
+            .refused
+            .with_label_values(&["outbound", reason])
+            .inc();
+        info!(target: "ward::access", direction = "outbound", %source, decision = "refused", reason, "connection refused");
+    }
+
+    /// An unmeshed destination: bytes pass through untouched.
+    async fn passthrough(&self, mut tcp: TcpStream, dest: SocketAddr) {
+        let Ok(Ok(mut upstream)) =
+            tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(dest)).await
+        else {
+            self.metrics
+                .refused
+                .with_label_values(&["outbound", "upstream_unavailable"])
+                .inc();
+            return;
+        };
+        let _ = upstream.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+    }
+
+    async fn tunnel_tcp(&self, mut tcp: TcpStream, route: &Route) {
+        let started = Instant::now();
+        match self
+            .upstream
+            .connect_tls(route.dest, &route.expected, Alpn::Tcp)
+            .await
+        {
+            Ok(mut tls) => {
+                let (sent, received) = tokio::io::copy_bidirectional(&mut tcp, &mut tls)
+                    .await
+                    .unwrap_or_default();
+                info!(target: "ward::access", direction = "outbound", protocol = "tcp", peer = route.expected.as_str(), bytes_sent = sent, bytes_received = received, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+            }
+            Err(err) => {
+                info!(target: "ward::access", direction = "outbound", protocol = "tcp", peer = route.expected.as_str(), error = %err, "upstream failed");
+            }
+        }
+    }
+
+    async fn serve_http(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        protocol: Protocol,
+        route: Arc<Route>,
+        shutdown: CancellationToken,
+    ) {
+        let this = self.clone();
+        let service = service_fn(move |req| {
+            let (this, route) = (this.clone(), route.clone());
+            async move { Ok::<_, Infallible>(this.request(&route, req).await) }
+        });
+        let io = TokioIo::new(tcp);
+        let result = if protocol == Protocol::Http2 {
+            let mut builder = http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(self.limits.max_header_bytes as u32)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW);
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
+            }
+        } else {
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(self.limits.header_timeout)
+                .max_buf_size(self.limits.max_header_bytes.max(8192));
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
+            }
+        };
+        if let Err(err) = result {
+            debug!(%err, "outbound HTTP connection ended with an error");
+        }
+    }
+
+    async fn request(&self, route: &Route, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let response = match self.forward(route, req).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), error = %err, "upstream failed");
+                h::local_response(err.status(), err.reason(), "upstream unavailable\n")
+            }
+        };
+        let status = response.status();
+        self.metrics
+            .requests
+            .with_label_values(&["outbound", status.as_str()])
+            .inc();
+        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path, status = status.as_u16(), duration_us = started.elapsed().as_micros() as u64, "request");
+        response
+    }
+
+    async fn forward(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        if h::is_tunnel(req.method(), req.headers()) {
+            return self.forward_tunnel(route, req).await;
+        }
+        let (mut parts, body) = req.into_parts();
+        let spoke_http1 = parts.version != Version::HTTP_2;
+        h::strip_hop_by_hop(&mut parts.headers);
+        let authority = authority_of(&parts, route.dest);
+        let req_body = body.boxed();
+        let response = match self.protocol {
+            UpstreamProtocol::H2 => {
+                parts.uri = Uri::builder()
+                    .scheme("http")
+                    .authority(authority)
+                    .path_and_query(
+                        parts
+                            .uri
+                            .path_and_query()
+                            .map(|p| p.as_str())
+                            .unwrap_or("/"),
+                    )
+                    .build()
+                    .map_err(|_| UpstreamError::InvalidRequest)?;
+                parts.version = Version::HTTP_2;
+                parts.headers.remove(header::HOST);
+                if spoke_http1 {
+                    parts
+                        .headers
+                        .insert(h::PROTO_HEADER, HeaderValue::from_static("h1"));
+                }
+                let mut sender = match &route.owned {
+                    None => {
+                        self.upstream
+                            .pooled_http2(route.dest, &route.expected)
+                            .await?
+                    }
+                    Some(slot) => self.owned_http2(slot, route).await?,
+                };
+                sender
+                    .send_request(Request::from_parts(parts, req_body))
+                    .await
+            }
+            UpstreamProtocol::Http1 => {
+                if let Some(pq) = parts.uri.path_and_query() {
+                    parts.uri = Uri::from(pq.clone());
+                }
+                parts.version = Version::HTTP_11;
+                if let Ok(host) = HeaderValue::from_str(&authority) {
+                    parts.headers.insert(header::HOST, host);
+                }
+                let slot = route
+                    .owned
+                    .as_ref()
+                    .expect("HTTP/1.1 upstreams are owned per connection");
+                let pending = self
+                    .owned_http1_send(slot, route, Request::from_parts(parts, req_body))
+                    .await?;
+                pending.await
+            }
+        };
+        match response {
+            Ok(mut resp) => {
+                h::strip_hop_by_hop(resp.headers_mut());
+                Ok(resp.map(|b| b.boxed()))
+            }
+            Err(err) => Err(UpstreamError::Http(err)),
+        }
+    }
+
+    async fn owned_http2(
+        &self,
+        slot: &OwnedSlot,
+        route: &Route,
+    ) -> Result<client2::SendRequest<Body>, UpstreamError> {
+        let mut slot = slot.lock().await;
+        if let Some(Owned::Http2(sender)) = slot.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let sender = self.upstream.http2(route.dest, &route.expected).await?;
+        *slot = Some(Owned::Http2(sender.clone()));
+        Ok(sender)
+    }
+
+    /// Sends on this connection's own HTTP/1.1 upstream, waiting for the
+    /// previous exchange to finish; returns the pending response.
+    async fn owned_http1_send(
+        &self,
+        slot: &OwnedSlot,
+        route: &Route,
+        req: Request<Body>,
+    ) -> Result<impl Future<Output = hyper::Result<Response<Incoming>>> + use<>, UpstreamError>
+    {
+        let mut slot = slot.lock().await;
+        let reusable = match slot.as_mut() {
+            Some(Owned::Http1(sender)) => sender.ready().await.is_ok(),
+            _ => false,
+        };
+        if !reusable {
+            *slot = Some(Owned::Http1(
+                self.upstream.http1(route.dest, &route.expected).await?,
+            ));
+        }
+        let Some(Owned::Http1(sender)) = slot.as_mut() else {
+            unreachable!("just stored an HTTP/1.1 sender")
+        };
+        Ok(sender.send_request(req))
+    }
+
+    /// WebSocket and CONNECT: a dedicated HTTP/1.1 connection to the peer
+    /// sidecar carries the request, then the two upgraded streams are spliced.
+    async fn forward_tunnel(
+        &self,
+        route: &Route,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let method = req.method().clone();
+        let downstream = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        if parts.method != http::Method::CONNECT
+            && let Some(pq) = parts.uri.path_and_query()
+        {
+            parts.uri = Uri::from(pq.clone());
+        }
+        parts.version = Version::HTTP_11;
+        if !parts.headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(&authority_of(&parts, route.dest))
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        let mut sender = self.upstream.http1(route.dest, &route.expected).await?;
+        let mut resp = sender
+            .send_request(Request::from_parts(parts, body.boxed()))
+            .await
+            .map_err(UpstreamError::Http)?;
+        if h::is_upgrade_response(&method, &resp) {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(crate::tunnel::splice(downstream, upstream));
+        }
+        Ok(resp.map(|b| b.boxed()))
+    }
+}
+
+/// The authority the application asked for: the URI's, else `Host`, else
+/// the destination address.
+fn authority_of(parts: &http::request::Parts, dest: SocketAddr) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| dest.to_string())
+}

@@ -1,0 +1,267 @@
+//! Wiring: identity, listeners, the inbound and outbound stacks, the admin
+//! server, and graceful shutdown (stop accepting, drain, exit).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use ward_identity::tls;
+
+use crate::admin::Admin;
+use crate::app::AppClients;
+use crate::authz::{AllowAll, AllowPeers, Authorizer};
+use crate::config::RunArgs;
+use crate::endpoints::EndpointTable;
+use crate::identity::{self, WorkloadIdentity};
+use crate::inbound::{self, Inbound, Limits};
+use crate::metrics::ProxyMetrics;
+use crate::outbound::{self, Outbound};
+use crate::upstream::{Alpn, Upstream};
+
+/// A started proxy. `shutdown` stops it; `drain` waits for connections.
+pub struct Running {
+    pub inbound_addrs: Vec<SocketAddr>,
+    pub outbound_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub identity: WorkloadIdentity,
+    pub metrics: Arc<ProxyMetrics>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, asks HTTP connections to finish their in-flight
+    /// requests, and waits up to `grace` for every connection to end.
+    /// Returns false when the grace period ran out first.
+    pub async fn drain(self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Starts everything `args` describes and returns once listening.
+pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let metrics = Arc::new(ProxyMetrics::new());
+    let identity = identity::start(args, shutdown.clone())?;
+
+    let limits = Limits {
+        detect_timeout: args.detect_timeout,
+        header_timeout: args.header_timeout,
+        connect_timeout: args.connect_timeout,
+        max_header_bytes: args.max_header_bytes,
+    };
+    let mut endpoints = match &args.endpoints_file {
+        Some(path) => EndpointTable::from_file(path).map_err(anyhow::Error::msg)?,
+        None => EndpointTable::default(),
+    };
+    for (key, id) in &args.endpoints {
+        endpoints.insert(*key, id.clone());
+    }
+
+    // Bind first: the loop check needs every listener's address.
+    let (inbound_listeners, outbound_listeners) = bind_listeners(args).await?;
+    let self_addrs: Vec<SocketAddr> = inbound_listeners
+        .iter()
+        .map(|(l, _)| l.local_addr())
+        .chain(outbound_listeners.iter().map(|(l, _)| l.local_addr()))
+        .collect::<Result<_, _>>()?;
+
+    let authz: Arc<dyn Authorizer> = if args.allow_peers.is_empty() {
+        Arc::new(AllowAll)
+    } else {
+        Arc::new(AllowPeers(args.allow_peers.clone()))
+    };
+    let mut server_config = Arc::unwrap_or_clone(tls::server_config(
+        identity.svid.clone(),
+        identity.bundles.clone(),
+    ));
+    server_config.alpn_protocols = [Alpn::H2, Alpn::Http1, Alpn::Tcp]
+        .iter()
+        .map(|a| a.id().to_vec())
+        .collect();
+    let inbound = Arc::new(Inbound {
+        tls: TlsAcceptor::from(Arc::new(server_config)),
+        mode: args.mtls_mode,
+        opaque_ports: args.opaque_ports.0.clone(),
+        authz,
+        apps: AppClients::new(args.connect_timeout),
+        metrics: metrics.clone(),
+        limits,
+        self_addrs: self_addrs.clone(),
+    });
+    let outbound = Arc::new(Outbound {
+        endpoints: Arc::new(arc_swap::ArcSwap::from_pointee(endpoints)),
+        upstream: Upstream::new(identity.clone(), args.connect_timeout, metrics.clone()),
+        unmeshed: args.unmeshed_egress,
+        opaque_ports: args.opaque_ports.0.clone(),
+        pooled: !args.no_pool,
+        protocol: args.upstream_protocol,
+        metrics: metrics.clone(),
+        limits,
+        self_addrs,
+    });
+
+    let mut inbound_addrs = Vec::new();
+    for (listener, target) in inbound_listeners {
+        inbound_addrs.push(listener.local_addr()?);
+        let inbound = inbound.clone();
+        let sd = shutdown.clone();
+        let handler =
+            move |tcp, source| inbound.clone().connection(tcp, source, target, sd.clone());
+        tokio::spawn(accept_loop(
+            listener,
+            args.max_connections,
+            "inbound",
+            metrics.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+            handler,
+        ));
+    }
+    let mut outbound_addrs = Vec::new();
+    for (listener, target) in outbound_listeners {
+        outbound_addrs.push(listener.local_addr()?);
+        let outbound = outbound.clone();
+        let sd = shutdown.clone();
+        let handler =
+            move |tcp, source| outbound.clone().connection(tcp, source, target, sd.clone());
+        tokio::spawn(accept_loop(
+            listener,
+            args.max_connections,
+            "outbound",
+            metrics.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+            handler,
+        ));
+    }
+
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", args.admin))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        identity: identity.clone(),
+        draining: shutdown.clone(),
+    });
+    // The admin server outlives draining so /ready can say "draining".
+    tokio::spawn(admin.serve(admin_listener, CancellationToken::new()));
+
+    info!(?inbound_addrs, ?outbound_addrs, %admin_addr, mtls_mode = ?args.mtls_mode, "ward-proxy listening");
+    Ok(Running {
+        inbound_addrs,
+        outbound_addrs,
+        admin_addr,
+        identity,
+        metrics,
+        shutdown,
+        tracker,
+    })
+}
+
+type InboundListeners = Vec<(TcpListener, inbound::Target)>;
+type OutboundListeners = Vec<(TcpListener, outbound::Target)>;
+
+async fn bind_listeners(args: &RunArgs) -> anyhow::Result<(InboundListeners, OutboundListeners)> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let mut inbound = Vec::new();
+    let mut outbound = Vec::new();
+    if args.is_explicit() {
+        for (listen, app_port) in &args.inbound {
+            inbound.push((bind(*listen).await?, inbound::Target::AppPort(*app_port)));
+        }
+        for (listen, dest) in &args.outbound {
+            outbound.push((bind(*listen).await?, outbound::Target::Fixed(*dest)));
+        }
+    } else {
+        inbound.push((bind(args.inbound_capture).await?, inbound::Target::Original));
+        outbound.push((
+            bind(args.outbound_capture).await?,
+            outbound::Target::Original,
+        ));
+    }
+    Ok((inbound, outbound))
+}
+
+/// Accepts until shutdown; each connection runs as a tracked task holding
+/// one of `max` permits, and connections over the cap are closed at once.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    max: usize,
+    direction: &'static str,
+    metrics: Arc<ProxyMetrics>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    handler: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let (tcp, source) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(%err, direction, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics
+                .refused
+                .with_label_values(&[direction, "connection_limit"])
+                .inc();
+            continue;
+        };
+        let connection = handler(tcp, source);
+        tracker.spawn(async move {
+            connection.await;
+            drop(permit);
+        });
+    }
+}
+
+/// `ward-proxy run`: start, serve until SIGTERM or Ctrl-C, drain, return.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let running = start(&args).await?;
+    shutdown_signal().await;
+    info!(grace = ?args.drain_timeout, "shutting down: no new connections, draining");
+    if running.drain(args.drain_timeout).await {
+        info!("drained");
+    } else {
+        warn!("grace period over with connections still open; closing them");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

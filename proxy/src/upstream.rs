@@ -1,0 +1,233 @@
+//! The outbound side's connections to other sidecars: TCP, then mTLS with
+//! the destination's expected SPIFFE ID verified, then HTTP/2 (pooled, one
+//! multiplexed connection per destination), HTTP/1.1, or an opaque tunnel
+//! chosen by ALPN.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tracing::debug;
+use ward_identity::SpiffeId;
+use ward_identity::tls;
+
+use crate::http::Body;
+use crate::identity::WorkloadIdentity;
+use crate::metrics::ProxyMetrics;
+
+/// Application protocols between sidecars, announced with ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alpn {
+    H2,
+    Http1,
+    Tcp,
+}
+
+impl Alpn {
+    pub const fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http1 => b"http/1.1",
+            Alpn::Tcp => b"ward-tcp",
+        }
+    }
+
+    pub fn from_id(id: &[u8]) -> Option<Alpn> {
+        [Alpn::H2, Alpn::Http1, Alpn::Tcp]
+            .into_iter()
+            .find(|a| a.id() == id)
+    }
+}
+
+/// HTTP/2 flow-control windows: large enough to stream at loopback speed,
+/// small enough to bound memory per connection.
+pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("mTLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP exchange failed: {0}")]
+    Http(hyper::Error),
+    #[error("the request cannot be expressed upstream (invalid authority)")]
+    InvalidRequest,
+}
+
+impl UpstreamError {
+    /// The status the application gets: 503 nothing listening, 504 timed
+    /// out, 502 the peer is not who it should be or spoke nonsense.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Connect(_) => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Tls(_) | UpstreamError::Http(_) => StatusCode::BAD_GATEWAY,
+            UpstreamError::InvalidRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            UpstreamError::ConnectTimeout => "upstream connect timeout",
+            UpstreamError::Connect(_) => "upstream connect failed",
+            UpstreamError::Tls(_) => "upstream mTLS failed",
+            UpstreamError::Http(_) => "upstream protocol error",
+            UpstreamError::InvalidRequest => "invalid request authority",
+        }
+    }
+}
+
+type PoolSlot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
+pub struct Upstream {
+    identity: WorkloadIdentity,
+    configs: Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>,
+    pool: Mutex<HashMap<(SocketAddr, SpiffeId), PoolSlot>>,
+    connect_timeout: Duration,
+    metrics: Arc<ProxyMetrics>,
+}
+
+impl Upstream {
+    pub fn new(
+        identity: WorkloadIdentity,
+        connect_timeout: Duration,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Self {
+        Upstream {
+            identity,
+            configs: Mutex::new(HashMap::new()),
+            pool: Mutex::new(HashMap::new()),
+            connect_timeout,
+            metrics,
+        }
+    }
+
+    /// Client configs are built once per (identity, ALPN): they read the
+    /// current certificate and bundles at each handshake, so rotation needs
+    /// no rebuild.
+    fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Arc<ClientConfig> {
+        let mut configs = self.configs.lock().expect("not poisoned");
+        configs
+            .entry((expected.clone(), alpn))
+            .or_insert_with(|| {
+                let base = tls::client_config(
+                    self.identity.svid.clone(),
+                    self.identity.bundles.clone(),
+                    expected.clone(),
+                );
+                let mut config = Arc::unwrap_or_clone(base);
+                config.alpn_protocols = vec![alpn.id().to_vec()];
+                Arc::new(config)
+            })
+            .clone()
+    }
+
+    pub async fn connect_tls(
+        &self,
+        dest: SocketAddr,
+        expected: &SpiffeId,
+        alpn: Alpn,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(dest))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let connector = TlsConnector::from(self.config(expected, alpn));
+        // The peer is verified by SPIFFE ID; the server name only fills SNI.
+        let name = ServerName::IpAddress(dest.ip().into());
+        let handshake = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp));
+        match handshake.await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(err)) => {
+                let reason = crate::inbound::tls_error_reason(&err);
+                self.metrics
+                    .tls_failures
+                    .with_label_values(&["outbound", reason])
+                    .inc();
+                Err(UpstreamError::Tls(err))
+            }
+            Err(_) => Err(UpstreamError::ConnectTimeout),
+        }
+    }
+
+    /// A new HTTP/2 connection to `dest`, driven by a background task.
+    pub async fn http2(
+        &self,
+        dest: SocketAddr,
+        expected: &SpiffeId,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let tls = self.connect_tls(dest, expected, Alpn::H2).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(%err, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A new HTTP/1.1 connection to `dest` (upgrades allowed).
+    pub async fn http1(
+        &self,
+        dest: SocketAddr,
+        expected: &SpiffeId,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let tls = self.connect_tls(dest, expected, Alpn::Http1).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                debug!(%err, "upstream HTTP/1.1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The shared HTTP/2 connection to `dest`, opened on first use and
+    /// reopened when it closed. One connect at a time per destination.
+    pub async fn pooled_http2(
+        &self,
+        dest: SocketAddr,
+        expected: &SpiffeId,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+        let slot = self
+            .pool
+            .lock()
+            .expect("not poisoned")
+            .entry((dest, expected.clone()))
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(sender) = slot.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let sender = self.http2(dest, expected).await?;
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+}
