@@ -41,7 +41,8 @@
 # unpinned, so it perturbs the numbers: use it for profiles, not for the table) and writes
 # DIR/<run>-<kind>-<mode>-<tool>-{out,in}.txt (flat profile by shared object and symbol).
 # Environment: SUT_CPU (0), LOADGEN_CPU (1), BASE_PORT (19000), CONNS (32),
-# H2LOAD_ARGS ("-t1 -c8 -m4"), WARD_BIN (target/release/ward-proxy).
+# H2LOAD_ARGS ("-t1 -c8 -m4"), WARD_BIN (target/release/ward-proxy), WARD_LOG_LEVEL (warn:
+# no per-request access log, like nginx and HAProxy with logging off; "info" is Ward's default).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -53,6 +54,7 @@ RUNS=1 DURATION=10 WARMUP=2 OUT="" TSV="" QUIET_WAIT=0 CLEAN_MAX=10 BUILD=1 KEEP
 SUT_CPU=${SUT_CPU:-0} LOADGEN_CPU=${LOADGEN_CPU:-1} BASE_PORT=${BASE_PORT:-19000}
 CONNS=${CONNS:-32} H2LOAD_ARGS=${H2LOAD_ARGS:-"-t1 -c8 -m4"}
 WARD_BIN=${WARD_BIN:-$ROOT/target/release/ward-proxy}
+WARD_LOG_LEVEL=${WARD_LOG_LEVEL:-warn}
 CMDLINE="benches/mesh2hop/run.sh${*:+ $*}"
 
 say() { printf '%s\n' "$*" >&2; }
@@ -226,7 +228,8 @@ start_proxies() {
             local extra=()
             [[ $mode == churn ]] && extra+=(--no-pool)
             [[ $kind == ward-h1 ]] && extra+=(--upstream-protocol http1)
-            spawn in "$WARD_BIN" run --workers 1 --admin 127.0.0.1:0 \
+            extra+=(--log-level "$WARD_LOG_LEVEL")
+            spawn in "$WARD_BIN" run --workers 1 --admin 127.0.0.1:0 --log-level "$WARD_LOG_LEVEL" \
                 --inbound "127.0.0.1:$IN_PORT=$APP_PORT" --allow-peer "$CLIENT_ID" \
                 --cert "$PKI/server.pem" --key "$PKI/server-key.pem" --ca "$PKI/ca.pem"
             listening in "$IN_PORT"
