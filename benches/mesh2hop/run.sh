@@ -332,15 +332,17 @@ profile_start() {  # one perf per proxy, cpu-clock sampling (no hardware counter
         perf record -q -e cpu-clock -F 2000 -p "${PID[$side]}" -o "$PERF/$1-$side.data" \
             >"$WORK/log/perf-$side.log" 2>&1 &
         PID[perf-$side]=$!
+        perf stat -x, -e "$PERF_EVENTS" -p "${PID[$side]}" -o "$PERF/$1-$side.stat" &
+        PID[pstat-$side]=$!
     done
     sleep 0.2
 }
 profile_stop() {
     local side
     for side in out in; do
-        kill -INT "${PID[perf-$side]}" 2>/dev/null || true
-        wait "${PID[perf-$side]}" 2>/dev/null || true
-        unset "PID[perf-$side]"
+        kill -INT "${PID[perf-$side]}" "${PID[pstat-$side]}" 2>/dev/null || true
+        wait "${PID[perf-$side]}" "${PID[pstat-$side]}" 2>/dev/null || true
+        unset "PID[perf-$side]" "PID[pstat-$side]"
         {
             echo "# by shared object"
             perf report -q -i "$PERF/$1-$side.data" --stdio --no-children --sort dso --percent-limit 0.5
@@ -348,6 +350,17 @@ profile_stop() {
             perf report -q -i "$PERF/$1-$side.data" --stdio --no-children --sort dso,symbol --percent-limit 0.7
         } >"$PERF/$1-$side.txt" 2>/dev/null || true
     done
+}
+
+PERF_EVENTS=context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg
+per_request() {  # per_request NAME REQUESTS: perf stat counts per request, one line per proxy
+    local side
+    for side in out in; do
+        awk -F, -v n="$2" -v side="$side" -v row="$1" '$3 ~ /[a-z]/ && $1 ~ /^[0-9]/ {
+                e = $3; sub(/^(raw_)?syscalls:sys_enter_?/, "", e); if (e == "") e = "syscalls"
+                s = s sprintf("  %s %.2f", e, $1 / n) }
+            END { printf "%-32s %-3s per request:%s\n", row, side, s }' "$PERF/$1-$side.stat"
+    done | tee -a "$PERF/per-request.txt" >&2
 }
 
 # ------------------------------------------------------------------ one row
@@ -376,6 +389,7 @@ row() {  # row RUN KIND MODE TOOL: measure, print, append to $WORK/rows.tsv
     halt out; halt in
     local res
     res=$(parse_load "$tool" "$f")
+    [[ -n $PERF && $kind != direct ]] && per_request "$run-$kind-$mode-$tool" "$(echo "$res" | cut -d' ' -f4)"
     echo "$run $kind $mode $tool $res $hwm $before $after $BG $(getconf CLK_TCK) $(nproc) $DURATION" | awk '
         { run = $1; kind = $2; mode = $3; tool = $4; rps = $5; p50 = $6; p99 = $7; n = $8; err = $9
           ho = $10; hi = $11; for (i = 1; i <= 9; i++) d[i] = $(i + 20) - $(i + 11)
