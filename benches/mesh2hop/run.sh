@@ -326,8 +326,10 @@ parse_load() {  # parse_load TOOL FILE -> "rps p50_ms p99_ms requests errors"
 }
 
 # ------------------------------------------------------------------ profiles (--perf)
+out_segs() { awk '$1 == "Tcp:" { if (++n == 1) { for (i = 2; i <= NF; i++) if ($i == "OutSegs") c = i } else print $c }' /proc/net/snmp; }
 profile_start() {  # one perf per proxy, cpu-clock sampling (no hardware counters needed)
     local side
+    SEGS0=$(out_segs)
     for side in out in; do
         perf record -q -e cpu-clock -F 2000 -p "${PID[$side]}" -o "$PERF/$1-$side.data" \
             >"$WORK/log/perf-$side.log" 2>&1 &
@@ -339,6 +341,7 @@ profile_start() {  # one perf per proxy, cpu-clock sampling (no hardware counter
 }
 profile_stop() {
     local side
+    SEGS=$(($(out_segs) - SEGS0))
     for side in out in; do
         kill -INT "${PID[perf-$side]}" "${PID[pstat-$side]}" 2>/dev/null || true
         wait "${PID[perf-$side]}" "${PID[pstat-$side]}" 2>/dev/null || true
@@ -361,6 +364,9 @@ per_request() {  # per_request NAME REQUESTS: perf stat counts per request, one 
                 s = s sprintf("  %s %.2f", e, $1 / n) }
             END { printf "%-32s %-3s per request:%s\n", row, side, s }' "$PERF/$1-$side.stat"
     done | tee -a "$PERF/per-request.txt" >&2
+    # all hops, both directions, whole machine (other people's TCP traffic included)
+    awk -v s="$SEGS" -v n="$2" -v row="$1" 'BEGIN { printf "%-32s TCP segments sent per request (all hops): %.2f\n", row, s / n }' |
+        tee -a "$PERF/per-request.txt" >&2
 }
 
 # ------------------------------------------------------------------ one row
