@@ -31,6 +31,8 @@ enum Command {
     /// Mint join tokens that let a workload enrol once.
     #[command(subcommand)]
     Token(cli::token::TokenCommand),
+    /// Add the ward sidecar to Kubernetes manifests, as the injector webhook would.
+    Inject(cli::inject::InjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Identity(cmd) => cli::identity::run(cmd),
         Command::Ca(cmd) => cli::ca::run(cmd),
         Command::Token(cmd) => cli::token::run(cmd),
+        Command::Inject(args) => cli::inject::run(args),
     };
     match result {
         Ok(code) => code,

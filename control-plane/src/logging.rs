@@ -1,8 +1,13 @@
 //! Log setup shared by Ward's binaries: `tracing`, human-readable by default,
-//! one JSON object per line with `--log-format json`.
+//! one JSON object per line with `--log-format json`. The level filter can
+//! be changed while running (the proxy's localhost admin endpoint uses it).
+
+use std::sync::OnceLock;
 
 use clap::ValueEnum;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -11,16 +16,43 @@ pub enum LogFormat {
     Json,
 }
 
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
 /// Installs the global subscriber. `level` is an `EnvFilter` directive
-/// (`info`, `ward_proxy=debug,info`, …).
+/// (`info`, `ward_proxy=debug,info`, `warn,ward::access=off`, …).
 pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(level)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     };
-    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
+    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
+    let _ = FILTER.set(handle);
+    Ok(())
+}
+
+/// Replaces the level filter of the running process.
+pub fn set_level(level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(level)?;
+    let handle = FILTER
+        .get()
+        .ok_or_else(|| anyhow::anyhow!("logging was not initialised by ward"))?;
+    handle.reload(filter)?;
+    Ok(())
+}
+
+/// The filter in force, as a directive string.
+pub fn current_level() -> Option<String> {
+    FILTER.get()?.with_current(|f| f.to_string()).ok()
 }

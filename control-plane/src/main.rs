@@ -42,6 +42,16 @@ struct Args {
     /// Audience service-account tokens must carry.
     #[arg(long, env = "WARD_K8S_AUDIENCE", default_value = "ward")]
     k8s_audience: String,
+    /// Directory of AuthorizationPolicy / PeerAuthentication YAML files (watched).
+    #[arg(long, env = "WARD_POLICY_DIR")]
+    policy_dir: Option<PathBuf>,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "ward-system")]
+    root_namespace: String,
+    /// JSON endpoint table added to the registered proxies:
+    /// `{"endpoints": [{"address": "IP[:PORT]", "spiffe_id": "…"}]}`.
+    #[arg(long, env = "WARD_ENDPOINTS_FILE")]
+    endpoints_file: Option<PathBuf>,
     #[arg(long, env = "WARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[arg(long, env = "WARD_LOG_LEVEL", default_value = "info")]
@@ -56,6 +66,19 @@ async fn main() -> anyhow::Result<()> {
     config.listen = args.listen;
     config.admin_listen = Some(args.admin_listen);
     config.svid_ttl = args.svid_ttl;
+    config.policy_dir = args.policy_dir;
+    config.root_namespace = args.root_namespace;
+    if let Some(path) = &args.endpoints_file {
+        #[derive(serde::Deserialize)]
+        struct File {
+            endpoints: Vec<ward_control_plane::watch::EndpointEntry>,
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let file: File =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.static_endpoints = file.endpoints;
+    }
     if let (Some(issuer), Some(jwks)) = (args.k8s_issuer, args.k8s_jwks_file) {
         let mut k8s = K8sTokenConfig::from_jwks_file(issuer, args.trust_domain, &jwks)?;
         k8s.audience = args.k8s_audience;

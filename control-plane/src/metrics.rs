@@ -1,7 +1,10 @@
 //! Control plane metrics, in a registry of its own (several control planes
 //! can run in one test process).
 
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -9,6 +12,10 @@ pub struct Metrics {
     pub certificate_refusals: IntCounterVec,
     pub attestation_failures: IntCounterVec,
     pub ca_expiry: Gauge,
+    pub watch_streams: IntGauge,
+    pub push_latency: Histogram,
+    pub policy_sets: IntCounterVec,
+    pub policy_version: IntGauge,
 }
 
 impl Metrics {
@@ -40,6 +47,53 @@ impl Metrics {
             "When the CA certificate expires (Unix time).",
         )
         .expect("valid metric");
+        let watch_streams = IntGauge::new(
+            "ward_cp_watch_streams",
+            "Proxies currently connected to the watch stream.",
+        )
+        .expect("valid metric");
+        let push_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ward_cp_push_latency_seconds",
+                "Time from accepting a policy set to pushing it to a proxy.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
+        let policy_sets = IntCounterVec::new(
+            Opts::new(
+                "ward_cp_policy_sets_total",
+                "Policy sets loaded, by result (accepted, rejected).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let policy_version = IntGauge::new(
+            "ward_cp_policy_version",
+            "Version of the policy set in force.",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("ward_build_info", "Ward build information (always 1)."),
+            &["version", "component"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "control-plane"])
+            .set(1);
+        for collector in [
+            Box::new(watch_streams.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(push_latency.clone()),
+            Box::new(policy_sets.clone()),
+            Box::new(policy_version.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
         for collector in [
             Box::new(certificates_issued.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(certificate_refusals.clone()),
@@ -56,14 +110,20 @@ impl Metrics {
             certificate_refusals,
             attestation_failures,
             ca_expiry,
+            watch_streams,
+            push_latency,
+            policy_sets,
+            policy_version,
         }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
+        let mut families = self.registry.gather();
+        families.extend(prometheus::gather());
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("exposition is UTF-8")
     }

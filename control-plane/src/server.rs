@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -28,7 +29,15 @@ use crate::api::{self, BundleResponse, ErrorBody, SvidRequest, SvidResponse};
 use crate::attest::{Attestor, JoinTokenStore, K8sTokenConfig, ServiceAccountTokenValidator};
 use crate::data_dir::DataDir;
 use crate::metrics::Metrics;
+use crate::policy_store::PolicyStore;
 use crate::serving::ServingIdentity;
+use crate::watch::{ChannelBody, EndpointEntry, Endpoints, WatchContext, WatchRequest};
+
+/// Response bodies: whole JSON documents, or the watch stream.
+type ApiBody = BoxBody<Bytes, Infallible>;
+
+/// Streams proxies keep open to the control plane.
+pub const WATCH_PATH: &str = "/v1/watch";
 
 /// Longest a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +59,14 @@ pub struct Config {
     pub k8s: Option<K8sTokenConfig>,
     /// DNS names the serving certificate carries besides `localhost`.
     pub serving_dns_names: Vec<String>,
+    /// Directory of AuthorizationPolicy / PeerAuthentication YAML files,
+    /// watched for changes. `None`: no policies.
+    pub policy_dir: Option<PathBuf>,
+    /// Policies in this namespace apply mesh-wide.
+    pub root_namespace: String,
+    /// Endpoints known without registration (workloads outside the mesh's
+    /// network, or with several addresses).
+    pub static_endpoints: Vec<EndpointEntry>,
 }
 
 impl Config {
@@ -65,6 +82,9 @@ impl Config {
                 "ward-control-plane.ward-system.svc".into(),
                 "ward-control-plane.ward-system.svc.cluster.local".into(),
             ],
+            policy_dir: None,
+            root_namespace: "ward-system".into(),
+            static_endpoints: Vec::new(),
         }
     }
 }
@@ -72,8 +92,12 @@ impl Config {
 struct State {
     ca: Arc<CertificateAuthority>,
     attestor: Attestor,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     svid_ttl: Duration,
+    policies: Arc<PolicyStore>,
+    endpoints: Arc<Endpoints>,
+    eval_options: ward_policy::EvalOptions,
+    shutdown: watch::Receiver<bool>,
 }
 
 /// A running control plane. Dropping it does not stop it: call `shutdown`.
@@ -103,25 +127,37 @@ impl ControlPlane {
             join_tokens: Some(join_tokens),
             k8s,
         };
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         metrics
             .ca_expiry
             .set(ca.not_after().unix_timestamp() as f64);
+        let policies = Arc::new(PolicyStore::open(config.policy_dir.as_deref(), &metrics)?);
+        let eval_options = ward_policy::EvalOptions {
+            root_namespace: config.root_namespace.clone(),
+            trust_domain: ca.trust_domain().to_owned(),
+        };
 
         let serving = ServingIdentity::new(&ca, &config.serving_dns_names)?;
         let serving_id = serving.spiffe_id().clone();
         let acceptor = TlsAcceptor::from(serving.server_config());
         let trust_domain = ca.trust_domain().to_owned();
         let bundle_pem = ca.bundle_pem();
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
             ca: Arc::new(ca),
             attestor,
-            metrics,
+            metrics: metrics.clone(),
             svid_ttl: config.svid_ttl,
+            policies: policies.clone(),
+            endpoints: Arc::new(Endpoints::new(config.static_endpoints.clone())),
+            eval_options,
+            shutdown: shutdown_rx.clone(),
         });
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        if let Some(dir) = config.policy_dir.clone() {
+            tasks.spawn(policies.watch_dir(dir, metrics, shutdown_rx.clone()));
+        }
         let api = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen))?;
@@ -245,7 +281,7 @@ async fn serve_api_connection(
     let service = service_fn(move |req| {
         let state = state.clone();
         let peer_id = peer_id.clone();
-        async move { Ok::<_, Infallible>(route(&state, peer_id.as_ref(), req).await) }
+        async move { Ok::<_, Infallible>(route(&state, peer_id.as_ref(), peer_addr, req).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(tls), service);
@@ -264,12 +300,14 @@ async fn serve_api_connection(
 }
 
 async fn route(
-    state: &State,
+    state: &Arc<State>,
     peer_id: Option<&SpiffeId>,
+    peer_addr: SocketAddr,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, api::SVID_PATH) => issue_svid(state, peer_id, req).await,
+        (&Method::POST, WATCH_PATH) => watch_stream(state, peer_id, peer_addr, req).await,
         (&Method::GET, api::BUNDLE_PATH) => json(
             StatusCode::OK,
             &BundleResponse {
@@ -277,7 +315,7 @@ async fn route(
                 bundle_pem: state.ca.bundle_pem(),
             },
         ),
-        (_, api::SVID_PATH | api::BUNDLE_PATH) => error(
+        (_, api::SVID_PATH | api::BUNDLE_PATH | WATCH_PATH) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this path does not accept that method".into(),
@@ -290,13 +328,84 @@ async fn route(
     }
 }
 
+/// `POST /v1/watch`: the caller's policies and the endpoint table, now and
+/// on every change. Only for callers with a valid SVID.
+async fn watch_stream(
+    state: &Arc<State>,
+    peer_id: Option<&SpiffeId>,
+    peer_addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ApiBody> {
+    let Some(id) = peer_id else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "no_client_certificate",
+            "the watch stream needs the workload's SVID as client certificate".into(),
+        );
+    };
+    let Some(namespace) = id.namespace() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "no_namespace",
+            format!("{id} is not of the form spiffe://<td>/ns/<ns>/sa/<sa>"),
+        );
+    };
+    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_unreadable",
+                err.to_string(),
+            );
+        }
+    };
+    let request: WatchRequest = if body.is_empty() {
+        WatchRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_request",
+                    format!("malformed request: {err}"),
+                );
+            }
+        }
+    };
+    let registration = request
+        .register
+        .then(|| state.endpoints.register(peer_addr.ip(), id.clone()));
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let ctx = WatchContext {
+        id: id.clone(),
+        namespace: namespace.to_owned(),
+        labels: request.labels,
+        options: state.eval_options.clone(),
+        policies: state.policies.subscribe(),
+        endpoints: state.endpoints.clone(),
+        registration,
+        metrics: state.metrics.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    tokio::spawn(crate::watch::run_stream(ctx, tx));
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(ChannelBody(rx).boxed())
+        .expect("valid response")
+}
+
 /// `POST /v1/svid`: check the request, attest the caller, then sign. Nothing
 /// is signed unless every step succeeded.
 async fn issue_svid(
     state: &State,
     peer_id: Option<&SpiffeId>,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     let refuse = |status, reason: &'static str, message: String| {
         state
             .metrics
@@ -438,31 +547,29 @@ async fn accept_admin(
     }
 }
 
-fn admin_route(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn admin_route(state: &State, req: &Request<Incoming>) -> Response<ApiBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => Response::builder()
             .header(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )
-            .body(Full::new(Bytes::from(state.metrics.render())))
+            .body(Full::new(Bytes::from(state.metrics.render())).boxed())
             .expect("valid response"),
         (&Method::GET, "/ready" | "/live") => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<ApiBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_vec(body).expect("serializable"),
-        )))
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("serializable"))).boxed())
         .expect("valid response")
 }
 
-fn error(status: StatusCode, code: &str, message: String) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, code: &str, message: String) -> Response<ApiBody> {
     json(
         status,
         &ErrorBody {
@@ -472,10 +579,10 @@ fn error(status: StatusCode, code: &str, message: String) -> Response<Full<Bytes
     )
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: &'static str) -> Response<ApiBody> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/plain")
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(Bytes::from_static(body.as_bytes())).boxed())
         .expect("valid response")
 }

@@ -21,6 +21,8 @@ use crate::metrics::ProxyMetrics;
 pub struct Admin {
     pub metrics: Arc<ProxyMetrics>,
     pub identity: WorkloadIdentity,
+    /// Ready needs a policy set too when policies are enforced.
+    pub policy: Option<Arc<crate::policy::PolicyAuthorizer>>,
     pub draining: CancellationToken,
 }
 
@@ -60,17 +62,53 @@ impl Admin {
                 .body(full(Bytes::from(self.metrics.render())))
                 .expect("valid response"),
             (&Method::GET, "/live", true) => text(StatusCode::OK, "live\n"),
+            // Runtime log level: `GET /logging` shows it, `PUT /logging?level=debug` sets it.
+            (&Method::GET, "/logging", true) => {
+                let level = ward_control_plane::logging::current_level().unwrap_or_default();
+                Response::new(full(Bytes::from(format!("{level}\n"))))
+            }
+            (&Method::PUT | &Method::POST, "/logging", true) => set_log_level(req.uri().query()),
             (&Method::GET, "/ready", true) => {
                 if self.draining.is_cancelled() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if self.identity.is_ready() {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                } else if !self.identity.is_ready() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
+                } else if self.policy.as_ref().is_some_and(|p| !p.has_policy()) {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no policy from the control plane yet\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
                 }
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+}
+
+fn set_log_level(query: Option<&str>) -> Response<Body> {
+    let level = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("level="));
+    let Some(level) = level else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "expected ?level=<filter>, e.g. ?level=debug\n",
+        );
+    };
+    match ward_control_plane::logging::set_level(level) {
+        Ok(()) => {
+            tracing::info!(level, "log level changed through the admin endpoint");
+            Response::new(full(Bytes::from(format!("log level set to {level}\n"))))
+        }
+        Err(err) => Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(full(Bytes::from(format!(
+                "invalid level {level:?}: {err}\n"
+            ))))
+            .expect("valid response"),
     }
 }
 

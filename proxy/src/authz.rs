@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use ward_identity::SpiffeId;
+use ward_policy::PolicyRef;
 
 /// What is known about an inbound connection.
 #[derive(Debug, Clone)]
@@ -23,21 +24,71 @@ pub enum Protocol {
     Tcp,
 }
 
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+/// Label value for decisions no policy made (a default).
+pub const DEFAULT_POLICY: &str = "default";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Allow,
-    Deny { reason: &'static str },
+pub struct Verdict {
+    pub allowed: bool,
+    /// The deciding policy; `None` when a default decided.
+    pub policy: Option<PolicyRef>,
+    /// Index of the deciding rule within the policy.
+    pub rule: Option<usize>,
+    pub reason: &'static str,
 }
 
 impl Verdict {
-    pub fn is_allowed(&self) -> bool {
-        matches!(self, Verdict::Allow)
+    pub fn allow(reason: &'static str) -> Self {
+        Verdict {
+            allowed: true,
+            policy: None,
+            rule: None,
+            reason,
+        }
+    }
+
+    pub fn deny(reason: &'static str) -> Self {
+        Verdict {
+            allowed: false,
+            policy: None,
+            rule: None,
+            reason,
+        }
+    }
+
+    pub fn action(&self) -> &'static str {
+        if self.allowed { "allow" } else { "deny" }
+    }
+
+    /// `(policy_namespace, policy_name)` metric labels.
+    pub fn policy_labels(&self) -> (&str, &str) {
+        match &self.policy {
+            Some(p) => (&p.namespace, &p.name),
+            None => (DEFAULT_POLICY, DEFAULT_POLICY),
+        }
+    }
+
+    /// `ns/name` of the deciding policy, or `default`, for access logs.
+    pub fn policy_display(&self) -> String {
+        match &self.policy {
+            Some(p) => p.to_string(),
+            None => DEFAULT_POLICY.to_owned(),
+        }
     }
 }
 
 pub trait Authorizer: Send + Sync + 'static {
-    /// Called when a connection's protocol is known. For HTTP the engine may
-    /// defer to `request`.
+    /// Called when a connection's protocol is known. For HTTP an engine may
+    /// allow here and decide per request.
     fn connection(&self, conn: &ConnInfo, protocol: Protocol) -> Verdict;
     /// Called for every HTTP request before it is forwarded.
     fn request(&self, conn: &ConnInfo, request: &http::request::Parts) -> Verdict;
@@ -48,11 +99,11 @@ pub struct AllowAll;
 
 impl Authorizer for AllowAll {
     fn connection(&self, _: &ConnInfo, _: Protocol) -> Verdict {
-        Verdict::Allow
+        Verdict::allow("no policy")
     }
 
     fn request(&self, _: &ConnInfo, _: &http::request::Parts) -> Verdict {
-        Verdict::Allow
+        Verdict::allow("no policy")
     }
 }
 
@@ -63,17 +114,13 @@ pub struct AllowPeers(pub Vec<SpiffeId>);
 impl Authorizer for AllowPeers {
     fn connection(&self, conn: &ConnInfo, _: Protocol) -> Verdict {
         match &conn.peer_id {
-            Some(id) if self.0.contains(id) => Verdict::Allow,
-            Some(_) => Verdict::Deny {
-                reason: "peer identity not allowed",
-            },
-            None => Verdict::Deny {
-                reason: "no peer identity",
-            },
+            Some(id) if self.0.contains(id) => Verdict::allow("peer allowed"),
+            Some(_) => Verdict::deny("peer identity not allowed"),
+            None => Verdict::deny("no peer identity"),
         }
     }
 
     fn request(&self, _: &ConnInfo, _: &http::request::Parts) -> Verdict {
-        Verdict::Allow
+        Verdict::allow("peer allowed")
     }
 }

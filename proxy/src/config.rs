@@ -79,6 +79,19 @@ pub struct RunArgs {
     pub opaque_ports: List<u16>,
     #[arg(long, env = "WARD_UNMESHED_EGRESS", value_enum, default_value_t = UnmeshedEgress::Allow)]
     pub unmeshed_egress: UnmeshedEgress,
+    /// This workload's labels, for policy selectors (repeatable `k=v`).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Labels file in the Kubernetes downward-API format (`key="value"` lines).
+    #[arg(long, env = "WARD_POD_LABELS_FILE")]
+    pub labels_file: Option<PathBuf>,
+    /// Local AuthorizationPolicy / PeerAuthentication files or directories
+    /// (repeatable), for running without a control plane; reloaded on change.
+    #[arg(long = "policy", env = "WARD_POLICY_PATHS", value_delimiter = ',')]
+    pub policy_paths: Vec<PathBuf>,
+    /// Namespace whose policies apply mesh-wide.
+    #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "ward-system")]
+    pub root_namespace: String,
     /// Admit only these peer identities inbound (repeatable). Without it every
     /// authenticated peer is admitted until authorization policies apply.
     #[arg(long = "allow-peer", value_name = "SPIFFE_ID", value_parser = parse_spiffe_id)]
@@ -193,6 +206,13 @@ fn parse_endpoint(arg: &str) -> Result<(EndpointKey, SpiffeId), String> {
         .split_once('=')
         .ok_or_else(|| format!("expected ADDR=SPIFFE_ID, got {arg:?}"))?;
     Ok((addr.parse()?, parse_spiffe_id(id)?))
+}
+
+fn parse_label(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {arg:?}")),
+    }
 }
 
 fn parse_spiffe_id(arg: &str) -> Result<SpiffeId, String> {

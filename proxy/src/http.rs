@@ -92,3 +92,19 @@ pub fn is_upgrade_response<B>(method: &http::Method, resp: &http::Response<B>) -
     resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
         || (method == http::Method::CONNECT && resp.status().is_success())
 }
+
+/// HTTP/1.1 sends only the trailers a response declares in `Trailer`, and
+/// HTTP/2 applications never declare them. For gRPC over an HTTP/1.1 hop
+/// between sidecars, declare gRPC's own status trailers; other trailers
+/// pass only if the application declared them.
+pub fn declare_grpc_trailers(headers: &mut HeaderMap) {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if grpc && !headers.contains_key(header::TRAILER) {
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
+}

@@ -65,7 +65,7 @@ fn start_from_files(
     let svid = Arc::new(SvidCell::new());
     let bundles = tls::shared_bundles(TrustBundles::new());
     files.load_into(&svid, &bundles)?;
-    info!(spiffe_id = ?svid.current_id(), "identity loaded from files");
+    info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity loaded from files");
     tokio::spawn(files.watch(svid.clone(), bundles.clone(), shutdown));
     Ok(WorkloadIdentity { svid, bundles })
 }
@@ -162,7 +162,9 @@ impl IdentityFiles {
             }
             last = now;
             match self.load_into(&svid, &bundles) {
-                Ok(()) => info!(spiffe_id = ?svid.current_id(), "identity files changed: reloaded"),
+                Ok(()) => {
+                    info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity files changed: reloaded")
+                }
                 Err(err) => {
                     warn!(error = %format!("{err:#}"), "identity files changed but do not load; keeping the current identity")
                 }

@@ -24,9 +24,10 @@ use ward_identity::tls;
 use crate::app::{AppClients, AppPort};
 use crate::authz::{Authorizer, ConnInfo, Protocol as AuthzProtocol, Verdict};
 use crate::config::MtlsMode;
+use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
 use crate::http::{self as h, Body};
-use crate::metrics::{ConnectionGuard, ProxyMetrics};
+use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::rewind::{self, Rewind};
 use crate::upstream::{Alpn, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 
@@ -57,11 +58,26 @@ pub struct Inbound {
     pub mode: MtlsMode,
     pub opaque_ports: Vec<u16>,
     pub authz: Arc<dyn Authorizer>,
+    /// The policy engine, when policies are enforced: it also decides the
+    /// mTLS mode per port and closes TCP connections a change denies.
+    pub policy: Option<Arc<crate::policy::PolicyAuthorizer>>,
     pub apps: AppClients,
     pub metrics: Arc<ProxyMetrics>,
     pub limits: Limits,
     /// Addresses of the proxy's own listeners, to refuse loops.
     pub self_addrs: Vec<SocketAddr>,
+}
+
+/// A plaintext connection, before its protocol is served.
+struct Accepted {
+    io: Counting<TcpStream>,
+    conn: ConnInfo,
+}
+
+impl Accepted {
+    fn io_counts(&self) -> Arc<ByteCounts> {
+        self.io.counts()
+    }
 }
 
 /// A fixed label for a failed TLS handshake, for metrics and logs.
@@ -84,7 +100,7 @@ impl Inbound {
         target: Target,
         shutdown: CancellationToken,
     ) {
-        let _open = ConnectionGuard::new(self.metrics.clone(), "inbound");
+        let _open = OpenGuard::new(&self.metrics, "inbound");
         let _ = tcp.set_nodelay(true);
         let destination = match target {
             Target::AppPort(port) => match tcp.local_addr() {
@@ -99,20 +115,27 @@ impl Inbound {
                 Err(_) => return self.refuse(source, "no_original_destination"),
             },
         };
-        let app = self.apps_for(destination);
+        let app = self.apps.for_addr(AppClients::app_addr(destination));
         let opaque = self.opaque_ports.contains(&destination.port());
-        if self.mode == MtlsMode::Disable {
-            let conn = Arc::new(ConnInfo {
+        let plaintext = |tcp| Accepted {
+            io: Counting::new(tcp, Arc::default()),
+            conn: ConnInfo {
                 peer_id: None,
                 source,
                 destination,
-            });
+            },
+        };
+        let mode = match &self.policy {
+            Some(policy) => policy.mtls_mode(destination.port()),
+            None => self.mode,
+        };
+        if mode == MtlsMode::Disable {
             let protocol = if opaque {
                 Protocol::Opaque
             } else {
                 self.peek_plaintext(&tcp).await
             };
-            return self.serve(tcp, protocol, conn, app, shutdown).await;
+            return self.serve(plaintext(tcp), protocol, app, shutdown).await;
         }
         let timeout = if opaque {
             OPAQUE_DETECT_TIMEOUT
@@ -124,32 +147,19 @@ impl Inbound {
                 self.terminate_tls(tcp, source, destination, app, opaque, shutdown)
                     .await;
             }
-            Ok(Peeked::Protocol(protocol)) if self.mode == MtlsMode::Permissive => {
-                let conn = Arc::new(ConnInfo {
-                    peer_id: None,
-                    source,
-                    destination,
-                });
+            Ok(Peeked::Protocol(protocol)) if mode == MtlsMode::Permissive => {
                 let protocol = if opaque { Protocol::Opaque } else { protocol };
-                self.serve(tcp, protocol, conn, app, shutdown).await;
+                self.serve(plaintext(tcp), protocol, app, shutdown).await;
             }
-            Ok(Peeked::Silent) if self.mode == MtlsMode::Permissive => {
-                let conn = Arc::new(ConnInfo {
-                    peer_id: None,
-                    source,
-                    destination,
-                });
-                self.serve(tcp, Protocol::Opaque, conn, app, shutdown).await;
+            Ok(Peeked::Silent) if mode == MtlsMode::Permissive => {
+                self.serve(plaintext(tcp), Protocol::Opaque, app, shutdown)
+                    .await;
             }
             Ok(Peeked::Protocol(_) | Peeked::Silent) => {
                 self.refuse(source, "plaintext_in_strict_mode")
             }
             Ok(Peeked::Closed) | Err(_) => {}
         }
-    }
-
-    fn apps_for(&self, destination: SocketAddr) -> AppPort {
-        self.apps.for_addr(AppClients::app_addr(destination))
     }
 
     async fn peek_plaintext(&self, tcp: &TcpStream) -> Protocol {
@@ -177,9 +187,9 @@ impl Inbound {
         opaque: bool,
         shutdown: CancellationToken,
     ) {
-        let mut tls = match tokio::time::timeout(self.limits.header_timeout, self.tls.accept(tcp))
-            .await
-        {
+        let counts = Arc::new(ByteCounts::default());
+        let accept = self.tls.accept(Counting::new(tcp, counts.clone()));
+        let mut tls = match tokio::time::timeout(self.limits.header_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => {
                 let reason = tls_error_reason(&err);
@@ -198,6 +208,10 @@ impl Inbound {
                 return;
             }
         };
+        self.metrics
+            .tls_handshakes
+            .with_label_values(&["inbound"])
+            .inc();
         let (peer_id, alpn) = {
             let session = tls.get_ref().1;
             (
@@ -205,11 +219,11 @@ impl Inbound {
                 session.alpn_protocol().and_then(Alpn::from_id),
             )
         };
-        let conn = Arc::new(ConnInfo {
+        let conn = ConnInfo {
             peer_id,
             source,
             destination,
-        });
+        };
         let protocol = match alpn {
             Some(Alpn::H2) => Protocol::Http2,
             Some(Alpn::Http1) => Protocol::Http1,
@@ -223,39 +237,67 @@ impl Inbound {
                         Some(Protocol::Http2) => Protocol::Http2,
                         _ => Protocol::Opaque,
                     };
+                    let io = Rewind::new(prefix, tls);
                     return self
-                        .serve(Rewind::new(prefix, tls), protocol, conn, app, shutdown)
+                        .serve_counted(io, counts, conn, protocol, app, shutdown)
                         .await;
                 }
                 Err(_) => return,
             },
         };
-        self.serve(tls, protocol, conn, app, shutdown).await;
+        self.serve_counted(tls, counts, conn, protocol, app, shutdown)
+            .await;
     }
 
-    async fn serve<I>(
+    async fn serve(
+        self: Arc<Self>,
+        accepted: Accepted,
+        protocol: Protocol,
+        app: AppPort,
+        shutdown: CancellationToken,
+    ) {
+        let counts = accepted.io_counts();
+        self.serve_counted(accepted.io, counts, accepted.conn, protocol, app, shutdown)
+            .await;
+    }
+
+    /// Serves a connection whose peer is known, counting it for that peer.
+    async fn serve_counted<I>(
         self: Arc<Self>,
         io: I,
+        counts: Arc<ByteCounts>,
+        conn: ConnInfo,
         protocol: Protocol,
-        conn: Arc<ConnInfo>,
         app: AppPort,
         shutdown: CancellationToken,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let authz_protocol = if protocol == Protocol::Opaque {
-            AuthzProtocol::Tcp
-        } else {
-            AuthzProtocol::Http
-        };
-        let verdict = self.authz.connection(&conn, authz_protocol);
+        let peer = Arc::new(self.metrics.peer("inbound", conn.peer_id.as_ref()));
+        peer.connection_opened();
+        let conn = Arc::new(conn);
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                self.serve_http(io, protocol, conn, app, verdict, shutdown)
+                let verdict = self.authz.connection(&conn, AuthzProtocol::Http);
+                self.clone()
+                    .serve_http(io, protocol, conn, app, verdict, peer.clone(), shutdown)
                     .await
             }
-            _ => self.serve_tcp(io, conn, verdict).await,
+            _ => {
+                let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
+                self.serve_tcp(io, conn.clone(), verdict).await
+            }
         }
+        let (received, sent) = counts.totals();
+        peer.connection_closed(received, sent);
+    }
+
+    fn count_decision(&self, verdict: &Verdict, protocol: AuthzProtocol) {
+        let (ns, name) = verdict.policy_labels();
+        self.metrics
+            .authz
+            .with_label_values(&[verdict.action(), ns, name, protocol.as_str()])
+            .inc();
     }
 
     async fn serve_tcp<I>(&self, mut io: I, conn: Arc<ConnInfo>, verdict: Verdict)
@@ -263,37 +305,42 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        let action = if verdict.is_allowed() {
-            "allow"
-        } else {
-            "deny"
-        };
-        self.metrics.authz.with_label_values(&[action, "tcp"]).inc();
-        if let Verdict::Deny { reason } = verdict {
+        self.count_decision(&verdict, AuthzProtocol::Tcp);
+        let peer = conn.peer_id.as_ref().map(|p| p.as_str());
+        if !verdict.allowed {
             // Closed before a single byte reaches the application.
-            info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = ?conn.peer_id.as_ref().map(|p| p.as_str()), decision = "deny", reason, "connection denied");
+            info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "deny", policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, "connection denied");
             return;
         }
         let app_addr = AppClients::app_addr(conn.destination);
-        let mut app =
-            match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(app_addr))
-                .await
-            {
-                Ok(Ok(app)) => app,
-                _ => {
-                    self.metrics
-                        .refused
-                        .with_label_values(&["inbound", "app_unavailable"])
-                        .inc();
-                    return;
-                }
-            };
+        let connect = TcpStream::connect(app_addr);
+        let mut app = match tokio::time::timeout(self.limits.connect_timeout, connect).await {
+            Ok(Ok(app)) => app,
+            _ => {
+                self.metrics
+                    .refused
+                    .with_label_values(&["inbound", "app_unavailable"])
+                    .inc();
+                return;
+            }
+        };
         let _ = app.set_nodelay(true);
-        let result = tokio::io::copy_bidirectional(&mut io, &mut app).await;
-        let (received, sent) = result.unwrap_or_default();
-        info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = ?conn.peer_id.as_ref().map(|p| p.as_str()), decision = "allow", bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+        // Registered so a policy change can close it.
+        let tracked = self.policy.as_ref().map(|p| p.track_tcp(conn.clone()));
+        let closed_by_policy = async {
+            match &tracked {
+                Some(t) => t.close.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let (received, sent) = tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut io, &mut app) => r.unwrap_or_default(),
+            _ = closed_by_policy => (0, 0),
+        };
+        info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "allow", policy = %verdict.policy_display(), bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn serve_http<I>(
         self: Arc<Self>,
         io: I,
@@ -301,15 +348,21 @@ impl Inbound {
         conn: Arc<ConnInfo>,
         app: AppPort,
         verdict: Verdict,
+        peer: Arc<PeerMetrics>,
         shutdown: CancellationToken,
     ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let this = self.clone();
         let service = service_fn(move |req| {
-            let (this, conn, app, verdict) =
-                (this.clone(), conn.clone(), app.clone(), verdict.clone());
-            async move { Ok::<_, Infallible>(this.request(&conn, &app, &verdict, req).await) }
+            let (this, conn, app, verdict, peer) = (
+                this.clone(),
+                conn.clone(),
+                app.clone(),
+                verdict.clone(),
+                peer.clone(),
+            );
+            async move { Ok::<_, Infallible>(this.request(&conn, &app, &verdict, &peer, req).await) }
         });
         let io = TokioIo::new(io);
         let result = if protocol == Protocol::Http2 {
@@ -349,40 +402,29 @@ impl Inbound {
         conn: &ConnInfo,
         app: &AppPort,
         conn_verdict: &Verdict,
+        peer_metrics: &PeerMetrics,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let started = Instant::now();
+        peer_metrics.request();
         let (parts, body) = req.into_parts();
         let (method, uri) = (parts.method.clone(), parts.uri.clone());
-        let verdict = match conn_verdict {
-            Verdict::Allow => self.authz.request(conn, &parts),
-            denied => denied.clone(),
+        let verdict = if conn_verdict.allowed {
+            self.authz.request(conn, &parts)
+        } else {
+            conn_verdict.clone()
         };
+        self.count_decision(&verdict, AuthzProtocol::Http);
         let peer = conn.peer_id.as_ref().map(|p| p.as_str());
-        let response = match verdict {
-            Verdict::Deny { reason } => {
-                self.metrics
-                    .authz
-                    .with_label_values(&["deny", "http"])
-                    .inc();
-                info!(target: "ward::access", direction = "inbound", ?peer, %method, path = uri.path(), decision = "deny", reason, status = 403, "request denied");
-                h::forbidden()
-            }
-            Verdict::Allow => {
-                self.metrics
-                    .authz
-                    .with_label_values(&["allow", "http"])
-                    .inc();
-                self.forward(conn, app, Request::from_parts(parts, body))
-                    .await
-            }
+        let response = if verdict.allowed {
+            self.forward(conn, app, Request::from_parts(parts, body))
+                .await
+        } else {
+            h::forbidden()
         };
         let status = response.status();
-        self.metrics
-            .requests
-            .with_label_values(&["inbound", status.as_str()])
-            .inc();
-        info!(target: "ward::access", direction = "inbound", ?peer, %method, path = uri.path(), status = status.as_u16(), duration_us = started.elapsed().as_micros() as u64, "request");
+        peer_metrics.response(status, started.elapsed());
+        info!(target: "ward::access", direction = "inbound", ?peer, %method, authority = ?uri.authority().map(|a| a.as_str()), path = uri.path(), status = status.as_u16(), decision = verdict.action(), policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, duration_us = started.elapsed().as_micros() as u64, "request");
         response
     }
 
@@ -393,6 +435,11 @@ impl Inbound {
         req: Request<Incoming>,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
+        let downstream_http1 = parts.version != Version::HTTP_2;
+        let accepts_trailers = parts
+            .headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes() == b"trailers");
         // Only the proxy says who the peer is.
         parts.headers.remove(h::XFCC);
         if let Some(peer) = &conn.peer_id
@@ -400,14 +447,16 @@ impl Inbound {
         {
             parts.headers.insert(h::XFCC, value);
         }
-        let spoke_http1 = parts
-            .headers
-            .remove(h::PROTO_HEADER)
-            .is_some_and(|v| v == "h1");
+        // What the client application spoke, when the sidecars changed it.
+        let client_spoke = parts.headers.remove(h::PROTO_HEADER);
+        let client_h2 = match client_spoke.as_ref().map(|v| v.as_bytes()) {
+            Some(b"h1") => false,
+            Some(b"h2") => true,
+            _ => parts.version == Version::HTTP_2,
+        };
         let tunnel = h::is_tunnel(&parts.method, &parts.headers);
         let method = parts.method.clone();
-        let use_http2 =
-            parts.version == Version::HTTP_2 && !spoke_http1 && !tunnel && app.speaks_h2().await;
+        let use_http2 = client_h2 && !tunnel && app.speaks_h2().await;
         if !use_http2 {
             parts.version = Version::HTTP_11;
             if !parts.headers.contains_key(header::HOST)
@@ -442,6 +491,9 @@ impl Inbound {
                     tokio::spawn(crate::tunnel::splice(downstream, upstream));
                 } else {
                     h::strip_hop_by_hop(resp.headers_mut());
+                    if downstream_http1 && accepts_trailers {
+                        h::declare_grpc_trailers(resp.headers_mut());
+                    }
                 }
                 resp.map(|b| b.boxed())
             }

@@ -1,91 +1,202 @@
-//! Sidecar metrics on the admin port. Labels are fixed enums and
-//! identities, never paths, IPs or header values (bounded cardinality).
+//! Sidecar metrics on the admin port (`/metrics`). Labels are fixed enums,
+//! identities (namespace and service account) and policy names, never
+//! paths, IPs, client ports or header values, so the number of series is
+//! bounded by the mesh, not by the traffic.
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use ward_identity::SpiffeId;
+
+/// Request duration buckets, in seconds: fine below a millisecond, where a
+/// proxy's own overhead lives, up to 10 s for slow applications.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Label value for a peer without an identity (plaintext in PERMISSIVE).
+pub const UNKNOWN: &str = "unknown";
 
 pub struct ProxyMetrics {
     registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_responses: IntCounterVec,
+    pub http_duration: HistogramVec,
     pub tcp_opened: IntCounterVec,
     pub tcp_closed: IntCounterVec,
     pub tcp_open: IntGaugeVec,
-    pub requests: IntCounterVec,
+    pub tcp_sent_bytes: IntCounterVec,
+    pub tcp_received_bytes: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
     pub tls_failures: IntCounterVec,
     pub refused: IntCounterVec,
     pub authz: IntCounterVec,
+    pub authz_terminations: IntCounterVec,
+    pub cert_expiry: Gauge,
+    pub cert_renewals: IntCounter,
+    pub cert_renewal_failures: IntCounter,
+    pub policy_version: IntGauge,
+    pub control_plane_connected: IntGauge,
+    pub control_plane_last_update: Gauge,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("registered once");
-    c
+const PEER: [&str; 2] = ["peer_namespace", "peer_service_account"];
+
+struct Builder<'r>(&'r Registry);
+
+impl Builder<'_> {
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("registered once");
+        c
+    }
+
+    fn plain_counter(&self, name: &str, help: &str) -> IntCounter {
+        let c = IntCounter::new(name, help).expect("valid metric");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("registered once");
+        c
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("registered once");
+        g
+    }
+
+    fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
+        let g = IntGauge::new(name, help).expect("valid metric");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("registered once");
+        g
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        let g = Gauge::new(name, help).expect("valid metric");
+        self.0
+            .register(Box::new(g.clone()))
+            .expect("registered once");
+        g
+    }
+}
+
+fn with_peer<'a>(labels: &[&'a str]) -> Vec<&'a str> {
+    labels.iter().copied().chain(PEER).collect()
 }
 
 impl ProxyMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let tcp_open = IntGaugeVec::new(
-            Opts::new(
-                "ward_tcp_connections_open",
-                "TCP connections currently open.",
-            ),
-            &["direction"],
+        let b = Builder(&registry);
+        let build_info = b.gauge_vec(
+            "ward_build_info",
+            "Ward build information (always 1).",
+            &["version", "component"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "proxy"])
+            .set(1);
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ward_http_request_duration_seconds",
+                "Time from receiving a request to sending its response headers, in seconds.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &with_peer(&["direction"]),
         )
         .expect("valid metric");
         registry
-            .register(Box::new(tcp_open.clone()))
+            .register(Box::new(http_duration.clone()))
             .expect("registered once");
         ProxyMetrics {
-            tcp_opened: counter(
-                &registry,
-                "ward_tcp_connections_opened_total",
-                "TCP connections accepted.",
-                &["direction"],
+            http_requests: b.counter("ward_http_requests_total", "HTTP requests received, by direction and peer.", &with_peer(&["direction"])),
+            http_responses: b.counter(
+                "ward_http_responses_total",
+                "HTTP responses sent, by direction, status class and code, and peer.",
+                &with_peer(&["direction", "status_class", "status_code"]),
             ),
-            tcp_closed: counter(
-                &registry,
-                "ward_tcp_connections_closed_total",
-                "TCP connections closed.",
-                &["direction"],
+            http_duration,
+            tcp_opened: b.counter("ward_tcp_connections_opened_total", "TCP connections opened, by direction and peer.", &with_peer(&["direction"])),
+            tcp_closed: b.counter("ward_tcp_connections_closed_total", "TCP connections closed, by direction and peer.", &with_peer(&["direction"])),
+            tcp_open: b.gauge_vec("ward_tcp_connections_open", "TCP connections currently open, by direction.", &["direction"]),
+            tcp_sent_bytes: b.counter(
+                "ward_tcp_sent_bytes_total",
+                "Bytes sent to the downstream client, counted when its connection closes.",
+                &with_peer(&["direction"]),
             ),
-            tcp_open,
-            requests: counter(
-                &registry,
-                "ward_requests_total",
-                "HTTP requests proxied, by direction and response status code.",
-                &["direction", "code"],
+            tcp_received_bytes: b.counter(
+                "ward_tcp_received_bytes_total",
+                "Bytes received from the downstream client, counted when its connection closes.",
+                &with_peer(&["direction"]),
             ),
-            tls_failures: counter(
-                &registry,
+            tls_handshakes: b.counter("ward_tls_handshakes_total", "mTLS handshakes completed, by direction.", &["direction"]),
+            tls_failures: b.counter(
                 "ward_tls_handshake_failures_total",
-                "TLS handshakes that failed, by direction and reason.",
+                "mTLS handshakes that failed, by direction and reason.",
                 &["direction", "reason"],
             ),
-            refused: counter(
-                &registry,
+            refused: b.counter(
                 "ward_connections_refused_total",
-                "Connections refused before proxying, by direction and reason.",
+                "Connections refused before any proxying, by direction and reason.",
                 &["direction", "reason"],
             ),
-            authz: counter(
-                &registry,
+            authz: b.counter(
                 "ward_authorization_decisions_total",
-                "Authorization decisions, by action and protocol.",
-                &["action", "protocol"],
+                "Authorization decisions, by action (allow, deny, dry_run_allow, dry_run_deny, audit), deciding policy and protocol.",
+                &["action", "policy_namespace", "policy_name", "protocol"],
+            ),
+            authz_terminations: b.counter(
+                "ward_authorization_tcp_terminations_total",
+                "Open TCP connections closed because a policy change denied them.",
+                &["policy_namespace", "policy_name"],
+            ),
+            cert_expiry: b.gauge("ward_certificate_expiry_timestamp_seconds", "When the workload certificate in use expires (Unix time)."),
+            cert_renewals: b.plain_counter("ward_certificate_renewals_total", "Workload certificates obtained (first one included)."),
+            cert_renewal_failures: b.plain_counter("ward_certificate_renewal_failures_total", "Failed attempts to obtain a workload certificate."),
+            policy_version: b.int_gauge("ward_policy_version", "Version of the policy set in force (0: none received)."),
+            control_plane_connected: b.int_gauge("ward_control_plane_connected", "1 while the watch stream to the control plane is up."),
+            control_plane_last_update: b.gauge(
+                "ward_control_plane_last_update_timestamp_seconds",
+                "When the last update from the control plane arrived (Unix time; 0: never).",
             ),
             registry,
         }
     }
 
+    /// The Prometheus text exposition: Ward's metrics plus process metrics
+    /// (CPU, resident memory, open file descriptors).
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
         let mut families = self.registry.gather();
         families.extend(prometheus::gather());
+        let mut out = Vec::new();
         TextEncoder::new()
             .encode(&families, &mut out)
             .expect("text encoding cannot fail");
         String::from_utf8(out).expect("exposition is UTF-8")
+    }
+
+    /// Metric handles for one connection's peer, resolved once so the
+    /// per-request cost is an atomic add.
+    pub fn peer(self: &Arc<Self>, direction: &'static str, peer: Option<&SpiffeId>) -> PeerMetrics {
+        let (ns, sa) = peer_labels(peer);
+        PeerMetrics {
+            requests: self.http_requests.with_label_values(&[direction, ns, sa]),
+            duration: self.http_duration.with_label_values(&[direction, ns, sa]),
+            metrics: self.clone(),
+            direction,
+            namespace: ns.to_owned(),
+            service_account: sa.to_owned(),
+        }
     }
 }
 
@@ -95,29 +206,94 @@ impl Default for ProxyMetrics {
     }
 }
 
-/// Counts a connection open for as long as it lives.
-pub struct ConnectionGuard {
-    metrics: std::sync::Arc<ProxyMetrics>,
-    direction: &'static str,
-}
-
-impl ConnectionGuard {
-    pub fn new(metrics: std::sync::Arc<ProxyMetrics>, direction: &'static str) -> Self {
-        metrics.tcp_opened.with_label_values(&[direction]).inc();
-        metrics.tcp_open.with_label_values(&[direction]).inc();
-        ConnectionGuard { metrics, direction }
+/// `(namespace, service account)` label values for a peer identity.
+pub fn peer_labels(peer: Option<&SpiffeId>) -> (&str, &str) {
+    match peer {
+        Some(id) => (
+            id.namespace().unwrap_or(UNKNOWN),
+            id.service_account().unwrap_or(UNKNOWN),
+        ),
+        None => (UNKNOWN, UNKNOWN),
     }
 }
 
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
+/// One connection's view of the metrics: counts the connection open while
+/// it lives, and requests, responses and bytes for its peer.
+pub struct PeerMetrics {
+    metrics: Arc<ProxyMetrics>,
+    direction: &'static str,
+    namespace: String,
+    service_account: String,
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+impl PeerMetrics {
+    fn labels(&self) -> [&str; 3] {
+        [self.direction, &self.namespace, &self.service_account]
+    }
+
+    pub fn connection_opened(&self) {
         self.metrics
-            .tcp_closed
-            .with_label_values(&[self.direction])
+            .tcp_opened
+            .with_label_values(&self.labels())
             .inc();
+    }
+
+    pub fn connection_closed(&self, received: u64, sent: u64) {
+        let labels = self.labels();
+        self.metrics.tcp_closed.with_label_values(&labels).inc();
         self.metrics
-            .tcp_open
-            .with_label_values(&[self.direction])
-            .dec();
+            .tcp_received_bytes
+            .with_label_values(&labels)
+            .inc_by(received);
+        self.metrics
+            .tcp_sent_bytes
+            .with_label_values(&labels)
+            .inc_by(sent);
+    }
+
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn response(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .http_responses
+            .with_label_values(&[
+                self.direction,
+                class,
+                status.as_str(),
+                &self.namespace,
+                &self.service_account,
+            ])
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Counts a connection in `ward_tcp_connections_open` while it lives.
+pub struct OpenGuard {
+    gauge: IntGauge,
+}
+
+impl OpenGuard {
+    pub fn new(metrics: &ProxyMetrics, direction: &'static str) -> Self {
+        let gauge = metrics.tcp_open.with_label_values(&[direction]);
+        gauge.inc();
+        OpenGuard { gauge }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }

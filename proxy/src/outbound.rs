@@ -20,11 +20,12 @@ use tracing::{debug, info};
 use ward_identity::SpiffeId;
 
 use crate::config::{UnmeshedEgress, UpstreamProtocol};
+use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
 use crate::endpoints::SharedEndpoints;
 use crate::http::{self as h, Body};
 use crate::inbound::Limits;
-use crate::metrics::{ConnectionGuard, ProxyMetrics};
+use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::upstream::{Alpn, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Upstream, UpstreamError};
 
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +73,7 @@ impl Outbound {
         target: Target,
         shutdown: CancellationToken,
     ) {
-        let _open = ConnectionGuard::new(self.metrics.clone(), "outbound");
+        let _open = OpenGuard::new(&self.metrics, "outbound");
         let _ = tcp.set_nodelay(true);
         let dest = match target {
             Target::Fixed(dest) => dest,
@@ -99,6 +100,10 @@ impl Outbound {
                 Ok(Peeked::Closed) | Err(_) => return,
             }
         };
+        let peer = Arc::new(self.metrics.peer("outbound", Some(&expected)));
+        peer.connection_opened();
+        let counts = Arc::new(ByteCounts::default());
+        let io = Counting::new(tcp, counts.clone());
         let owned =
             (!self.pooled || self.protocol == UpstreamProtocol::Http1).then(OwnedSlot::default);
         let route = Arc::new(Route {
@@ -108,11 +113,14 @@ impl Outbound {
         });
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                self.serve_http(tcp, protocol, route, shutdown).await
+                self.serve_http(io, protocol, route, peer.clone(), shutdown)
+                    .await
             }
             // Opaque bytes, or TLS the application does itself: wrapped in mTLS.
-            Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(tcp, &route).await,
+            Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(io, &route).await,
         }
+        let (received, sent) = counts.totals();
+        peer.connection_closed(received, sent);
     }
 
     fn refuse(&self, source: SocketAddr, reason: &'static str) {
@@ -138,7 +146,7 @@ impl Outbound {
         let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
     }
 
-    async fn tunnel_tcp(&self, mut tcp: TcpStream, route: &Route) {
+    async fn tunnel_tcp(&self, mut tcp: Counting<TcpStream>, route: &Route) {
         let started = Instant::now();
         match self
             .upstream
@@ -159,15 +167,16 @@ impl Outbound {
 
     async fn serve_http(
         self: Arc<Self>,
-        tcp: TcpStream,
+        tcp: Counting<TcpStream>,
         protocol: Protocol,
         route: Arc<Route>,
+        peer: Arc<PeerMetrics>,
         shutdown: CancellationToken,
     ) {
         let this = self.clone();
         let service = service_fn(move |req| {
-            let (this, route) = (this.clone(), route.clone());
-            async move { Ok::<_, Infallible>(this.request(&route, req).await) }
+            let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
+            async move { Ok::<_, Infallible>(this.request(&route, &peer, req).await) }
         });
         let io = TokioIo::new(tcp);
         let result = if protocol == Protocol::Http2 {
@@ -201,9 +210,15 @@ impl Outbound {
         }
     }
 
-    async fn request(&self, route: &Route, req: Request<Incoming>) -> Response<Body> {
+    async fn request(
+        &self,
+        route: &Route,
+        peer: &PeerMetrics,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let started = Instant::now();
-        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        peer.request();
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let response = match self.forward(route, req).await {
             Ok(resp) => resp,
             Err(err) => {
@@ -212,11 +227,8 @@ impl Outbound {
             }
         };
         let status = response.status();
-        self.metrics
-            .requests
-            .with_label_values(&["outbound", status.as_str()])
-            .inc();
-        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path, status = status.as_u16(), duration_us = started.elapsed().as_micros() as u64, "request");
+        peer.response(status, started.elapsed());
+        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path = uri.path(), status = status.as_u16(), duration_us = started.elapsed().as_micros() as u64, "request");
         response
     }
 
@@ -269,6 +281,13 @@ impl Outbound {
             UpstreamProtocol::Http1 => {
                 if let Some(pq) = parts.uri.path_and_query() {
                     parts.uri = Uri::from(pq.clone());
+                }
+                if !spoke_http1 {
+                    // gRPC and other HTTP/2-only applications: the far
+                    // sidecar talks HTTP/2 to its application again.
+                    parts
+                        .headers
+                        .insert(h::PROTO_HEADER, HeaderValue::from_static("h2"));
                 }
                 parts.version = Version::HTTP_11;
                 if let Ok(host) = HeaderValue::from_str(&authority) {

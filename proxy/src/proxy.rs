@@ -19,11 +19,13 @@ use crate::admin::Admin;
 use crate::app::AppClients;
 use crate::authz::{AllowAll, AllowPeers, Authorizer};
 use crate::config::RunArgs;
+use crate::control::WatchClient;
 use crate::endpoints::EndpointTable;
 use crate::identity::{self, WorkloadIdentity};
 use crate::inbound::{self, Inbound, Limits};
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{self, Outbound};
+use crate::policy::{PolicyAuthorizer, WorkloadSelector};
 use crate::upstream::{Alpn, Upstream};
 
 /// A started proxy. `shutdown` stops it; `drain` waits for connections.
@@ -79,11 +81,26 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         .chain(outbound_listeners.iter().map(|(l, _)| l.local_addr()))
         .collect::<Result<_, _>>()?;
 
-    let authz: Arc<dyn Authorizer> = if args.allow_peers.is_empty() {
-        Arc::new(AllowAll)
-    } else {
-        Arc::new(AllowPeers(args.allow_peers.clone()))
+    let policy = policy_engine(args, &identity, &metrics)?;
+    let authz: Arc<dyn Authorizer> = match (&policy, args.allow_peers.is_empty()) {
+        (Some(policy), _) => policy.clone(),
+        (None, true) => Arc::new(AllowAll),
+        (None, false) => Arc::new(AllowPeers(args.allow_peers.clone())),
     };
+    let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(endpoints));
+    if let (Some(policy), Some(addr)) = (&policy, &args.control_plane) {
+        let client = WatchClient {
+            addr: addr.clone(),
+            identity: identity.clone(),
+            labels: workload_labels(args)?,
+            register: !args.is_explicit(),
+            authorizer: policy.clone(),
+            endpoints: endpoints.clone(),
+            static_endpoints: EndpointTable::clone(&endpoints.load()),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(client.run(shutdown.clone()));
+    }
     let mut server_config = Arc::unwrap_or_clone(tls::server_config(
         identity.svid.clone(),
         identity.bundles.clone(),
@@ -97,13 +114,14 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         mode: args.mtls_mode,
         opaque_ports: args.opaque_ports.0.clone(),
         authz,
+        policy: policy.clone(),
         apps: AppClients::new(args.connect_timeout),
         metrics: metrics.clone(),
         limits,
         self_addrs: self_addrs.clone(),
     });
     let outbound = Arc::new(Outbound {
-        endpoints: Arc::new(arc_swap::ArcSwap::from_pointee(endpoints)),
+        endpoints,
         upstream: Upstream::new(identity.clone(), args.connect_timeout, metrics.clone()),
         unmeshed: args.unmeshed_egress,
         opaque_ports: args.opaque_ports.0.clone(),
@@ -156,6 +174,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         identity: identity.clone(),
+        policy: policy.clone(),
         draining: shutdown.clone(),
     });
     // The admin server outlives draining so /ready can say "draining".
@@ -171,6 +190,58 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         shutdown,
         tracker,
     })
+}
+
+/// The policy engine, when there are policies to enforce: from the control
+/// plane (nothing allowed until the first set arrives), or from local files
+/// (loaded now; an invalid set is an error at start).
+fn policy_engine(
+    args: &RunArgs,
+    identity: &WorkloadIdentity,
+    metrics: &Arc<ProxyMetrics>,
+) -> anyhow::Result<Option<Arc<PolicyAuthorizer>>> {
+    if args.control_plane.is_none() && args.policy_paths.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        args.allow_peers.is_empty(),
+        "--allow-peer cannot be combined with policies: write an AuthorizationPolicy instead"
+    );
+    let id = match identity.svid.current_id() {
+        Some(id) => id,
+        None => args.workload_id()?,
+    };
+    let namespace = id
+        .namespace()
+        .with_context(|| format!("{id} has no namespace: policies select workloads by namespace"))?
+        .to_owned();
+    let selector = WorkloadSelector {
+        namespace,
+        labels: workload_labels(args)?,
+        options: ward_policy::EvalOptions {
+            root_namespace: args.root_namespace.clone(),
+            trust_domain: id.trust_domain().to_owned(),
+        },
+    };
+    let engine = Arc::new(PolicyAuthorizer::new(
+        selector,
+        args.mtls_mode,
+        metrics.clone(),
+    ));
+    if !args.policy_paths.is_empty() {
+        let set = ward_policy::PolicySet::load_paths(&args.policy_paths)?;
+        engine.update(1, set);
+    }
+    Ok(Some(engine))
+}
+
+fn workload_labels(args: &RunArgs) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut labels = match &args.labels_file {
+        Some(path) => crate::control::read_labels_file(path)?,
+        None => Default::default(),
+    };
+    labels.extend(args.labels.iter().cloned());
+    Ok(labels)
 }
 
 type InboundListeners = Vec<(TcpListener, inbound::Target)>;

@@ -151,7 +151,13 @@ impl Upstream {
         let name = ServerName::IpAddress(dest.ip().into());
         let handshake = tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp));
         match handshake.await {
-            Ok(Ok(tls)) => Ok(tls),
+            Ok(Ok(tls)) => {
+                self.metrics
+                    .tls_handshakes
+                    .with_label_values(&["outbound"])
+                    .inc();
+                Ok(tls)
+            }
             Ok(Err(err)) => {
                 let reason = crate::inbound::tls_error_reason(&err);
                 self.metrics

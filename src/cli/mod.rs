@@ -3,4 +3,5 @@
 //! clap's (exit 2).
 pub mod ca;
 pub mod identity;
+pub mod inject;
 pub mod token;

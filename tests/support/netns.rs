@@ -17,8 +17,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -63,6 +64,31 @@ impl Network {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Gives the bridge `br0` an address (e.g. "198.18.0.1/16"), so that
+    /// processes in the network's own namespace (a control plane, tcpdump)
+    /// are reachable from the pods.
+    pub fn set_bridge_address(&self, cidr: &str) {
+        ip(&["-n", &self.name, "addr", "add", cidr, "dev", "br0"]);
+    }
+
+    /// `cmd` to run in the bridge namespace, as root.
+    pub fn command(&self, cmd: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).args(cmd);
+        command
+    }
+
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        self.command(cmd)
+            .output()
+            .expect("run command in the bridge namespace")
+    }
+
+    /// Starts `cmd` in the bridge namespace (stdout piped); killed on drop.
+    pub fn spawn(&self, cmd: &[&str]) -> ChildGuard {
+        ChildGuard::spawn(self.command(cmd))
     }
 
     /// A pod `name` with `eth0` at `cidr` (e.g. "198.18.0.2/16"), attached to
@@ -180,17 +206,55 @@ impl ChildGuard {
         self.child.id()
     }
 
+    /// Sends SIGTERM (through `kill`: the tests forbid unsafe code).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// The exit status, if the process exited within `timeout`.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
     /// Reads stdout lines until `line` (e.g. a readiness marker); panics if
     /// the process exits first.
     pub fn wait_for_line(&mut self, line: &str) {
+        self.wait_for(line, |l| l == line);
+    }
+
+    /// Like [`ChildGuard::wait_for_line`] for a line starting with `prefix`;
+    /// returns that line.
+    pub fn wait_for_line_starting(&mut self, prefix: &str) -> String {
+        self.wait_for(prefix, |l| l.starts_with(prefix))
+    }
+
+    fn wait_for(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
         let stdout = self.stdout.as_mut().expect("stdout is piped");
         let mut buf = String::new();
         loop {
             buf.clear();
             let n = stdout.read_line(&mut buf).expect("read child stdout");
-            assert!(n > 0, "child exited before printing {line:?}");
-            if buf.trim_end() == line {
-                return;
+            assert!(n > 0, "child exited before printing {what:?}");
+            if matches(buf.trim_end()) {
+                return buf.trim_end().to_owned();
             }
         }
     }

@@ -1,0 +1,159 @@
+//! App probe rewriting. Under STRICT mTLS the kubelet's plaintext probes
+//! from the node would be refused by the inbound proxy, so `httpGet` and
+//! `tcpSocket` probes of app containers are sent to the proxy's admin port
+//! instead: `GET http://<pod>:15020/app-health/<container>/<livez|readyz|startupz>`.
+//! The proxy finds the original probe in `WARD_APP_PROBES` (a JSON object
+//! keyed by that path, see [`AppProbe`]), runs it against the app on
+//! loopback and answers 200 on success, 503 otherwise. `grpc` probes are not
+//! rewritten: their ports are excluded from inbound capture instead (a
+//! documented trade-off: that port then accepts plaintext). `exec` probes
+//! run inside the container and need nothing.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::{Deserialize, Serialize};
+
+use super::{ADMIN_PORT, InjectError};
+
+/// One original probe, as the proxy must run it against `127.0.0.1`
+/// (or `host` when the pod spec named one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppProbe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<AppHttpGet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<AppTcpSocket>,
+    /// The original probe's `timeoutSeconds` (the kubelet's default is 1).
+    pub timeout_seconds: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppHttpGet {
+    /// `HTTP` or `HTTPS` (certificate not verified, as the kubelet does).
+    pub scheme: String,
+    pub port: u16,
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<AppHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppTcpSocket {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct Rewrites {
+    /// (container index, probe field, new probe)
+    pub rewritten: Vec<(usize, &'static str, Probe)>,
+    /// `/app-health/<container>/<kind>` → original probe.
+    pub app_probes: BTreeMap<String, AppProbe>,
+    /// gRPC probe ports, excluded from inbound capture.
+    pub uncaptured_ports: Vec<u16>,
+}
+
+pub(super) fn rewrite(containers: &[Container]) -> Result<Rewrites, InjectError> {
+    let mut out = Rewrites::default();
+    for (index, container) in containers.iter().enumerate() {
+        for (field, kind, probe) in [
+            ("livenessProbe", "livez", &container.liveness_probe),
+            ("readinessProbe", "readyz", &container.readiness_probe),
+            ("startupProbe", "startupz", &container.startup_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            let path = format!("/app-health/{}/{kind}", container.name);
+            let original = if let Some(get) = &probe.http_get {
+                AppProbe {
+                    http_get: Some(AppHttpGet {
+                        scheme: get.scheme.clone().unwrap_or_else(|| "HTTP".into()),
+                        port: resolve_port(container, &get.port)?,
+                        path: get.path.clone().unwrap_or_else(|| "/".into()),
+                        host: get.host.clone(),
+                        http_headers: get
+                            .http_headers
+                            .iter()
+                            .flatten()
+                            .map(|h| AppHeader {
+                                name: h.name.clone(),
+                                value: h.value.clone(),
+                            })
+                            .collect(),
+                    }),
+                    tcp_socket: None,
+                    timeout_seconds: probe.timeout_seconds.unwrap_or(1),
+                }
+            } else if let Some(tcp) = &probe.tcp_socket {
+                AppProbe {
+                    http_get: None,
+                    tcp_socket: Some(AppTcpSocket {
+                        port: resolve_port(container, &tcp.port)?,
+                        host: tcp.host.clone(),
+                    }),
+                    timeout_seconds: probe.timeout_seconds.unwrap_or(1),
+                }
+            } else {
+                if let Some(grpc) = &probe.grpc {
+                    let port = u16::try_from(grpc.port)
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| InjectError::Probe {
+                            container: container.name.clone(),
+                            message: format!("gRPC probe port {} is out of range", grpc.port),
+                        })?;
+                    if !out.uncaptured_ports.contains(&port) {
+                        out.uncaptured_ports.push(port);
+                    }
+                }
+                continue;
+            };
+            let rewritten = Probe {
+                http_get: Some(HTTPGetAction {
+                    path: Some(path.clone()),
+                    port: IntOrString::Int(ADMIN_PORT.into()),
+                    scheme: Some("HTTP".into()),
+                    ..Default::default()
+                }),
+                tcp_socket: None,
+                ..probe.clone()
+            };
+            out.rewritten.push((index, field, rewritten));
+            out.app_probes.insert(path, original);
+        }
+    }
+    Ok(out)
+}
+
+/// A probe port: a number, or the name of one of the container's ports.
+fn resolve_port(container: &Container, port: &IntOrString) -> Result<u16, InjectError> {
+    let err = |message: String| InjectError::Probe {
+        container: container.name.clone(),
+        message,
+    };
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| err(format!("probe port {n} is out of range"))),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| err(format!("probe port {name:?} names no container port"))),
+    }
+}

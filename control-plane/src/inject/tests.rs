@@ -1,0 +1,334 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, GRPCAction, HTTPGetAction, Pod, PodSpec, Probe, TCPSocketAction,
+    Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::annotations::is_quantity;
+use super::*;
+
+fn config() -> InjectConfig {
+    InjectConfig::new("example.org")
+}
+
+fn pod(annotations: &[(&str, &str)]) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            annotations: (!annotations.is_empty()).then(|| {
+                annotations
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect()
+            }),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("nginx".into()),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    ..Default::default()
+                }]),
+                readiness_probe: Some(Probe {
+                    http_get: Some(HTTPGetAction {
+                        path: Some("/healthz".into()),
+                        port: IntOrString::String("http".into()),
+                        ..Default::default()
+                    }),
+                    period_seconds: Some(7),
+                    ..Default::default()
+                }),
+                liveness_probe: Some(Probe {
+                    tcp_socket: Some(TCPSocketAction {
+                        port: IntOrString::Int(8080),
+                        host: None,
+                    }),
+                    ..Default::default()
+                }),
+                startup_probe: Some(Probe {
+                    grpc: Some(GRPCAction {
+                        port: 9090,
+                        service: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn no_labels() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+fn enabled() -> BTreeMap<String, String> {
+    BTreeMap::from([(NAMESPACE_LABEL.into(), NAMESPACE_ENABLED.into())])
+}
+
+/// Applies the webhook's JSON patch to the pod as JSON and checks it equals
+/// the typed injection, so both renderings agree.
+fn patched(pod: &Pod, labels: &BTreeMap<String, String>, config: &InjectConfig) -> Pod {
+    let InjectOutcome::Patch(patch) = inject_pod(pod, "shop", labels, config).unwrap() else {
+        panic!("expected a patch")
+    };
+    let mut doc = serde_json::to_value(pod).unwrap();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    let from_patch: Pod = serde_json::from_value(doc).unwrap();
+    let mut typed = pod.clone();
+    let skipped = inject_pod_spec(
+        &mut typed.metadata,
+        typed.spec.as_mut().unwrap(),
+        "shop",
+        labels,
+        config,
+    )
+    .unwrap();
+    assert_eq!(skipped, None);
+    assert_eq!(from_patch, typed);
+    from_patch
+}
+
+#[test]
+fn selection_rules() {
+    let c = config();
+    let skip =
+        |p: &Pod, ns: &str, labels: &BTreeMap<String, String>| match inject_pod(p, ns, labels, &c)
+            .unwrap()
+        {
+            InjectOutcome::Skipped(r) => Some(r),
+            InjectOutcome::Patch(_) => None,
+        };
+    assert_eq!(
+        skip(&pod(&[]), "shop", &no_labels()),
+        Some(SkipReason::NotSelected)
+    );
+    assert_eq!(
+        skip(&pod(&[("ward.io/inject", "true")]), "shop", &no_labels()),
+        None
+    );
+    assert_eq!(skip(&pod(&[]), "shop", &enabled()), None);
+    assert_eq!(
+        skip(&pod(&[("ward.io/inject", "false")]), "shop", &enabled()),
+        Some(SkipReason::OptedOut)
+    );
+    assert_eq!(
+        skip(
+            &pod(&[("ward.io/inject", "true")]),
+            "ward-system",
+            &enabled()
+        ),
+        Some(SkipReason::SystemNamespace)
+    );
+    let mut host = pod(&[("ward.io/inject", "true")]);
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    assert_eq!(
+        skip(&host, "shop", &no_labels()),
+        Some(SkipReason::HostNetwork)
+    );
+    assert_eq!(
+        skip(&pod(&[("ward.io/status", "{}")]), "shop", &enabled()),
+        Some(SkipReason::AlreadyInjected)
+    );
+}
+
+#[test]
+fn native_sidecar_layout() {
+    let p = patched(&pod(&[]), &enabled(), &config());
+    let spec = p.spec.unwrap();
+    let inits = spec.init_containers.unwrap();
+    assert_eq!(inits[0].name, "ward-init");
+    assert_eq!(inits[1].name, "ward-proxy");
+    assert_eq!(inits[1].restart_policy.as_deref(), Some("Always"));
+    assert!(inits[1].startup_probe.is_some());
+    assert_eq!(spec.containers.len(), 1);
+    let status: serde_json::Value =
+        serde_json::from_str(&p.metadata.annotations.unwrap()[ANNOTATION_STATUS]).unwrap();
+    assert_eq!(status["nativeSidecar"], true);
+}
+
+#[test]
+fn classic_sidecar_layout() {
+    let p = patched(
+        &pod(&[("ward.io/native-sidecar", "false")]),
+        &enabled(),
+        &config(),
+    );
+    let spec = p.spec.unwrap();
+    assert_eq!(spec.init_containers.unwrap().len(), 1);
+    assert_eq!(spec.containers[0].name, "ward-proxy");
+    assert!(
+        spec.containers[0]
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .post_start
+            .is_some()
+    );
+    assert_eq!(spec.containers[1].name, "app");
+}
+
+#[test]
+fn probes_are_rewritten_and_grpc_ports_uncaptured() {
+    let p = patched(&pod(&[]), &enabled(), &config());
+    let spec = p.spec.unwrap();
+    let app = &spec.containers[0];
+    let ready = app.readiness_probe.as_ref().unwrap();
+    let get = ready.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/app-health/app/readyz"));
+    assert_eq!(get.port, IntOrString::Int(15020));
+    assert_eq!(ready.period_seconds, Some(7), "timings kept");
+    let live = app.liveness_probe.as_ref().unwrap();
+    assert!(live.tcp_socket.is_none());
+    assert_eq!(
+        live.http_get.as_ref().unwrap().path.as_deref(),
+        Some("/app-health/app/livez")
+    );
+    assert!(app.startup_probe.as_ref().unwrap().grpc.is_some());
+    let inits = spec.init_containers.unwrap();
+    let env = |c: &Container, n: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+            .unwrap()
+    };
+    assert_eq!(env(&inits[0], "WARD_EXCLUDE_INBOUND_PORTS"), "9090");
+    let probes: BTreeMap<String, AppProbe> =
+        serde_json::from_str(&env(&inits[1], "WARD_APP_PROBES")).unwrap();
+    let original = &probes["/app-health/app/readyz"];
+    let get = original.http_get.as_ref().unwrap();
+    assert_eq!((get.port, get.path.as_str()), (8080, "/healthz"));
+    assert_eq!(
+        probes["/app-health/app/livez"]
+            .tcp_socket
+            .as_ref()
+            .unwrap()
+            .port,
+        8080
+    );
+}
+
+#[test]
+fn annotations_are_validated() {
+    let c = config();
+    for (key, value) in [
+        ("ward.io/exclude-inbound-ports", "80,http"),
+        ("ward.io/exclude-outbound-ports", "70000"),
+        ("ward.io/exclude-outbound-cidrs", "10.0.0.0/33"),
+        ("ward.io/exclude-outbound-cidrs", "10.0.0.0"),
+        ("ward.io/opaque-ports", "0"),
+        ("ward.io/proxy-cpu", "lots"),
+        ("ward.io/proxy-memory-limit", "1.2.3Gi"),
+        ("ward.io/log-level", "chatty"),
+        ("ward.io/native-sidecar", "yes"),
+    ] {
+        let err = inject_pod(&pod(&[(key, value)]), "shop", &enabled(), &c).unwrap_err();
+        assert!(err.to_string().contains(key), "{err}");
+    }
+    let p = patched(
+        &pod(&[
+            ("ward.io/exclude-outbound-cidrs", " 10.96.0.0/12, fd00::/8 "),
+            ("ward.io/proxy-cpu", "200m"),
+            ("ward.io/proxy-memory-limit", "1Gi"),
+            ("ward.io/opaque-ports", "5432,6379"),
+            ("ward.io/log-level", "debug"),
+        ]),
+        &enabled(),
+        &c,
+    );
+    let inits = p.spec.unwrap().init_containers.unwrap();
+    let proxy = &inits[1];
+    let r = proxy.resources.as_ref().unwrap();
+    assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "200m");
+    assert_eq!(r.requests.as_ref().unwrap()["memory"].0, "64Mi");
+    assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "1Gi");
+    let env = |c: &Container, n: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        env(&inits[0], "WARD_EXCLUDE_OUTBOUND_CIDRS").as_deref(),
+        Some("10.96.0.0/12,fd00::/8")
+    );
+    assert_eq!(
+        env(proxy, "WARD_OPAQUE_PORTS").as_deref(),
+        Some("5432,6379")
+    );
+    assert_eq!(env(proxy, "WARD_LOG_LEVEL").as_deref(), Some("debug"));
+}
+
+#[test]
+fn quantities() {
+    for ok in ["1", "0.5", "100m", "128Mi", "1Gi", "1e3", "2E-2", ".5"] {
+        assert!(is_quantity(ok), "{ok}");
+    }
+    for bad in ["", "m", "1.2.3", "-1", "1 Gi", "1gb", "1e", "."] {
+        assert!(!is_quantity(bad), "{bad}");
+    }
+}
+
+#[test]
+fn prometheus_annotations_are_not_clobbered() {
+    let p = patched(
+        &pod(&[("prometheus.io/port", "9100")]),
+        &enabled(),
+        &config(),
+    );
+    let a = p.metadata.annotations.unwrap();
+    assert_eq!(a["prometheus.io/port"], "9100");
+    assert!(!a.contains_key("prometheus.io/scrape"));
+    let p = patched(&pod(&[]), &enabled(), &config());
+    let a = p.metadata.annotations.unwrap();
+    assert_eq!(a["prometheus.io/port"], "15020");
+}
+
+#[test]
+fn name_clashes_are_errors() {
+    let mut p = pod(&[]);
+    p.spec
+        .as_mut()
+        .unwrap()
+        .volumes
+        .as_mut()
+        .unwrap()
+        .push(Volume {
+            name: "ward-token".into(),
+            ..Default::default()
+        });
+    assert!(matches!(
+        inject_pod(&p, "shop", &enabled(), &config()),
+        Err(InjectError::NameClash(_))
+    ));
+}
+
+#[test]
+fn probe_naming_a_missing_port_is_an_error() {
+    let mut p = pod(&[]);
+    p.spec.as_mut().unwrap().containers[0].ports = None;
+    let err = inject_pod(&p, "shop", &enabled(), &config()).unwrap_err();
+    assert!(err.to_string().contains("\"http\""), "{err}");
+    // Opting out of the rewrite injects anyway.
+    let mut p = pod(&[("ward.io/rewrite-app-probes", "false")]);
+    p.spec.as_mut().unwrap().containers[0].ports = None;
+    assert!(matches!(
+        inject_pod(&p, "shop", &enabled(), &config()),
+        Ok(InjectOutcome::Patch(_))
+    ));
+}

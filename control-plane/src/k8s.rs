@@ -1,0 +1,26 @@
+//! The control plane's view of a Kubernetes cluster, with no API client in
+//! this crate: sources deliver [`WatchEvent`]s (from a kube-rs watcher, a
+//! directory of files, or a test), and pure state machines fold them.
+//!
+//! - [`endpoints::EndpointTable`]: pod IP → (SPIFFE ID, namespace, labels)
+//!   for meshed pods, versioned, published on a `tokio::sync::watch`.
+//! - [`source`]: the one interface every source sits behind
+//!   ([`source::EventSource`]), the kube-rs watcher event mapping
+//!   ([`source::WatcherAdapter`]), and the raw custom resource store for
+//!   `AuthorizationPolicy` / `PeerAuthentication` documents.
+
+pub mod endpoints;
+pub mod source;
+#[cfg(test)]
+mod tests;
+
+/// What a watch delivers, after a watcher's initial list is assembled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent<T> {
+    /// Created or changed.
+    Applied(T),
+    Deleted(T),
+    /// A full relist (first start, or after a dropped watch): everything
+    /// that exists now; anything not in it is gone.
+    Restarted(Vec<T>),
+}

@@ -1,0 +1,268 @@
+//! The validated, pre-compiled policy model: every value is already parsed
+//! (CIDRs, ports, matchers, principals in Istio form), so evaluation never
+//! parses or allocates.
+
+use crate::matcher::StrMatch;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// An AuthorizationPolicy action. CUSTOM is refused at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Allow,
+    Deny,
+    Audit,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `namespace/name` of a policy; cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyRef {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where a document came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: Arc<str>,
+    /// 0-based index of the document within its file.
+    pub document: usize,
+    /// 1-based line where the document's content starts, when known.
+    pub line: Option<usize>,
+}
+
+/// How `spec.rules` was written (lint tells `spec: {}` from `rules: []`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RulesWritten {
+    Absent,
+    Empty,
+    Present,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthorizationPolicy {
+    pub id: PolicyRef,
+    pub origin: Origin,
+    /// `None`: every workload of the namespace (an empty `matchLabels` too).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub action: Action,
+    pub rules: Vec<Rule>,
+    pub rules_written: RulesWritten,
+    pub dry_run: bool,
+    /// Content hash of the document (hex), for metrics and logs.
+    pub version: String,
+}
+
+impl AuthorizationPolicy {
+    /// True when any rule uses a field that needs the HTTP request.
+    pub fn has_http_fields(&self) -> bool {
+        self.rules.iter().any(Rule::has_http_fields)
+    }
+}
+
+/// One rule: `from`, `to` and `when` must all match; an absent list matches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rule {
+    pub from: Vec<Source>,
+    pub to: Vec<Operation>,
+    pub when: Vec<Condition>,
+}
+
+impl Rule {
+    pub fn has_http_fields(&self) -> bool {
+        self.to.iter().any(Operation::has_http_fields) || self.when.iter().any(|c| c.is_http())
+    }
+}
+
+/// `from[].source`. Empty lists are "not set".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    /// Istio form (`td/ns/X/sa/Y`); wildcards kept as written minus `spiffe://`.
+    pub principals: Vec<StrMatch>,
+    pub not_principals: Vec<StrMatch>,
+    /// `(namespace, service account)`.
+    pub service_accounts: Vec<(String, String)>,
+    pub not_service_accounts: Vec<(String, String)>,
+    pub namespaces: Vec<StrMatch>,
+    pub not_namespaces: Vec<StrMatch>,
+    pub ip_blocks: Vec<IpNet>,
+    pub not_ip_blocks: Vec<IpNet>,
+    /// Matched against the source IP too: there is no proxy protocol or
+    /// `X-Forwarded-For` handling, so the remote IP is the peer's.
+    pub remote_ip_blocks: Vec<IpNet>,
+    pub not_remote_ip_blocks: Vec<IpNet>,
+}
+
+/// The known HTTP methods, interned as bits.
+pub const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+#[inline]
+pub fn method_bit(method: &str) -> Option<u16> {
+    KNOWN_METHODS
+        .iter()
+        .position(|m| *m == method)
+        .map(|i| 1u16 << i)
+}
+
+/// `methods`/`notMethods`: exact known methods as a bit set, anything else
+/// (custom methods, wildcards, lower-case values that never match) as
+/// case-sensitive matchers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MethodSet {
+    pub known: u16,
+    pub other: Vec<StrMatch>,
+    /// The values as written, for lint and display.
+    pub written: Vec<String>,
+}
+
+impl MethodSet {
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+
+    #[inline]
+    pub fn matches(&self, method: &str, bit: Option<u16>) -> bool {
+        if let Some(bit) = bit
+            && self.known & bit != 0
+        {
+            return true;
+        }
+        self.other.iter().any(|m| m.matches(method))
+    }
+}
+
+/// `to[].operation`. Empty lists are "not set".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Operation {
+    pub hosts: Vec<StrMatch>,
+    pub not_hosts: Vec<StrMatch>,
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
+    pub methods: MethodSet,
+    pub not_methods: MethodSet,
+    pub paths: Vec<StrMatch>,
+    pub not_paths: Vec<StrMatch>,
+}
+
+impl Operation {
+    pub fn has_http_fields(&self) -> bool {
+        !(self.hosts.is_empty()
+            && self.not_hosts.is_empty()
+            && self.methods.is_empty()
+            && self.not_methods.is_empty()
+            && self.paths.is_empty()
+            && self.not_paths.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionKey {
+    SourcePrincipal,
+    SourceNamespace,
+    SourceIp,
+    DestinationIp,
+    DestinationPort,
+    /// Lower-cased header name.
+    RequestHeader(Box<str>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CondValues {
+    Str(Vec<StrMatch>),
+    Ip(Vec<IpNet>),
+    Port(Vec<u16>),
+}
+
+impl CondValues {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            CondValues::Str(v) => v.is_empty(),
+            CondValues::Ip(v) => v.is_empty(),
+            CondValues::Port(v) => v.is_empty(),
+        }
+    }
+}
+
+/// `when[]`: `values` must match (if set) and `notValues` must not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub key: ConditionKey,
+    pub values: CondValues,
+    pub not_values: CondValues,
+}
+
+impl Condition {
+    pub fn is_http(&self) -> bool {
+        matches!(self.key, ConditionKey::RequestHeader(_))
+    }
+}
+
+/// PeerAuthentication mTLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MtlsMode {
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Unset => "UNSET",
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        }
+    }
+}
+
+impl fmt::Display for MtlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerAuthentication {
+    pub id: PolicyRef,
+    pub origin: Origin,
+    pub selector: Option<BTreeMap<String, String>>,
+    pub mode: MtlsMode,
+    pub port_level: BTreeMap<u16, MtlsMode>,
+    pub version: String,
+}
+
+/// Does `selector` (None = all) select a workload with `labels`?
+pub fn selector_matches(
+    selector: Option<&BTreeMap<String, String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}

@@ -1,0 +1,283 @@
+//! A loaded set of policies: loading, per-workload compilation and
+//! PeerAuthentication resolution.
+
+use crate::error::{ConfigError, PolicyError};
+use crate::eval::{EvalOptions, WorkloadPolicy};
+use crate::model::*;
+use crate::parse::{Parsed, parse_file};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Every policy loaded from a set of files. Immutable; build a new one to
+/// reload.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    authz: Vec<Arc<AuthorizationPolicy>>,
+    peer: Vec<Arc<PeerAuthentication>>,
+}
+
+/// A policy, for metrics and listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyInfo<'a> {
+    pub kind: &'static str,
+    pub id: &'a PolicyRef,
+    /// `ALLOW`/`DENY`/`AUDIT`, or the mTLS mode for PeerAuthentication.
+    pub action: &'static str,
+    pub dry_run: bool,
+    /// Content hash of the document (hex): changes whenever it does.
+    pub version: &'a str,
+    pub origin: &'a Origin,
+}
+
+impl PolicySet {
+    /// An empty set: everything is allowed, mTLS is STRICT.
+    pub fn empty() -> PolicySet {
+        PolicySet::default()
+    }
+
+    /// Parses one YAML text (one or more `---` documents); `file_label`
+    /// names it in errors.
+    pub fn parse_str(file_label: &str, yaml: &str) -> Result<PolicySet, PolicyError> {
+        let parsed = parse_file(file_label, yaml).map_err(PolicyError::Invalid)?;
+        let mut set = PolicySet::default();
+        let mut errors = Vec::new();
+        set.add(parsed, &mut errors);
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(PolicyError::Invalid(errors))
+        }
+    }
+
+    /// Loads files and directories. A directory contributes every `*.yaml`
+    /// and `*.yml` file directly in it (not recursive), in name order; an
+    /// empty directory contributes nothing. Any invalid document anywhere
+    /// fails the whole load, reporting every error found.
+    pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, PolicyError> {
+        let mut files = Vec::new();
+        for path in paths {
+            let meta = std::fs::metadata(path).map_err(|source| PolicyError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if meta.is_dir() {
+                let mut found = Vec::new();
+                let entries = std::fs::read_dir(path).map_err(|source| PolicyError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                for entry in entries {
+                    let entry = entry.map_err(|source| PolicyError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    let p = entry.path();
+                    let is_yaml = p
+                        .extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| e == "yaml" || e == "yml");
+                    if is_yaml && p.is_file() {
+                        found.push(p);
+                    }
+                }
+                found.sort();
+                files.extend(found);
+            } else {
+                files.push(path.clone());
+            }
+        }
+        let mut set = PolicySet::default();
+        let mut errors = Vec::new();
+        for file in files {
+            let text = read(&file)?;
+            match parse_file(&file.display().to_string(), &text) {
+                Ok(parsed) => set.add(parsed, &mut errors),
+                Err(e) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(PolicyError::Invalid(errors))
+        }
+    }
+
+    fn add(&mut self, parsed: Parsed, errors: &mut Vec<ConfigError>) {
+        let dup = |id: &PolicyRef, o: &Origin, kind: &str, first: &Origin| ConfigError {
+            file: o.file.to_string(),
+            document: Some(o.document),
+            field: Some("metadata.name".into()),
+            line: o.line,
+            column: None,
+            reason: format!(
+                "duplicate {kind} {id}: already defined in {} document {}",
+                first.file, first.document
+            ),
+        };
+        for p in parsed.authz {
+            if let Some(first) = self.authz.iter().find(|q| q.id == p.id) {
+                errors.push(dup(&p.id, &p.origin, "AuthorizationPolicy", &first.origin));
+            } else {
+                self.authz.push(Arc::new(p));
+            }
+        }
+        for p in parsed.peer {
+            if let Some(first) = self.peer.iter().find(|q| q.id == p.id) {
+                errors.push(dup(&p.id, &p.origin, "PeerAuthentication", &first.origin));
+            } else {
+                self.peer.push(Arc::new(p));
+            }
+        }
+        self.authz.sort_by(|a, b| a.id.cmp(&b.id));
+        self.peer.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.authz.is_empty() && self.peer.is_empty()
+    }
+
+    /// AuthorizationPolicies, sorted by namespace and name.
+    pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthorizationPolicy> {
+        self.authz.iter().map(|p| &**p)
+    }
+
+    /// PeerAuthentications, sorted by namespace and name.
+    pub fn peer_authentications(&self) -> impl Iterator<Item = &PeerAuthentication> {
+        self.peer.iter().map(|p| &**p)
+    }
+
+    /// Every policy with its kind, name and version, for metrics.
+    pub fn policies(&self) -> impl Iterator<Item = PolicyInfo<'_>> {
+        self.authz
+            .iter()
+            .map(|p| PolicyInfo {
+                kind: "AuthorizationPolicy",
+                id: &p.id,
+                action: p.action.as_str(),
+                dry_run: p.dry_run,
+                version: &p.version,
+                origin: &p.origin,
+            })
+            .chain(self.peer.iter().map(|p| PolicyInfo {
+                kind: "PeerAuthentication",
+                id: &p.id,
+                action: p.mode.as_str(),
+                dry_run: false,
+                version: &p.version,
+                origin: &p.origin,
+            }))
+    }
+
+    /// Does this AuthorizationPolicy apply to the workload?
+    pub fn applies(
+        policy: &AuthorizationPolicy,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        options: &EvalOptions,
+    ) -> bool {
+        (*policy.id.namespace == *namespace || *policy.id.namespace == *options.root_namespace)
+            && selector_matches(policy.selector.as_ref(), labels)
+    }
+
+    /// Compiles the policies that apply to one workload: those of its
+    /// namespace whose selector matches its labels (no selector: all), and
+    /// those of the root namespace likewise (mesh-wide).
+    pub fn for_workload(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        options: &EvalOptions,
+    ) -> WorkloadPolicy {
+        let mut w = WorkloadPolicy {
+            deny: Vec::new(),
+            allow: Vec::new(),
+            audit: Vec::new(),
+            dry_run: Vec::new(),
+            trust_domain: options.trust_domain.as_str().into(),
+        };
+        // Root-namespace policies first, then the workload's namespace.
+        let mut seen = HashSet::new();
+        let root_first = self
+            .authz
+            .iter()
+            .filter(|p| *p.id.namespace == *options.root_namespace)
+            .chain(
+                self.authz
+                    .iter()
+                    .filter(|p| *p.id.namespace != *options.root_namespace),
+            );
+        for p in root_first {
+            if !Self::applies(p, namespace, labels, options) || !seen.insert(p.id.clone()) {
+                continue;
+            }
+            let list = if p.dry_run {
+                &mut w.dry_run
+            } else {
+                match p.action {
+                    Action::Deny => &mut w.deny,
+                    Action::Allow => &mut w.allow,
+                    Action::Audit => &mut w.audit,
+                }
+            };
+            list.push(p.clone());
+        }
+        w
+    }
+
+    /// The PeerAuthentication mode for a workload's port: workload-level
+    /// (selector) > namespace-level > mesh-level (root namespace, no
+    /// selector) > STRICT; `portLevelMtls` of the workload-level policy
+    /// overrides; UNSET inherits. When several policies tie, the first by
+    /// name wins. Never returns `Unset`.
+    pub fn mtls_mode(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        port: u16,
+        options: &EvalOptions,
+    ) -> MtlsMode {
+        let mesh = self
+            .peer
+            .iter()
+            .find(|p| *p.id.namespace == *options.root_namespace && p.selector.is_none());
+        let ns = self
+            .peer
+            .iter()
+            .find(|p| *p.id.namespace == *namespace && p.selector.is_none());
+        let workload = self.peer.iter().find(|p| {
+            *p.id.namespace == *namespace
+                && p.selector.is_some()
+                && selector_matches(p.selector.as_ref(), labels)
+        });
+        let mut mode = MtlsMode::Strict;
+        let mut apply = |m: MtlsMode| {
+            if m != MtlsMode::Unset {
+                mode = m;
+            }
+        };
+        if let Some(p) = mesh {
+            apply(p.mode);
+        }
+        if let Some(p) = ns {
+            apply(p.mode);
+        }
+        if let Some(p) = workload {
+            apply(p.mode);
+            if let Some(m) = p.port_level.get(&port) {
+                apply(*m);
+            }
+        }
+        mode
+    }
+}
+
+fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;

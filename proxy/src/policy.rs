@@ -1,0 +1,312 @@
+//! Enforcement of AuthorizationPolicy and PeerAuthentication: the compiled
+//! policies for this workload behind an ArcSwap (one atomic load per
+//! decision), swapped whole when a new set arrives. Open TCP connections
+//! are re-evaluated on every change and closed when no longer allowed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use ward_policy::{
+    Action, Decision, EvalOptions, MtlsMode as PolicyMtlsMode, NoHeaders, PolicySet,
+    Protocol as PolicyProtocol, RequestAttrs, WorkloadPolicy,
+};
+
+use crate::authz::{Authorizer, ConnInfo, Protocol, Verdict};
+use crate::config::MtlsMode;
+use crate::metrics::ProxyMetrics;
+
+/// A policy set in force for this workload.
+pub struct PolicyState {
+    pub version: u64,
+    pub set: PolicySet,
+    pub workload: WorkloadPolicy,
+}
+
+/// Who this workload is, for selecting policies.
+#[derive(Debug, Clone)]
+pub struct WorkloadSelector {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub options: EvalOptions,
+}
+
+pub struct PolicyAuthorizer {
+    state: ArcSwapOption<PolicyState>,
+    selector: WorkloadSelector,
+    /// With a control plane, nothing is allowed before the first set
+    /// arrived (fail closed); with local files the set is there at start.
+    default_mtls: MtlsMode,
+    metrics: Arc<ProxyMetrics>,
+    tcp: Mutex<HashMap<u64, TrackedTcp>>,
+    next_tcp: AtomicU64,
+}
+
+struct TrackedTcp {
+    conn: Arc<ConnInfo>,
+    close: CancellationToken,
+}
+
+/// Keeps a TCP connection registered for re-evaluation while it lives.
+pub struct TcpRegistration {
+    authorizer: Arc<PolicyAuthorizer>,
+    id: u64,
+    pub close: CancellationToken,
+}
+
+impl Drop for TcpRegistration {
+    fn drop(&mut self) {
+        self.authorizer
+            .tcp
+            .lock()
+            .expect("not poisoned")
+            .remove(&self.id);
+    }
+}
+
+impl PolicyAuthorizer {
+    pub fn new(
+        selector: WorkloadSelector,
+        default_mtls: MtlsMode,
+        metrics: Arc<ProxyMetrics>,
+    ) -> Self {
+        PolicyAuthorizer {
+            state: ArcSwapOption::empty(),
+            selector,
+            default_mtls,
+            metrics,
+            tcp: Mutex::new(HashMap::new()),
+            next_tcp: AtomicU64::new(0),
+        }
+    }
+
+    pub fn has_policy(&self) -> bool {
+        self.state.load().is_some()
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.state.load().as_ref().map(|s| s.version)
+    }
+
+    /// Puts a new set in force and re-checks every open TCP connection.
+    pub fn update(&self, version: u64, set: PolicySet) {
+        let s = &self.selector;
+        let workload = set.for_workload(&s.namespace, &s.labels, &s.options);
+        let count = workload.policies().count();
+        self.state.store(Some(Arc::new(PolicyState {
+            version,
+            set,
+            workload,
+        })));
+        self.metrics.policy_version.set(version as i64);
+        info!(version, policies = count, "policy set in force");
+        self.reevaluate_tcp();
+    }
+
+    /// The mTLS mode for an inbound port: PeerAuthentication when the set
+    /// has any, else the configured default.
+    pub fn mtls_mode(&self, port: u16) -> MtlsMode {
+        let state = self.state.load();
+        let Some(state) = state.as_ref() else {
+            return self.default_mtls;
+        };
+        if state.set.peer_authentications().next().is_none() {
+            return self.default_mtls;
+        }
+        let s = &self.selector;
+        match state
+            .set
+            .mtls_mode(&s.namespace, &s.labels, port, &s.options)
+        {
+            PolicyMtlsMode::Disable => MtlsMode::Disable,
+            PolicyMtlsMode::Permissive => MtlsMode::Permissive,
+            PolicyMtlsMode::Strict | PolicyMtlsMode::Unset => MtlsMode::Strict,
+        }
+    }
+
+    pub fn track_tcp(self: &Arc<Self>, conn: Arc<ConnInfo>) -> TcpRegistration {
+        let id = self.next_tcp.fetch_add(1, Ordering::Relaxed);
+        let close = CancellationToken::new();
+        self.tcp.lock().expect("not poisoned").insert(
+            id,
+            TrackedTcp {
+                conn,
+                close: close.clone(),
+            },
+        );
+        TcpRegistration {
+            authorizer: self.clone(),
+            id,
+            close,
+        }
+    }
+
+    fn reevaluate_tcp(&self) {
+        let tracked = self.tcp.lock().expect("not poisoned");
+        for conn in tracked.values() {
+            let verdict = self.decide_tcp(&conn.conn);
+            if !verdict.allowed && !conn.close.is_cancelled() {
+                let (ns, name) = verdict.policy_labels();
+                self.metrics
+                    .authz_terminations
+                    .with_label_values(&[ns, name])
+                    .inc();
+                info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = ?conn.conn.peer_id.as_ref().map(|p| p.as_str()), decision = "deny", policy = %verdict.policy_display(), reason = verdict.reason, "open connection closed by a policy change");
+                conn.close.cancel();
+            }
+        }
+    }
+
+    fn decide_tcp(&self, conn: &ConnInfo) -> Verdict {
+        let attrs = RequestAttrs {
+            protocol: PolicyProtocol::Tcp,
+            source_principal: conn.peer_id.as_ref(),
+            source_ip: conn.source.ip(),
+            destination_ip: conn.destination.ip(),
+            destination_port: conn.destination.port(),
+            method: None,
+            path: None,
+            host: None,
+            headers: &NoHeaders,
+        };
+        self.decide(&attrs, "tcp", conn.source)
+    }
+
+    fn decide(
+        &self,
+        attrs: &RequestAttrs<'_>,
+        protocol: &'static str,
+        source: SocketAddr,
+    ) -> Verdict {
+        let state = self.state.load();
+        let Some(state) = state.as_ref() else {
+            return Verdict::deny("no policy received from the control plane yet");
+        };
+        let decision = state.workload.evaluate(attrs);
+        self.record_shadow_matches(&decision, protocol, attrs, source);
+        Verdict {
+            allowed: decision.allowed,
+            policy: decision.policy.cloned(),
+            rule: decision.rule,
+            reason: decision.reason.as_str(),
+        }
+    }
+
+    /// Dry-run and AUDIT matches never decide; they are counted and logged.
+    fn record_shadow_matches(
+        &self,
+        decision: &Decision<'_>,
+        protocol: &'static str,
+        attrs: &RequestAttrs<'_>,
+        source: SocketAddr,
+    ) {
+        for m in &decision.dry_run_matches {
+            let action = match m.action {
+                Action::Deny => "dry_run_deny",
+                Action::Allow => "dry_run_allow",
+                Action::Audit => "audit",
+            };
+            self.metrics
+                .authz
+                .with_label_values(&[action, &m.policy.namespace, &m.policy.name, protocol])
+                .inc();
+            info!(target: "ward::access", dry_run = true, policy = %m.policy, rule = m.rule, would = action, peer = ?attrs.source_principal.map(|p| p.as_str()), %source, path = ?attrs.path, enforced_decision = if decision.allowed { "allow" } else { "deny" }, "dry-run policy matched");
+        }
+        for m in &decision.audit_matches {
+            self.metrics
+                .authz
+                .with_label_values(&["audit", &m.policy.namespace, &m.policy.name, protocol])
+                .inc();
+            info!(target: "ward::access", audit = true, policy = %m.policy, rule = m.rule, peer = ?attrs.source_principal.map(|p| p.as_str()), path = ?attrs.path, "AUDIT policy matched");
+        }
+    }
+}
+
+impl Authorizer for PolicyAuthorizer {
+    fn connection(&self, conn: &ConnInfo, protocol: Protocol) -> Verdict {
+        match protocol {
+            // HTTP is decided per request.
+            Protocol::Http => Verdict::allow("decided per request"),
+            Protocol::Tcp => self.decide_tcp(conn),
+        }
+    }
+
+    fn request(&self, conn: &ConnInfo, request: &http::request::Parts) -> Verdict {
+        let host = request.uri.authority().map(|a| a.as_str()).or_else(|| {
+            request
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let path = request
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let attrs = RequestAttrs {
+            protocol: PolicyProtocol::Http,
+            source_principal: conn.peer_id.as_ref(),
+            source_ip: conn.source.ip(),
+            destination_ip: conn.destination.ip(),
+            destination_port: conn.destination.port(),
+            method: Some(request.method.as_str()),
+            path: Some(path),
+            host,
+            headers: &request.headers,
+        };
+        self.decide(&attrs, "http", conn.source)
+    }
+}
+
+/// Local policy files (no control plane): loaded at start, reloaded when
+/// they change. An invalid change is logged and ignored.
+pub async fn watch_files(
+    paths: Vec<std::path::PathBuf>,
+    authorizer: Arc<PolicyAuthorizer>,
+    shutdown: CancellationToken,
+) {
+    let fingerprint = |paths: &[std::path::PathBuf]| -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
+        let mut out = Vec::new();
+        for p in paths {
+            let entries: Vec<std::path::PathBuf> = if p.is_dir() {
+                std::fs::read_dir(p)
+                    .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                    .unwrap_or_default()
+            } else {
+                vec![p.clone()]
+            };
+            for e in entries {
+                let meta = std::fs::metadata(&e).ok();
+                out.push((e, meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0)));
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut seen = fingerprint(&paths);
+    let mut version = authorizer.version().unwrap_or(0);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = fingerprint(&paths);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match PolicySet::load_paths(&paths) {
+            Ok(set) => {
+                version += 1;
+                authorizer.update(version, set);
+            }
+            Err(err) => {
+                warn!(error = %err, "policy files changed but do not load; keeping the policies in force")
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Schema checks of everything Ward hands to a Kubernetes API server, against
+//! recorded schemas (no API server here): every manifest in deploy/, the
+//! kustomize renders, and `ward inject` on the sample app, with
+//! kubernetes-validate (Kubernetes 1.32 OpenAPI, strict: unknown fields are
+//! errors); and the sample/invalid policies against the CRDs' own
+//! openAPIV3Schema with Python jsonschema (CEL rules are not evaluated).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const K8S_VERSION: &str = "1.32.0";
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+}
+
+/// Runs kubernetes-validate; fails on any ERROR and on any document that is
+/// neither validated nor a known custom resource.
+fn validate(files: &[PathBuf]) {
+    let output = Command::new("kubernetes-validate")
+        .args(["--strict", "-k", K8S_VERSION])
+        .args(files)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    for line in text.lines() {
+        let known_custom = ["security.ward.io/v1", "monitoring.coreos.com/v1"]
+            .iter()
+            .any(|g| line.contains(g));
+        assert!(
+            line.starts_with("INFO") || (line.starts_with("WARN") && known_custom),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn deploy_manifests_validate() {
+    ward_testkit::require_tool!("kubernetes-validate");
+    let mut files = Vec::new();
+    yaml_files(&deploy(), &mut files);
+    // kustomization.yaml files are kustomize's, not the API server's.
+    files.retain(|f| {
+        !f.ends_with("kustomization.yaml") && !f.starts_with(deploy().join("examples/invalid"))
+    });
+    assert!(files.len() >= 9, "{files:?}");
+    validate(&files);
+}
+
+#[test]
+fn kustomize_renders_validate() {
+    ward_testkit::require_tool!("kubernetes-validate");
+    ward_testkit::require_tool!("kubectl");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, path) in [
+        ("base", "base"),
+        ("prometheus", "overlays/prometheus-operator"),
+    ] {
+        let output = Command::new("kubectl")
+            .args(["kustomize"])
+            .arg(deploy().join(path))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let rendered = String::from_utf8(output.stdout).unwrap();
+        for kind in [
+            "kind: CustomResourceDefinition",
+            "kind: Deployment",
+            "kind: MutatingWebhookConfiguration",
+            "kind: PodDisruptionBudget",
+            "kind: ClusterRole",
+        ] {
+            assert!(rendered.contains(kind), "{name}: {kind} missing");
+        }
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, rendered).unwrap();
+        validate(&[file]);
+    }
+}
+
+#[test]
+fn injected_sample_app_validates() {
+    ward_testkit::require_tool!("kubernetes-validate");
+    let output = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["inject", "-f"])
+        .arg(deploy().join("examples/shop/app.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("ward-proxy"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shop-injected.yaml");
+    std::fs::write(&file, &text).unwrap();
+    validate(std::slice::from_ref(&file));
+    // The classic (non-native) layout too.
+    let output = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(["inject", "--native-sidecar", "false", "-f"])
+        .arg(deploy().join("examples/shop/app.yaml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    std::fs::write(&file, output.stdout).unwrap();
+    validate(&[file]);
+}
+
+/// Validates each document of `policies` against its CRD's schema, with
+/// unknown fields under `spec` rejected (kubectl's default strict field
+/// validation); prints one `ok` or `invalid: <reason>` line per document.
+const CHECK_POLICIES: &str = r#"
+import sys, yaml, jsonschema
+crds = {}
+for path in sys.argv[2:]:
+    crd = yaml.safe_load(open(path))
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    def strict(node):
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            for v in node.values():
+                strict(v)
+        elif isinstance(node, list):
+            for v in node:
+                strict(v)
+    strict(schema["properties"]["spec"])
+    crds[crd["spec"]["names"]["kind"]] = schema
+for doc in yaml.safe_load_all(open(sys.argv[1])):
+    if doc is None:
+        continue
+    try:
+        jsonschema.validate(doc, crds[doc["kind"]], cls=jsonschema.Draft7Validator)
+        print("ok", doc["metadata"]["name"])
+    except jsonschema.ValidationError as e:
+        print("invalid", doc["metadata"]["name"], e.message)
+"#;
+
+fn check_policies(file: &str) -> Vec<String> {
+    let have_jsonschema = Command::new("python3")
+        .args(["-c", "import jsonschema, yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ward_testkit::prerequisite(
+        have_jsonschema,
+        "python3 with jsonschema and PyYAML is not installed",
+    ) {
+        return Vec::new();
+    }
+    let output = Command::new("python3")
+        .args(["-c", CHECK_POLICIES])
+        .arg(deploy().join(file))
+        .arg(deploy().join("base/crds/authorizationpolicies.yaml"))
+        .arg(deploy().join("base/crds/peerauthentications.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn crd_schemas_accept_the_sample_policies() {
+    let lines = check_policies("examples/shop/policies.yaml");
+    if lines.is_empty() && !ward_testkit::strict() {
+        return;
+    }
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines.iter().all(|l| l.starts_with("ok ")), "{lines:?}");
+}
+
+#[test]
+fn crd_schemas_reject_malformed_policies() {
+    let lines = check_policies("examples/invalid/policies.yaml");
+    if lines.is_empty() && !ward_testkit::strict() {
+        return;
+    }
+    assert_eq!(lines.len(), 10, "{lines:?}");
+    for line in &lines {
+        assert!(line.starts_with("invalid "), "accepted: {line}");
+    }
+}

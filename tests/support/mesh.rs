@@ -1,0 +1,570 @@
+//! A whole mesh in network namespaces: a control plane on the bridge, pods
+//! with the real sidecar (`ward-proxy init` iptables + `ward-proxy run` as
+//! UID 1337, enrolled with a join token) in front of a real application
+//! (`ward-testapp …` as UID 1000), and plain pods without a sidecar.
+//!
+//! Include with
+//! ```ignore
+//! #[path = "support/netns.rs"]
+//! mod netns;
+//! #[path = "support/mesh.rs"]
+//! mod mesh;
+//! ```
+//!
+//! Layout: the bridge namespace holds `br0` at 198.18.0.1/16 and
+//! `ward-control-plane` on 198.18.0.1:15012 (admin :15014); pods get
+//! 198.18.0.2, .3, … in order. Each sidecar is started with an
+//! `--endpoint IP=SPIFFE_ID` for every sidecar pod known when it starts,
+//! because the proxy reads its endpoint table only at start: either declare
+//! the pods up front ([`Mesh::planned`], which also fixes their addresses in
+//! declaration order), or create server pods before their clients.
+//!
+//! Cleanup on drop, also when a test panics: a [`MeshPod`] kills its app and
+//! proxy, then deletes its namespace; the [`Mesh`] kills the control plane,
+//! deletes the bridge namespace and removes its temporary directory (data
+//! dir, bundle, logs). When dropped during a panic, each pod prints the tail
+//! of its proxy's and apps' logs to help diagnose the failure.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::netns::{ChildGuard, Network, Pod};
+
+pub const TRUST_DOMAIN: &str = "cluster.local";
+pub const BRIDGE_CIDR: &str = "198.18.0.1/16";
+pub const CONTROL_PLANE_ADDR: &str = "198.18.0.1:15012";
+pub const CONTROL_PLANE_ADMIN: &str = "198.18.0.1:15014";
+/// The sidecar's UID: its own connections are not captured.
+pub const PROXY_UID: u32 = 1337;
+/// Applications and clients inside pods.
+pub const APP_UID: u32 = 1000;
+/// Readiness waits (enrolment, listeners) give up after this long.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The tools a mesh needs besides root.
+pub fn prerequisites() -> bool {
+    ward_testkit::require_root()
+        && ward_testkit::require_tool("ip")
+        && ward_testkit::require_tool("iptables")
+        && ward_testkit::require_tool("setpriv")
+        && ward_testkit::require_tool("curl")
+}
+
+/// `spiffe://cluster.local/ns/default/sa/<sa>`.
+pub fn spiffe_id(sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}")
+}
+
+/// Paths of the workspace binaries the mesh runs.
+pub struct Bins {
+    pub ward: String,
+    pub proxy: String,
+    pub control_plane: String,
+    pub testapp: String,
+}
+
+/// The binaries, built once per test run.
+///
+/// These tests belong to the root package `ward`, and Cargo only builds a
+/// package's binaries for its *own* integration tests (`CARGO_BIN_EXE_*`):
+/// so we ask Cargo for the others (a no-op when up to date, and never
+/// stale), in the profile directory this test binary runs from
+/// (`target/<profile>/deps/..`).
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet"]);
+        for (package, bin) in [
+            ("ward-proxy", "ward-proxy"),
+            ("ward-control-plane", "ward-control-plane"),
+            ("ward-testapp", "ward-testapp"),
+        ] {
+            build.args(["-p", package, "--bin", bin]);
+        }
+        build.arg("--manifest-path");
+        build.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the mesh binaries failed");
+        let bin = |name: &str| {
+            let path = profile_dir.join(name);
+            assert!(path.is_file(), "{} was not built", path.display());
+            path.to_str().expect("UTF-8 path").to_owned()
+        };
+        Bins {
+            ward: env!("CARGO_BIN_EXE_ward").to_owned(),
+            proxy: bin("ward-proxy"),
+            control_plane: bin("ward-control-plane"),
+            testapp: bin("ward-testapp"),
+        }
+    })
+}
+
+/// Panics with stdout and stderr unless `out` succeeded; returns stdout.
+pub fn assert_ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// How a pod's sidecar is configured.
+#[derive(Debug, Clone, Default)]
+pub struct PodOptions {
+    /// `--mtls-mode` (strict when `None`, the proxy's default).
+    pub mtls_mode: Option<&'static str>,
+    /// `--opaque-ports`.
+    pub opaque_ports: Vec<u16>,
+    /// `--drain-timeout` (5s when `None`).
+    pub drain_timeout: Option<&'static str>,
+    /// Anything else for `ward-proxy run`.
+    pub proxy_args: Vec<String>,
+}
+
+impl PodOptions {
+    pub fn mtls_mode(mut self, mode: &'static str) -> Self {
+        self.mtls_mode = Some(mode);
+        self
+    }
+
+    pub fn opaque_ports(mut self, ports: &[u16]) -> Self {
+        self.opaque_ports = ports.to_vec();
+        self
+    }
+
+    pub fn proxy_arg(mut self, arg: &str) -> Self {
+        self.proxy_args.push(arg.to_owned());
+        self
+    }
+}
+
+/// The network, its control plane and the mesh's CA.
+pub struct Mesh {
+    // Drop order matters: the control plane dies before its namespace goes,
+    // the temporary directory last.
+    control_plane: ChildGuard,
+    network: Network,
+    /// `IP=SPIFFE_ID` of every sidecar pod so far (or planned).
+    endpoints: Mutex<Vec<String>>,
+    /// Addresses reserved by [`Mesh::planned`], by pod name.
+    planned: Mutex<Vec<(String, String)>>,
+    next_host: AtomicUsize,
+    dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// Creates the network, the CA (`ward ca init`) and starts the control
+    /// plane in the bridge namespace; returns once it answers.
+    pub fn new(name_prefix: &str) -> Mesh {
+        let bins = bins();
+        let dir = tempfile::Builder::new()
+            .prefix("ward-mesh-")
+            .tempdir()
+            .expect("temporary directory");
+        // The sidecars (UID 1337) read the bundle from here; the CA key stays
+        // in the data dir, which `ward` keeps private.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        assert_ok(
+            Command::new(&bins.ward)
+                .args(["ca", "init", "--data-dir"])
+                .arg(&data)
+                .args(["--trust-domain", TRUST_DOMAIN])
+                .output()
+                .expect("run ward ca init"),
+            "ward ca init",
+        );
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::copy(data.join("ca/ca.pem"), &bundle).expect("copy the CA bundle");
+        std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+        let network = Network::new(name_prefix);
+        network.set_bridge_address(BRIDGE_CIDR);
+        let mut command = network.command(&[
+            &bins.control_plane,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--listen",
+            CONTROL_PLANE_ADDR,
+            "--admin-listen",
+            CONTROL_PLANE_ADMIN,
+        ]);
+        command.stderr(log_file(&dir.path().join("control-plane.log")));
+        let control_plane = ChildGuard::spawn(command);
+        let mesh = Mesh {
+            control_plane,
+            network,
+            endpoints: Mutex::new(Vec::new()),
+            planned: Mutex::new(Vec::new()),
+            next_host: AtomicUsize::new(2),
+            dir,
+        };
+        let ready = format!("http://{CONTROL_PLANE_ADMIN}/ready");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !mesh
+            .network
+            .exec(&["curl", "-sf", "-o", "/dev/null", "--max-time", "1", &ready])
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the control plane did not become ready:\n{}",
+                tail(&mesh.dir.path().join("control-plane.log"), 40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mesh
+    }
+
+    /// A mesh whose sidecar pods `(name, service account)` are known up
+    /// front: they get 198.18.0.2, .3, … in this order, whatever the order
+    /// they are created in, and every sidecar knows all of them.
+    pub fn planned(name_prefix: &str, pods: &[(&str, &str)]) -> Mesh {
+        let mesh = Mesh::new(name_prefix);
+        for (name, sa) in pods {
+            let (cidr, ip) = mesh.next_cidr();
+            mesh.endpoints
+                .lock()
+                .unwrap()
+                .push(format!("{ip}={}", spiffe_id(sa)));
+            mesh.planned.lock().unwrap().push((name.to_string(), cidr));
+        }
+        mesh
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    /// The mesh's temporary directory (removed on drop).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The control plane's data directory (CA, join tokens).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The mesh CA's bundle (PEM), readable by everyone.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.path().join("bundle.pem")
+    }
+
+    fn next_cidr(&self) -> (String, String) {
+        let host = self.next_host.fetch_add(1, Ordering::Relaxed);
+        assert!(host < 255, "too many pods");
+        let ip = format!("198.18.0.{host}");
+        (format!("{ip}/16"), ip)
+    }
+
+    /// A pod without a sidecar (no iptables, no proxy): an outsider.
+    pub fn add_plain_pod(&self, name: &str) -> Pod {
+        let (cidr, _) = self.next_cidr();
+        self.network.add_pod(name, &cidr)
+    }
+
+    /// The sidecar's Prometheus metrics, scraped from the bridge namespace
+    /// as a Prometheus server outside the pod would (admin port 15020 is
+    /// never captured).
+    pub fn metrics(&self, pod: &MeshPod) -> String {
+        let url = format!("http://{}:15020/metrics", pod.ip());
+        let out = self
+            .network
+            .exec(&["curl", "-sS", "--fail", "--max-time", "5", &url]);
+        assert_ok(out, &format!("scraping {url}"))
+    }
+
+    /// A single-use join token for `spiffe_id` (`ward token create`).
+    pub fn join_token(&self, spiffe_id: &str) -> String {
+        let out = Command::new(&bins().ward)
+            .args(["token", "create", "--data-dir"])
+            .arg(self.data_dir())
+            .args(["--spiffe-id", spiffe_id, "--ttl", "10m"])
+            .output()
+            .expect("run ward token create");
+        assert_ok(out, "ward token create").trim().to_owned()
+    }
+
+    /// Issues a certificate from the mesh CA (`ward ca issue`) into the
+    /// mesh's directory; returns (cert chain, key) paths.
+    pub fn issue(&self, spiffe_id: &str, file_stem: &str) -> (PathBuf, PathBuf) {
+        issue(&self.data_dir(), self.dir(), spiffe_id, file_stem)
+    }
+
+    /// A pod with a sidecar for service account `sa` in front of `app`
+    /// (run as [`APP_UID`]; empty for none). Returns once the proxy says
+    /// `/ready` and the app printed `listening on ADDR` (for `--listen ADDR`).
+    pub fn add_pod(&self, name: &str, sa: &str, app: &[&str], opts: PodOptions) -> MeshPod {
+        let bins = bins();
+        let id = spiffe_id(sa);
+        let planned = self
+            .planned
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(planned, _)| planned == name)
+            .map(|(_, cidr)| cidr.clone());
+        let (cidr, ip) = match planned {
+            Some(cidr) => {
+                let ip = cidr.split('/').next().unwrap().to_owned();
+                (cidr, ip)
+            }
+            None => {
+                let (cidr, ip) = self.next_cidr();
+                self.endpoints.lock().unwrap().push(format!("{ip}={id}"));
+                (cidr, ip)
+            }
+        };
+        let endpoints = self.endpoints.lock().unwrap().clone();
+        let pod = self.network.add_pod(name, &cidr);
+        assert_ok(pod.exec(&[&bins.proxy, "init"]), "ward-proxy init");
+
+        let token = self.join_token(&id);
+        let bundle = self.bundle();
+        let mut args: Vec<String> = [
+            bins.proxy.as_str(),
+            "run",
+            "--control-plane",
+            CONTROL_PLANE_ADDR,
+            "--ca",
+            bundle.to_str().unwrap(),
+            "--spiffe-id",
+            &id,
+            "--drain-timeout",
+            opts.drain_timeout.unwrap_or("5s"),
+            "--log-level",
+            "info",
+        ]
+        .map(String::from)
+        .to_vec();
+        for endpoint in &endpoints {
+            args.extend(["--endpoint".to_owned(), endpoint.clone()]);
+        }
+        if let Some(mode) = opts.mtls_mode {
+            args.extend(["--mtls-mode".to_owned(), mode.to_owned()]);
+        }
+        if !opts.opaque_ports.is_empty() {
+            let ports: Vec<String> = opts.opaque_ports.iter().map(u16::to_string).collect();
+            args.extend(["--opaque-ports".to_owned(), ports.join(",")]);
+        }
+        args.extend(opts.proxy_args.iter().cloned());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proxy_log = self.dir.path().join(format!("{name}-proxy.log"));
+        let mut command = pod.command_as(PROXY_UID, &argv);
+        command
+            .env("WARD_JOIN_TOKEN", &token)
+            .stderr(log_file(&proxy_log));
+        let proxy = ChildGuard::spawn(command);
+
+        let mut pod = MeshPod {
+            apps: Vec::new(),
+            proxy,
+            pod,
+            spiffe_id: id,
+            ip: ip.parse().unwrap(),
+            dir: self.dir.path().to_owned(),
+            name: name.to_owned(),
+            proxy_log,
+        };
+        pod.wait_ready();
+        if !app.is_empty() {
+            pod.start_app(app);
+        }
+        pod
+    }
+}
+
+/// `ward ca issue` from the CA in `data_dir` into `out_dir`.
+pub fn issue(data_dir: &Path, out_dir: &Path, spiffe_id: &str, stem: &str) -> (PathBuf, PathBuf) {
+    let cert = out_dir.join(format!("{stem}.crt"));
+    let key = out_dir.join(format!("{stem}.key"));
+    let out = Command::new(&bins().ward)
+        .args(["ca", "issue", "--data-dir"])
+        .arg(data_dir)
+        .args(["--spiffe-id", spiffe_id, "--ttl", "1h", "--cert"])
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .output()
+        .expect("run ward ca issue");
+    assert_ok(out, "ward ca issue");
+    (cert, key)
+}
+
+/// A pod with its sidecar and applications.
+pub struct MeshPod {
+    // Drop order: apps, then the proxy, then the namespace.
+    apps: Vec<(ChildGuard, PathBuf)>,
+    proxy: ChildGuard,
+    pod: Pod,
+    spiffe_id: String,
+    ip: IpAddr,
+    dir: PathBuf,
+    name: String,
+    proxy_log: PathBuf,
+}
+
+impl MeshPod {
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    pub fn spiffe_id(&self) -> &str {
+        &self.spiffe_id
+    }
+
+    /// The sidecar process (to signal it, read its /proc status).
+    pub fn proxy(&mut self) -> &mut ChildGuard {
+        &mut self.proxy
+    }
+
+    pub fn proxy_pid(&self) -> u32 {
+        self.proxy.id()
+    }
+
+    pub fn proxy_log(&self) -> String {
+        std::fs::read_to_string(&self.proxy_log).unwrap_or_default()
+    }
+
+    /// `cmd` in the pod as the application user, like a client would run.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        self.pod.exec_as(APP_UID, cmd)
+    }
+
+    /// Waits for the sidecar's `/ready` (certificate obtained, listening).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let out = self.pod.exec(&[
+                "curl",
+                "-sf",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "1",
+                "http://127.0.0.1:15020/ready",
+            ]);
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                self.proxy.is_running(),
+                "the proxy in {} exited:\n{}",
+                self.name,
+                tail(&self.proxy_log, 40)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the proxy in {} did not become ready:\n{}",
+                self.name,
+                tail(&self.proxy_log, 40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts another application (as [`APP_UID`]) and, when it has a
+    /// `--listen ADDR`, waits for its `listening on ADDR`.
+    pub fn start_app(&mut self, cmd: &[&str]) {
+        let program = cmd[0];
+        let testapp;
+        let mut argv = cmd.to_vec();
+        if program == "ward-testapp" {
+            testapp = bins().testapp.clone();
+            argv[0] = &testapp;
+        }
+        let index = self.apps.len();
+        let log = self.dir.join(format!("{}-app{index}.log", self.name));
+        let mut command = self.pod.command_as(APP_UID, &argv);
+        command.stderr(log_file(&log));
+        let mut child = ChildGuard::spawn(command);
+        if let Some(pos) = argv.iter().position(|a| *a == "--listen") {
+            child.wait_for_line(&format!("listening on {}", argv[pos + 1]));
+        }
+        self.apps.push((child, log));
+    }
+}
+
+impl Drop for MeshPod {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} proxy log (tail) ---\n{}",
+                self.name,
+                tail(&self.proxy_log, 30)
+            );
+            for (_, log) in &self.apps {
+                eprintln!("--- {} (tail) ---\n{}", log.display(), tail(log, 10));
+            }
+        }
+    }
+}
+
+fn log_file(path: &Path) -> Stdio {
+    Stdio::from(File::create(path).expect("create log file"))
+}
+
+/// The last `lines` lines of a log file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Peak resident set size (VmHWM) of a process, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// The sum of the samples of metric `name` whose labels include all of
+/// `labels` (Prometheus text format; 0 when there is none).
+pub fn metric_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, series_labels) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let wanted = metric == name
+                && labels.iter().all(|(k, v)| {
+                    series_labels
+                        .split(',')
+                        .any(|pair| pair == format!("{k}=\"{v}\""))
+                });
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
