@@ -463,7 +463,8 @@ summary() {
 
 versions() {
     local ward="not built"
-    [[ -x $WARD_BIN ]] && ward="ward-proxy @ $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    # the last commit that touched the proxy's sources (not the benchmark's)
+    [[ -x $WARD_BIN ]] && ward="ward-proxy @ $(git -C "$ROOT" log -1 --format=%h -- proxy identity policy Cargo.lock 2>/dev/null || echo '?')"
     echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), HAProxy $(haproxy -v | awk 'NR == 1 {print $3}'), $(openssl version | cut -d' ' -f1-2), $(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}'), h2load $(h2load --version | awk '{print $NF}'), $ward, $(rustc --version 2>/dev/null | cut -d' ' -f1-2)"
 }
 machine() {
