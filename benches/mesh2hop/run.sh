@@ -208,6 +208,7 @@ start_haproxy() {  # start_haproxy NAME TEMPLATE PORT
 }
 
 # start_proxies KIND MODE: inbound then outbound, known as PID[in] and PID[out]
+# shellcheck disable=SC2034  # the upper-case locals are read by render (${!var})
 start_proxies() {
     local kind=$1 mode=$2 UPSTREAM_POOL="" CONNECTION_HEADER="" SESSION_REUSE=off
     local HTTP_REUSE=never SSL_REUSE=no-ssl-reuse CLIENT_URI_DER_HEX
@@ -297,8 +298,8 @@ load() {  # load TOOL MODE PORT SECONDS OUTFILE
         wrk) cmd=(wrk -t1 -c"$CONNS" -d"${secs}s" --timeout 10s --latency)
             [[ $mode == churn ]] && cmd+=(-H "Connection: close")
             cmd+=("http://127.0.0.1:$port/") ;;
-        # shellcheck disable=SC2206
-        h2load) cmd=(h2load $H2LOAD_ARGS -D "$secs" --log-file="$out.reqs" "http://127.0.0.1:$port/") ;;
+        h2load) # shellcheck disable=SC2206  # H2LOAD_ARGS is a list of arguments
+            cmd=(h2load $H2LOAD_ARGS -D "$secs" --log-file="$out.reqs" "http://127.0.0.1:$port/") ;;
     esac
     taskset -c "$LOADGEN_CPU" "${cmd[@]}" >"$out" 2>&1 &
     PID[loadgen]=$!
@@ -372,7 +373,7 @@ per_request() {  # per_request NAME REQUESTS: perf stat counts per request, one 
 # ------------------------------------------------------------------ one row
 COLS="run kind mode tool rps p50_ms p99_ms requests errors conn_per_req proxy_us out_us in_us out_hwm_mib in_hwm_mib app_us lg_pct sut_pct oth_pct bg_pct"
 row() {  # row RUN KIND MODE TOOL: measure, print, append to $WORK/rows.tsv
-    local run=$1 kind=$2 mode=$3 tool=$4 port body f=$WORK/log/$1-$2-$3-$4 before after hwm="0 0"
+    local run=$1 kind=$2 mode=$3 tool=$4 port body logf=$WORK/log/$1-$2-$3-$4 before after hwm="0 0"
     port=$(http_port "$kind"); [[ $tool == h2load ]] && port=$(h2c_port "$kind")
     [[ $kind == direct ]] || start_proxies "$kind" "$mode"
     if [[ $tool == h2load ]]; then
@@ -385,16 +386,16 @@ row() {  # row RUN KIND MODE TOOL: measure, print, append to $WORK/rows.tsv
         halt out; halt in; return 0
     fi
     wait_quiet
-    load "$tool" "$mode" "$port" "$WARMUP" "$f.warmup"
+    load "$tool" "$mode" "$port" "$WARMUP" "$logf.warmup"
     [[ -n $PERF && $kind != direct ]] && profile_start "$run-$kind-$mode-$tool"
     before=$(snapshot)
-    load "$tool" "$mode" "$port" "$DURATION" "$f"
+    load "$tool" "$mode" "$port" "$DURATION" "$logf"
     after=$(snapshot)
     [[ -n $PERF && $kind != direct ]] && profile_stop "$run-$kind-$mode-$tool"
     [[ $kind == direct ]] || hwm="$(hwm_kb "${PID[out]}") $(hwm_kb "${PID[in]}")"
     halt out; halt in
     local res
-    res=$(parse_load "$tool" "$f")
+    res=$(parse_load "$tool" "$logf")
     [[ -n $PERF && $kind != direct ]] && per_request "$run-$kind-$mode-$tool" "$(echo "$res" | cut -d' ' -f4)"
     echo "$run $kind $mode $tool $res $hwm $before $after $BG $(getconf CLK_TCK) $(nproc) $DURATION" | awk '
         { run = $1; kind = $2; mode = $3; tool = $4; rps = $5; p50 = $6; p99 = $7; n = $8; err = $9
