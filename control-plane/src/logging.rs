@@ -2,6 +2,7 @@
 //! one JSON object per line with `--log-format json`. The level filter can
 //! be changed while running (the proxy's localhost admin endpoint uses it).
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use clap::ValueEnum;
