@@ -26,8 +26,14 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
+        // Colours only for a terminal: escape codes in a log file cost time
+        // per line and get in the way of whoever reads it.
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

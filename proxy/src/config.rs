@@ -149,7 +149,8 @@ pub struct RunArgs {
     /// Time allowed for a client to send a request's headers (slowloris).
     #[arg(long, env = "WARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
-    /// Close HTTP connections idle for this long.
+    /// Close connections on which no byte moved for this long (HTTP and TCP,
+    /// both directions; a long-poll that stays silent longer is cut too).
     #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// Largest request or response header block accepted.

@@ -4,16 +4,31 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Totals shared with whoever reports them when the connection ends.
+/// Totals shared with whoever reports them when the connection ends, and
+/// the time of the last byte either way (for the idle timeout).
 #[derive(Debug, Default)]
 pub struct ByteCounts {
     pub received: AtomicU64,
     pub sent: AtomicU64,
+    /// Milliseconds since [`epoch`] when a byte last moved.
+    last_activity_ms: AtomicU64,
+}
+
+/// A process-wide reference instant for cheap, comparable timestamps.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
 }
 
 impl ByteCounts {
@@ -22,6 +37,26 @@ impl ByteCounts {
             self.received.load(Ordering::Relaxed),
             self.sent.load(Ordering::Relaxed),
         )
+    }
+
+    fn touch(&self) {
+        self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `idle` (checked at a quarter of
+    /// `idle` granularity, so a connection may live up to 25% longer).
+    pub async fn idle_for(&self, idle: Duration) {
+        self.touch();
+        let idle_ms = idle.as_millis() as u64;
+        loop {
+            let last = self.last_activity_ms.load(Ordering::Relaxed);
+            let quiet = now_ms().saturating_sub(last);
+            if quiet >= idle_ms {
+                return;
+            }
+            let wait = (idle_ms - quiet).max(idle_ms / 4).max(1);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
     }
 }
 
@@ -53,7 +88,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = (buf.filled().len() - before) as u64;
-        self.counts.received.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            self.counts.received.fetch_add(n, Ordering::Relaxed);
+            self.counts.touch();
+        }
         result
     }
 }
@@ -67,6 +105,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
             self.counts.sent.fetch_add(n as u64, Ordering::Relaxed);
+            self.counts.touch();
         }
         result
     }
@@ -79,6 +118,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
             self.counts.sent.fetch_add(n as u64, Ordering::Relaxed);
+            self.counts.touch();
         }
         result
     }

@@ -52,6 +52,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Connections with no byte either way for this long are closed.
+    pub idle_timeout: Duration,
 }
 
 pub struct Inbound {
@@ -280,16 +282,32 @@ impl Inbound {
         let peer = Arc::new(self.metrics.peer("inbound", conn.peer_id.as_ref()));
         peer.connection_opened();
         let conn = Arc::new(conn);
-        match protocol {
-            Protocol::Http1 | Protocol::Http2 => {
-                let verdict = self.authz.connection(&conn, AuthzProtocol::Http);
-                self.clone()
-                    .serve_http(io, protocol, conn, app, verdict, peer.clone(), shutdown)
-                    .await
+        let serve = async {
+            match protocol {
+                Protocol::Http1 | Protocol::Http2 => {
+                    let verdict = self.authz.connection(&conn, AuthzProtocol::Http);
+                    self.clone()
+                        .serve_http(
+                            io,
+                            protocol,
+                            conn.clone(),
+                            app,
+                            verdict,
+                            peer.clone(),
+                            shutdown,
+                        )
+                        .await
+                }
+                _ => {
+                    let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
+                    self.serve_tcp(io, conn.clone(), verdict).await
+                }
             }
-            _ => {
-                let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
-                self.serve_tcp(io, conn.clone(), verdict).await
+        };
+        tokio::select! {
+            _ = serve => {}
+            _ = counts.idle_for(self.limits.idle_timeout) => {
+                debug!(source = %conn.source, "closing an idle inbound connection");
             }
         }
         let (received, sent) = counts.totals();

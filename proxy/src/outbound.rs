@@ -114,13 +114,22 @@ impl Outbound {
             expected,
             owned,
         });
-        match protocol {
-            Protocol::Http1 | Protocol::Http2 => {
-                self.serve_http(io, protocol, route, peer.clone(), shutdown)
-                    .await
+        let idle_timeout = self.limits.idle_timeout;
+        let serve = async {
+            match protocol {
+                Protocol::Http1 | Protocol::Http2 => {
+                    self.serve_http(io, protocol, route, peer.clone(), shutdown)
+                        .await
+                }
+                // Opaque bytes, or TLS the application does itself: wrapped in mTLS.
+                Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(io, &route).await,
             }
-            // Opaque bytes, or TLS the application does itself: wrapped in mTLS.
-            Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(io, &route).await,
+        };
+        tokio::select! {
+            _ = serve => {}
+            _ = counts.idle_for(idle_timeout) => {
+                debug!(%dest, "closing an idle outbound connection");
+            }
         }
         let (received, sent) = counts.totals();
         peer.connection_closed(received, sent);

@@ -67,6 +67,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         header_timeout: args.header_timeout,
         connect_timeout: args.connect_timeout,
         max_header_bytes: args.max_header_bytes,
+        idle_timeout: args.idle_timeout,
     };
     let mut endpoints = match &args.endpoints_file {
         Some(path) => EndpointTable::from_file(path).map_err(anyhow::Error::msg)?,

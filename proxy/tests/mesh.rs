@@ -1384,13 +1384,10 @@ async fn split_http2_cookies_are_joined_for_an_http1_app() {
     mesh.shutdown().await;
 }
 
-/// `--idle-timeout` ("close HTTP connections idle for this long") is parsed
-/// but used nowhere: idle HTTP/2 and opaque connections stay open forever
-/// (HTTP/1.1 ones are closed after `--header-timeout`, which hyper also
-/// applies while waiting for the next request). Not fixed here: it needs an
-/// activity-tracking wrapper around every served connection.
+/// `--idle-timeout`: a connection on which no byte moved for that long is
+/// closed (activity is tracked by the byte-counting wrapper every served
+/// connection goes through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: --idle-timeout is not implemented"]
 async fn idle_http2_connections_are_closed_after_idle_timeout() {
     let app = echo_app(Flavor::Http1Only).await;
     let mesh = Mesh::new(app.addr, &[], &["--idle-timeout", "1s"]).await;
