@@ -124,8 +124,10 @@ async fn run() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         delays.extend(seen.into_iter().flatten());
-        // Let the control plane's poll phase vary between rounds.
-        tokio::time::sleep(Duration::from_millis(137)).await;
+        // Spread the changes over the control plane's 200 ms poll period,
+        // so the samples cover every phase instead of locking onto one.
+        let pause = 50 + (round as u64 * 73) % 200;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     delays.sort();
     println!(
