@@ -65,7 +65,9 @@ fn policy(name: &str, action: &str, rule: &str, metadata: &str) -> String {
 
 /// A rule matching peers with service account `sa` (Istio principal form).
 fn from_sa(sa: &str) -> String {
-    format!("  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/{sa}\"]\n")
+    format!(
+        "  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/{sa}\"]\n"
+    )
 }
 
 /// `curl` as the application user in `pod`: (HTTP status, body). Status 0
@@ -81,7 +83,11 @@ fn http(pod: &Pod, url: &str, extra: &[&str]) -> (u16, String) {
 }
 
 fn get(pod: &MeshPod, path: &str) -> (u16, String) {
-    http(pod.pod(), &format!("http://{B}:8080{path}"), &["--path-as-is"])
+    http(
+        pod.pod(),
+        &format!("http://{B}:8080{path}"),
+        &["--path-as-is"],
+    )
 }
 
 fn decisions(metrics: &str, action: &str, policy_name: &str) -> f64 {
@@ -144,7 +150,10 @@ fn allow_policy_admits_its_principal_and_denies_others_before_the_app() {
     // No ALLOW policy matched C: the default decided.
     assert_eq!(delta("deny", "default"), 1.0, "{after}");
     // What B's sidecar answered C: only the 403, nothing from the app.
-    let c_peer = [("direction", "inbound"), ("peer_service_account", "client-c")];
+    let c_peer = [
+        ("direction", "inbound"),
+        ("peer_service_account", "client-c"),
+    ];
     let c_responses = metric_sum(&after, "ward_http_responses_total", &c_peer);
     let c_denied = metric_sum(
         &after,
@@ -162,8 +171,11 @@ fn deny_policy_on_a_path_holds_under_path_normalization() {
     }
     let p = pods("ward-pol-path", &[HTTP_APP]);
     let rule = "  - to:\n    - operation:\n        paths: [\"/admin*\"]\n";
-    p.mesh
-        .apply_policy("deny-admin.yaml", &policy("deny-admin", "DENY", rule, ""), &[&p.b]);
+    p.mesh.apply_policy(
+        "deny-admin.yaml",
+        &policy("deny-admin", "DENY", rule, ""),
+        &[&p.b],
+    );
     let before = p.mesh.metrics(&p.b);
     let denied = [
         "/admin",
@@ -200,8 +212,11 @@ fn tcp_connection_denied_at_connect_never_reaches_the_app() {
     let second = &["ward-testapp", "tcp-echo", "--listen", "0.0.0.0:9001"];
     let p = pods("ward-pol-tcp", &[TCP_APP, second]);
     let rule = "  - from:\n    - source:\n        principals: [\"cluster.local/ns/default/sa/client-a\"]\n    to:\n    - operation:\n        ports: [\"9000\"]\n";
-    p.mesh
-        .apply_policy("tcp.yaml", &policy("tcp-a-9000", "ALLOW", rule, ""), &[&p.b]);
+    p.mesh.apply_policy(
+        "tcp.yaml",
+        &policy("tcp-a-9000", "ALLOW", rule, ""),
+        &[&p.b],
+    );
     let before = p.mesh.metrics(&p.b);
 
     // Positive control: A on 9000 gets its echo and the app's `bye`.
@@ -290,7 +305,10 @@ fn an_invalid_policy_set_is_rejected_and_changes_nothing() {
         // A new file with an invalid CIDR (it would have let C in).
         ("bad-cidr.yaml", policy("allow-c", "ALLOW", bad_cidr, "")),
         // The existing file edited with an unknown field.
-        ("allow-a.yaml", policy("allow-a", "ALLOW", &unknown_field, "")),
+        (
+            "allow-a.yaml",
+            policy("allow-a", "ALLOW", &unknown_field, ""),
+        ),
     ];
     for (n, (file, yaml)) in bad_files.iter().enumerate() {
         p.mesh.write_policy(file, yaml);
@@ -337,7 +355,11 @@ fn an_open_tcp_connection_is_closed_when_a_policy_change_denies_it() {
     client.wait_for_line("got hello");
     let before = p.mesh.metrics(&p.b);
     assert_eq!(
-        metric_sum(&before, "ward_tcp_connections_open", &[("direction", "inbound")]),
+        metric_sum(
+            &before,
+            "ward_tcp_connections_open",
+            &[("direction", "inbound")]
+        ),
         1.0,
         "{before}"
     );
@@ -435,10 +457,7 @@ fn peer_authentication_permissive_admits_plaintext_and_strict_refuses_it() {
     assert!(!body.contains("x-forwarded-client-cert"), "{body}");
     let (status, body) = get(&p.a, "/echo");
     assert_eq!(status, 200, "{body}");
-    assert!(
-        body.contains(&format!("URI={}", p.a.spiffe_id())),
-        "{body}"
-    );
+    assert!(body.contains(&format!("URI={}", p.a.spiffe_id())), "{body}");
 
     // STRICT again, by editing the file.
     p.mesh

@@ -156,7 +156,8 @@ impl PodOptions {
 
     /// A workload label (`--label KEY=VALUE`), for policy selectors.
     pub fn label(self, key: &str, value: &str) -> Self {
-        self.proxy_arg("--label").proxy_arg(&format!("{key}={value}"))
+        self.proxy_arg("--label")
+            .proxy_arg(&format!("{key}={value}"))
     }
 }
 
@@ -309,7 +310,11 @@ impl Mesh {
     pub fn apply_policy(&self, file: &str, yaml: &str, pods: &[&MeshPod]) -> u64 {
         let before = self.control_plane_metrics();
         let version = metric_sum(&before, "ward_cp_policy_version", &[]);
-        let rejected = metric_sum(&before, "ward_cp_policy_sets_total", &[("result", "rejected")]);
+        let rejected = metric_sum(
+            &before,
+            "ward_cp_policy_sets_total",
+            &[("result", "rejected")],
+        );
         self.write_policy(file, yaml);
         let deadline = Instant::now() + READY_TIMEOUT;
         let new_version = loop {
@@ -319,8 +324,11 @@ impl Mesh {
                 break now;
             }
             assert!(
-                metric_sum(&metrics, "ward_cp_policy_sets_total", &[("result", "rejected")])
-                    == rejected,
+                metric_sum(
+                    &metrics,
+                    "ward_cp_policy_sets_total",
+                    &[("result", "rejected")]
+                ) == rejected,
                 "the control plane rejected {file}:\n{}",
                 tail(&self.dir.path().join("control-plane.log"), 10)
             );
