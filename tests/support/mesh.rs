@@ -153,6 +153,12 @@ impl PodOptions {
         self.proxy_args.push(arg.to_owned());
         self
     }
+
+    /// A workload label (`--label KEY=VALUE`), for policy selectors.
+    pub fn label(self, key: &str, value: &str) -> Self {
+        self.proxy_arg("--label")
+            .proxy_arg(&format!("{key}={value}"))
+    }
 }
 
 /// The network, its control plane and the mesh's CA.
@@ -173,6 +179,19 @@ impl Mesh {
     /// Creates the network, the CA (`ward ca init`) and starts the control
     /// plane in the bridge namespace; returns once it answers.
     pub fn new(name_prefix: &str) -> Mesh {
+        Mesh::start(name_prefix, false)
+    }
+
+    /// Like [`Mesh::planned`], with a control plane watching
+    /// [`Mesh::policy_dir`] (`--policy-dir`, empty at start): write policies
+    /// with [`Mesh::write_policy`] / [`Mesh::apply_policy`].
+    pub fn with_policy_dir(name_prefix: &str, pods: &[(&str, &str)]) -> Mesh {
+        let mesh = Mesh::start(name_prefix, true);
+        mesh.plan(pods);
+        mesh
+    }
+
+    fn start(name_prefix: &str, policy_dir: bool) -> Mesh {
         let bins = bins();
         let dir = tempfile::Builder::new()
             .prefix("ward-mesh-")
@@ -195,10 +214,11 @@ impl Mesh {
         std::fs::copy(data.join("ca/ca.pem"), &bundle).expect("copy the CA bundle");
         std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
 
+        let policies = dir.path().join("policies");
         let network = Network::new(name_prefix);
         network.set_bridge_address(BRIDGE_CIDR);
-        let mut command = network.command(&[
-            &bins.control_plane,
+        let mut argv = vec![
+            bins.control_plane.as_str(),
             "--data-dir",
             data.to_str().unwrap(),
             "--trust-domain",
@@ -207,7 +227,12 @@ impl Mesh {
             CONTROL_PLANE_ADDR,
             "--admin-listen",
             CONTROL_PLANE_ADMIN,
-        ]);
+        ];
+        if policy_dir {
+            std::fs::create_dir(&policies).expect("create the policy directory");
+            argv.extend(["--policy-dir", policies.to_str().unwrap()]);
+        }
+        let mut command = network.command(&argv);
         command.stderr(log_file(&dir.path().join("control-plane.log")));
         let control_plane = ChildGuard::spawn(command);
         let mesh = Mesh {
@@ -241,15 +266,109 @@ impl Mesh {
     /// they are created in, and every sidecar knows all of them.
     pub fn planned(name_prefix: &str, pods: &[(&str, &str)]) -> Mesh {
         let mesh = Mesh::new(name_prefix);
+        mesh.plan(pods);
+        mesh
+    }
+
+    fn plan(&self, pods: &[(&str, &str)]) {
         for (name, sa) in pods {
-            let (cidr, ip) = mesh.next_cidr();
-            mesh.endpoints
+            let (cidr, ip) = self.next_cidr();
+            self.endpoints
                 .lock()
                 .unwrap()
                 .push(format!("{ip}={}", spiffe_id(sa)));
-            mesh.planned.lock().unwrap().push((name.to_string(), cidr));
+            self.planned.lock().unwrap().push((name.to_string(), cidr));
         }
-        mesh
+    }
+
+    /// The directory the control plane watches for policies (see
+    /// [`Mesh::with_policy_dir`]).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// Writes (or replaces) `file` in the policy directory atomically: a
+    /// hidden temporary file (not `*.yaml`, so never read half-written),
+    /// then a rename. Returns right after the rename.
+    pub fn write_policy(&self, file: &str, yaml: &str) {
+        let dir = self.policy_dir();
+        assert!(dir.is_dir(), "the mesh has no policy directory");
+        let tmp = dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write the policy file");
+        std::fs::rename(&tmp, dir.join(file)).expect("rename the policy file into place");
+    }
+
+    /// Removes `file` from the policy directory.
+    pub fn remove_policy(&self, file: &str) {
+        std::fs::remove_file(self.policy_dir().join(file)).expect("remove the policy file");
+    }
+
+    /// Writes `file` (see [`Mesh::write_policy`]), waits for the control
+    /// plane to accept the new set and for the sidecars of `pods` (which the
+    /// change must concern: others are not sent it) to put it in force.
+    /// Returns the set's version. Panics if the control plane rejects it.
+    pub fn apply_policy(&self, file: &str, yaml: &str, pods: &[&MeshPod]) -> u64 {
+        let before = self.control_plane_metrics();
+        let version = metric_sum(&before, "ward_cp_policy_version", &[]);
+        let rejected = metric_sum(
+            &before,
+            "ward_cp_policy_sets_total",
+            &[("result", "rejected")],
+        );
+        self.write_policy(file, yaml);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let new_version = loop {
+            let metrics = self.control_plane_metrics();
+            let now = metric_sum(&metrics, "ward_cp_policy_version", &[]);
+            if now > version {
+                break now;
+            }
+            assert!(
+                metric_sum(
+                    &metrics,
+                    "ward_cp_policy_sets_total",
+                    &[("result", "rejected")]
+                ) == rejected,
+                "the control plane rejected {file}:\n{}",
+                tail(&self.dir.path().join("control-plane.log"), 10)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "the control plane did not pick up {file}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for pod in pods {
+            self.wait_policy_version(pod, new_version);
+        }
+        new_version as u64
+    }
+
+    /// Waits until `pod`'s sidecar enforces policy version `version` or newer.
+    pub fn wait_policy_version(&self, pod: &MeshPod, version: f64) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while metric_sum(&self.metrics(pod), "ward_policy_version", &[]) < version {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not receive policy version {version}",
+                pod.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The control plane's Prometheus metrics (admin listener).
+    pub fn control_plane_metrics(&self) -> String {
+        let url = format!("http://{CONTROL_PLANE_ADMIN}/metrics");
+        let out = self
+            .network
+            .exec(&["curl", "-sS", "--fail", "--max-time", "5", &url]);
+        assert_ok(out, &format!("scraping {url}"))
+    }
+
+    /// The control plane's log so far.
+    pub fn control_plane_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("control-plane.log")).unwrap_or_default()
     }
 
     pub fn network(&self) -> &Network {
