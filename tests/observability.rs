@@ -372,12 +372,7 @@ fn tcp_bytes_are_counted_when_the_connection_closes() {
         ("peer_namespace", NAMESPACE),
         ("peer_service_account", "echo"),
     ];
-    let m = wait_for_value(
-        &client,
-        "ward_tcp_connections_closed_total",
-        &outbound,
-        1.0,
-    );
+    let m = wait_for_value(&client, "ward_tcp_connections_closed_total", &outbound, 1.0);
     assert_eq!(
         metric_sum(&m, "ward_tcp_received_bytes_total", &outbound),
         sent_by_app
@@ -387,7 +382,11 @@ fn tcp_bytes_are_counted_when_the_connection_closes() {
         received_by_app
     );
     assert_eq!(
-        metric_sum(&m, "ward_tcp_connections_open", &[("direction", "outbound")]),
+        metric_sum(
+            &m,
+            "ward_tcp_connections_open",
+            &[("direction", "outbound")]
+        ),
         0.0
     );
 
@@ -449,14 +448,22 @@ fn series_cardinality_does_not_follow_the_traffic() {
         &[("direction", "outbound")],
         2.0,
     );
-    let before: Vec<BTreeSet<String>> = workloads.iter().map(|w| ward_series(&w.metrics())).collect();
+    let before: Vec<BTreeSet<String>> = workloads
+        .iter()
+        .map(|w| ward_series(&w.metrics()))
+        .collect();
 
     // Thousands of distinct paths and queries, each on a new connection
     // (so a new client port each time).
     const REQUESTS: usize = 2000;
     let seed = std::process::id();
     let paths: Vec<String> = (0..REQUESTS)
-        .map(|i| format!("/echo/zq{seed:x}-{:016x}?q={i}", (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .map(|i| {
+            format!(
+                "/echo/zq{seed:x}-{:016x}?q={i}",
+                (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            )
+        })
         .collect();
     let started = Instant::now();
     let codes = mesh.frontend.curl_many(&paths);
@@ -472,7 +479,10 @@ fn series_cardinality_does_not_follow_the_traffic() {
     wait_for_value(
         &mesh.backend,
         "ward_http_responses_total",
-        &[("direction", "inbound"), ("peer_service_account", "frontend")],
+        &[
+            ("direction", "inbound"),
+            ("peer_service_account", "frontend"),
+        ],
         (REQUESTS + 4) as f64,
     );
 
@@ -694,7 +704,10 @@ fn dashboard_queries_name_only_exported_metrics() {
         );
     }
     // The checker itself: suffixes only on the right kinds of family.
-    assert!(is_exported("ward_http_request_duration_seconds_bucket", families));
+    assert!(is_exported(
+        "ward_http_request_duration_seconds_bucket",
+        families
+    ));
     assert!(!is_exported("ward_http_requests_total_bucket", families));
     assert!(!is_exported("ward_http_requests_count", families));
 }
@@ -715,8 +728,7 @@ fn alert_rules_pass_promtool_and_name_only_exported_metrics() {
 
     // The PrometheusRule carries exactly the same groups.
     let plain: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("alerts.yml")).unwrap())
-            .unwrap();
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("alerts.yml")).unwrap()).unwrap();
     let operator: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(dir.join("prometheus-rule.yaml")).unwrap(),
     )
@@ -775,11 +787,7 @@ fn scrape_config_is_valid() {
             serde_yaml_ng::from_str("[{targets: ['127.0.0.1:1']}]").unwrap(),
         );
         let relabel = serde_yaml_ng::to_string(&map["relabel_configs"]).unwrap();
-        job_names.push((
-            map["job_name"].as_str().unwrap().to_owned(),
-            role,
-            relabel,
-        ));
+        job_names.push((map["job_name"].as_str().unwrap().to_owned(), role, relabel));
     }
     let proxies = job_names
         .iter()
@@ -793,11 +801,9 @@ fn scrape_config_is_valid() {
     ] {
         assert!(proxies.2.contains(needed), "{needed}");
     }
-    config["rule_files"] = serde_yaml_ng::from_str(&format!(
-        "[{:?}]",
-        dir.join("alerts.yml").to_str().unwrap()
-    ))
-    .unwrap();
+    config["rule_files"] =
+        serde_yaml_ng::from_str(&format!("[{:?}]", dir.join("alerts.yml").to_str().unwrap()))
+            .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("prometheus.yml");
     std::fs::write(&file, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
@@ -869,8 +875,7 @@ impl Prometheus {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !matches!(explicit::http_get(addr, "/-/ready"), Ok((200, _))) {
             assert!(
-                Instant::now() < deadline
-                    && matches!(prometheus.child.try_wait(), Ok(None)),
+                Instant::now() < deadline && matches!(prometheus.child.try_wait(), Ok(None)),
                 "prometheus did not start:\n{config}\n{}",
                 explicit::tail(&prometheus.log, 30)
             );
@@ -896,7 +901,11 @@ impl Prometheus {
             // A scalar: [time, "value"].
             return Ok(vec![(
                 BTreeMap::new(),
-                result[1].as_str().unwrap_or("NaN").parse().unwrap_or(f64::NAN),
+                result[1]
+                    .as_str()
+                    .unwrap_or("NaN")
+                    .parse()
+                    .unwrap_or(f64::NAN),
             )]);
         };
         Ok(vector
@@ -1030,7 +1039,11 @@ fn prometheus_scrapes_requests_denials_and_tls() {
     let versions = prometheus.query("ward_policy_version").unwrap();
     assert_eq!(versions.len(), 3, "{versions:?}");
     let cp_version = prometheus.query("ward_cp_policy_version").unwrap();
-    assert!(versions.iter().all(|(_, v)| *v == cp_version[0].1 && *v >= 1.0));
+    assert!(
+        versions
+            .iter()
+            .all(|(_, v)| *v == cp_version[0].1 && *v >= 1.0)
+    );
     eprintln!(
         "prometheus caught up with every expected series {:?} after start",
         started.elapsed()
@@ -1051,13 +1064,36 @@ fn prometheus_scrapes_requests_denials_and_tls() {
             .query(&expr)
             .unwrap_or_else(|e| panic!("alert {alert}: {e}"));
     }
-    // The latency quantiles have data.
-    let p99 = prometheus
-        .query(&grafana_to_promql(
-            r#"histogram_quantile(0.99, sum by (le) (rate(ward_http_request_duration_seconds_bucket{direction="inbound"}[1m])))"#,
-        ))
-        .unwrap();
-    eprintln!("inbound p99 latency: {p99:?}");
+    // The dashboard's latency quantiles have data once requests arrive
+    // while Prometheus watches (a rate needs two samples apart).
+    let latency: Vec<String> = dashboard_exprs()
+        .into_iter()
+        .filter(|(title, _)| title == "Request latency (inbound)")
+        .map(|(_, expr)| grafana_to_promql(&expr))
+        .collect();
+    assert_eq!(latency.len(), 3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let quantiles = loop {
+        mesh.traffic(5, 0);
+        let values: Vec<f64> = latency
+            .iter()
+            .filter_map(|q| prometheus.query(q).ok())
+            .filter(|r| r.len() == 1)
+            .map(|r| r[0].1)
+            .filter(|v| v.is_finite())
+            .collect();
+        if values.len() == 3 {
+            break values;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no latency quantiles: {latency:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!("inbound latency p50/p90/p99 (s): {quantiles:?}");
+    assert!(quantiles[0] > 0.0 && quantiles[0] <= quantiles[1] && quantiles[1] <= quantiles[2]);
+    assert!(quantiles[2] < 1.0, "{quantiles:?}");
     // With these proxies healthy, no alert is firing except the expected
     // absence of any: the rules load and evaluate.
     let (status, body) = explicit::http_get(prometheus.addr, "/api/v1/rules").unwrap();
