@@ -818,6 +818,9 @@ fn scrape_config_is_valid() {
 // ---------------------------------------------------------------------------
 // A real Prometheus.
 
+/// A query result: one series' labels and value.
+type Series = (BTreeMap<String, String>, f64);
+
 /// `prometheus` on loopback scraping `targets` (job, workload, admin
 /// address) every second; killed on drop.
 struct Prometheus {
@@ -885,7 +888,7 @@ impl Prometheus {
     }
 
     /// `/api/v1/query`: the result vector as (labels, value).
-    fn query(&self, promql: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
+    fn query(&self, promql: &str) -> Result<Vec<Series>, String> {
         let (status, body) = explicit::http_get(
             self.addr,
             &format!("/api/v1/query?query={}", url_encode(promql)),
