@@ -1113,7 +1113,6 @@ fn prometheus_scrapes_requests_denials_and_tls() {
 }
 
 #[test]
-#[ignore = "known bug: ward_certificate_expiry_timestamp_seconds and ward_certificate_renewals_total are never updated by the sidecar"]
 fn certificate_metrics_track_the_svid() {
     if !prerequisites() {
         return;

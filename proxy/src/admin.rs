@@ -54,13 +54,21 @@ impl Admin {
     fn route(&self, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
         let local = peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback();
         match (req.method(), req.uri().path(), local) {
-            (&Method::GET, "/metrics", _) => Response::builder()
-                .header(
-                    header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                )
-                .body(full(Bytes::from(self.metrics.render())))
-                .expect("valid response"),
+            (&Method::GET, "/metrics", _) => {
+                let stats = &self.identity.stats;
+                self.metrics.sync_identity(
+                    self.identity.svid.not_after(),
+                    stats.renewals.load(std::sync::atomic::Ordering::Relaxed),
+                    stats.failures.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                Response::builder()
+                    .header(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                    .body(full(Bytes::from(self.metrics.render())))
+                    .expect("valid response")
+            }
             (&Method::GET, "/live", true) => text(StatusCode::OK, "live\n"),
             // Runtime log level: `GET /logging` shows it, `PUT /logging?level=debug` sets it.
             (&Method::GET, "/logging", true) => {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use ward_control_plane::client::{
     ControlPlaneClient, ControlPlaneIssuer, CredentialSource, control_plane_id,
 };
 use ward_identity::bundle::TrustBundles;
-use ward_identity::manager::{self, RotationPolicy};
+use ward_identity::manager::{self, RotationPolicy, RotationStats};
 use ward_identity::svid;
 use ward_identity::tls::{self, SharedBundles, SvidCell};
 
@@ -30,6 +31,8 @@ const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 pub struct WorkloadIdentity {
     pub svid: Arc<SvidCell>,
     pub bundles: SharedBundles,
+    /// Certificates obtained (or files loaded) and failed attempts.
+    pub stats: Arc<RotationStats>,
 }
 
 impl WorkloadIdentity {
@@ -66,8 +69,14 @@ fn start_from_files(
     let bundles = tls::shared_bundles(TrustBundles::new());
     files.load_into(&svid, &bundles)?;
     info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity loaded from files");
-    tokio::spawn(files.watch(svid.clone(), bundles.clone(), shutdown));
-    Ok(WorkloadIdentity { svid, bundles })
+    let stats = Arc::new(RotationStats::default());
+    stats.renewals.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(files.watch(svid.clone(), bundles.clone(), stats.clone(), shutdown));
+    Ok(WorkloadIdentity {
+        svid,
+        bundles,
+        stats,
+    })
 }
 
 fn start_from_control_plane(
@@ -102,6 +111,7 @@ fn start_from_control_plane(
     Ok(WorkloadIdentity {
         svid: handle.svid().clone(),
         bundles: handle.bundles().clone(),
+        stats: handle.stats().clone(),
     })
 }
 
@@ -149,7 +159,13 @@ impl IdentityFiles {
 
     /// Polls modification times; a change that does not verify is logged
     /// and the identity in use is kept.
-    async fn watch(self, svid: Arc<SvidCell>, bundles: SharedBundles, shutdown: CancellationToken) {
+    async fn watch(
+        self,
+        svid: Arc<SvidCell>,
+        bundles: SharedBundles,
+        stats: Arc<RotationStats>,
+        shutdown: CancellationToken,
+    ) {
         let mut last = self.stamp();
         loop {
             tokio::select! {
@@ -163,9 +179,11 @@ impl IdentityFiles {
             last = now;
             match self.load_into(&svid, &bundles) {
                 Ok(()) => {
+                    stats.renewals.fetch_add(1, Ordering::Relaxed);
                     info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity files changed: reloaded")
                 }
                 Err(err) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
                     warn!(error = %format!("{err:#}"), "identity files changed but do not load; keeping the current identity")
                 }
             }

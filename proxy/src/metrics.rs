@@ -173,6 +173,28 @@ impl ProxyMetrics {
         }
     }
 
+    /// Copies the identity's state into the certificate metrics (done at
+    /// each scrape: the values change rarely and are cheap to read).
+    pub fn sync_identity(
+        &self,
+        not_after: Option<time::OffsetDateTime>,
+        renewals: u64,
+        failures: u64,
+    ) {
+        if let Some(t) = not_after {
+            self.cert_expiry.set(t.unix_timestamp() as f64);
+        }
+        // Counters only move forward: add what happened since the last sync.
+        let add = |counter: &IntCounter, total: u64| {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        };
+        add(&self.cert_renewals, renewals);
+        add(&self.cert_renewal_failures, failures);
+    }
+
     /// The Prometheus text exposition: Ward's metrics plus process metrics
     /// (CPU, resident memory, open file descriptors).
     pub fn render(&self) -> String {
