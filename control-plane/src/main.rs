@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use ward_control_plane::inject::{self, InjectConfig};
 use ward_control_plane::attest::K8sTokenConfig;
+use ward_control_plane::inject::{self, InjectConfig};
 use ward_control_plane::logging::{self, LogFormat};
 use ward_control_plane::server::{Config, ControlPlane};
 

@@ -63,7 +63,12 @@ impl Admin {
         }
     }
 
-    pub(crate) async fn route(&self, peer: SocketAddr, method: &Method, path: &str) -> Response<Body> {
+    pub(crate) async fn route(
+        &self,
+        peer: SocketAddr,
+        method: &Method,
+        path: &str,
+    ) -> Response<Body> {
         let local = peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback();
         match (method, path, local) {
             (&Method::GET, "/metrics", _) => Response::builder()

@@ -98,8 +98,10 @@ pub(crate) async fn wait_ready_every(
             Ok((status, reason)) => last = format!("GET /ready: {status}{reason}"),
             Err(err) => last = err,
         }
-        tokio::time::sleep(interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())))
-            .await;
+        tokio::time::sleep(
+            interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
     }
 }
 
@@ -171,7 +173,9 @@ pub async fn tcp_connect(host: &str, port: u16, timeout: Duration) -> Result<(),
     match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(format!("connect {host}:{port}: {err}")),
-        Err(_) => Err(format!("connect {host}:{port}: timed out after {timeout:?}")),
+        Err(_) => Err(format!(
+            "connect {host}:{port}: timed out after {timeout:?}"
+        )),
     }
 }
 

@@ -171,7 +171,10 @@ fn native_sidecar_layout() {
         (startup.period_seconds, startup.failure_threshold),
         (Some(1), Some(120))
     );
-    assert!(inits[1].lifecycle.is_none(), "no postStart with native sidecars");
+    assert!(
+        inits[1].lifecycle.is_none(),
+        "no postStart with native sidecars"
+    );
     assert_eq!(spec.containers.len(), 1);
     let status: serde_json::Value =
         serde_json::from_str(&p.metadata.annotations.unwrap()[ANNOTATION_STATUS]).unwrap();
@@ -196,7 +199,13 @@ fn classic_sidecar_layout() {
         .as_ref()
         .unwrap();
     assert_eq!(
-        post_start.exec.as_ref().unwrap().command.as_deref().unwrap(),
+        post_start
+            .exec
+            .as_ref()
+            .unwrap()
+            .command
+            .as_deref()
+            .unwrap(),
         ["ward-proxy", "wait-ready", "--timeout", "120s"]
     );
     assert!(spec.containers[0].startup_probe.is_none());

@@ -63,7 +63,10 @@ impl AppProbes {
                         .iter()
                         .any(|s| get.scheme.eq_ignore_ascii_case(s))
                     {
-                        return Err(bad(&format!("scheme {:?} is not HTTP or HTTPS", get.scheme)));
+                        return Err(bad(&format!(
+                            "scheme {:?} is not HTTP or HTTPS",
+                            get.scheme
+                        )));
                     }
                     if get.port == 0 {
                         return Err(bad("port 0"));
@@ -120,7 +123,12 @@ pub async fn run(probe: &AppProbe) -> Result<(), String> {
             Err(format!("GET {path} on port {}: {status}", get.port))
         }
     } else if let Some(tcp) = &probe.tcp_socket {
-        tcp_connect(tcp.host.as_deref().unwrap_or("127.0.0.1"), tcp.port, timeout).await
+        tcp_connect(
+            tcp.host.as_deref().unwrap_or("127.0.0.1"),
+            tcp.port,
+            timeout,
+        )
+        .await
     } else {
         Err("neither httpGet nor tcpSocket".into())
     }

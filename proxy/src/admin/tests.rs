@@ -132,10 +132,7 @@ async fn app_probes_run_the_originals_for_any_source() {
         assert_eq!(status(&admin, REMOTE, path).await, expected, "{path}");
     }
     let started = Instant::now();
-    assert_eq!(
-        status(&admin, REMOTE, "/app-health/slow/readyz").await,
-        503
-    );
+    assert_eq!(status(&admin, REMOTE, "/app-health/slow/readyz").await, 503);
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
@@ -159,7 +156,11 @@ async fn only_listed_paths_are_reachable() {
     }
     // Non-GET is refused too.
     let resp = admin
-        .route(REMOTE.parse().unwrap(), &Method::POST, "/app-health/cart/readyz")
+        .route(
+            REMOTE.parse().unwrap(),
+            &Method::POST,
+            "/app-health/cart/readyz",
+        )
         .await;
     assert_eq!(resp.status(), 404);
 }
@@ -172,7 +173,11 @@ async fn ready_and_live_stay_on_loopback() {
     assert_eq!(status(&admin, REMOTE, "/metrics").await, 200);
     assert_eq!(status(&admin, LOCAL, "/live").await, 200);
     assert_eq!(status(&admin, "[::1]:1", "/live").await, 200);
-    assert_eq!(status(&admin, LOCAL, "/ready").await, 503, "no certificate yet");
+    assert_eq!(
+        status(&admin, LOCAL, "/ready").await,
+        503,
+        "no certificate yet"
+    );
 }
 
 /// The whole path over real sockets: the admin server, `ward-proxy probe`'s

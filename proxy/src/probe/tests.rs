@@ -38,7 +38,14 @@ async fn fake_admin(ready: u16) -> FakeAdmin {
                     let (status, body) = match req.uri().path() {
                         "/ready" => {
                             let s = StatusCode::from_u16(r.load(Ordering::SeqCst)).unwrap();
-                            (s, if s == 200 { "ready\n" } else { "no certificate yet\n" })
+                            (
+                                s,
+                                if s == 200 {
+                                    "ready\n"
+                                } else {
+                                    "no certificate yet\n"
+                                },
+                            )
                         }
                         "/live" => (StatusCode::OK, "live\n"),
                         _ => (StatusCode::NOT_FOUND, "not found\n"),
