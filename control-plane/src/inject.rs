@@ -10,9 +10,10 @@
 //! (fail closed), `ward inject` exits non-zero.
 //!
 //! Contracts with `ward-proxy` (documented in `docs/kubernetes.md`):
-//! - the kubelet probes the proxy with `httpGet /ready` and `/live` on 15020
-//!   from the node, so the proxy answers those two (and `/metrics` and
-//!   `/app-health/...`) to any source; everything else on 15020 is loopback only;
+//! - the proxy answers `/ready` and `/live` on 15020 to loopback only, so its
+//!   own probes are `exec: ward-proxy probe ready|live` (run inside the
+//!   sidecar); `/metrics` and the listed `/app-health/...` paths answer any
+//!   source, everything else on 15020 is loopback only;
 //! - app `httpGet`/`tcpSocket` probes are rewritten to
 //!   `GET /app-health/<container>/<livez|readyz|startupz>` on 15020 and the
 //!   original probes handed to the proxy as JSON in `WARD_APP_PROBES`;
@@ -38,7 +39,7 @@ pub use annotations::{
     ANNOTATION_PROXY_CPU_LIMIT, ANNOTATION_PROXY_MEMORY, ANNOTATION_PROXY_MEMORY_LIMIT,
     ANNOTATION_REWRITE_APP_PROBES, ANNOTATION_STATUS, PodOptions,
 };
-pub use probes::AppProbe;
+pub use probes::{AppHeader, AppHttpGet, AppProbe, AppTcpSocket};
 
 /// Namespace label that turns injection on for every pod in it.
 pub const NAMESPACE_LABEL: &str = "ward.io/inject";

@@ -1,4 +1,5 @@
-//! `ward-control-plane`: the CA server and (later) policy distribution.
+//! `ward-control-plane`: the CA server, policy distribution and the sidecar
+//! injector webhook.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ward_control_plane::attest::K8sTokenConfig;
+use ward_control_plane::inject::{self, InjectConfig};
 use ward_control_plane::logging::{self, LogFormat};
 use ward_control_plane::server::{Config, ControlPlane};
 
@@ -15,7 +17,7 @@ use ward_control_plane::server::{Config, ControlPlane};
 #[command(
     name = "ward-control-plane",
     version,
-    about = "Ward control plane: CA and workload attestation"
+    about = "Ward control plane: CA, workload attestation, policies and the sidecar injector"
 )]
 struct Args {
     /// Trust domain of the mesh (SPIFFE IDs are spiffe://<this>/ns/<ns>/sa/<sa>).
@@ -52,6 +54,27 @@ struct Args {
     /// `{"endpoints": [{"address": "IP[:PORT]", "spiffe_id": "…"}]}`.
     #[arg(long, env = "WARD_ENDPOINTS_FILE")]
     endpoints_file: Option<PathBuf>,
+    /// Injector webhook listener (HTTPS with the serving certificate, valid
+    /// for ward-control-plane.ward-system.svc). Disabled when unset;
+    /// deployments set 0.0.0.0:15017.
+    #[arg(long, env = "WARD_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// Image of the injected `ward-init` and `ward-proxy` containers.
+    #[arg(long, env = "WARD_PROXY_IMAGE", default_value_t = inject::default_image())]
+    proxy_image: String,
+    /// `imagePullPolicy` of the injected containers (the cluster's default when unset).
+    #[arg(long, env = "WARD_PROXY_IMAGE_PULL_POLICY", value_parser = ["Always", "IfNotPresent", "Never"])]
+    proxy_image_pull_policy: Option<String>,
+    /// Control plane address (`host:port`) the injected sidecars dial.
+    #[arg(long, env = "WARD_INJECT_CONTROL_PLANE", default_value = inject::CONTROL_PLANE_ADDRESS)]
+    inject_control_plane: String,
+    /// Inject native sidecars (Kubernetes ≥ 1.29); `false` for older
+    /// clusters. Pods may override with `ward.io/native-sidecar`.
+    #[arg(long, env = "WARD_NATIVE_SIDECARS", default_value = "true", action = clap::ArgAction::Set)]
+    native_sidecars: bool,
+    /// Default `WARD_LOG_LEVEL` of injected sidecars (`ward.io/log-level` overrides).
+    #[arg(long, env = "WARD_PROXY_LOG_LEVEL", default_value = "info", value_parser = ["trace", "debug", "info", "warn", "error"])]
+    proxy_log_level: String,
     #[arg(long, env = "WARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[arg(long, env = "WARD_LOG_LEVEL", default_value = "info")]
@@ -68,6 +91,15 @@ async fn main() -> anyhow::Result<()> {
     config.svid_ttl = args.svid_ttl;
     config.policy_dir = args.policy_dir;
     config.root_namespace = args.root_namespace;
+    config.webhook_listen = args.webhook_listen;
+    config.inject = InjectConfig {
+        image: args.proxy_image,
+        image_pull_policy: args.proxy_image_pull_policy,
+        control_plane: args.inject_control_plane,
+        native_sidecars: args.native_sidecars,
+        log_level: args.proxy_log_level,
+        ..InjectConfig::new(args.trust_domain.clone())
+    };
     if let Some(path) = &args.endpoints_file {
         #[derive(serde::Deserialize)]
         struct File {

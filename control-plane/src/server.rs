@@ -1,5 +1,6 @@
 //! The control plane process: the HTTPS API on 15012 (HTTP/2 and HTTP/1.1
-//! over TLS 1.3) and a plaintext admin listener for `/metrics`, `/ready`
+//! over TLS 1.3), optionally the injector webhook on 15017 (same serving
+//! certificate), and a plaintext admin listener for `/metrics`, `/ready`
 //! and `/live`.
 
 use std::convert::Infallible;
@@ -28,10 +29,12 @@ use ward_identity::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 use crate::api::{self, BundleResponse, ErrorBody, SvidRequest, SvidResponse};
 use crate::attest::{Attestor, JoinTokenStore, K8sTokenConfig, ServiceAccountTokenValidator};
 use crate::data_dir::DataDir;
+use crate::inject::InjectConfig;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::serving::ServingIdentity;
 use crate::watch::{ChannelBody, EndpointEntry, Endpoints, WatchContext, WatchRequest};
+use crate::webhook::{Webhook, WebhookConfig};
 
 /// Response bodies: whole JSON documents, or the watch stream.
 type ApiBody = BoxBody<Bytes, Infallible>;
@@ -67,12 +70,21 @@ pub struct Config {
     /// Endpoints known without registration (workloads outside the mesh's
     /// network, or with several addresses).
     pub static_endpoints: Vec<EndpointEntry>,
+    /// The sidecar injector webhook (TLS with the serving certificate, so
+    /// valid for [`Config::serving_dns_names`] under the CA bundle). `None`:
+    /// not served. Port 15017 in a deployment.
+    pub webhook_listen: Option<SocketAddr>,
+    /// What the webhook injects. Its trust domain is replaced by the CA's.
+    pub inject: InjectConfig,
 }
 
 impl Config {
     pub fn new(trust_domain: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        let trust_domain = trust_domain.into();
         Config {
-            trust_domain: trust_domain.into(),
+            inject: InjectConfig::new(trust_domain.clone()),
+            webhook_listen: None,
+            trust_domain,
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 15012)),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 15014))),
@@ -104,6 +116,7 @@ struct State {
 pub struct ControlPlane {
     api_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    webhook: Option<Webhook>,
     trust_domain: String,
     bundle_pem: String,
     serving_id: SpiffeId,
@@ -168,6 +181,23 @@ impl ControlPlane {
             state.clone(),
             shutdown_rx.clone(),
         ));
+        let webhook = match config.webhook_listen {
+            Some(listen) => {
+                let mut inject = config.inject.clone();
+                inject.trust_domain = trust_domain.clone();
+                Some(
+                    Webhook::start(WebhookConfig {
+                        listen,
+                        inject,
+                        // Shares the certificate cell: renewals apply to both.
+                        tls: serving.server_config(),
+                    })
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        let webhook_addr = webhook.as_ref().map(Webhook::addr);
         tasks.spawn(serving.renew_forever(state.ca.clone(), shutdown_rx.clone()));
 
         let admin_addr = match config.admin_listen {
@@ -181,10 +211,11 @@ impl ControlPlane {
             }
             None => None,
         };
-        info!(%api_addr, ?admin_addr, trust_domain, "control plane serving");
+        info!(%api_addr, ?admin_addr, ?webhook_addr, trust_domain, "control plane serving");
         Ok(ControlPlane {
             api_addr,
             admin_addr,
+            webhook,
             trust_domain,
             bundle_pem,
             serving_id,
@@ -199,6 +230,11 @@ impl ControlPlane {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Where the injector webhook listens, when enabled.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook.as_ref().map(Webhook::addr)
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -218,6 +254,9 @@ impl ControlPlane {
     /// Stops accepting, lets in-flight requests finish, and returns.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(webhook) = self.webhook.take() {
+            webhook.shutdown().await;
+        }
         while self.tasks.join_next().await.is_some() {}
     }
 }

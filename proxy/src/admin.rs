@@ -1,22 +1,30 @@
-//! The admin listener (15020): `/metrics` for Prometheus from anywhere;
-//! `/ready` and `/live` only from loopback, so probes stay inside the pod.
+//! The admin listener (15020): `/metrics` for Prometheus and the listed
+//! `/app-health/<container>/<kind>` app probes (see [`app_probes`]) from
+//! anywhere; `/ready` and `/live` only from loopback, so the proxy's own
+//! probes run inside the pod (`ward-proxy probe`, [`crate::probe`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
+use http::{Method, Response, StatusCode, header};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use crate::http::{Body, full};
 use crate::identity::WorkloadIdentity;
 use crate::metrics::ProxyMetrics;
+
+pub mod app_probes;
+#[cfg(test)]
+mod tests;
+
+pub use app_probes::AppProbes;
 
 pub struct Admin {
     pub metrics: Arc<ProxyMetrics>,
@@ -24,6 +32,8 @@ pub struct Admin {
     /// Ready needs a policy set too when policies are enforced.
     pub policy: Option<Arc<crate::policy::PolicyAuthorizer>>,
     pub draining: CancellationToken,
+    /// The app's original probes, served on `/app-health/...`.
+    pub app_probes: AppProbes,
 }
 
 impl Admin {
@@ -38,9 +48,14 @@ impl Admin {
             };
             let this = self.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.route(peer, &req)) }
+                    async move {
+                        Ok::<_, Infallible>(
+                            this.route(peer, req.method(), req.uri().path(), req.uri().query())
+                                .await,
+                        )
+                    }
                 });
                 let _ = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -51,9 +66,15 @@ impl Admin {
         }
     }
 
-    fn route(&self, peer: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn route(
+        &self,
+        peer: SocketAddr,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Response<Body> {
         let local = peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback();
-        match (req.method(), req.uri().path(), local) {
+        match (method, path, local) {
             (&Method::GET, "/metrics", _) => {
                 let stats = &self.identity.stats;
                 self.metrics.sync_identity(
@@ -75,7 +96,7 @@ impl Admin {
                 let level = ward_control_plane::logging::current_level().unwrap_or_default();
                 Response::new(full(Bytes::from(format!("{level}\n"))))
             }
-            (&Method::PUT | &Method::POST, "/logging", true) => set_log_level(req.uri().query()),
+            (&Method::PUT | &Method::POST, "/logging", true) => set_log_level(query),
             (&Method::GET, "/ready", true) => {
                 if self.draining.is_cancelled() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
@@ -88,6 +109,22 @@ impl Admin {
                     )
                 } else {
                     text(StatusCode::OK, "ready\n")
+                }
+            }
+            (&Method::GET, path, _) if path.starts_with(app_probes::PATH_PREFIX) => {
+                let Some(probe) = self.app_probes.get(path) else {
+                    return text(StatusCode::NOT_FOUND, "not found\n");
+                };
+                match app_probes::run(probe).await {
+                    Ok(()) => text(StatusCode::OK, "ok\n"),
+                    Err(reason) => {
+                        debug!(path, %reason, "app probe failed");
+                        Response::builder()
+                            .status(StatusCode::SERVICE_UNAVAILABLE)
+                            .header(header::CONTENT_TYPE, "text/plain")
+                            .body(full(Bytes::from(format!("{reason}\n"))))
+                            .expect("valid response")
+                    }
                 }
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use ward_control_plane::logging::LogFormat;
 use ward_identity::SpiffeId;
 
+use crate::admin::AppProbes;
 use crate::capture::cli::List;
 use crate::endpoints::EndpointKey;
 
@@ -63,9 +64,15 @@ pub struct RunArgs {
     /// Where iptables sends outbound connections (transparent mode).
     #[arg(long, env = "WARD_OUTBOUND_CAPTURE", default_value = "0.0.0.0:15001")]
     pub outbound_capture: SocketAddr,
-    /// Admin listener: `/metrics` from anywhere, `/ready` and `/live` from localhost only.
+    /// Admin listener: `/metrics` and the `--app-probes` paths from
+    /// anywhere, `/ready` and `/live` from localhost only.
     #[arg(long, env = "WARD_ADMIN", default_value = "0.0.0.0:15020")]
     pub admin: SocketAddr,
+    /// The app's original probes the admin port runs for the kubelet, as the
+    /// injector writes them: a JSON object keyed by
+    /// `/app-health/<container>/<livez|readyz|startupz>` (docs/kubernetes.md, "Probes").
+    #[arg(long, env = "WARD_APP_PROBES", default_value = "", hide_env_values = true, hide_default_value = true, value_parser = AppProbes::parse)]
+    pub app_probes: AppProbes,
 
     /// A meshed destination and the SPIFFE ID it must present:
     /// `IP:PORT=ID` or `IP=ID` (any port); repeatable.

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
 pub mod policy;
+pub mod probe;
 pub mod proxy;
 pub mod rewind;
 pub mod tunnel;

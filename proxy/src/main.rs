@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use ward_proxy::capture::cli::{InitArgs, run_init};
 use ward_proxy::config::RunArgs;
 use ward_proxy::orig_dst;
+use ward_proxy::probe::{self, ProbeArgs, WaitReadyArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "ward-proxy", about = "Ward sidecar proxy")]
@@ -25,6 +26,12 @@ enum Command {
     /// Run the proxy: transparent (iptables capture) by default, explicit
     /// with --inbound/--outbound listeners.
     Run(Box<RunArgs>),
+    /// Check the local proxy's /ready or /live (the sidecar's exec probes):
+    /// exit 0 on 200, 1 with the reason otherwise.
+    Probe(ProbeArgs),
+    /// Poll /ready every 200 ms until it answers 200 (exit 0) or --timeout
+    /// passed (exit 1): the classic sidecar's postStart hook.
+    WaitReady(WaitReadyArgs),
     /// Test probe: answer each connection with its original destination.
     #[command(hide = true)]
     DebugOrigDst(DebugOrigDstArgs),
@@ -45,6 +52,8 @@ fn main() -> ExitCode {
         Command::Init(args) => run_init(&args).map_err(|e| e.to_string()),
         Command::DebugOrigDst(args) => debug_orig_dst(args),
         Command::Run(args) => run(*args),
+        Command::Probe(args) => probe::run_blocking(probe::probe(&args)),
+        Command::WaitReady(args) => probe::run_blocking(probe::wait_ready(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -187,6 +187,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         identity: identity.clone(),
         policy: policy.clone(),
         draining: shutdown.clone(),
+        app_probes: args.app_probes.clone(),
     });
     // The admin server outlives draining so /ready can say "draining".
     tokio::spawn(admin.serve(admin_listener, CancellationToken::new()));

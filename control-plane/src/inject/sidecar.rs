@@ -4,13 +4,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
-    DownwardAPIVolumeSource, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    DownwardAPIVolumeSource, EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::probes::AppProbe;
 use super::{
@@ -136,16 +134,23 @@ fn resources<const N: usize>(
     }
 }
 
-fn admin_probe(path: &str, period: i32, failure_threshold: i32) -> Probe {
+/// The proxy's own probes: `/ready` and `/live` answer loopback only (the
+/// kubelet probes from the node), so they run inside the sidecar as
+/// `ward-proxy probe ready|live`, a GET to 127.0.0.1:15020 that exits 0 on 200.
+fn admin_probe(check: &str, period: i32, failure_threshold: i32) -> Probe {
     Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::Int(ADMIN_PORT.into()),
-            scheme: Some("HTTP".into()),
-            ..Default::default()
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "ward-proxy".into(),
+                "probe".into(),
+                check.into(),
+                "--timeout".into(),
+                "2s".into(),
+            ]),
         }),
         period_seconds: Some(period),
-        timeout_seconds: Some(1),
+        // Above the command's own --timeout, so it reports its reason.
+        timeout_seconds: Some(3),
         failure_threshold: Some(failure_threshold),
         ..Default::default()
     }
@@ -199,8 +204,8 @@ pub fn proxy_container(
                 ("memory", r.memory_limit.as_str()),
             ],
         )),
-        readiness_probe: Some(admin_probe("/ready", 2, 3)),
-        liveness_probe: Some(admin_probe("/live", 10, 3)),
+        readiness_probe: Some(admin_probe("ready", 5, 3)),
+        liveness_probe: Some(admin_probe("live", 10, 3)),
         security_context: Some(SecurityContext {
             capabilities: Some(capabilities(&[])),
             run_as_user: Some(PROXY_UID),
@@ -223,7 +228,7 @@ pub fn proxy_container(
         // The kubelet starts the next init container (and then the app) only
         // once this startup probe passed: the app never runs unproxied.
         container.restart_policy = Some("Always".into());
-        container.startup_probe = Some(admin_probe("/ready", 1, 120));
+        container.startup_probe = Some(admin_probe("ready", 1, 120));
     } else {
         // A regular container started first: the kubelet runs postStart to
         // completion before it starts the next container.

@@ -152,7 +152,29 @@ fn native_sidecar_layout() {
     assert_eq!(inits[0].name, "ward-init");
     assert_eq!(inits[1].name, "ward-proxy");
     assert_eq!(inits[1].restart_policy.as_deref(), Some("Always"));
-    assert!(inits[1].startup_probe.is_some());
+    // The proxy's /ready and /live answer loopback only: exec probes.
+    let exec = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let probe = probe.as_ref().expect("probe set");
+        assert!(probe.http_get.is_none() && probe.tcp_socket.is_none());
+        probe.exec.as_ref().unwrap().command.clone().unwrap()
+    };
+    let cmd = |check: &str| -> Vec<String> {
+        ["ward-proxy", "probe", check, "--timeout", "2s"]
+            .map(String::from)
+            .to_vec()
+    };
+    assert_eq!(exec(&inits[1].startup_probe), cmd("ready"));
+    assert_eq!(exec(&inits[1].readiness_probe), cmd("ready"));
+    assert_eq!(exec(&inits[1].liveness_probe), cmd("live"));
+    let startup = inits[1].startup_probe.as_ref().unwrap();
+    assert_eq!(
+        (startup.period_seconds, startup.failure_threshold),
+        (Some(1), Some(120))
+    );
+    assert!(
+        inits[1].lifecycle.is_none(),
+        "no postStart with native sidecars"
+    );
     assert_eq!(spec.containers.len(), 1);
     let status: serde_json::Value =
         serde_json::from_str(&p.metadata.annotations.unwrap()[ANNOTATION_STATUS]).unwrap();
@@ -169,13 +191,29 @@ fn classic_sidecar_layout() {
     let spec = p.spec.unwrap();
     assert_eq!(spec.init_containers.unwrap().len(), 1);
     assert_eq!(spec.containers[0].name, "ward-proxy");
-    assert!(
-        spec.containers[0]
-            .lifecycle
+    let post_start = spec.containers[0]
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .post_start
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        post_start
+            .exec
             .as_ref()
             .unwrap()
-            .post_start
-            .is_some()
+            .command
+            .as_deref()
+            .unwrap(),
+        ["ward-proxy", "wait-ready", "--timeout", "120s"]
+    );
+    assert!(spec.containers[0].startup_probe.is_none());
+    let ready = spec.containers[0].readiness_probe.as_ref().unwrap();
+    assert!(ready.http_get.is_none());
+    assert_eq!(
+        ready.exec.as_ref().unwrap().command.as_deref().unwrap()[..3],
+        ["ward-proxy", "probe", "ready"]
     );
     assert_eq!(spec.containers[1].name, "app");
 }
