@@ -222,9 +222,12 @@ impl JoinTokenStore {
     }
 }
 
-/// A fresh token: 32 bytes from the OS-seeded CSPRNG, base64url unpadded.
+/// A fresh token: `wjt_` then 32 bytes from the OS-seeded CSPRNG,
+/// base64url unpadded. The prefix keeps a token from starting with `-`
+/// (which a command line would take for a flag) and lets secret scanners
+/// recognise leaked tokens.
 fn new_token() -> String {
-    URL_SAFE_NO_PAD.encode(random_bytes::<TOKEN_BYTES>())
+    format!("wjt_{}", URL_SAFE_NO_PAD.encode(random_bytes::<TOKEN_BYTES>()))
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
