@@ -20,13 +20,16 @@ fn store() -> (tempfile::TempDir, JoinTokenStore) {
 const HOUR: Duration = Duration::from_secs(3600);
 
 #[test]
-fn token_is_32_random_bytes_base64url_unpadded() {
+fn token_is_prefixed_32_random_bytes_base64url_unpadded() {
     let (_dir, store) = store();
-    let a = store.create(&api(), HOUR).unwrap();
-    let b = store.create(&api(), HOUR).unwrap();
-    assert_eq!(URL_SAFE_NO_PAD.decode(&a).unwrap().len(), 32);
-    assert_eq!(a.len(), 43, "no padding");
-    assert_ne!(a, b);
+    for _ in 0..200 {
+        let a = store.create(&api(), HOUR).unwrap();
+        let b = store.create(&api(), HOUR).unwrap();
+        let body = a.strip_prefix("wjt_").expect("prefixed");
+        assert_eq!(URL_SAFE_NO_PAD.decode(body).unwrap().len(), 32);
+        assert_eq!(body.len(), 43, "no padding");
+        assert_ne!(a, b);
+    }
 }
 
 #[test]
