@@ -130,7 +130,12 @@ pub struct RunArgs {
     #[arg(long, env = "WARD_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
     /// One-time join token for the first enrolment.
-    #[arg(long, env = "WARD_JOIN_TOKEN", hide_env_values = true, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "WARD_JOIN_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub join_token: Option<String>,
     /// Projected service-account token (audience `ward`), re-read at each use.
     #[arg(long, env = "WARD_SA_TOKEN_FILE")]

@@ -250,7 +250,7 @@ pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool
 /// The control plane and the directory everything lives in.
 pub struct Cluster {
     // Drop order: the control plane dies before its directory goes.
-    control_plane: Proc,
+    control_plane: Option<Proc>,
     pub api: SocketAddr,
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
@@ -281,33 +281,9 @@ impl Cluster {
             std::fs::write(policy_dir.join(name), yaml).unwrap();
         }
         let (api, admin) = (free_addr(), free_addr());
-        let mut command = Command::new(&bins.control_plane);
-        command
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--trust-domain", TRUST_DOMAIN])
-            .args(["--listen", &api.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .arg("--policy-dir")
-            .arg(&policy_dir)
-            .args(["--log-format", "json"]);
-        let mut control_plane = Proc::spawn(
-            command,
-            dir.path().join("control-plane.log"),
-            "control-plane",
-            false,
-        );
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while !matches!(http_get(admin, "/ready"), Ok((200, _))) {
-            assert!(
-                control_plane.is_running() && Instant::now() < deadline,
-                "the control plane did not become ready:\n{}",
-                tail(&control_plane.log, 40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let control_plane = spawn_control_plane(dir.path(), api, admin);
         Cluster {
-            control_plane,
+            control_plane: Some(control_plane),
             api,
             admin,
             dir,
@@ -316,6 +292,18 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Kills the control plane (an outage); the proxies keep running.
+    pub fn stop_control_plane(&mut self) {
+        self.control_plane.take();
+    }
+
+    /// Starts it again on the same ports and data directory (same CA).
+    pub fn start_control_plane(&mut self) {
+        if self.control_plane.is_none() {
+            self.control_plane = Some(spawn_control_plane(self.dir.path(), self.api, self.admin));
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -341,7 +329,10 @@ impl Cluster {
     }
 
     pub fn control_plane_log(&self) -> String {
-        self.control_plane.log_text()
+        self.control_plane
+            .as_ref()
+            .map(Proc::log_text)
+            .unwrap_or_default()
     }
 
     /// A single-use join token for `spiffe_id` (`ward token create`).
@@ -646,4 +637,36 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
         .map(|s| s.value)
         .sum()
+}
+
+/// Starts `ward-control-plane` on `api`/`admin` with the data and policy
+/// directories under `dir`, and waits until it is ready.
+fn spawn_control_plane(dir: &Path, api: SocketAddr, admin: SocketAddr) -> Proc {
+    let bins = bins();
+    let mut command = Command::new(&bins.control_plane);
+    command
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--trust-domain", TRUST_DOMAIN])
+        .args(["--listen", &api.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--policy-dir")
+        .arg(dir.join("policies"))
+        .args(["--log-format", "json"]);
+    let mut control_plane = Proc::spawn(
+        command,
+        dir.join("control-plane.log"),
+        "control-plane",
+        false,
+    );
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !matches!(http_get(admin, "/ready"), Ok((200, _))) {
+        assert!(
+            control_plane.is_running() && Instant::now() < deadline,
+            "the control plane did not become ready:\n{}",
+            tail(&control_plane.log, 40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    control_plane
 }

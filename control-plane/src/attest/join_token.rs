@@ -227,7 +227,10 @@ impl JoinTokenStore {
 /// (which a command line would take for a flag) and lets secret scanners
 /// recognise leaked tokens.
 fn new_token() -> String {
-    format!("wjt_{}", URL_SAFE_NO_PAD.encode(random_bytes::<TOKEN_BYTES>()))
+    format!(
+        "wjt_{}",
+        URL_SAFE_NO_PAD.encode(random_bytes::<TOKEN_BYTES>())
+    )
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
