@@ -126,3 +126,51 @@ pub fn declare_grpc_trailers(headers: &mut HeaderMap) {
         );
     }
 }
+
+/// Serves one downstream HTTP connection (HTTP/1.1 with upgrades, or HTTP/2)
+/// with the proxy's limits, until it ends or `shutdown` asks it to finish
+/// its in-flight requests and close.
+pub async fn serve_connection<I, S>(
+    io: I,
+    http2: bool,
+    limits: &crate::inbound::Limits,
+    service: S,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Body> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper::server::conn::{http1, http2};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let io = TokioIo::new(io);
+    if http2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW)
+            .keep_alive_interval(std::time::Duration::from_secs(30));
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
+        }
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
+        }
+    }
+}

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -30,7 +28,7 @@ use crate::detect::{self, Peeked, Protocol};
 use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::rewind::{self, Rewind};
-use crate::upstream::{Alpn, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
+use crate::upstream::Alpn;
 
 /// On opaque ports a plaintext client may wait for the server to speak
 /// first; a mesh client always sends its ClientHello at once. So a short
@@ -386,34 +384,14 @@ impl Inbound {
             );
             async move { Ok::<_, Infallible>(this.request(&conn, &app, &verdict, &peer, req).await) }
         });
-        let io = TokioIo::new(io);
-        let result = if protocol == Protocol::Http2 {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_header_list_size(self.limits.max_header_bytes as u32)
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW)
-                .keep_alive_interval(Duration::from_secs(30));
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
-            }
-        } else {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.limits.header_timeout)
-                .max_buf_size(self.limits.max_header_bytes.max(8192));
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
-            }
-        };
+        let result = h::serve_connection(
+            io,
+            protocol == Protocol::Http2,
+            &self.limits,
+            service,
+            shutdown,
+        )
+        .await;
         if let Err(err) = result {
             debug!(%err, "inbound HTTP connection ended with an error");
         }

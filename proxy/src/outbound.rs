@@ -11,9 +11,7 @@ use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
-use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,7 +25,7 @@ use crate::endpoints::SharedEndpoints;
 use crate::http::{self as h, Body};
 use crate::inbound::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
-use crate::upstream::{Alpn, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, Upstream, UpstreamError};
+use crate::upstream::{Alpn, Upstream, UpstreamError};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
@@ -190,33 +188,14 @@ impl Outbound {
             let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
             async move { Ok::<_, Infallible>(this.request(&route, &peer, req).await) }
         });
-        let io = TokioIo::new(tcp);
-        let result = if protocol == Protocol::Http2 {
-            let mut builder = http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .max_header_list_size(self.limits.max_header_bytes as u32)
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_CONNECTION_WINDOW);
-            let conn = builder.serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
-            }
-        } else {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(self.limits.header_timeout)
-                .max_buf_size(self.limits.max_header_bytes.max(8192));
-            let conn = builder.serve_connection(io, service).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
-            }
-        };
+        let result = h::serve_connection(
+            tcp,
+            protocol == Protocol::Http2,
+            &self.limits,
+            service,
+            shutdown,
+        )
+        .await;
         if let Err(err) = result {
             debug!(%err, "outbound HTTP connection ended with an error");
         }
