@@ -84,6 +84,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         .map(|(l, _)| l.local_addr())
         .chain(outbound_listeners.iter().map(|(l, _)| l.local_addr()))
         .collect::<Result<_, _>>()?;
+    refuse_loops(&outbound_listeners, &self_addrs)?;
 
     let policy = policy_engine(args, &identity, &metrics)?;
     let authz: Arc<dyn Authorizer> = match (&policy, args.allow_peers.is_empty()) {
@@ -203,6 +204,22 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         shutdown,
         tracker,
     })
+}
+
+/// An explicit outbound whose destination is one of the proxy's own
+/// listeners would forward to itself forever: refused at start.
+fn refuse_loops(outbound: &OutboundListeners, self_addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    for (listener, target) in outbound {
+        if let outbound::Target::Fixed(dest) = target
+            && crate::orig_dst::is_self_destination(*dest, self_addrs)
+        {
+            anyhow::bail!(
+                "--outbound {}={dest}: the destination is this proxy's own listener (a loop)",
+                listener.local_addr()?
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The policy engine, when there are policies to enforce: from the control

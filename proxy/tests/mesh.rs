@@ -1405,3 +1405,34 @@ async fn idle_http2_connections_are_closed_after_idle_timeout() {
     );
     mesh.shutdown().await;
 }
+
+/// An explicit outbound pointing at the proxy's own listener would loop
+/// forever: the proxy refuses to start.
+#[tokio::test]
+async fn outbound_to_its_own_listener_is_refused_at_start() {
+    let pki = Pki::new();
+    let client = pki.issue(CLIENT_ID);
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut args: Vec<String> = vec![
+        "--outbound".into(),
+        format!("127.0.0.1:{port}=127.0.0.1:{port}"),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+    ];
+    for (flag, value) in [
+        ("--cert", &client.cert),
+        ("--key", &client.key),
+        ("--ca", &client.ca),
+    ] {
+        args.push(flag.into());
+        args.push(value.display().to_string());
+    }
+    let err = ward_proxy::proxy::start(&parse_args(&args))
+        .await
+        .err()
+        .expect("a looping outbound must not start");
+    assert!(err.to_string().contains("a loop"), "{err:#}");
+}
