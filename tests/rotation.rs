@@ -34,6 +34,7 @@ async fn enrol(
     let issuer = ControlPlaneIssuer {
         client,
         credential: CredentialSource::join_token(token),
+        pod: None,
     };
     let handle = manager::spawn(id, issuer, RotationPolicy::default(), stop);
     tokio::time::timeout(Duration::from_secs(10), handle.ready())

@@ -22,6 +22,10 @@ pub struct SvidRequest {
     pub csr: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<Credential>,
+    /// The pod the caller says it is (Kubernetes); a service-account token
+    /// must be bound to this pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

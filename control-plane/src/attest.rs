@@ -83,6 +83,15 @@ pub enum AttestError {
     JwtInconsistentClaims(String),
     #[error("JWT algorithm {0:?} is not allowed (only RS256 and ES256)")]
     JwtAlgorithmNotAllowed(String),
+    /// The caller says it is one pod, its service-account token was issued
+    /// to another (or to no pod at all).
+    #[error(
+        "the request claims pod {claimed:?} but the service-account token is bound to {bound:?}"
+    )]
+    PodMismatch {
+        claimed: String,
+        bound: Option<String>,
+    },
     #[error("service-account token proves {derived}, but {requested} was requested")]
     JwtIdMismatch {
         derived: SpiffeId,
@@ -108,6 +117,7 @@ impl AttestError {
             Self::TokenAlreadyUsed => "token_reused",
             Self::TokenExpired => "token_expired",
             Self::TokenIdMismatch { .. } | Self::JwtIdMismatch { .. } => "id_mismatch",
+            Self::PodMismatch { .. } => "pod_mismatch",
             Self::TokenRecordCorrupt { .. } => "token_store_corrupt",
             Self::Io { .. } => "io_error",
             Self::JwtMalformed(_) => "jwt_malformed",
@@ -148,6 +158,7 @@ impl AttestError {
             | Self::JwtInconsistentClaims(_)
             | Self::JwtAlgorithmNotAllowed(_)
             | Self::JwtIdMismatch { .. }
+            | Self::PodMismatch { .. }
             | Self::JwtInvalidIdentity(_)
             | Self::JwksInvalid(_)
             | Self::InvalidTrustDomain(_) => METHOD_K8S_SA_TOKEN,
@@ -208,6 +219,20 @@ impl Attestor {
         requested: &SpiffeId,
         now: SystemTime,
     ) -> Result<SpiffeId, AttestError> {
+        self.attest_pod(cred, requested, None, now)
+    }
+
+    /// As [`Self::attest`], and when the caller names its pod, a
+    /// service-account token must be bound to exactly that pod (projected
+    /// tokens carry `kubernetes.io.pod.name`). Join tokens are not bound to
+    /// pods, so the claim is not checked for them.
+    pub fn attest_pod(
+        &self,
+        cred: &Credential,
+        requested: &SpiffeId,
+        claimed_pod: Option<&str>,
+        now: SystemTime,
+    ) -> Result<SpiffeId, AttestError> {
         match cred {
             Credential::JoinToken(token) => self
                 .join_tokens
@@ -224,6 +249,14 @@ impl Attestor {
                     return Err(AttestError::JwtIdMismatch {
                         derived: identity.spiffe_id,
                         requested: requested.clone(),
+                    });
+                }
+                if let Some(claimed) = claimed_pod
+                    && identity.pod_name.as_deref() != Some(claimed)
+                {
+                    return Err(AttestError::PodMismatch {
+                        claimed: claimed.to_owned(),
+                        bound: identity.pod_name,
                     });
                 }
                 Ok(identity.spiffe_id)

@@ -218,6 +218,8 @@ impl CredentialSource {
 pub struct ControlPlaneIssuer {
     pub client: ControlPlaneClient,
     pub credential: CredentialSource,
+    /// The pod this workload is (Kubernetes), checked against the token.
+    pub pod: Option<String>,
 }
 
 impl ward_identity::manager::SvidIssuer for ControlPlaneIssuer {
@@ -240,6 +242,7 @@ impl ward_identity::manager::SvidIssuer for ControlPlaneIssuer {
             spiffe_id: id.to_string(),
             csr: csr_pem,
             credential,
+            pod: self.pod.clone(),
         };
         let answer = self
             .client

@@ -499,10 +499,12 @@ async fn issue_svid(
         );
     }
     let attested = match &request.credential {
-        Some(credential) => match state
-            .attestor
-            .attest(credential, &requested, SystemTime::now())
-        {
+        Some(credential) => match state.attestor.attest_pod(
+            credential,
+            &requested,
+            request.pod.as_deref(),
+            SystemTime::now(),
+        ) {
             Ok(id) => id,
             Err(err) => {
                 state

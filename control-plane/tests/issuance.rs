@@ -89,6 +89,7 @@ fn request(id: &SpiffeId, credential: Option<Credential>) -> SvidRequest {
         spiffe_id: id.to_string(),
         csr: csr_for(id).1,
         credential,
+        pod: None,
     }
 }
 
@@ -348,6 +349,44 @@ async fn service_account_token_enrols_and_bad_tokens_are_refused() {
         .unwrap_err();
     assert_eq!(refusal_code(err).0, StatusCode::FORBIDDEN);
 
+    // A token is bound to its pod: claiming another pod is refused, the
+    // right pod is accepted.
+    let mut wrong_pod = request(
+        &api,
+        Some(Credential::ServiceAccountToken(sa_token(
+            &h.signing_key,
+            "key-1",
+            ISSUER,
+            "ward",
+            exp,
+            "prod",
+            "api",
+        ))),
+    );
+    wrong_pod.pod = Some("someone-else-5f6d7-abcde".into());
+    let err = client.request_svid(&wrong_pod, None).await.unwrap_err();
+    assert_eq!(
+        refusal_code(err),
+        (StatusCode::FORBIDDEN, "attestation_failed".into())
+    );
+    let mut right_pod = request(
+        &api,
+        Some(Credential::ServiceAccountToken(sa_token(
+            &h.signing_key,
+            "key-1",
+            ISSUER,
+            "ward",
+            exp,
+            "prod",
+            "api",
+        ))),
+    );
+    right_pod.pod = Some("api-7d9c8b-x2x4z".into());
+    assert_eq!(
+        verify(&client.request_svid(&right_pod, None).await.unwrap()),
+        api
+    );
+
     let other_key = ca::generate_key();
     let bad = [
         (
@@ -410,8 +449,17 @@ async fn service_account_token_enrols_and_bad_tokens_are_refused() {
         );
     }
     let metrics = h.metrics().await;
+    // The first token and the right-pod request.
     assert_eq!(
         metric_value(&metrics, "ward_ca_certificates_issued_total"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"ward_ca_attestation_failures_total{method="k8s_sa_token",reason="pod_mismatch"}"#
+        ),
         1.0,
         "{metrics}"
     );
@@ -431,6 +479,7 @@ async fn renewal_over_mtls_needs_the_same_identity() {
                 spiffe_id: web.to_string(),
                 csr,
                 credential: Some(Credential::JoinToken(token)),
+                pod: None,
             },
             None,
         )

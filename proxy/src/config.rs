@@ -129,6 +129,10 @@ pub struct RunArgs {
     pub pod_namespace: Option<String>,
     #[arg(long, env = "WARD_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
+    /// This pod's name (Kubernetes): the control plane checks that the
+    /// service-account token is bound to it.
+    #[arg(long, env = "WARD_POD_NAME")]
+    pub pod_name: Option<String>,
     /// One-time join token for the first enrolment.
     #[arg(
         long,

@@ -106,7 +106,11 @@ fn start_from_control_plane(
         shutdown.cancelled().await;
         let _ = stop_tx.send(true);
     });
-    let issuer = ControlPlaneIssuer { client, credential };
+    let issuer = ControlPlaneIssuer {
+        client,
+        credential,
+        pod: args.pod_name.clone(),
+    };
     let handle = manager::spawn(id, issuer, RotationPolicy::default(), stop);
     Ok(WorkloadIdentity {
         svid: handle.svid().clone(),
