@@ -26,7 +26,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -35,52 +34,9 @@ pub const NAMESPACE: &str = "obs";
 /// Readiness waits give up after this long.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Paths of the workspace binaries.
-pub struct Bins {
-    pub ward: String,
-    pub proxy: String,
-    pub control_plane: String,
-    pub testapp: String,
-}
-
-/// The binaries, built once per test run (see `tests/support/mesh.rs`: Cargo
-/// builds only the root package's binaries for its integration tests, so the
-/// others are asked for, a no-op when up to date).
-pub fn bins() -> &'static Bins {
-    static BINS: OnceLock<Bins> = OnceLock::new();
-    BINS.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--quiet"]);
-        for (package, bin) in [
-            ("ward-proxy", "ward-proxy"),
-            ("ward-control-plane", "ward-control-plane"),
-            ("ward-testapp", "ward-testapp"),
-        ] {
-            build.args(["-p", package, "--bin", bin]);
-        }
-        build.arg("--manifest-path");
-        build.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build of the mesh binaries failed");
-        let bin = |name: &str| {
-            let path = profile_dir.join(name);
-            assert!(path.is_file(), "{} was not built", path.display());
-            path.to_str().expect("UTF-8 path").to_owned()
-        };
-        Bins {
-            ward: env!("CARGO_BIN_EXE_ward").to_owned(),
-            proxy: bin("ward-proxy"),
-            control_plane: bin("ward-control-plane"),
-            testapp: bin("ward-testapp"),
-        }
-    })
-}
+#[path = "bins.rs"]
+mod bins;
+pub use bins::bins;
 
 /// `spiffe://cluster.local/ns/obs/sa/<sa>`.
 pub fn spiffe_id(sa: &str) -> String {
