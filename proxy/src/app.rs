@@ -61,24 +61,19 @@ pub struct AppPort {
     addr: SocketAddr,
     /// Whether the application speaks HTTP/2 with prior knowledge; learnt
     /// once by a probe, so HTTP/2 clients can reach HTTP/1-only apps.
-    speaks_h2: Arc<tokio::sync::Mutex<Option<bool>>>,
+    speaks_h2: Arc<tokio::sync::OnceCell<bool>>,
 }
 
 impl AppPort {
+    /// Known after the first probe: later calls are one atomic load.
     pub async fn speaks_h2(&self) -> bool {
-        let mut known = self.speaks_h2.lock().await;
-        if let Some(answer) = *known {
-            return answer;
-        }
-        match probe_h2(self.addr).await {
-            Some(answer) => {
-                *known = Some(answer);
-                answer
-            }
-            // No definite answer (the application is down): try HTTP/2 and
-            // ask again next time.
-            None => true,
-        }
+        let known = self
+            .speaks_h2
+            .get_or_try_init(|| async { probe_h2(self.addr).await.ok_or(()) })
+            .await;
+        // No definite answer (the application is down): try HTTP/2 and ask
+        // again next time.
+        known.copied().unwrap_or(true)
     }
 }
 

@@ -16,6 +16,23 @@ pub struct ConnInfo {
     /// The destination the client asked for (original destination in
     /// transparent mode).
     pub destination: SocketAddr,
+    /// `x-forwarded-client-cert: URI=<peer>` for the application, built
+    /// once per connection rather than per request.
+    pub peer_header: Option<http::HeaderValue>,
+}
+
+impl ConnInfo {
+    pub fn new(peer_id: Option<SpiffeId>, source: SocketAddr, destination: SocketAddr) -> Self {
+        let peer_header = peer_id
+            .as_ref()
+            .and_then(|p| http::HeaderValue::from_str(&format!("URI={p}")).ok());
+        ConnInfo {
+            peer_id,
+            source,
+            destination,
+            peer_header,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

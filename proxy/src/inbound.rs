@@ -123,11 +123,7 @@ impl Inbound {
         let opaque = self.opaque_ports.contains(&destination.port());
         let plaintext = |tcp| Accepted {
             io: Counting::new(tcp, Arc::default()),
-            conn: ConnInfo {
-                peer_id: None,
-                source,
-                destination,
-            },
+            conn: ConnInfo::new(None, source, destination),
         };
         let mode = match &self.policy {
             Some(policy) => policy.mtls_mode(destination.port()),
@@ -223,11 +219,7 @@ impl Inbound {
                 session.alpn_protocol().and_then(Alpn::from_id),
             )
         };
-        let conn = ConnInfo {
-            peer_id,
-            source,
-            destination,
-        };
+        let conn = ConnInfo::new(peer_id, source, destination);
         let protocol = match alpn {
             Some(Alpn::H2) => Protocol::Http2,
             Some(Alpn::Http1) => Protocol::Http1,
@@ -442,10 +434,8 @@ impl Inbound {
             .is_some_and(|te| te.as_bytes() == b"trailers");
         // Only the proxy says who the peer is.
         parts.headers.remove(h::XFCC);
-        if let Some(peer) = &conn.peer_id
-            && let Ok(value) = HeaderValue::from_str(&format!("URI={peer}"))
-        {
-            parts.headers.insert(h::XFCC, value);
+        if let Some(value) = &conn.peer_header {
+            parts.headers.insert(h::XFCC, value.clone());
         }
         // What the client application spoke, when the sidecars changed it.
         let client_spoke = parts.headers.remove(h::PROTO_HEADER);

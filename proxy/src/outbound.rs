@@ -25,7 +25,7 @@ use crate::endpoints::SharedEndpoints;
 use crate::http::{self as h, Body};
 use crate::inbound::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
-use crate::upstream::{Alpn, Upstream, UpstreamError};
+use crate::upstream::{Alpn, PoolSlot, Upstream, UpstreamError};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
@@ -63,7 +63,15 @@ type OwnedSlot = Arc<tokio::sync::Mutex<Option<Owned>>>;
 struct Route {
     dest: SocketAddr,
     expected: SpiffeId,
-    owned: Option<OwnedSlot>,
+    link: Link,
+}
+
+/// How a route reaches its destination's sidecar.
+enum Link {
+    /// Its own upstream connection (no pool, or HTTP/1.1 between sidecars).
+    Owned(OwnedSlot),
+    /// The destination's shared HTTP/2 connection.
+    Pooled(PoolSlot),
 }
 
 impl Outbound {
@@ -105,12 +113,15 @@ impl Outbound {
         peer.connection_opened();
         let counts = Arc::new(ByteCounts::default());
         let io = Counting::new(tcp, counts.clone());
-        let owned =
-            (!self.pooled || self.protocol == UpstreamProtocol::Http1).then(OwnedSlot::default);
+        let link = if !self.pooled || self.protocol == UpstreamProtocol::Http1 {
+            Link::Owned(OwnedSlot::default())
+        } else {
+            Link::Pooled(self.upstream.pool_slot(dest, &expected))
+        };
         let route = Arc::new(Route {
             dest,
             expected,
-            owned,
+            link,
         });
         let idle_timeout = self.limits.idle_timeout;
         let serve = async {
@@ -268,13 +279,13 @@ impl Outbound {
                 let mut req = Request::from_parts(parts, req_body);
                 let mut retried = false;
                 loop {
-                    let mut sender = match &route.owned {
-                        None => {
+                    let mut sender = match &route.link {
+                        Link::Owned(slot) => self.owned_http2(slot, route).await?,
+                        Link::Pooled(slot) => {
                             self.upstream
-                                .pooled_http2(route.dest, &route.expected)
+                                .pooled_http2(slot, route.dest, &route.expected)
                                 .await?
                         }
-                        Some(slot) => self.owned_http2(slot, route).await?,
                     };
                     match sender.try_send_request(req).await {
                         Ok(resp) => break Ok(resp),
@@ -306,10 +317,11 @@ impl Outbound {
                 if let Ok(host) = HeaderValue::from_str(&authority) {
                     parts.headers.insert(header::HOST, host);
                 }
-                let slot = route
-                    .owned
-                    .as_ref()
-                    .expect("HTTP/1.1 upstreams are owned per connection");
+                // `connection` always gives HTTP/1.1 upstreams an owned link;
+                // should that ever change, fail the request rather than panic.
+                let Link::Owned(slot) = &route.link else {
+                    return Err(UpstreamError::InvalidRequest);
+                };
                 let pending = self
                     .owned_http1_send(slot, route, Request::from_parts(parts, req_body))
                     .await?;

@@ -90,7 +90,8 @@ impl UpstreamError {
     }
 }
 
-type PoolSlot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+/// The shared HTTP/2 connection to one destination (empty until first use).
+pub type PoolSlot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
 
 pub struct Upstream {
     identity: WorkloadIdentity,
@@ -217,20 +218,25 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// The shared HTTP/2 connection to `dest`, opened on first use and
-    /// reopened when it closed. One connect at a time per destination.
-    pub async fn pooled_http2(
-        &self,
-        dest: SocketAddr,
-        expected: &SpiffeId,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        let slot = self
-            .pool
+    /// The pool slot for `dest`: looked up once per application connection,
+    /// so requests pay neither the map lock nor a key allocation.
+    pub fn pool_slot(&self, dest: SocketAddr, expected: &SpiffeId) -> PoolSlot {
+        self.pool
             .lock()
             .expect("not poisoned")
             .entry((dest, expected.clone()))
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    /// The shared HTTP/2 connection in `slot`, opened on first use and
+    /// reopened when it closed. One connect at a time per destination.
+    pub async fn pooled_http2(
+        &self,
+        slot: &PoolSlot,
+        dest: SocketAddr,
+        expected: &SpiffeId,
+    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
         let mut slot = slot.lock().await;
         if let Some(sender) = slot.as_ref()
             && !sender.is_closed()
