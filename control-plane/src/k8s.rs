@@ -10,6 +10,7 @@
 //!   `AuthorizationPolicy` / `PeerAuthentication` documents.
 
 pub mod endpoints;
+pub mod kube_sources;
 pub mod source;
 #[cfg(test)]
 mod tests;
@@ -23,4 +24,24 @@ pub enum WatchEvent<T> {
     /// A full relist (first start, or after a dropped watch): everything
     /// that exists now; anything not in it is gone.
     Restarted(Vec<T>),
+}
+
+/// A Kubernetes API client (in-cluster service account, or a kubeconfig).
+#[derive(Clone)]
+pub struct ApiClient(pub kube::Client);
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiClient")
+    }
+}
+
+impl ApiClient {
+    /// The in-cluster configuration when running in a pod, else `KUBECONFIG`.
+    pub async fn infer() -> anyhow::Result<Self> {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}")
+        })?;
+        Ok(ApiClient(client))
+    }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use ward_control_plane::attest::K8sTokenConfig;
 use ward_control_plane::inject::{self, InjectConfig};
+use ward_control_plane::k8s::ApiClient;
 use ward_control_plane::logging::{self, LogFormat};
 use ward_control_plane::server::{Config, ControlPlane};
 
@@ -44,6 +45,14 @@ struct Args {
     /// Audience service-account tokens must carry.
     #[arg(long, env = "WARD_K8S_AUDIENCE", default_value = "ward")]
     k8s_audience: String,
+    /// Validate service-account tokens with the Kubernetes TokenReview API
+    /// (in-cluster) instead of a JWKS file.
+    #[arg(long, env = "WARD_K8S_TOKEN_REVIEW", conflicts_with = "k8s_issuer")]
+    k8s_token_review: bool,
+    /// Watch the Kubernetes API: policies from the security.ward.io custom
+    /// resources, endpoints from meshed Pods (instead of --policy-dir).
+    #[arg(long, env = "WARD_KUBERNETES", conflicts_with = "policy_dir")]
+    kubernetes: bool,
     /// Directory of AuthorizationPolicy / PeerAuthentication YAML files (watched).
     #[arg(long, env = "WARD_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
@@ -115,6 +124,11 @@ async fn main() -> anyhow::Result<()> {
         let mut k8s = K8sTokenConfig::from_jwks_file(issuer, args.trust_domain, &jwks)?;
         k8s.audience = args.k8s_audience;
         config.k8s = Some(k8s);
+    }
+    config.kubernetes_sources = args.kubernetes;
+    config.token_review = args.k8s_token_review;
+    if args.kubernetes || args.k8s_token_review {
+        config.kube = Some(ApiClient::infer().await?);
     }
     let control_plane = ControlPlane::start(config).await?;
     shutdown_signal().await;

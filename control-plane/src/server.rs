@@ -30,6 +30,7 @@ use crate::api::{self, BundleResponse, ErrorBody, SvidRequest, SvidResponse};
 use crate::attest::{Attestor, JoinTokenStore, K8sTokenConfig, ServiceAccountTokenValidator};
 use crate::data_dir::DataDir;
 use crate::inject::InjectConfig;
+use crate::k8s::ApiClient;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::serving::ServingIdentity;
@@ -76,6 +77,15 @@ pub struct Config {
     pub webhook_listen: Option<SocketAddr>,
     /// What the webhook injects. Its trust domain is replaced by the CA's.
     pub inject: InjectConfig,
+    /// The Kubernetes API, when running against a cluster.
+    pub kube: Option<ApiClient>,
+    /// Policies from the `security.ward.io` custom resources and endpoints
+    /// from meshed Pods, watched through [`Config::kube`] (instead of
+    /// [`Config::policy_dir`]).
+    pub kubernetes_sources: bool,
+    /// Validate service-account tokens with the TokenReview API through
+    /// [`Config::kube`] (instead of a JWKS in [`Config::k8s`]).
+    pub token_review: bool,
 }
 
 impl Config {
@@ -97,6 +107,9 @@ impl Config {
             policy_dir: None,
             root_namespace: "ward-system".into(),
             static_endpoints: Vec::new(),
+            kube: None,
+            kubernetes_sources: false,
+            token_review: false,
         }
     }
 }
@@ -128,6 +141,10 @@ impl ControlPlane {
     /// Opens the data directory (creating the CA on first start), binds the
     /// listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.kube.is_some() || !(config.kubernetes_sources || config.token_review),
+            "the Kubernetes sources and TokenReview need a Kubernetes API client"
+        );
         let data = DataDir::open(&config.data_dir)?;
         let ca = data.load_or_init_ca(&config.trust_domain)?;
         let join_tokens = JoinTokenStore::open(&data.join_tokens_dir())?;

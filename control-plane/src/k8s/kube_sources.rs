@@ -1,0 +1,1 @@
+//! Kubernetes API watchers feeding the endpoint table and the policy store.
