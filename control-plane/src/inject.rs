@@ -57,6 +57,11 @@ pub const CONTROL_PLANE_ADDRESS: &str = "ward-control-plane.ward-system.svc:1501
 pub const CA_BUNDLE_CONFIGMAP: &str = "ward-ca-bundle";
 /// Audience of the projected service-account token the proxy attests with.
 pub const TOKEN_AUDIENCE: &str = "ward";
+/// Label on every injected pod (as Istio's `security.istio.io/tlsMode`), so
+/// the control plane watches only meshed pods (a label selector) rather
+/// than every pod in the cluster.
+pub const MESH_LABEL: &str = "security.ward.io/tlsMode";
+pub const MESH_LABEL_VALUE: &str = "ward";
 
 /// Resource requests and limits of the sidecar (Kubernetes quantities).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,6 +219,7 @@ struct Plan {
     native: bool,
     volumes: Vec<k8s_openapi::api::core::v1::Volume>,
     annotations: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
     /// (container index, probe field, rewritten probe)
     probe_rewrites: Vec<(usize, &'static str, k8s_openapi::api::core::v1::Probe)>,
 }
@@ -282,6 +288,7 @@ fn plan(meta: &ObjectMeta, spec: &PodSpec, config: &InjectConfig) -> Result<Plan
         native: options.native_sidecar,
         volumes,
         annotations,
+        labels: BTreeMap::from([(MESH_LABEL.into(), MESH_LABEL_VALUE.into())]),
         probe_rewrites: rewrites.rewritten,
     })
 }
@@ -339,6 +346,7 @@ pub fn inject_pod_spec(
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
         .extend(plan.annotations);
+    meta.labels.get_or_insert_with(BTreeMap::new).extend(plan.labels);
     Ok(None)
 }
 
@@ -377,14 +385,19 @@ fn to_patch(meta: &ObjectMeta, spec: &PodSpec, plan: &Plan) -> json_patch::Patch
             add("/spec/volumes/-".into(), volume);
         }
     }
-    if meta.annotations.as_ref().is_none_or(BTreeMap::is_empty) {
-        add("/metadata/annotations".into(), to_value(&plan.annotations));
-    } else {
-        for (key, value) in &plan.annotations {
-            add(
-                format!("/metadata/annotations/{}", escape(key)),
-                Value::String(value.clone()),
-            );
+    for (field, existing, added) in [
+        ("annotations", &meta.annotations, &plan.annotations),
+        ("labels", &meta.labels, &plan.labels),
+    ] {
+        if existing.as_ref().is_none_or(BTreeMap::is_empty) {
+            add(format!("/metadata/{field}"), to_value(added));
+        } else {
+            for (key, value) in added {
+                add(
+                    format!("/metadata/{field}/{}", escape(key)),
+                    Value::String(value.clone()),
+                );
+            }
         }
     }
     serde_json::from_value(Value::Array(ops)).expect("well-formed JSON patch operations")

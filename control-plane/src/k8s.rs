@@ -1,14 +1,15 @@
-//! The control plane's view of a Kubernetes cluster, with no API client in
-//! this crate: sources deliver [`WatchEvent`]s (from a kube-rs watcher, a
-//! directory of files, or a test), and pure state machines fold them.
+//! The control plane's view of a Kubernetes cluster. The code that talks to
+//! the API server is thin ([`kube_sources`]: kube-runtime watchers and status
+//! patches); what it feeds is pure and tested without an API server:
 //!
+//! - [`source::WatcherAdapter`]: watcher events → [`WatchEvent`]s, a relist
+//!   applied atomically;
 //! - [`endpoints::EndpointTable`]: pod IP → (SPIFFE ID, namespace, labels)
-//!   for meshed pods, versioned, published on a `tokio::sync::watch`.
-//! - [`source`]: the one interface every source sits behind
-//!   ([`source::EventSource`]), the kube-rs watcher event mapping
-//!   ([`source::WatcherAdapter`]), and the raw custom resource store for
-//!   `AuthorizationPolicy` / `PeerAuthentication` documents.
+//!   for meshed pods, versioned, published on a `tokio::sync::watch`;
+//! - [`catalog::PolicyCatalog`]: the policy custom resources, validated one
+//!   by one, with the status each should report.
 
+pub mod catalog;
 pub mod endpoints;
 pub mod kube_sources;
 pub mod source;

@@ -1,10 +1,15 @@
-//! The policy source of the embedded control plane: a directory of YAML
-//! files, polled for changes. A change is validated whole; an invalid set
-//! is rejected (logged, counted) and the last good one stays in force.
-//! Every accepted set gets a new, increasing version.
+//! The policy store and its sources.
+//!
+//! Sources ([`PolicySource`]) say what the policy documents are now: a
+//! directory of YAML files ([`DirSource`], polled) or the Kubernetes custom
+//! resources ([`crate::k8s::kube_sources`]). The store validates each offer
+//! whole; an invalid offer is rejected (logged, counted) and the last good
+//! set stays in force. Every accepted set gets a new, increasing version,
+//! which the watch streams push to the proxies.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -74,17 +79,39 @@ impl PolicySnapshot {
     }
 }
 
-/// Loads and validates every `*.yaml`/`*.yml` file in `dir`.
-pub fn load_dir(dir: &Path) -> Result<(PolicySet, Vec<PolicyDoc>), PolicyError> {
-    let set = PolicySet::load_paths(&[dir.to_owned()])?;
+/// One text a source offers: a policy file, or one custom resource
+/// rendered as YAML. The label names it in errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceText {
+    pub label: String,
+    pub text: String,
+}
+
+/// Where policies come from: the one interface the file and Kubernetes
+/// sources sit behind. A source runs until `shutdown`, offering each new
+/// set of documents to the store; validation, versioning and publication
+/// are the store's.
+pub trait PolicySource: Send + 'static {
+    fn run(
+        self,
+        store: Arc<PolicyStore>,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Validates `texts` as one set and splits it into per-policy documents.
+pub fn load_texts(texts: &[SourceText]) -> Result<(PolicySet, Vec<PolicyDoc>), PolicyError> {
+    let pairs: Vec<(String, String)> = texts
+        .iter()
+        .map(|t| (t.label.clone(), t.text.clone()))
+        .collect();
+    let set = PolicySet::parse_texts(&pairs)?;
     let mut docs = Vec::new();
-    for file in yaml_files(dir) {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        for chunk in split_documents(&text) {
+    for source in texts {
+        for chunk in split_documents(&source.text) {
             // Each chunk was valid as part of the whole; parse it alone to
             // learn which policies it holds.
-            let label = file.display().to_string();
-            let Ok(one) = PolicySet::parse_str(&label, &chunk) else {
+            let Ok(one) = PolicySet::parse_str(&source.label, &chunk) else {
                 continue;
             };
             for info in one.policies() {
@@ -133,16 +160,6 @@ fn split_documents(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A fingerprint of the directory's YAML files: names and contents.
-fn fingerprint(dir: &Path) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for file in yaml_files(dir) {
-        file.hash(&mut hasher);
-        std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
-    }
-    hasher.finish()
-}
-
 /// Versions increase across restarts too: milliseconds since the epoch,
 /// or one more than the previous version if the clock went backwards.
 fn next_version(previous: u64) -> u64 {
@@ -155,30 +172,16 @@ fn next_version(previous: u64) -> u64 {
 
 pub struct PolicyStore {
     tx: watch::Sender<Arc<PolicySnapshot>>,
+    metrics: Arc<Metrics>,
 }
 
 impl PolicyStore {
-    /// Loads `dir` (an invalid set at start is an error: the control plane
-    /// refuses to start rather than run without the operator's policies).
-    /// Without a directory the set is empty and never changes.
-    pub fn open(dir: Option<&Path>, metrics: &Metrics) -> anyhow::Result<Self> {
-        let snapshot = match dir {
-            Some(dir) => {
-                let (set, docs) = load_dir(dir)
-                    .map_err(|e| anyhow::anyhow!("policies in {}: {e}", dir.display()))?;
-                metrics.policy_sets.with_label_values(&["accepted"]).inc();
-                PolicySnapshot {
-                    version: next_version(0),
-                    set,
-                    docs,
-                    accepted_at: Some(std::time::Instant::now()),
-                }
-            }
-            None => PolicySnapshot::default(),
-        };
-        metrics.policy_version.set(snapshot.version as i64);
-        let (tx, _) = watch::channel(Arc::new(snapshot));
-        Ok(PolicyStore { tx })
+    /// An empty store (version 0: everything allowed, mTLS STRICT) until a
+    /// source offers a set.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.policy_version.set(0);
+        let (tx, _) = watch::channel(Arc::new(PolicySnapshot::default()));
+        PolicyStore { tx, metrics }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
@@ -189,31 +192,11 @@ impl PolicyStore {
         self.tx.borrow().clone()
     }
 
-    /// Reloads when the directory changes, until `shutdown`.
-    pub async fn watch_dir(
-        self: Arc<Self>,
-        dir: PathBuf,
-        metrics: Arc<Metrics>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let mut seen = fingerprint(&dir);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-            let now = fingerprint(&dir);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            self.reload(&dir, &metrics);
-        }
-    }
-
-    /// Validates the directory and, if valid, publishes it as a new version.
-    pub fn reload(&self, dir: &Path, metrics: &Metrics) -> bool {
-        match load_dir(dir) {
+    /// Validates `texts` whole and, if valid, publishes them as a new
+    /// version (returned). Invalid: nothing changes, the error is logged,
+    /// counted and returned.
+    pub fn offer(&self, source: &str, texts: &[SourceText]) -> Result<u64, PolicyError> {
+        match load_texts(texts) {
             Ok((set, docs)) => {
                 let version = next_version(self.current().version);
                 let count = docs.len();
@@ -223,18 +206,102 @@ impl PolicyStore {
                     docs,
                     accepted_at: Some(std::time::Instant::now()),
                 }));
-                metrics.policy_sets.with_label_values(&["accepted"]).inc();
-                metrics.policy_version.set(version as i64);
-                info!(version, documents = count, dir = %dir.display(), "policy set accepted");
-                true
+                self.metrics
+                    .policy_sets
+                    .with_label_values(&["accepted"])
+                    .inc();
+                self.metrics.policy_version.set(version as i64);
+                info!(version, documents = count, source, "policy set accepted");
+                Ok(version)
             }
             Err(err) => {
-                metrics.policy_sets.with_label_values(&["rejected"]).inc();
-                error!(dir = %dir.display(), error = %err, version_in_force = self.current().version, "policy set rejected; the previous set stays in force");
-                false
+                self.metrics
+                    .policy_sets
+                    .with_label_values(&["rejected"])
+                    .inc();
+                error!(source, error = %err, version_in_force = self.current().version, "policy set rejected; the previous set stays in force");
+                Err(err)
             }
         }
     }
+}
+
+/// Policies from a directory: every `*.yaml`/`*.yml` file directly in it,
+/// checked every [`POLL_INTERVAL`] and offered whole when any changed.
+pub struct DirSource {
+    dir: PathBuf,
+    seen: u64,
+}
+
+impl DirSource {
+    /// Offers the directory's current contents. An invalid set at start is
+    /// an error: the control plane refuses to start rather than run
+    /// without the operator's policies.
+    pub fn open(dir: PathBuf, store: &PolicyStore) -> anyhow::Result<Self> {
+        let seen = fingerprint(&dir);
+        let texts = read_dir_texts(&dir)
+            .map_err(|e| anyhow::anyhow!("policies in {}: {e}", dir.display()))?;
+        store
+            .offer(&dir.display().to_string(), &texts)
+            .map_err(|e| anyhow::anyhow!("policies in {}: {e}", dir.display()))?;
+        Ok(DirSource { dir, seen })
+    }
+
+    /// Offers the directory again if it changed since the last look.
+    pub fn poll(&mut self, store: &PolicyStore) {
+        let now = fingerprint(&self.dir);
+        if now == self.seen {
+            return;
+        }
+        self.seen = now;
+        let label = self.dir.display().to_string();
+        match read_dir_texts(&self.dir) {
+            Ok(texts) => {
+                let _ = store.offer(&label, &texts);
+            }
+            Err(err) => error!(dir = %label, error = %err, "reading the policy directory failed; the previous set stays in force"),
+        }
+    }
+}
+
+impl PolicySource for DirSource {
+    async fn run(mut self, store: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            self.poll(&store);
+        }
+    }
+}
+
+fn read_dir_texts(dir: &Path) -> std::io::Result<Vec<SourceText>> {
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not a directory",
+        ));
+    }
+    yaml_files(dir)
+        .into_iter()
+        .map(|file| {
+            Ok(SourceText {
+                text: std::fs::read_to_string(&file)?,
+                label: file.display().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A fingerprint of the directory's YAML files: names and contents.
+fn fingerprint(dir: &Path) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in yaml_files(dir) {
+        file.hash(&mut hasher);
+        std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::data_dir::DataDir;
 use crate::inject::InjectConfig;
 use crate::k8s::ApiClient;
 use crate::metrics::Metrics;
-use crate::policy_store::PolicyStore;
+use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
 use crate::watch::{ChannelBody, EndpointEntry, Endpoints, WatchContext, WatchRequest};
 use crate::webhook::{Webhook, WebhookConfig};
@@ -161,7 +161,12 @@ impl ControlPlane {
         metrics
             .ca_expiry
             .set(ca.not_after().unix_timestamp() as f64);
-        let policies = Arc::new(PolicyStore::open(config.policy_dir.as_deref(), &metrics)?);
+        let policies = Arc::new(PolicyStore::new(metrics.clone()));
+        let dir_source = config
+            .policy_dir
+            .clone()
+            .map(|dir| DirSource::open(dir, &policies))
+            .transpose()?;
         let eval_options = ward_policy::EvalOptions {
             root_namespace: config.root_namespace.clone(),
             trust_domain: ca.trust_domain().to_owned(),
@@ -185,8 +190,8 @@ impl ControlPlane {
         });
 
         let mut tasks = JoinSet::new();
-        if let Some(dir) = config.policy_dir.clone() {
-            tasks.spawn(policies.watch_dir(dir, metrics, shutdown_rx.clone()));
+        if let Some(source) = dir_source {
+            tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
         let api = TcpListener::bind(config.listen)
             .await

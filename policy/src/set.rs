@@ -87,11 +87,22 @@ impl PolicySet {
                 files.push(path.clone());
             }
         }
+        let mut texts = Vec::with_capacity(files.len());
+        for file in files {
+            texts.push((file.display().to_string(), read(&file)?));
+        }
+        PolicySet::parse_texts(&texts)
+    }
+
+    /// Parses several YAML texts as one set, each `(label, text)` named by
+    /// its label in errors (a file path, or the custom resource it came
+    /// from). Any invalid document fails the whole set, reporting every
+    /// error found; a policy defined twice is an error.
+    pub fn parse_texts(texts: &[(String, String)]) -> Result<PolicySet, PolicyError> {
         let mut set = PolicySet::default();
         let mut errors = Vec::new();
-        for file in files {
-            let text = read(&file)?;
-            match parse_file(&file.display().to_string(), &text) {
+        for (label, text) in texts {
+            match parse_file(label, text) {
                 Ok(parsed) => set.add(parsed, &mut errors),
                 Err(e) => errors.extend(e),
             }

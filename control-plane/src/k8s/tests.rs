@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodIP, PodSpec, PodStatus};
@@ -7,8 +6,8 @@ use serde_json::json;
 
 use super::WatchEvent::{Applied, Deleted, Restarted};
 use super::endpoints::EndpointTable;
-use super::source::{PolicyResources, WatcherAdapter, WatcherEvent};
-use super::*;
+use super::catalog::PolicyCatalog;
+use super::source::{WatcherAdapter, WatcherEvent};
 
 fn pod(name: &str, ip: Option<&str>, labels: &[(&str, &str)], meshed: bool) -> Pod {
     let mut containers = vec![Container {
@@ -223,60 +222,100 @@ fn watcher_adapter_buffers_a_relist() {
     assert_eq!(adapter.push(WatcherEvent::Delete(3)), Some(Deleted(3)));
 }
 
-#[tokio::test]
-async fn channel_source_drives_the_table() {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut table = EndpointTable::new("example.org");
-    let mut sub = table.subscribe();
-    tx.send(Applied(pod("a", Some("10.0.0.1"), &[], true)))
-        .await
-        .unwrap();
-    tx.send(Deleted(pod("a", Some("10.0.0.1"), &[], true)))
-        .await
-        .unwrap();
-    drop(tx);
-    source::drive(source::ChannelSource(rx), |e| {
-        table.apply(e);
-    })
-    .await;
-    assert_eq!(table.version(), 2);
-    assert!(sub.has_changed().unwrap());
-    assert_eq!(sub.borrow_and_update().version, 2);
+fn policy(name: &str, generation: i64, action: &str) -> serde_json::Value {
+    json!({"apiVersion": "security.ward.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "shop", "generation": generation,
+            "resourceVersion": format!("{generation}00"), "uid": "3f1c",
+            "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"action": action, "rules": [{"to": [{"operation": {"methods": ["GET"]}}]}]}})
 }
 
 #[test]
-fn policy_resources_keep_ward_kinds_only() {
-    let mut store = PolicyResources::default();
-    let ap = json!({"apiVersion": "security.ward.io/v1", "kind": "AuthorizationPolicy",
-        "metadata": {"name": "allow", "namespace": "shop"}, "spec": {"action": "ALLOW"}});
-    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
-    assert!(store.apply(Applied(ap.clone())));
-    assert!(!store.apply(Applied(ap.clone())));
-    assert!(!store.apply(Applied(other.clone())));
-    assert_eq!(store.version(), 1);
-    assert!(store.apply(Restarted(vec![other])));
-    assert!(store.docs().is_empty());
-    assert_eq!(store.subscribe().borrow().0, 2);
-    let _: BTreeMap<_, _> = store.docs().clone();
+fn catalog_accepts_valid_resources_and_reports_them() {
+    let mut catalog = PolicyCatalog::default();
+    assert!(catalog.apply(Applied(policy("allow-get", 1, "ALLOW"))));
+    let texts = catalog.texts();
+    assert_eq!(texts.len(), 1);
+    assert_eq!(texts[0].label, "AuthorizationPolicy shop/allow-get");
+    // What the API server adds is not part of the enforced document.
+    assert!(!texts[0].text.contains("managedFields"), "{}", texts[0].text);
+    assert!(!texts[0].text.contains("resourceVersion"), "{}", texts[0].text);
+    let unreported = catalog.unreported();
+    assert_eq!(unreported.len(), 1);
+    let (key, verdict) = &unreported[0];
+    assert_eq!(key.2, "allow-get");
+    assert_eq!(verdict.rejected, None);
+    let status = verdict.status("2026-11-23T00:00:00Z");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["conditions"][0]["type"], "Accepted");
+    assert_eq!(status["conditions"][0]["status"], "True");
+    // The status written back comes in as an update: the enforced set does
+    // not change and nothing is left to report.
+    let mut reported = policy("allow-get", 1, "ALLOW");
+    reported["status"] = status;
+    reported["metadata"]["resourceVersion"] = json!("101");
+    assert!(!catalog.apply(Applied(reported)));
+    assert!(catalog.unreported().is_empty());
+    assert_eq!(catalog.counts(), (1, 0));
 }
 
-#[tokio::test]
-async fn file_source_reads_multi_document_yaml() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("p.yaml"),
-        "apiVersion: security.ward.io/v1\nkind: PeerAuthentication\nmetadata: {name: strict, namespace: shop}\nspec: {mtls: {mode: STRICT}}\n---\n---\napiVersion: security.ward.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny}\nspec: {action: DENY}\n",
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("ignored.txt"), "not yaml: [").unwrap();
-    let mut src = source::FileSource::new(dir.path()).unwrap();
-    use source::EventSource;
-    let Some(Restarted(docs)) = src.next().await else {
-        panic!("expected a relist")
-    };
-    assert_eq!(docs.len(), 2);
-    assert!(src.next().await.is_none());
-    let mut store = PolicyResources::default();
-    store.apply(Restarted(docs));
-    assert_eq!(store.docs().len(), 2);
+#[test]
+fn catalog_rejects_an_invalid_resource_alone() {
+    let mut catalog = PolicyCatalog::default();
+    catalog.apply(Applied(policy("allow-get", 1, "ALLOW")));
+    assert!(!catalog.apply(Applied(policy("bad", 1, "MAYBE"))));
+    assert_eq!(catalog.texts().len(), 1, "only the valid one is enforced");
+    assert_eq!(catalog.counts(), (1, 1));
+    let (_, verdict) = catalog
+        .unreported()
+        .into_iter()
+        .find(|(k, _)| k.2 == "bad")
+        .unwrap();
+    let reason = verdict.rejected.clone().unwrap();
+    assert!(reason.contains("AuthorizationPolicy shop/bad"), "{reason}");
+    assert!(reason.contains("action"), "{reason}");
+    assert_eq!(verdict.previous_in_force, None);
+    let status = verdict.status("2026-11-23T00:00:00Z");
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_eq!(status["conditions"][0]["reason"], "Invalid");
+}
+
+#[test]
+fn catalog_keeps_the_last_valid_generation_of_an_invalid_edit() {
+    let mut catalog = PolicyCatalog::default();
+    catalog.apply(Applied(policy("deny-get", 1, "DENY")));
+    let before = catalog.texts();
+    // An invalid edit changes nothing that is enforced...
+    assert!(!catalog.apply(Applied(policy("deny-get", 2, "DENNY"))));
+    assert_eq!(catalog.texts(), before);
+    let (_, verdict) = catalog.unreported().pop().unwrap();
+    assert_eq!(verdict.generation, Some(2));
+    assert_eq!(verdict.previous_in_force, Some(1));
+    let message = verdict.status("t")["conditions"][0]["message"].clone();
+    assert!(
+        message.as_str().unwrap().contains("generation 1 stays in force"),
+        "{message}"
+    );
+    // ...and fixing it takes effect.
+    assert!(catalog.apply(Applied(policy("deny-get", 3, "ALLOW"))));
+    assert!(catalog.texts()[0].text.contains("ALLOW"));
+    assert_eq!(catalog.counts(), (1, 0));
+}
+
+#[test]
+fn catalog_resync_and_delete() {
+    let mut catalog = PolicyCatalog::default();
+    catalog.apply(Applied(policy("a", 1, "ALLOW")));
+    catalog.apply(Applied(policy("b", 1, "ALLOW")));
+    // A relist after a dropped watch: `a` was deleted meanwhile.
+    assert!(catalog.apply(Restarted(vec![policy("b", 1, "ALLOW")])));
+    assert_eq!(catalog.texts().len(), 1);
+    assert_eq!(catalog.counts(), (1, 0));
+    assert!(!catalog.apply(Restarted(vec![policy("b", 1, "ALLOW")])));
+    assert!(catalog.apply(Deleted(policy("b", 1, "ALLOW"))));
+    assert!(catalog.texts().is_empty());
+    // Other kinds are not policies.
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+    assert!(!catalog.apply(Applied(other)));
+    assert_eq!(catalog.counts(), (0, 0));
 }
