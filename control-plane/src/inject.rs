@@ -346,7 +346,9 @@ pub fn inject_pod_spec(
     meta.annotations
         .get_or_insert_with(BTreeMap::new)
         .extend(plan.annotations);
-    meta.labels.get_or_insert_with(BTreeMap::new).extend(plan.labels);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(plan.labels);
     Ok(None)
 }
 

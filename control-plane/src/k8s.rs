@@ -41,7 +41,9 @@ impl ApiClient {
     /// The in-cluster configuration when running in a pod, else `KUBECONFIG`.
     pub async fn infer() -> anyhow::Result<Self> {
         let client = kube::Client::try_default().await.map_err(|e| {
-            anyhow::anyhow!("no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}")
+            anyhow::anyhow!(
+                "no Kubernetes API access (in-cluster service account or KUBECONFIG): {e}"
+            )
         })?;
         Ok(ApiClient(client))
     }

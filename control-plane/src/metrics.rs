@@ -16,6 +16,9 @@ pub struct Metrics {
     pub push_latency: Histogram,
     pub policy_sets: IntCounterVec,
     pub policy_version: IntGauge,
+    pub policy_resources: IntGaugeVec,
+    pub kubernetes_watch_errors: IntCounterVec,
+    pub status_updates: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +78,30 @@ impl Metrics {
             "Version of the policy set in force.",
         )
         .expect("valid metric");
+        let policy_resources = IntGaugeVec::new(
+            Opts::new(
+                "ward_cp_policy_resources",
+                "Policy custom resources seen in the cluster, by kind and state (accepted, rejected).",
+            ),
+            &["kind", "state"],
+        )
+        .expect("valid metric");
+        let kubernetes_watch_errors = IntCounterVec::new(
+            Opts::new(
+                "ward_cp_kubernetes_watch_errors_total",
+                "Failed Kubernetes list/watch calls, by resource (retried with backoff).",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let status_updates = IntCounterVec::new(
+            Opts::new(
+                "ward_cp_policy_status_updates_total",
+                "Status writes to policy custom resources, by result (ok, failed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("ward_build_info", "Ward build information (always 1)."),
             &["version", "component"],
@@ -88,6 +115,9 @@ impl Metrics {
             Box::new(push_latency.clone()),
             Box::new(policy_sets.clone()),
             Box::new(policy_version.clone()),
+            Box::new(policy_resources.clone()),
+            Box::new(kubernetes_watch_errors.clone()),
+            Box::new(status_updates.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -114,6 +144,9 @@ impl Metrics {
             push_latency,
             policy_sets,
             policy_version,
+            policy_resources,
+            kubernetes_watch_errors,
+            status_updates,
         }
     }
 

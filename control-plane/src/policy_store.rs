@@ -8,8 +8,8 @@
 //! which the watch streams push to the proxies.
 
 use std::collections::BTreeMap;
-use std::hash::{Hash, Hasher};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -172,16 +172,37 @@ fn next_version(previous: u64) -> u64 {
 
 pub struct PolicyStore {
     tx: watch::Sender<Arc<PolicySnapshot>>,
+    synced: watch::Sender<bool>,
     metrics: Arc<Metrics>,
 }
 
 impl PolicyStore {
     /// An empty store (version 0: everything allowed, mTLS STRICT) until a
-    /// source offers a set.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    /// source offers a set. `synced`: whether version 0 is the truth (no
+    /// source, or a source that offers at start); otherwise nothing is
+    /// distributed until the source calls [`Self::mark_synced`].
+    pub fn new(metrics: Arc<Metrics>, synced: bool) -> Self {
         metrics.policy_version.set(0);
         let (tx, _) = watch::channel(Arc::new(PolicySnapshot::default()));
-        PolicyStore { tx, metrics }
+        PolicyStore {
+            tx,
+            synced: watch::channel(synced).0,
+            metrics,
+        }
+    }
+
+    /// The source has offered the state it started with.
+    pub fn mark_synced(&self) {
+        self.synced
+            .send_if_modified(|s| !std::mem::replace(s, true));
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub fn subscribe_synced(&self) -> watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
@@ -259,7 +280,9 @@ impl DirSource {
             Ok(texts) => {
                 let _ = store.offer(&label, &texts);
             }
-            Err(err) => error!(dir = %label, error = %err, "reading the policy directory failed; the previous set stays in force"),
+            Err(err) => {
+                error!(dir = %label, error = %err, "reading the policy directory failed; the previous set stays in force")
+            }
         }
     }
 }

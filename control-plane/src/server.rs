@@ -31,6 +31,7 @@ use crate::attest::{Attestor, JoinTokenStore, K8sTokenConfig, ServiceAccountToke
 use crate::data_dir::DataDir;
 use crate::inject::InjectConfig;
 use crate::k8s::ApiClient;
+use crate::k8s::kube_sources::KubernetesSource;
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
@@ -161,7 +162,10 @@ impl ControlPlane {
         metrics
             .ca_expiry
             .set(ca.not_after().unix_timestamp() as f64);
-        let policies = Arc::new(PolicyStore::new(metrics.clone()));
+        let policies = Arc::new(PolicyStore::new(
+            metrics.clone(),
+            !config.kubernetes_sources,
+        ));
         let dir_source = config
             .policy_dir
             .clone()
@@ -191,6 +195,15 @@ impl ControlPlane {
 
         let mut tasks = JoinSet::new();
         if let Some(source) = dir_source {
+            tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
+        }
+        if let (true, Some(ApiClient(client))) = (config.kubernetes_sources, config.kube.clone()) {
+            let source = KubernetesSource {
+                client,
+                trust_domain: trust_domain.clone(),
+                endpoints: state.endpoints.clone(),
+                metrics: metrics.clone(),
+            };
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
         let api = TcpListener::bind(config.listen)
@@ -448,6 +461,7 @@ async fn watch_stream(
         labels: request.labels,
         options: state.eval_options.clone(),
         policies: state.policies.subscribe(),
+        synced: state.policies.subscribe_synced(),
         endpoints: state.endpoints.clone(),
         registration,
         metrics: state.metrics.clone(),
@@ -619,7 +633,14 @@ fn admin_route(state: &State, req: &Request<Incoming>) -> Response<ApiBody> {
             )
             .body(Full::new(Bytes::from(state.metrics.render())).boxed())
             .expect("valid response"),
-        (&Method::GET, "/ready" | "/live") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/live") => text(StatusCode::OK, "ok\n"),
+        // Not ready (no traffic from the Service) until the policy and
+        // endpoint sources have synced.
+        (&Method::GET, "/ready") if !state.policies.is_synced() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the Kubernetes sources have not synced yet\n",
+        ),
+        (&Method::GET, "/ready") => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

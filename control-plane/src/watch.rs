@@ -20,6 +20,7 @@ use tracing::{debug, info};
 use ward_identity::SpiffeId;
 use ward_policy::EvalOptions;
 
+use crate::k8s::endpoints::EndpointSnapshot;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicySnapshot;
 
@@ -53,9 +54,11 @@ pub struct EndpointEntry {
     pub spiffe_id: String,
 }
 
-/// The endpoint table: static entries plus every connected proxy.
+/// The endpoint table: static entries, the meshed pods the Kubernetes
+/// source knows, and every connected proxy.
 pub struct Endpoints {
     static_entries: Vec<EndpointEntry>,
+    kubernetes: Mutex<Vec<EndpointEntry>>,
     registered: Mutex<HashMap<IpAddr, (SpiffeId, u64)>>,
     changed: watch::Sender<u64>,
 }
@@ -64,9 +67,24 @@ impl Endpoints {
     pub fn new(static_entries: Vec<EndpointEntry>) -> Self {
         Endpoints {
             static_entries,
+            kubernetes: Mutex::new(Vec::new()),
             registered: Mutex::new(HashMap::new()),
             changed: watch::channel(0).0,
         }
+    }
+
+    /// Replaces the entries from the Kubernetes endpoint table.
+    pub fn set_kubernetes(&self, snapshot: &EndpointSnapshot) {
+        let entries = snapshot
+            .endpoints
+            .iter()
+            .map(|(ip, e)| EndpointEntry {
+                address: ip.to_string(),
+                spiffe_id: e.spiffe_id.to_string(),
+            })
+            .collect();
+        *self.kubernetes.lock().expect("not poisoned") = entries;
+        self.changed.send_modify(|g| *g += 1);
     }
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
@@ -91,6 +109,13 @@ impl Endpoints {
 
     pub fn snapshot(&self) -> Vec<EndpointEntry> {
         let mut entries = self.static_entries.clone();
+        entries.extend(
+            self.kubernetes
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .cloned(),
+        );
         entries.extend(self.registered.lock().expect("not poisoned").iter().map(
             |(ip, (id, _))| EndpointEntry {
                 address: ip.to_string(),
@@ -98,6 +123,8 @@ impl Endpoints {
             },
         ));
         entries.sort();
+        // An address both registered and in the table is listed once.
+        entries.dedup();
         entries
     }
 }
@@ -165,6 +192,8 @@ pub struct WatchContext {
     pub labels: BTreeMap<String, String>,
     pub options: EvalOptions,
     pub policies: watch::Receiver<Arc<PolicySnapshot>>,
+    /// True once the policy and endpoint sources have read their state.
+    pub synced: watch::Receiver<bool>,
     pub endpoints: Arc<Endpoints>,
     pub registration: Option<Registration>,
     pub metrics: Arc<Metrics>,
@@ -173,6 +202,14 @@ pub struct WatchContext {
 
 /// Feeds one proxy's stream until it goes away or the control plane stops.
 pub async fn run_stream(mut ctx: WatchContext, tx: mpsc::Sender<Bytes>) {
+    // Nothing is pushed before the sources have synced: an empty set from
+    // a control plane that has not read the cluster's policies yet would
+    // let everything through.
+    tokio::select! {
+        synced = ctx.synced.wait_for(|s| *s) => if synced.is_err() { return },
+        _ = tx.closed() => return,
+        _ = ctx.shutdown.wait_for(|stop| *stop) => return,
+    }
     ctx.metrics.watch_streams.inc();
     info!(spiffe_id = %ctx.id, labels = ?ctx.labels, "proxy connected to the watch stream");
     let mut endpoint_changes = ctx.endpoints.subscribe();

@@ -350,7 +350,11 @@ async fn pod_shapes_through_the_webhook() {
     );
     let status: Value = serde_json::from_str(&annotation(&out, "ward.io/status").unwrap()).unwrap();
     assert_eq!(status["nativeSidecar"], true);
-    assert_eq!(out.metadata.labels, p.metadata.labels, "labels untouched");
+    // The pod's labels are kept; the mesh label is added (the control
+    // plane watches meshed pods by it).
+    let mut labels = p.metadata.labels.clone().unwrap();
+    labels.insert("security.ward.io/tlsMode".into(), "ward".into());
+    assert_eq!(out.metadata.labels, Some(labels));
     save(&out, "multi-container");
 
     // Annotation opt-in on the plain path, no labels, no annotations but ours;
@@ -378,7 +382,11 @@ async fn pod_shapes_through_the_webhook() {
             .post_start
             .is_some()
     );
-    assert!(out.metadata.labels.is_none());
+    // No labels before: the patch creates the map with the mesh label.
+    assert_eq!(
+        out.metadata.labels,
+        Some([("security.ward.io/tlsMode".into(), "ward".into())].into())
+    );
     save(&out, "classic-sidecar");
 
     // Not selected on the plain path: allowed, no patch.

@@ -1,1 +1,253 @@
-//! Kubernetes API watchers feeding the endpoint table and the policy store.
+//! The Kubernetes source: the only code here that talks to the API server.
+//!
+//! Three kube-runtime watchers, each relisting by itself after a dropped
+//! watch or a 410 Gone (with backoff while the API server is away):
+//! - meshed Pods (label `security.ward.io/tlsMode=ward`) → the endpoint
+//!   table → the endpoints of every watch stream;
+//! - `AuthorizationPolicy` and `PeerAuthentication` (`security.ward.io/v1`)
+//!   → the [`PolicyCatalog`] → the policy store, the same store and the
+//!   same streams as the directory source.
+//!
+//! Nothing is distributed until all three initial lists are in (the store
+//! is marked synced only then), so a control plane that has not read the
+//! cluster's policies never hands out an empty, allow-everything set. Each
+//! policy resource gets an `Accepted` condition in its `status`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{self, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::WatchEvent;
+use super::catalog::{PolicyCatalog, Verdict};
+use super::endpoints::EndpointTable;
+use super::source::{
+    POLICY_GROUP, POLICY_KINDS, POLICY_VERSION, ResourceKey, WatcherAdapter, WatcherEvent,
+};
+use crate::inject::{MESH_LABEL, MESH_LABEL_VALUE};
+use crate::metrics::Metrics;
+use crate::policy_store::{PolicySource, PolicyStore, SourceText};
+use crate::watch::Endpoints;
+
+/// Field manager of the status patches.
+const FIELD_MANAGER: &str = "ward-control-plane";
+
+/// Policies and endpoints from the Kubernetes API.
+pub struct KubernetesSource {
+    pub client: kube::Client,
+    pub trust_domain: String,
+    pub endpoints: Arc<Endpoints>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl PolicySource for KubernetesSource {
+    async fn run(self, store: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
+        let gate = SyncGate::new(store.clone());
+        tokio::select! {
+            _ = watch_pods(&self, &gate) => {}
+            _ = watch_policies(&self, &store, &gate) => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
+        }
+    }
+}
+
+/// Marks the store synced once both the pods and the policies have listed.
+struct SyncGate {
+    store: Arc<PolicyStore>,
+    pending: Mutex<(bool, bool)>,
+}
+
+impl SyncGate {
+    fn new(store: Arc<PolicyStore>) -> Self {
+        SyncGate {
+            store,
+            pending: Mutex::new((true, true)),
+        }
+    }
+
+    fn done(&self, pods: bool) {
+        let mut pending = self.pending.lock().expect("not poisoned");
+        if pods {
+            pending.0 = false;
+        } else {
+            pending.1 = false;
+        }
+        if !pending.0 && !pending.1 && !self.store.is_synced() {
+            info!("Kubernetes sources synced: distributing policies and endpoints");
+            self.store.mark_synced();
+        }
+    }
+}
+
+async fn watch_pods(source: &KubernetesSource, gate: &SyncGate) {
+    let api: Api<Pod> = Api::all(source.client.clone());
+    let config = watcher::Config::default().labels(&format!("{MESH_LABEL}={MESH_LABEL_VALUE}"));
+    let mut table = EndpointTable::new(source.trust_domain.clone());
+    let mut adapter = WatcherAdapter::default();
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => {
+                watch_failed(&source.metrics, "pods", &err);
+                continue;
+            }
+        };
+        let Some(event) = adapter.push(event.into()) else {
+            continue;
+        };
+        let relisted = matches!(event, WatchEvent::Restarted(_));
+        let diff = table.apply(event);
+        if !diff.is_empty() {
+            source.endpoints.set_kubernetes(&table.snapshot());
+            debug!(
+                added = diff.added.len(),
+                updated = diff.updated.len(),
+                removed = diff.removed.len(),
+                endpoints = table.len(),
+                "endpoint table changed"
+            );
+        }
+        if relisted {
+            info!(endpoints = table.len(), "meshed pods listed");
+            gate.done(true);
+        }
+    }
+}
+
+/// One watched policy kind.
+struct PolicyKind {
+    kind: &'static str,
+    resource: ApiResource,
+    catalog: PolicyCatalog,
+    adapter: WatcherAdapter<Value>,
+    listed: bool,
+    /// The verdict last written to each resource's status, so a failing
+    /// patch is not retried on every event (only when the verdict changes,
+    /// or after a relist).
+    written: BTreeMap<ResourceKey, Verdict>,
+}
+
+async fn watch_policies(source: &KubernetesSource, store: &PolicyStore, gate: &SyncGate) {
+    let mut kinds: Vec<PolicyKind> = POLICY_KINDS
+        .iter()
+        .map(|(kind, plural)| PolicyKind {
+            kind,
+            resource: ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(POLICY_GROUP, POLICY_VERSION, kind),
+                plural,
+            ),
+            catalog: PolicyCatalog::default(),
+            adapter: WatcherAdapter::default(),
+            listed: false,
+            written: BTreeMap::new(),
+        })
+        .collect();
+    let streams = kinds.iter().enumerate().map(|(index, k)| {
+        let api: Api<DynamicObject> = Api::all_with(source.client.clone(), &k.resource);
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |event| (index, event))
+            .boxed()
+    });
+    let mut events = stream::select_all(streams);
+    let mut offered: Option<Vec<SourceText>> = None;
+    while let Some((index, event)) = events.next().await {
+        let kind = &mut kinds[index];
+        let event = match event {
+            Ok(event) => WatcherEvent::from(event).map(|obj| to_document(obj, &kind.resource)),
+            Err(err) => {
+                watch_failed(&source.metrics, kind.kind, &err);
+                continue;
+            }
+        };
+        let Some(event) = kind.adapter.push(event) else {
+            continue;
+        };
+        if matches!(event, WatchEvent::Restarted(_)) {
+            kind.listed = true;
+            kind.written.clear();
+        }
+        kind.catalog.apply(event);
+        let (accepted, rejected) = kind.catalog.counts();
+        for (state, count) in [("accepted", accepted), ("rejected", rejected)] {
+            source
+                .metrics
+                .policy_resources
+                .with_label_values(&[kind.kind, state])
+                .set(count as i64);
+        }
+        report_status(source, kind).await;
+        // A partial set (one kind listed, not the other) is never offered.
+        if !kinds.iter().all(|k| k.listed) {
+            continue;
+        }
+        let texts: Vec<SourceText> = kinds.iter().flat_map(|k| k.catalog.texts()).collect();
+        if offered.as_ref() != Some(&texts) {
+            // Each text is valid alone and keys are unique, so the set is
+            // valid; a rejection would keep the previous set and is logged.
+            let _ = store.offer("kubernetes", &texts);
+            offered = Some(texts);
+        }
+        gate.done(false);
+    }
+}
+
+/// Writes the `Accepted` condition of every resource whose status does not
+/// say it yet. A failure is logged and retried when the verdict changes.
+async fn report_status(source: &KubernetesSource, kind: &mut PolicyKind) {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    for (key, verdict) in kind.catalog.unreported() {
+        if kind.written.get(&key) == Some(&verdict) {
+            continue;
+        }
+        let (_, namespace, name) = &key;
+        if let Some(reason) = &verdict.rejected {
+            warn!(kind = kind.kind, %namespace, %name, generation = verdict.generation, error = %reason, "policy resource rejected");
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(source.client.clone(), namespace, &kind.resource);
+        let patch = json!({ "status": verdict.status(&now) });
+        let params = PatchParams::apply(FIELD_MANAGER);
+        let result = match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => "ok",
+            Err(err) => {
+                warn!(kind = kind.kind, %namespace, %name, error = %err, "writing the policy status failed");
+                "failed"
+            }
+        };
+        source
+            .metrics
+            .status_updates
+            .with_label_values(&[result])
+            .inc();
+        kind.written.insert(key, verdict);
+    }
+}
+
+/// The object as a policy document, `apiVersion` and `kind` included (list
+/// items come without them).
+fn to_document(object: DynamicObject, resource: &ApiResource) -> Value {
+    let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.insert("apiVersion".into(), json!(resource.api_version));
+        map.insert("kind".into(), json!(resource.kind));
+    }
+    value
+}
+
+fn watch_failed(metrics: &Metrics, resource: &str, err: &watcher::Error) {
+    metrics
+        .kubernetes_watch_errors
+        .with_label_values(&[resource])
+        .inc();
+    warn!(resource, error = %err, "Kubernetes watch failed; retrying with backoff, the last known state stays in force");
+}

@@ -33,6 +33,18 @@ impl<T> From<watcher::Event<T>> for WatcherEvent<T> {
     }
 }
 
+impl<T> WatcherEvent<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> WatcherEvent<U> {
+        match self {
+            WatcherEvent::Init => WatcherEvent::Init,
+            WatcherEvent::InitApply(obj) => WatcherEvent::InitApply(f(obj)),
+            WatcherEvent::InitDone => WatcherEvent::InitDone,
+            WatcherEvent::Apply(obj) => WatcherEvent::Apply(f(obj)),
+            WatcherEvent::Delete(obj) => WatcherEvent::Delete(f(obj)),
+        }
+    }
+}
+
 /// Turns a watcher's stream into [`WatchEvent`]s.
 #[derive(Debug)]
 pub struct WatcherAdapter<T> {

@@ -5,8 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use super::WatchEvent::{Applied, Deleted, Restarted};
-use super::endpoints::EndpointTable;
 use super::catalog::PolicyCatalog;
+use super::endpoints::EndpointTable;
 use super::source::{WatcherAdapter, WatcherEvent};
 
 fn pod(name: &str, ip: Option<&str>, labels: &[(&str, &str)], meshed: bool) -> Pod {
@@ -238,8 +238,16 @@ fn catalog_accepts_valid_resources_and_reports_them() {
     assert_eq!(texts.len(), 1);
     assert_eq!(texts[0].label, "AuthorizationPolicy shop/allow-get");
     // What the API server adds is not part of the enforced document.
-    assert!(!texts[0].text.contains("managedFields"), "{}", texts[0].text);
-    assert!(!texts[0].text.contains("resourceVersion"), "{}", texts[0].text);
+    assert!(
+        !texts[0].text.contains("managedFields"),
+        "{}",
+        texts[0].text
+    );
+    assert!(
+        !texts[0].text.contains("resourceVersion"),
+        "{}",
+        texts[0].text
+    );
     let unreported = catalog.unreported();
     assert_eq!(unreported.len(), 1);
     let (key, verdict) = &unreported[0];
@@ -293,7 +301,10 @@ fn catalog_keeps_the_last_valid_generation_of_an_invalid_edit() {
     assert_eq!(verdict.previous_in_force, Some(1));
     let message = verdict.status("t")["conditions"][0]["message"].clone();
     assert!(
-        message.as_str().unwrap().contains("generation 1 stays in force"),
+        message
+            .as_str()
+            .unwrap()
+            .contains("generation 1 stays in force"),
         "{message}"
     );
     // ...and fixing it takes effect.
