@@ -1,0 +1,658 @@
+//! The Kubernetes source end to end, against a fake API server that answers
+//! with recorded API shapes (lists, watch event lines, 410 Gone, Status
+//! failures): real kube-runtime watchers over HTTPS, a real control plane,
+//! and a real mTLS watch stream as a proxy opens it.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use support::apiserver::{ApiServer, Recorded, Reply, list, status_failure, watch_event};
+use tokio::sync::mpsc;
+use ward_control_plane::api::SvidRequest;
+use ward_control_plane::attest::{Credential, JoinTokenStore};
+use ward_control_plane::client::{ControlPlaneClient, control_plane_id};
+use ward_control_plane::data_dir::DataDir;
+use ward_control_plane::k8s::ApiClient;
+use ward_control_plane::server::{Config, ControlPlane};
+use ward_control_plane::watch::WatchUpdate;
+use ward_identity::SpiffeId;
+use ward_identity::bundle::TrustBundles;
+use ward_identity::ca;
+use ward_identity::tls::{self, SvidCell};
+
+const TD: &str = "cluster.local";
+const MESH_SELECTOR: &str = "labelSelector=security.ward.io%2FtlsMode%3Dward";
+
+/// The cluster the fake API server serves: objects by resource (`pods`,
+/// `authorizationpolicies`, `peerauthentications`), open watches, and
+/// resources whose list fails (a CRD not installed yet).
+#[derive(Default)]
+struct Cluster {
+    resource_version: u64,
+    objects: BTreeMap<&'static str, Vec<Value>>,
+    watches: HashMap<&'static str, Vec<mpsc::Sender<Value>>>,
+    missing: Vec<&'static str>,
+}
+
+type Shared = Arc<Mutex<Cluster>>;
+
+const RESOURCES: [(&str, &str, &str); 3] = [
+    ("pods", "/api/v1/pods", "v1"),
+    (
+        "authorizationpolicies",
+        "/apis/security.ward.io/v1/authorizationpolicies",
+        "security.ward.io/v1",
+    ),
+    (
+        "peerauthentications",
+        "/apis/security.ward.io/v1/peerauthentications",
+        "security.ward.io/v1",
+    ),
+];
+
+impl Cluster {
+    /// Creates or updates an object (by namespace and name) and tells the
+    /// open watches, as the API server does: a new resourceVersion on every
+    /// write, a new generation when the spec changes.
+    fn apply(&mut self, resource: &'static str, mut object: Value) {
+        self.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        let objects = self.objects.entry(resource).or_default();
+        let key = |o: &Value| {
+            (
+                o["metadata"]["namespace"].clone(),
+                o["metadata"]["name"].clone(),
+            )
+        };
+        let event = match objects.iter_mut().find(|o| key(o) == key(&object)) {
+            Some(existing) => {
+                let generation = existing["metadata"]["generation"].as_i64().unwrap_or(1);
+                let spec_changed = existing.get("spec") != object.get("spec");
+                object["metadata"]["generation"] = json!(generation + i64::from(spec_changed));
+                if object.get("status").is_none()
+                    && let Some(status) = existing.get("status")
+                {
+                    object["status"] = status.clone();
+                }
+                *existing = object.clone();
+                "MODIFIED"
+            }
+            None => {
+                object["metadata"]["generation"] = json!(1);
+                objects.push(object.clone());
+                "ADDED"
+            }
+        };
+        self.notify(resource, watch_event(event, object));
+    }
+
+    fn delete(&mut self, resource: &'static str, namespace: &str, name: &str) {
+        self.resource_version += 1;
+        let objects = self.objects.entry(resource).or_default();
+        let index = objects
+            .iter()
+            .position(|o| o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name)
+            .expect("object exists");
+        let mut object = objects.remove(index);
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        self.notify(resource, watch_event("DELETED", object));
+    }
+
+    /// The watch ends with `410 Gone` (resourceVersion too old): the client
+    /// must relist.
+    fn expire_watches(&mut self, resource: &'static str) {
+        let gone = status_failure(410, "Expired", "too old resource version: 1 (42)");
+        self.notify(resource, watch_event("ERROR", gone));
+        self.watches.remove(resource);
+    }
+
+    fn notify(&mut self, resource: &'static str, event: Value) {
+        let watches = self.watches.entry(resource).or_default();
+        watches.retain(|tx| tx.try_send(event.clone()).is_ok());
+    }
+
+    fn answer(&mut self, req: &Recorded) -> Reply {
+        let path = req.path_and_query.split('?').next().unwrap_or_default();
+        if req.method == Method::PATCH && path.ends_with("/status") {
+            return self.patch_status(path, &req.body);
+        }
+        let Some((resource, _, api_version)) = RESOURCES.iter().find(|(_, p, _)| *p == path) else {
+            return Reply::Json(
+                StatusCode::NOT_FOUND,
+                status_failure(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            );
+        };
+        if self.missing.contains(resource) {
+            return Reply::Json(
+                StatusCode::NOT_FOUND,
+                status_failure(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ),
+            );
+        }
+        if *resource == "pods" && !req.path_and_query.contains(MESH_SELECTOR) {
+            return Reply::Json(
+                StatusCode::BAD_REQUEST,
+                status_failure(
+                    400,
+                    "BadRequest",
+                    "the test expects the mesh label selector",
+                ),
+            );
+        }
+        if req.path_and_query.contains("watch=true") {
+            let (tx, rx) = mpsc::channel(64);
+            self.watches.entry(resource).or_default().push(tx);
+            return Reply::Stream(rx);
+        }
+        let kind = match *resource {
+            "pods" => "PodList",
+            "authorizationpolicies" => "AuthorizationPolicyList",
+            _ => "PeerAuthenticationList",
+        };
+        let items = self.objects.get(resource).cloned().unwrap_or_default();
+        // Built-in types come without apiVersion/kind in list items.
+        let items = items
+            .into_iter()
+            .map(|mut o| {
+                if *resource == "pods" {
+                    let map = o.as_object_mut().unwrap();
+                    map.remove("apiVersion");
+                    map.remove("kind");
+                }
+                o
+            })
+            .collect();
+        Reply::Json(
+            StatusCode::OK,
+            list(api_version, kind, &self.resource_version.to_string(), items),
+        )
+    }
+
+    /// `PATCH .../namespaces/{ns}/{plural}/{name}/status` (merge patch).
+    fn patch_status(&mut self, path: &str, body: &Value) -> Reply {
+        let parts: Vec<&str> = path.split('/').collect();
+        let (namespace, plural, name) = (parts[5], parts[6], parts[7]);
+        let Some((resource, _, _)) = RESOURCES.iter().find(|(r, _, _)| *r == plural) else {
+            return Reply::Json(
+                StatusCode::NOT_FOUND,
+                status_failure(404, "NotFound", plural),
+            );
+        };
+        let Some(mut object) = self.objects.get(resource).and_then(|objects| {
+            objects
+                .iter()
+                .find(|o| o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name)
+                .cloned()
+        }) else {
+            return Reply::Json(StatusCode::NOT_FOUND, status_failure(404, "NotFound", name));
+        };
+        object["status"] = body["status"].clone();
+        self.apply(resource, object.clone());
+        Reply::Json(StatusCode::OK, object)
+    }
+}
+
+fn pod(name: &str, ip: &str, sa: &str, meshed: bool) -> Value {
+    let mut containers = vec![json!({"name": "app", "image": "shop/web:1"})];
+    let mut annotations = json!({});
+    if meshed {
+        containers.insert(0, json!({"name": "ward-proxy", "image": "ward/ward:0.1.0"}));
+        annotations = json!({"ward.io/status": "{\"version\":\"0.1.0\"}"});
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "labels": {"app": "web", "security.ward.io/tlsMode": "ward"},
+            "annotations": annotations},
+        "spec": {"serviceAccountName": sa, "containers": containers},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    })
+}
+
+fn authorization_policy(name: &str, action: &str, methods: &[&str]) -> Value {
+    json!({
+        "apiVersion": "security.ward.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "managedFields": [{"manager": "kubectl-client-side-apply", "operation": "Update"}]},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "action": action,
+            "rules": [{"to": [{"operation": {"methods": methods}}]}]}
+    })
+}
+
+fn peer_authentication(mode: &str) -> Value {
+    json!({
+        "apiVersion": "security.ward.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "shop", "uid": "uid-pa"},
+        "spec": {"mtls": {"mode": mode}}
+    })
+}
+
+struct Harness {
+    cp: ControlPlane,
+    _data: tempfile::TempDir,
+    cluster: Shared,
+    api: ApiServer,
+    cell: Arc<SvidCell>,
+}
+
+impl Harness {
+    async fn start(cluster: Cluster) -> Harness {
+        let cluster: Shared = Arc::new(Mutex::new(cluster));
+        let shared = cluster.clone();
+        let api = ApiServer::start(move |req| shared.lock().unwrap().answer(req)).await;
+        let data = tempfile::tempdir().unwrap();
+        let mut config = Config::new(TD, data.path());
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.kube = Some(ApiClient(api.client()));
+        config.kubernetes_sources = true;
+        let cp = ControlPlane::start(config).await.unwrap();
+        let cell = enrol(&cp, data.path(), "web").await;
+        Harness {
+            cp,
+            _data: data,
+            cluster,
+            api,
+            cell,
+        }
+    }
+
+    fn cluster(&self) -> std::sync::MutexGuard<'_, Cluster> {
+        self.cluster.lock().unwrap()
+    }
+
+    async fn admin(&self, path: &str) -> (u16, String) {
+        http_get(self.cp.admin_addr().unwrap(), path).await
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.admin("/ready").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("control plane never became ready");
+    }
+
+    /// The status patches the control plane sent, as (name, status).
+    fn status_patches(&self) -> Vec<(String, Value)> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == Method::PATCH)
+            .map(|r| {
+                let path = r.path_and_query.split('?').next().unwrap().to_owned();
+                let name = path.split('/').nth(7).unwrap().to_owned();
+                (name, r.body["status"].clone())
+            })
+            .collect()
+    }
+}
+
+/// An SVID for `shop/<sa>` through a join token.
+async fn enrol(cp: &ControlPlane, data: &std::path::Path, sa: &str) -> Arc<SvidCell> {
+    let id = SpiffeId::for_service_account(TD, "shop", sa).unwrap();
+    let dir = DataDir::open(data).unwrap();
+    let token = JoinTokenStore::open(&dir.join_tokens_dir())
+        .unwrap()
+        .create(&id, Duration::from_secs(60))
+        .unwrap();
+    let key = ca::generate_key();
+    let request = SvidRequest {
+        spiffe_id: id.to_string(),
+        csr: ca::build_csr(&key, &id).unwrap(),
+        credential: Some(Credential::JoinToken(token)),
+        pod: None,
+    };
+    let client =
+        ControlPlaneClient::from_bundle_pem(cp.api_addr().to_string(), TD, cp.bundle_pem())
+            .unwrap();
+    let answer = client.request_svid(&request, None).await.unwrap();
+    let mut bundles = TrustBundles::new();
+    bundles.add_pem(TD, &answer.bundle_pem).unwrap();
+    let chain = CertificateDer::pem_slice_iter(answer.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let cell = Arc::new(SvidCell::new());
+    cell.install(
+        chain,
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        &bundles,
+    )
+    .unwrap();
+    cell
+}
+
+/// Opens `POST /v1/watch` over mTLS as a proxy does; each update arrives
+/// on the returned channel.
+async fn open_watch(h: &Harness, labels: &[(&str, &str)]) -> mpsc::Receiver<WatchUpdate> {
+    let mut bundles = TrustBundles::new();
+    bundles.add_pem(TD, h.cp.bundle_pem()).unwrap();
+    let config = tls::client_config(
+        h.cell.clone(),
+        Arc::new(arc_swap::ArcSwap::from_pointee(bundles)),
+        control_plane_id(TD).unwrap(),
+    );
+    let mut config = Arc::unwrap_or_clone(config);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(h.cp.api_addr())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    let body = json!({ "labels": labels }).to_string();
+    let request = Request::post(format!("https://localhost{}", "/v1/watch"))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let _sender = sender;
+        let mut body = response.into_body();
+        let mut pending = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let update: WatchUpdate = serde_json::from_slice(&line).unwrap();
+                if tx.send(update).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+async fn next_update(rx: &mut mpsc::Receiver<WatchUpdate>) -> WatchUpdate {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("an update within 10 s")
+        .expect("stream open")
+}
+
+/// Waits for an update satisfying `pred` (intermediate ones are skipped).
+async fn update_where(
+    rx: &mut mpsc::Receiver<WatchUpdate>,
+    pred: impl Fn(&WatchUpdate) -> bool,
+) -> WatchUpdate {
+    loop {
+        let update = next_update(rx).await;
+        if pred(&update) {
+            return update;
+        }
+    }
+}
+
+fn endpoint_ids(update: &WatchUpdate) -> BTreeMap<String, String> {
+    update
+        .endpoints
+        .iter()
+        .map(|e| (e.address.clone(), e.spiffe_id.clone()))
+        .collect()
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).await.unwrap();
+    let code = out[9..12].parse().unwrap();
+    (code, out)
+}
+
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(-1.0)
+}
+
+fn web_id() -> String {
+    format!("spiffe://{TD}/ns/shop/sa/web")
+}
+
+#[tokio::test]
+async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
+    let mut cluster = Cluster::default();
+    cluster.apply("pods", pod("web-1", "198.18.0.10", "web", true));
+    // Labelled but without a sidecar: not an endpoint.
+    cluster.apply("pods", pod("web-plain", "198.18.0.11", "web", false));
+    cluster.apply(
+        "authorizationpolicies",
+        authorization_policy("allow-get", "ALLOW", &["GET"]),
+    );
+    cluster.apply(
+        "authorizationpolicies",
+        authorization_policy("bad", "MAYBE", &["GET"]),
+    );
+    cluster.objects.entry("peerauthentications").or_default();
+    let h = Harness::start(cluster).await;
+    h.wait_ready().await;
+    let mut stream = open_watch(&h, &[("app", "web")]).await;
+
+    // First update: the valid policy only, and the meshed pod.
+    let first = next_update(&mut stream).await;
+    assert!(first.version > 0);
+    assert!(
+        first.policies.contains("name: allow-get"),
+        "{}",
+        first.policies
+    );
+    assert!(!first.policies.contains("name: bad"), "{}", first.policies);
+    assert!(
+        !first.policies.contains("managedFields"),
+        "{}",
+        first.policies
+    );
+    assert_eq!(
+        endpoint_ids(&first),
+        BTreeMap::from([("198.18.0.10".to_owned(), web_id())])
+    );
+
+    // The watchers asked for meshed pods only, and both kinds of policy.
+    let paths: Vec<String> = h
+        .api
+        .requests()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("/api/v1/pods?") && p.contains("watch=true"))
+    );
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("/apis/security.ward.io/v1/peerauthentications?"))
+    );
+
+    // Each policy got its verdict in its status.
+    let patches = h.status_patches();
+    let (_, accepted) = patches
+        .iter()
+        .find(|(n, _)| n == "allow-get")
+        .expect("allow-get status");
+    assert_eq!(accepted["conditions"][0]["type"], "Accepted");
+    assert_eq!(accepted["conditions"][0]["status"], "True");
+    assert_eq!(accepted["observedGeneration"], 1);
+    let (_, rejected) = patches
+        .iter()
+        .find(|(n, _)| n == "bad")
+        .expect("bad status");
+    assert_eq!(rejected["conditions"][0]["status"], "False");
+    assert_eq!(rejected["conditions"][0]["reason"], "Invalid");
+    let message = rejected["conditions"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("AuthorizationPolicy shop/bad") && message.contains("action"),
+        "{message}"
+    );
+    let metrics = h.admin("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_cp_policy_resources{kind=\"AuthorizationPolicy\",state=\"rejected\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_cp_policy_resources{kind=\"AuthorizationPolicy\",state=\"accepted\"}"
+        ),
+        1.0
+    );
+    // The status updates came back as watch events; they changed nothing
+    // and were not written again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.status_patches().len(), 2, "{:?}", h.status_patches());
+
+    // A new policy is pushed.
+    h.cluster().apply(
+        "authorizationpolicies",
+        authorization_policy("deny-delete", "DENY", &["DELETE"]),
+    );
+    let update = update_where(&mut stream, |u| u.policies.contains("deny-delete")).await;
+    assert!(update.version > first.version);
+
+    // An invalid edit of an enforced policy changes nothing; the next
+    // change (a PeerAuthentication) still carries the old generation.
+    h.cluster().apply(
+        "authorizationpolicies",
+        authorization_policy("allow-get", "ALOW", &["GET", "HEAD"]),
+    );
+    h.cluster()
+        .apply("peerauthentications", peer_authentication("PERMISSIVE"));
+    let update = update_where(&mut stream, |u| u.policies.contains("PERMISSIVE")).await;
+    assert!(update.policies.contains("name: allow-get"));
+    assert!(!update.policies.contains("HEAD"), "{}", update.policies);
+    assert!(!update.policies.contains("ALOW"), "{}", update.policies);
+    let (_, stale) = h
+        .status_patches()
+        .into_iter()
+        .rfind(|(n, _)| n == "allow-get")
+        .unwrap();
+    assert_eq!(stale["observedGeneration"], 2);
+    let message = stale["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("generation 1 stays in force"), "{message}");
+
+    // A pod leaves; a new one comes.
+    h.cluster().delete("pods", "shop", "web-1");
+    let update = update_where(&mut stream, |u| u.endpoints.is_empty()).await;
+    assert!(endpoint_ids(&update).is_empty());
+    h.cluster()
+        .apply("pods", pod("web-2", "198.18.0.12", "web", true));
+    update_where(&mut stream, |u| endpoint_ids(u).contains_key("198.18.0.12")).await;
+
+    // The pod watch expires (410 Gone); meanwhile web-2 went away and
+    // web-3 came without a watch event: the relist finds out.
+    {
+        let mut cluster = h.cluster();
+        let open = cluster.watches.remove("pods").unwrap();
+        cluster.objects.insert("pods", Vec::new());
+        cluster.apply("pods", pod("web-3", "198.18.0.13", "api", true));
+        cluster.watches.insert("pods", open);
+        cluster.expire_watches("pods");
+    }
+    let update = update_where(&mut stream, |u| endpoint_ids(u).contains_key("198.18.0.13")).await;
+    let pod_lists = h
+        .api
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.path_and_query.starts_with("/api/v1/pods?")
+                && !r.path_and_query.contains("watch=true")
+        })
+        .count();
+    assert_eq!(pod_lists, 2, "the 410 made the watcher relist");
+    assert_eq!(
+        endpoint_ids(&update),
+        BTreeMap::from([(
+            "198.18.0.13".to_owned(),
+            format!("spiffe://{TD}/ns/shop/sa/api")
+        )])
+    );
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_is_distributed_until_every_resource_is_listed() {
+    // The PeerAuthentication CRD is not installed yet: its list is 404.
+    let mut cluster = Cluster::default();
+    cluster.apply("pods", pod("web-1", "198.18.0.10", "web", true));
+    cluster.apply(
+        "authorizationpolicies",
+        authorization_policy("deny-all-get", "DENY", &["GET"]),
+    );
+    cluster.missing.push("peerauthentications");
+    let h = Harness::start(cluster).await;
+
+    // Not ready, and a proxy that connects gets nothing: an empty policy
+    // set now would allow what deny-all-get denies.
+    let mut stream = open_watch(&h, &[("app", "web")]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, body) = h.admin("/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        stream.try_recv().is_err(),
+        "nothing may be pushed before sync"
+    );
+    let metrics = h.admin("/metrics").await.1;
+    assert!(
+        metric(
+            &metrics,
+            "ward_cp_kubernetes_watch_errors_total{resource=\"PeerAuthentication\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+
+    // The CRD is installed: the watcher's retry lists it, and the first
+    // update carries the DENY policy.
+    h.cluster().missing.clear();
+    let first = next_update(&mut stream).await;
+    assert!(
+        first.policies.contains("deny-all-get"),
+        "{}",
+        first.policies
+    );
+    assert_eq!(endpoint_ids(&first).len(), 1);
+    h.wait_ready().await;
+    h.cp.shutdown().await;
+}
