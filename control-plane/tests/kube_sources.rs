@@ -602,6 +602,7 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
         })
         .count();
     assert_eq!(pod_lists, 2, "the 410 made the watcher relist");
+    assert_calls_allowed_by_rbac(&h.api.requests());
     assert_eq!(
         endpoint_ids(&update),
         BTreeMap::from([(
@@ -655,4 +656,59 @@ async fn nothing_is_distributed_until_every_resource_is_listed() {
     assert_eq!(endpoint_ids(&first).len(), 1);
     h.wait_ready().await;
     h.cp.shutdown().await;
+}
+
+/// Every API call the control plane made is allowed by the ClusterRole in
+/// `deploy/base/rbac.yaml` (so the least-privilege role is enough).
+fn assert_calls_allowed_by_rbac(requests: &[Recorded]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let role = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let allowed = |group: &str, resource: &str, verb: &str| {
+        role["rules"].as_array().unwrap().iter().any(|rule| {
+            let has = |field: &str, value: &str| {
+                rule[field]
+                    .as_array()
+                    .is_some_and(|values| values.iter().any(|v| v == value))
+            };
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+        })
+    };
+    for request in requests {
+        let (path, query) = request
+            .path_and_query
+            .split_once('?')
+            .unwrap_or((&request.path_and_query, ""));
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // /api/v1/<res> | /apis/<group>/<version>/[namespaces/<ns>/]<res>[/<name>[/<sub>]]
+        let (group, rest) = match parts[0] {
+            "api" => ("", &parts[2..]),
+            _ => (parts[1], &parts[3..]),
+        };
+        let rest = if rest.first() == Some(&"namespaces") {
+            &rest[2..]
+        } else {
+            rest
+        };
+        let resource = match rest {
+            [res] | [res, _] => (*res).to_owned(),
+            [res, _, sub] => format!("{res}/{sub}"),
+            _ => panic!("unexpected path {path}"),
+        };
+        let verb = match request.method {
+            Method::GET if query.contains("watch=true") => "watch",
+            Method::GET if rest.len() == 1 => "list",
+            Method::GET => "get",
+            Method::PATCH => "patch",
+            Method::POST => "create",
+            _ => "other",
+        };
+        assert!(
+            allowed(group, &resource, verb),
+            "the ClusterRole does not allow {verb} {group}/{resource} ({path})"
+        );
+    }
 }

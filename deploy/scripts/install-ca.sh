@@ -3,22 +3,24 @@
 #   - Secret ward-system/ward-ca (ca.pem, ca-key.pem): the control plane's CA;
 #   - ConfigMap ward-ca-bundle (bundle.pem) in ward-system and in every
 #     namespace labelled ward.io/inject=enabled (the sidecars mount it);
-#   - ConfigMap ward-system/ward-k8s-jwks: the cluster's service-account
-#     token keys, for token attestation;
+#   - with --jwks, ConfigMap ward-system/ward-k8s-jwks: the cluster's
+#     service-account token keys, for JWKS attestation instead of TokenReview;
 #   - the caBundle of MutatingWebhookConfiguration ward-injector.
 # Needs kubectl with cluster-admin, base64 and `ward` on PATH.
-# Usage: install-ca.sh [--trust-domain cluster.local] [--rotate] [--extra-namespace NS ...]
+# Usage: install-ca.sh [--trust-domain cluster.local] [--rotate] [--jwks] [--extra-namespace NS ...]
 set -euo pipefail
 
 trust_domain=cluster.local
 rotate=false
+jwks=false
 extra_namespaces=()
 while (($#)); do
     case "$1" in
         --trust-domain) trust_domain="$2"; shift 2 ;;
         --rotate) rotate=true; shift ;;
+        --jwks) jwks=true; shift ;;
         --extra-namespace) extra_namespaces+=("$2"); shift 2 ;;
-        *) echo "usage: $0 [--trust-domain TD] [--rotate] [--extra-namespace NS]..." >&2; exit 2 ;;
+        *) echo "usage: $0 [--trust-domain TD] [--rotate] [--jwks] [--extra-namespace NS]..." >&2; exit 2 ;;
     esac
 done
 
@@ -54,9 +56,11 @@ for n in "${namespaces[@]}"; do
         --dry-run=client -o yaml | kubectl apply -f -
 done
 
-kubectl get --raw /openid/v1/jwks >"$work/jwks.json"
-kubectl -n "$ns" create configmap ward-k8s-jwks --from-file=jwks.json="$work/jwks.json" \
-    --dry-run=client -o yaml | kubectl apply -f -
+if $jwks; then
+    kubectl get --raw /openid/v1/jwks >"$work/jwks.json"
+    kubectl -n "$ns" create configmap ward-k8s-jwks --from-file=jwks.json="$work/jwks.json" \
+        --dry-run=client -o yaml | kubectl apply -f -
+fi
 
 ca_bundle="$(base64 -w0 <"$work/ca.pem")"
 kubectl patch mutatingwebhookconfiguration ward-injector --type=json -p "[
