@@ -102,6 +102,18 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        // Every series exists from the start (at 0), so alerts and
+        // dashboards see "none" rather than "absent".
+        for (kind, _) in crate::k8s::source::POLICY_KINDS {
+            for state in ["accepted", "rejected"] {
+                policy_resources.with_label_values(&[kind, state]).set(0);
+            }
+            kubernetes_watch_errors.with_label_values(&[kind]).reset();
+        }
+        kubernetes_watch_errors.with_label_values(&["pods"]).reset();
+        for result in ["ok", "failed"] {
+            status_updates.with_label_values(&[result]).reset();
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("ward_build_info", "Ward build information (always 1)."),
             &["version", "component"],
