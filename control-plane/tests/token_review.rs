@@ -340,7 +340,7 @@ async fn rbac_forbidden_fails_closed() {
             assert!(why.contains("403"), "{why}");
             assert!(why.contains("cannot create resource"), "{why}");
             // The fix is named.
-            assert!(why.contains("system:auth-delegator"), "{why}");
+            assert!(why.contains("`create` on `tokenreviews`"), "{why}");
         }
         other => panic!("expected TokenReviewUnavailable, got {other:?}"),
     }

@@ -214,25 +214,34 @@ fn parse_service_account(username: &str) -> Option<(&str, &str)> {
 
 /// A kube error as an operator can act on it, with its causes.
 fn describe(err: &kube::Error) -> String {
-    if let kube::Error::Api(status) = err {
-        let mut out = format!(
-            "the Kubernetes API answered {} {}: {}",
-            status.code, status.reason, status.message
-        );
-        if status.is_forbidden() {
-            out.push_str(
-                "; grant the control plane's service account `create` on \
-                 `tokenreviews` in API group `authentication.k8s.io` \
-                 (e.g. bind ClusterRole `system:auth-delegator`)",
+    let mut out = match err {
+        kube::Error::Api(status) => {
+            let mut out = format!(
+                "the Kubernetes API answered {} {}: {}",
+                status.code, status.reason, status.message
             );
+            if status.is_forbidden() {
+                out.push_str(
+                    "; grant the control plane's service account `create` on `tokenreviews` \
+                     in API group `authentication.k8s.io` (the `ward-control-plane` \
+                     ClusterRole in deploy/base does)",
+                );
+            }
+            return out;
         }
-        return out;
-    }
-    let mut out = format!("the Kubernetes API is unreachable: {err}");
+        kube::Error::Service(_) | kube::Error::HyperError(_) => {
+            format!("the Kubernetes API is unreachable: {err}")
+        }
+        other => format!("the TokenReview call failed: {other}"),
+    };
     let mut source = err.source();
     while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
+        // hyper and tower repeat their cause in their own message.
+        let cause_text = cause.to_string();
+        if !out.ends_with(&cause_text) {
+            out.push_str(": ");
+            out.push_str(&cause_text);
+        }
         source = cause.source();
     }
     out
