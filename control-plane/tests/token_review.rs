@@ -521,6 +521,27 @@ fn metric_value(metrics: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Whether the `ward-control-plane` ClusterRole in `deploy/base/rbac.yaml`
+/// grants `verb` on `group`/`resource`.
+fn cluster_role_allows(group: &str, resource: &str, verb: &str) -> bool {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/rbac.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let role = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .find(|doc| doc["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    let has = |rule: &Value, field: &str, value: &str| {
+        rule[field]
+            .as_array()
+            .is_some_and(|values| values.iter().any(|v| v == value))
+    };
+    role["rules"].as_array().unwrap().iter().any(|rule| {
+        has(rule, "apiGroups", group)
+            && has(rule, "resources", resource)
+            && has(rule, "verbs", verb)
+    })
+}
+
 #[tokio::test]
 async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
     let server = ApiServer::start(cluster).await;
@@ -555,13 +576,18 @@ async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(message.contains("token has been invalidated"), "{message}");
 
-    // Every attestation asked the API server, with Ward's audience.
+    // Every attestation asked the API server, with Ward's audience, and
+    // nothing else: the one call the deployed ClusterRole must allow.
     let reviews = server.requests();
     assert_eq!(reviews.len(), 3, "{reviews:#?}");
+    for review in &reviews {
+        assert_eq!(review.method, Method::POST);
+        assert_eq!(review.path_and_query.split('?').next(), Some(TOKEN_REVIEWS));
+        assert_eq!(review.body["spec"]["audiences"], json!(["ward"]));
+    }
     assert!(
-        reviews
-            .iter()
-            .all(|r| r.body["spec"]["audiences"] == json!(["ward"]))
+        cluster_role_allows("authentication.k8s.io", "tokenreviews", "create"),
+        "deploy/base/rbac.yaml must let the control plane create TokenReviews"
     );
 
     let metrics = h.metrics().await;
