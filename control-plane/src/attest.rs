@@ -5,10 +5,15 @@
 //! - a one-time **join token** created by an operator (`ward token create`)
 //!   and bound to exactly one SPIFFE ID ([`JoinTokenStore`]);
 //! - a Kubernetes **projected service-account token**, a JWT signed by the
-//!   API server ([`ServiceAccountTokenValidator`]).
+//!   API server, checked either offline against the issuer's keys
+//!   ([`ServiceAccountTokenValidator`]) or by the API server itself through
+//!   the TokenReview API ([`TokenReviewer`]).
 //!
 //! [`Attestor`] dispatches a [`Credential`] to the configured method and
-//! checks that the requested SPIFFE ID is the one the credential proves.
+//! checks that the requested SPIFFE ID is the one the credential proves (and,
+//! for service-account tokens, that the token is bound to the claimed pod):
+//! both service-account paths yield a [`ServiceAccountIdentity`], so these
+//! checks are the same whichever one verified the token.
 //! Every failure is an [`AttestError`] with a fixed metric label
 //! ([`AttestError::reason`]) and the method it came from
 //! ([`AttestError::method`]).
@@ -22,12 +27,14 @@ use ward_identity::{SpiffeId, SpiffeIdError};
 
 mod join_token;
 mod k8s_token;
+mod token_review;
 
 pub use join_token::JoinTokenStore;
 pub use k8s_token::{
     DEFAULT_AUDIENCE, K8sTokenConfig, MAX_CLOCK_SKEW_SECS, ServiceAccountIdentity,
     ServiceAccountTokenValidator,
 };
+pub use token_review::{EXTRA_POD_NAME, EXTRA_POD_UID, TOKEN_REVIEW_TIMEOUT, TokenReviewer};
 
 #[cfg(test)]
 mod tests;
@@ -104,6 +111,30 @@ pub enum AttestError {
     #[error("configured trust domain {0:?} is invalid")]
     InvalidTrustDomain(String),
 
+    // --- Kubernetes TokenReview ---
+    /// The API server did not authenticate the token; its `status.error`.
+    #[error(
+        "the Kubernetes API server did not authenticate the service-account token ({0}): it is \
+         expired, was revoked (its pod or service account deleted), or is not from this cluster"
+    )]
+    TokenReviewRejected(String),
+    #[error(
+        "the Kubernetes API server did not confirm the service-account token for audience \
+         {audience:?} ({detail}); mount a projected token with `audience: {audience}`"
+    )]
+    TokenReviewAudience { audience: String, detail: String },
+    /// A valid token, but of a person, a node, or anything else that is not
+    /// `system:serviceaccount:<namespace>:<name>`.
+    #[error(
+        "the token authenticates {0:?}, which is not a service account \
+         (system:serviceaccount:<namespace>:<name>); only workloads' service-account tokens are accepted"
+    )]
+    NotAServiceAccount(String),
+    /// The review could not be done (API unreachable, RBAC, timeout):
+    /// refused, never issued on an unchecked token.
+    #[error("the token could not be checked, so nothing is issued: {0}")]
+    TokenReviewUnavailable(String),
+
     // --- dispatch ---
     #[error("attestation method {0} is not enabled on this control plane")]
     MethodNotEnabled(&'static str),
@@ -133,6 +164,10 @@ impl AttestError {
             Self::JwtInvalidIdentity(_) => "jwt_invalid_identity",
             Self::JwksInvalid(_) => "jwks_invalid",
             Self::InvalidTrustDomain(_) => "invalid_trust_domain",
+            Self::TokenReviewRejected(_) => "token_review_rejected",
+            Self::TokenReviewAudience { .. } => "token_review_wrong_audience",
+            Self::NotAServiceAccount(_) => "not_a_service_account",
+            Self::TokenReviewUnavailable(_) => "token_review_unavailable",
             Self::MethodNotEnabled(_) => "method_not_enabled",
         }
     }
@@ -161,7 +196,11 @@ impl AttestError {
             | Self::PodMismatch { .. }
             | Self::JwtInvalidIdentity(_)
             | Self::JwksInvalid(_)
-            | Self::InvalidTrustDomain(_) => METHOD_K8S_SA_TOKEN,
+            | Self::InvalidTrustDomain(_)
+            | Self::TokenReviewRejected(_)
+            | Self::TokenReviewAudience { .. }
+            | Self::NotAServiceAccount(_)
+            | Self::TokenReviewUnavailable(_) => METHOD_K8S_SA_TOKEN,
             Self::MethodNotEnabled(method) => method,
         }
     }
@@ -198,12 +237,50 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// How service-account tokens are verified. Either way the result is a
+/// [`ServiceAccountIdentity`], checked the same by [`Attestor`].
+#[derive(Debug)]
+pub enum ServiceAccountVerifier {
+    /// Offline, against the issuer's signing keys (JWKS). No API access
+    /// needed; a deleted pod's token stays valid until it expires.
+    Jwks(ServiceAccountTokenValidator),
+    /// Online, by the API server (TokenReview). Sees revocations; fails
+    /// closed when the API server cannot answer.
+    TokenReview(TokenReviewer),
+}
+
+impl ServiceAccountVerifier {
+    async fn verify(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<ServiceAccountIdentity, AttestError> {
+        match self {
+            Self::Jwks(validator) => validator.validate(token, now),
+            // The API server judges expiry by its own clock.
+            Self::TokenReview(reviewer) => reviewer.review(token).await,
+        }
+    }
+}
+
+impl From<ServiceAccountTokenValidator> for ServiceAccountVerifier {
+    fn from(validator: ServiceAccountTokenValidator) -> Self {
+        Self::Jwks(validator)
+    }
+}
+
+impl From<TokenReviewer> for ServiceAccountVerifier {
+    fn from(reviewer: TokenReviewer) -> Self {
+        Self::TokenReview(reviewer)
+    }
+}
+
 /// Dispatches credentials to the attestation methods this control plane has
 /// enabled. A method left `None` refuses with [`AttestError::MethodNotEnabled`].
 #[derive(Debug, Default)]
 pub struct Attestor {
     pub join_tokens: Option<JoinTokenStore>,
-    pub k8s: Option<ServiceAccountTokenValidator>,
+    pub k8s: Option<ServiceAccountVerifier>,
 }
 
 impl Attestor {
@@ -213,20 +290,22 @@ impl Attestor {
     /// Nothing is consumed on failure, except an expired join token (which
     /// is retired so it can never succeed later). A successful join-token
     /// attestation consumes the token.
-    pub fn attest(
+    pub async fn attest(
         &self,
         cred: &Credential,
         requested: &SpiffeId,
         now: SystemTime,
     ) -> Result<SpiffeId, AttestError> {
-        self.attest_pod(cred, requested, None, now)
+        self.attest_pod(cred, requested, None, now).await
     }
 
     /// As [`Self::attest`], and when the caller names its pod, a
     /// service-account token must be bound to exactly that pod (projected
     /// tokens carry `kubernetes.io.pod.name`). Join tokens are not bound to
     /// pods, so the claim is not checked for them.
-    pub fn attest_pod(
+    ///
+    /// Async because TokenReview asks the API server.
+    pub async fn attest_pod(
         &self,
         cred: &Credential,
         requested: &SpiffeId,
@@ -240,11 +319,11 @@ impl Attestor {
                 .ok_or(AttestError::MethodNotEnabled(METHOD_JOIN_TOKEN))?
                 .consume(token, requested, now),
             Credential::ServiceAccountToken(jwt) => {
-                let validator = self
+                let verifier = self
                     .k8s
                     .as_ref()
                     .ok_or(AttestError::MethodNotEnabled(METHOD_K8S_SA_TOKEN))?;
-                let identity = validator.validate(jwt, now)?;
+                let identity = verifier.verify(jwt, now).await?;
                 if identity.spiffe_id != *requested {
                     return Err(AttestError::JwtIdMismatch {
                         derived: identity.spiffe_id,

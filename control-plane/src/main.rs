@@ -42,7 +42,7 @@ struct Args {
     /// JWKS file with the service-account token signing keys.
     #[arg(long, env = "WARD_K8S_JWKS_FILE", requires = "k8s_issuer")]
     k8s_jwks_file: Option<PathBuf>,
-    /// Audience service-account tokens must carry.
+    /// Audience service-account tokens must carry (JWKS and TokenReview).
     #[arg(long, env = "WARD_K8S_AUDIENCE", default_value = "ward")]
     k8s_audience: String,
     /// Validate service-account tokens with the Kubernetes TokenReview API
@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config.static_endpoints = file.endpoints;
     }
+    config.token_review_audience = args.k8s_audience.clone();
     if let (Some(issuer), Some(jwks)) = (args.k8s_issuer, args.k8s_jwks_file) {
         let mut k8s = K8sTokenConfig::from_jwks_file(issuer, args.trust_domain, &jwks)?;
         k8s.audience = args.k8s_audience;

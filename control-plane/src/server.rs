@@ -27,7 +27,10 @@ use ward_identity::SpiffeId;
 use ward_identity::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 
 use crate::api::{self, BundleResponse, ErrorBody, SvidRequest, SvidResponse};
-use crate::attest::{Attestor, JoinTokenStore, K8sTokenConfig, ServiceAccountTokenValidator};
+use crate::attest::{
+    Attestor, DEFAULT_AUDIENCE, JoinTokenStore, K8sTokenConfig, ServiceAccountTokenValidator,
+    ServiceAccountVerifier, TokenReviewer,
+};
 use crate::data_dir::DataDir;
 use crate::inject::InjectConfig;
 use crate::k8s::ApiClient;
@@ -87,6 +90,9 @@ pub struct Config {
     /// Validate service-account tokens with the TokenReview API through
     /// [`Config::kube`] (instead of a JWKS in [`Config::k8s`]).
     pub token_review: bool,
+    /// The audience TokenReview asks the API server to confirm
+    /// ([`DEFAULT_AUDIENCE`] unless configured).
+    pub token_review_audience: String,
 }
 
 impl Config {
@@ -111,6 +117,7 @@ impl Config {
             kube: None,
             kubernetes_sources: false,
             token_review: false,
+            token_review_audience: DEFAULT_AUDIENCE.to_owned(),
         }
     }
 }
@@ -149,11 +156,7 @@ impl ControlPlane {
         let data = DataDir::open(&config.data_dir)?;
         let ca = data.load_or_init_ca(&config.trust_domain)?;
         let join_tokens = JoinTokenStore::open(&data.join_tokens_dir())?;
-        let k8s = config
-            .k8s
-            .clone()
-            .map(ServiceAccountTokenValidator::new)
-            .transpose()?;
+        let k8s = service_account_verifier(&config, ca.trust_domain())?;
         let attestor = Attestor {
             join_tokens: Some(join_tokens),
             k8s,
@@ -293,6 +296,33 @@ impl ControlPlane {
             webhook.shutdown().await;
         }
         while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// How service-account tokens are checked: a JWKS, TokenReview, or not at
+/// all. Both at once would be ambiguous (which one's answer counts?), so it
+/// is a configuration error.
+fn service_account_verifier(
+    config: &Config,
+    trust_domain: &str,
+) -> anyhow::Result<Option<ServiceAccountVerifier>> {
+    match (&config.k8s, config.token_review, &config.kube) {
+        (Some(_), true, _) => anyhow::bail!(
+            "service-account tokens are checked either with a JWKS or with TokenReview, not both"
+        ),
+        (Some(jwks), false, _) => Ok(Some(
+            ServiceAccountTokenValidator::new(jwks.clone())?.into(),
+        )),
+        (None, true, Some(kube)) => Ok(Some(
+            TokenReviewer::new(
+                kube.0.clone(),
+                config.token_review_audience.clone(),
+                trust_domain,
+            )?
+            .into(),
+        )),
+        (None, true, None) => anyhow::bail!("TokenReview needs a Kubernetes API client"),
+        (None, false, _) => Ok(None),
     }
 }
 
@@ -535,12 +565,16 @@ async fn issue_svid(
         );
     }
     let attested = match &request.credential {
-        Some(credential) => match state.attestor.attest_pod(
-            credential,
-            &requested,
-            request.pod.as_deref(),
-            SystemTime::now(),
-        ) {
+        Some(credential) => match state
+            .attestor
+            .attest_pod(
+                credential,
+                &requested,
+                request.pod.as_deref(),
+                SystemTime::now(),
+            )
+            .await
+        {
             Ok(id) => id,
             Err(err) => {
                 state

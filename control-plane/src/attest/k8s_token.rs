@@ -99,6 +99,8 @@ pub struct ServiceAccountIdentity {
     pub service_account: String,
     /// The pod the token was bound to, when the API server said so.
     pub pod_name: Option<String>,
+    /// That pod's UID: tells a pod from a later one of the same name.
+    pub pod_uid: Option<String>,
 }
 
 /// A JWKS key Ward can verify with, and the one algorithm it may be used
@@ -241,11 +243,16 @@ impl ServiceAccountTokenValidator {
         let spiffe_id =
             SpiffeId::for_service_account(&self.trust_domain, &namespace, &service_account)
                 .map_err(AttestError::JwtInvalidIdentity)?;
+        let (pod_name, pod_uid) = match k8s.pod {
+            Some(pod) => (non_empty(pod.name), non_empty(pod.uid)),
+            None => (None, None),
+        };
         Ok(ServiceAccountIdentity {
             spiffe_id,
             namespace,
             service_account,
-            pod_name: non_empty(k8s.pod.and_then(|pod| pod.name)),
+            pod_name,
+            pod_uid,
         })
     }
 }
@@ -291,6 +298,7 @@ struct KubernetesClaims {
 #[derive(Debug, Deserialize)]
 struct ObjectRef {
     name: Option<String>,
+    uid: Option<String>,
 }
 
 /// The header fields needed to pick a key, read before any verification.

@@ -46,8 +46,8 @@ fn credential_debug_does_not_leak_the_secret() {
     assert_eq!(debug, r#"JoinToken("[redacted]")"#);
 }
 
-#[test]
-fn join_token_through_the_attestor() {
+#[tokio::test]
+async fn join_token_through_the_attestor() {
     let (_dir, attestor) = join_token_attestor();
     let api = id("spiffe://example.org/ns/payments/sa/api");
     let token = attestor
@@ -60,21 +60,28 @@ fn join_token_through_the_attestor() {
     let wrong = id("spiffe://example.org/ns/payments/sa/other");
     let err = attestor
         .attest(&cred, &wrong, SystemTime::now())
+        .await
         .unwrap_err();
     assert!(
         matches!(err, AttestError::TokenIdMismatch { .. }),
         "{err:?}"
     );
     assert_eq!(
-        attestor.attest(&cred, &api, SystemTime::now()).unwrap(),
+        attestor
+            .attest(&cred, &api, SystemTime::now())
+            .await
+            .unwrap(),
         api
     );
-    let err = attestor.attest(&cred, &api, SystemTime::now()).unwrap_err();
+    let err = attestor
+        .attest(&cred, &api, SystemTime::now())
+        .await
+        .unwrap_err();
     assert!(matches!(err, AttestError::TokenAlreadyUsed), "{err:?}");
 }
 
-#[test]
-fn disabled_methods_are_refused() {
+#[tokio::test]
+async fn disabled_methods_are_refused() {
     let (_dir, join_only) = join_token_attestor();
     let api = id("spiffe://cluster.local/ns/payments/sa/api");
     let err = join_only
@@ -83,6 +90,7 @@ fn disabled_methods_are_refused() {
             &api,
             SystemTime::now(),
         )
+        .await
         .unwrap_err();
     assert!(
         matches!(err, AttestError::MethodNotEnabled("k8s_sa_token")),
@@ -94,24 +102,25 @@ fn disabled_methods_are_refused() {
     let nothing = Attestor::default();
     let err = nothing
         .attest(&Credential::JoinToken("t".into()), &api, SystemTime::now())
+        .await
         .unwrap_err();
     assert_eq!(err.method(), "join_token");
     assert_eq!(err.reason(), "method_not_enabled");
 }
 
-#[test]
-fn service_account_token_must_prove_the_requested_id() {
+#[tokio::test]
+async fn service_account_token_must_prove_the_requested_id() {
     require_tool!("openssl");
     let attestor = Attestor {
         join_tokens: None,
-        k8s: Some(validator(keys())),
+        k8s: Some(validator(keys()).into()),
     };
     let cred = Credential::ServiceAccountToken(sign(&keys().rsa, &k8s_claims("payments", "api")));
     let api = id("spiffe://cluster.local/ns/payments/sa/api");
-    assert_eq!(attestor.attest(&cred, &api, now()).unwrap(), api);
+    assert_eq!(attestor.attest(&cred, &api, now()).await.unwrap(), api);
 
     let admin = id("spiffe://cluster.local/ns/payments/sa/admin");
-    let err = attestor.attest(&cred, &admin, now()).unwrap_err();
+    let err = attestor.attest(&cred, &admin, now()).await.unwrap_err();
     match &err {
         AttestError::JwtIdMismatch { derived, requested } => {
             assert_eq!(*derived, api);
@@ -122,7 +131,7 @@ fn service_account_token_must_prove_the_requested_id() {
     assert_eq!(err.reason(), "id_mismatch");
     assert_eq!(err.method(), "k8s_sa_token");
     // Nothing is consumed: the same token still works.
-    assert_eq!(attestor.attest(&cred, &api, now()).unwrap(), api);
+    assert_eq!(attestor.attest(&cred, &api, now()).await.unwrap(), api);
 }
 
 #[test]
@@ -144,6 +153,13 @@ fn every_error_has_a_fixed_label_and_method() {
         AttestError::JwtWrongIssuer,
         AttestError::JwtMissingClaim("exp"),
         AttestError::JwtAlgorithmNotAllowed("none".into()),
+        AttestError::TokenReviewRejected("x".into()),
+        AttestError::TokenReviewAudience {
+            audience: "ward".into(),
+            detail: "x".into(),
+        },
+        AttestError::NotAServiceAccount("kubernetes-admin".into()),
+        AttestError::TokenReviewUnavailable("x".into()),
     ];
     let labels: Vec<_> = errors.iter().map(AttestError::reason).collect();
     assert_eq!(
@@ -161,6 +177,10 @@ fn every_error_has_a_fixed_label_and_method() {
             "jwt_wrong_issuer",
             "jwt_missing_claim",
             "jwt_algorithm_not_allowed",
+            "token_review_rejected",
+            "token_review_wrong_audience",
+            "not_a_service_account",
+            "token_review_unavailable",
         ]
     );
     let methods: Vec<_> = errors.iter().map(AttestError::method).collect();

@@ -178,6 +178,10 @@ fn rs256_token_is_accepted() {
     assert_eq!(identity.namespace, "payments");
     assert_eq!(identity.service_account, "api");
     assert_eq!(identity.pod_name.as_deref(), Some("api-7d9f8b-x2x4q"));
+    assert_eq!(
+        identity.pod_uid.as_deref(),
+        Some("4a2b6c1e-8f0d-4e3a-b5c7-1d9e2f3a4b5c")
+    );
 }
 
 #[test]
