@@ -27,6 +27,7 @@ use ward_identity::{SpiffeId, SpiffeIdError};
 
 mod join_token;
 mod k8s_token;
+mod pods;
 mod token_review;
 
 pub use join_token::JoinTokenStore;
@@ -34,6 +35,7 @@ pub use k8s_token::{
     DEFAULT_AUDIENCE, K8sTokenConfig, MAX_CLOCK_SKEW_SECS, ServiceAccountIdentity,
     ServiceAccountTokenValidator,
 };
+pub use pods::PodDirectory;
 pub use token_review::{EXTRA_POD_NAME, EXTRA_POD_UID, TOKEN_REVIEW_TIMEOUT, TokenReviewer};
 
 #[cfg(test)]
@@ -99,6 +101,24 @@ pub enum AttestError {
         claimed: String,
         bound: Option<String>,
     },
+    #[error(
+        "the control plane has not listed the cluster's pods yet; retry (the sidecar does, with backoff)"
+    )]
+    PodsNotSynced,
+    #[error("the service-account token is not bound to a pod (use a projected token)")]
+    TokenNotBoundToPod,
+    #[error(
+        "pod {namespace}/{name} is not a meshed pod the control plane sees (deleted, replaced, or not injected)"
+    )]
+    PodUnknown { namespace: String, name: String },
+    #[error(
+        "pod {pod} runs as service account {pod_service_account:?}, the token names {token_service_account:?}"
+    )]
+    PodServiceAccountMismatch {
+        pod: String,
+        pod_service_account: String,
+        token_service_account: String,
+    },
     #[error("service-account token proves {derived}, but {requested} was requested")]
     JwtIdMismatch {
         derived: SpiffeId,
@@ -149,6 +169,10 @@ impl AttestError {
             Self::TokenExpired => "token_expired",
             Self::TokenIdMismatch { .. } | Self::JwtIdMismatch { .. } => "id_mismatch",
             Self::PodMismatch { .. } => "pod_mismatch",
+            Self::PodsNotSynced => "pods_not_synced",
+            Self::TokenNotBoundToPod => "token_not_bound_to_pod",
+            Self::PodUnknown { .. } => "pod_unknown",
+            Self::PodServiceAccountMismatch { .. } => "pod_service_account_mismatch",
             Self::TokenRecordCorrupt { .. } => "token_store_corrupt",
             Self::Io { .. } => "io_error",
             Self::JwtMalformed(_) => "jwt_malformed",
@@ -194,6 +218,10 @@ impl AttestError {
             | Self::JwtAlgorithmNotAllowed(_)
             | Self::JwtIdMismatch { .. }
             | Self::PodMismatch { .. }
+            | Self::PodsNotSynced
+            | Self::TokenNotBoundToPod
+            | Self::PodUnknown { .. }
+            | Self::PodServiceAccountMismatch { .. }
             | Self::JwtInvalidIdentity(_)
             | Self::JwksInvalid(_)
             | Self::InvalidTrustDomain(_)
@@ -281,6 +309,9 @@ impl From<TokenReviewer> for ServiceAccountVerifier {
 pub struct Attestor {
     pub join_tokens: Option<JoinTokenStore>,
     pub k8s: Option<ServiceAccountVerifier>,
+    /// With the Kubernetes source: a token's pod must be a meshed pod the
+    /// control plane sees, with the same UID and service account.
+    pub pods: Option<PodDirectory>,
 }
 
 impl Attestor {
@@ -337,6 +368,9 @@ impl Attestor {
                         claimed: claimed.to_owned(),
                         bound: identity.pod_name,
                     });
+                }
+                if let Some(pods) = &self.pods {
+                    pods.check(&identity).await?;
                 }
                 Ok(identity.spiffe_id)
             }

@@ -28,8 +28,8 @@ use ward_identity::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 
 use crate::api::{self, BundleResponse, ErrorBody, SvidRequest, SvidResponse};
 use crate::attest::{
-    Attestor, DEFAULT_AUDIENCE, JoinTokenStore, K8sTokenConfig, ServiceAccountTokenValidator,
-    ServiceAccountVerifier, TokenReviewer,
+    Attestor, DEFAULT_AUDIENCE, JoinTokenStore, K8sTokenConfig, PodDirectory,
+    ServiceAccountTokenValidator, ServiceAccountVerifier, TokenReviewer,
 };
 use crate::data_dir::DataDir;
 use crate::inject::InjectConfig;
@@ -157,9 +157,19 @@ impl ControlPlane {
         let ca = data.load_or_init_ca(&config.trust_domain)?;
         let join_tokens = JoinTokenStore::open(&data.join_tokens_dir())?;
         let k8s = service_account_verifier(&config, ca.trust_domain())?;
+        // The meshed pods, as the Kubernetes source's reflector sees them:
+        // read by attestation, written by the pod watcher.
+        let (pods, pod_writer) = match config.kubernetes_sources {
+            true => {
+                let (reader, writer) = kube::runtime::reflector::store();
+                (Some(PodDirectory(reader)), Some(writer))
+            }
+            false => (None, None),
+        };
         let attestor = Attestor {
             join_tokens: Some(join_tokens),
             k8s,
+            pods,
         };
         let metrics = Arc::new(Metrics::new());
         metrics
@@ -200,9 +210,10 @@ impl ControlPlane {
         if let Some(source) = dir_source {
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
-        if let (true, Some(ApiClient(client))) = (config.kubernetes_sources, config.kube.clone()) {
+        if let (Some(pods), Some(ApiClient(client))) = (pod_writer, config.kube.clone()) {
             let source = KubernetesSource {
                 client,
+                pods,
                 trust_domain: trust_domain.clone(),
                 endpoints: state.endpoints.clone(),
                 metrics: metrics.clone(),

@@ -127,6 +127,9 @@ impl Cluster {
         if req.method == Method::PATCH && path.ends_with("/status") {
             return self.patch_status(path, &req.body);
         }
+        if req.method == Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+            return token_review(&req.body);
+        }
         let Some((resource, _, api_version)) = RESOURCES.iter().find(|(_, p, _)| *p == path) else {
             return Reply::Json(
                 StatusCode::NOT_FOUND,
@@ -210,6 +213,32 @@ impl Cluster {
     }
 }
 
+/// Test tokens are `token:<service account>:<pod name>:<pod uid>`; the
+/// review answers as the API server does for a pod-bound projected token.
+fn token_review(request: &Value) -> Reply {
+    let token = request["spec"]["token"].as_str().unwrap_or_default();
+    let status = match token.split(':').collect::<Vec<_>>()[..] {
+        ["token", sa, pod, uid] => json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:shop:{sa}"),
+                "uid": "7c1e0d2a-0000-4000-8000-000000000001",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": [pod],
+                    "authentication.kubernetes.io/pod-uid": [uid],
+                },
+            },
+            "audiences": ["ward"],
+        }),
+        _ => json!({"user": {}, "error": "[invalid bearer token]"}),
+    };
+    let mut review = request.clone();
+    review["status"] = status;
+    review["metadata"] = json!({"creationTimestamp": null});
+    Reply::Json(StatusCode::CREATED, review)
+}
+
 fn pod(name: &str, ip: &str, sa: &str, meshed: bool) -> Value {
     let mut containers = vec![json!({"name": "app", "image": "shop/web:1"})];
     let mut annotations = json!({});
@@ -255,6 +284,10 @@ struct Harness {
 
 impl Harness {
     async fn start(cluster: Cluster) -> Harness {
+        Self::start_with(cluster, false).await
+    }
+
+    async fn start_with(cluster: Cluster, token_review: bool) -> Harness {
         let cluster: Shared = Arc::new(Mutex::new(cluster));
         let shared = cluster.clone();
         let api = ApiServer::start(move |req| shared.lock().unwrap().answer(req)).await;
@@ -264,6 +297,7 @@ impl Harness {
         config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
         config.kube = Some(ApiClient(api.client()));
         config.kubernetes_sources = true;
+        config.token_review = token_review;
         let cp = ControlPlane::start(config).await.unwrap();
         let cell = enrol(&cp, data.path(), "web").await;
         Harness {
@@ -711,4 +745,88 @@ fn assert_calls_allowed_by_rbac(requests: &[Recorded]) {
             "the ClusterRole does not allow {verb} {group}/{resource} ({path})"
         );
     }
+}
+
+#[tokio::test]
+async fn a_service_account_token_must_name_a_meshed_pod_the_cluster_has() {
+    let mut cluster = Cluster::default();
+    cluster.apply("pods", pod("web-1", "198.18.0.10", "web", true));
+    cluster.objects.entry("authorizationpolicies").or_default();
+    cluster.objects.entry("peerauthentications").or_default();
+    let h = Harness::start_with(cluster, true).await;
+    h.wait_ready().await;
+    let client =
+        ControlPlaneClient::from_bundle_pem(h.cp.api_addr().to_string(), TD, h.cp.bundle_pem())
+            .unwrap();
+    let ask = |sa: &str, token: &str, pod: &str| {
+        let id = SpiffeId::for_service_account(TD, "shop", sa).unwrap();
+        let key = ca::generate_key();
+        SvidRequest {
+            spiffe_id: id.to_string(),
+            csr: ca::build_csr(&key, &id).unwrap(),
+            credential: Some(Credential::ServiceAccountToken(token.to_owned())),
+            pod: Some(pod.to_owned()),
+        }
+    };
+    let refusal = |err| match err {
+        ward_control_plane::client::ClientError::Refused { message, .. } => message,
+        other => panic!("expected a refusal, got {other}"),
+    };
+
+    // The pod the token is bound to is there, same UID, same account.
+    client
+        .request_svid(&ask("web", "token:web:web-1:uid-web-1", "web-1"), None)
+        .await
+        .expect("issued");
+    // A pod the cluster does not have (deleted, or never meshed).
+    let message = refusal(
+        client
+            .request_svid(&ask("web", "token:web:web-9:uid-web-9", "web-9"), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        message.contains("shop/web-9 is not a meshed pod"),
+        "{message}"
+    );
+    // Same name, another pod: the token outlived the pod it was issued to.
+    let message = refusal(
+        client
+            .request_svid(&ask("web", "token:web:web-1:uid-gone", "web-1"), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        message.contains("shop/web-1 is not a meshed pod"),
+        "{message}"
+    );
+    // The pod runs as another service account than the token says.
+    let message = refusal(
+        client
+            .request_svid(&ask("api", "token:api:web-1:uid-web-1", "web-1"), None)
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        message.contains("runs as service account \"web\""),
+        "{message}"
+    );
+
+    let metrics = h.admin("/metrics").await.1;
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_ca_attestation_failures_total{method=\"k8s_sa_token\",reason=\"pod_unknown\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "ward_ca_attestation_failures_total{method=\"k8s_sa_token\",reason=\"pod_service_account_mismatch\"}"
+        ),
+        1.0
+    );
+    assert_calls_allowed_by_rbac(&h.api.requests());
+    h.cp.shutdown().await;
 }

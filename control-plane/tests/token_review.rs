@@ -129,6 +129,7 @@ fn cluster(request: &Recorded) -> Reply {
 fn attestor(server: &ApiServer) -> Attestor {
     Attestor {
         join_tokens: None,
+        pods: None,
         k8s: Some(
             TokenReviewer::new(server.client(), "ward", TD)
                 .unwrap()
@@ -402,6 +403,7 @@ async fn hung_api_server_fails_closed_at_the_timeout() {
     let timeout = Duration::from_millis(400);
     let attestor = Attestor {
         join_tokens: None,
+        pods: None,
         k8s: Some(
             TokenReviewer::new(server.client(), "ward", TD)
                 .unwrap()

@@ -15,6 +15,7 @@ fn join_token_attestor() -> (tempfile::TempDir, Attestor) {
     let attestor = Attestor {
         join_tokens: Some(store),
         k8s: None,
+        pods: None,
     };
     (dir, attestor)
 }
@@ -114,6 +115,7 @@ async fn service_account_token_must_prove_the_requested_id() {
     let attestor = Attestor {
         join_tokens: None,
         k8s: Some(validator(keys()).into()),
+        pods: None,
     };
     let cred = Credential::ServiceAccountToken(sign(&keys().rsa, &k8s_claims("payments", "api")));
     let api = id("spiffe://cluster.local/ns/payments/sa/api");

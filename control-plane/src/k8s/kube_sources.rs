@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -41,6 +42,8 @@ const FIELD_MANAGER: &str = "ward-control-plane";
 /// Policies and endpoints from the Kubernetes API.
 pub struct KubernetesSource {
     pub client: kube::Client,
+    /// The reflector store of meshed pods (attestation reads it).
+    pub pods: Writer<Pod>,
     pub trust_domain: String,
     pub endpoints: Arc<Endpoints>,
     pub metrics: Arc<Metrics>,
@@ -49,9 +52,16 @@ pub struct KubernetesSource {
 impl PolicySource for KubernetesSource {
     async fn run(self, store: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
         let gate = SyncGate::new(store.clone());
+        let KubernetesSource {
+            client,
+            pods,
+            trust_domain,
+            endpoints,
+            metrics,
+        } = self;
         tokio::select! {
-            _ = watch_pods(&self, &gate) => {}
-            _ = watch_policies(&self, &store, &gate) => {}
+            _ = watch_pods(&client, pods, trust_domain, &endpoints, &metrics, &gate) => {}
+            _ = watch_policies(&client, &metrics, &store, &gate) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     }
@@ -85,17 +95,24 @@ impl SyncGate {
     }
 }
 
-async fn watch_pods(source: &KubernetesSource, gate: &SyncGate) {
-    let api: Api<Pod> = Api::all(source.client.clone());
+async fn watch_pods(
+    client: &kube::Client,
+    store: Writer<Pod>,
+    trust_domain: String,
+    endpoints: &Endpoints,
+    metrics: &Metrics,
+    gate: &SyncGate,
+) {
+    let api: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().labels(&format!("{MESH_LABEL}={MESH_LABEL_VALUE}"));
-    let mut table = EndpointTable::new(source.trust_domain.clone());
+    let mut table = EndpointTable::new(trust_domain);
     let mut adapter = WatcherAdapter::default();
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff().reflect(store));
     while let Some(event) = events.next().await {
         let event = match event {
             Ok(event) => event,
             Err(err) => {
-                watch_failed(&source.metrics, "pods", &err);
+                watch_failed(metrics, "pods", &err);
                 continue;
             }
         };
@@ -105,7 +122,7 @@ async fn watch_pods(source: &KubernetesSource, gate: &SyncGate) {
         let relisted = matches!(event, WatchEvent::Restarted(_));
         let diff = table.apply(event);
         if !diff.is_empty() {
-            source.endpoints.set_kubernetes(&table.snapshot());
+            endpoints.set_kubernetes(&table.snapshot());
             debug!(
                 added = diff.added.len(),
                 updated = diff.updated.len(),
@@ -134,7 +151,12 @@ struct PolicyKind {
     written: BTreeMap<ResourceKey, Verdict>,
 }
 
-async fn watch_policies(source: &KubernetesSource, store: &PolicyStore, gate: &SyncGate) {
+async fn watch_policies(
+    client: &kube::Client,
+    metrics: &Metrics,
+    store: &PolicyStore,
+    gate: &SyncGate,
+) {
     let mut kinds: Vec<PolicyKind> = POLICY_KINDS
         .iter()
         .map(|(kind, plural)| PolicyKind {
@@ -150,7 +172,7 @@ async fn watch_policies(source: &KubernetesSource, store: &PolicyStore, gate: &S
         })
         .collect();
     let streams = kinds.iter().enumerate().map(|(index, k)| {
-        let api: Api<DynamicObject> = Api::all_with(source.client.clone(), &k.resource);
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &k.resource);
         watcher(api, watcher::Config::default())
             .default_backoff()
             .map(move |event| (index, event))
@@ -163,7 +185,7 @@ async fn watch_policies(source: &KubernetesSource, store: &PolicyStore, gate: &S
         let event = match event {
             Ok(event) => WatcherEvent::from(event).map(|obj| to_document(obj, &kind.resource)),
             Err(err) => {
-                watch_failed(&source.metrics, kind.kind, &err);
+                watch_failed(metrics, kind.kind, &err);
                 continue;
             }
         };
@@ -177,13 +199,12 @@ async fn watch_policies(source: &KubernetesSource, store: &PolicyStore, gate: &S
         kind.catalog.apply(event);
         let (accepted, rejected) = kind.catalog.counts();
         for (state, count) in [("accepted", accepted), ("rejected", rejected)] {
-            source
-                .metrics
+            metrics
                 .policy_resources
                 .with_label_values(&[kind.kind, state])
                 .set(count as i64);
         }
-        report_status(source, kind).await;
+        report_status(client, metrics, kind).await;
         // A partial set (one kind listed, not the other) is never offered.
         if !kinds.iter().all(|k| k.listed) {
             continue;
@@ -201,7 +222,7 @@ async fn watch_policies(source: &KubernetesSource, store: &PolicyStore, gate: &S
 
 /// Writes the `Accepted` condition of every resource whose status does not
 /// say it yet. A failure is logged and retried when the verdict changes.
-async fn report_status(source: &KubernetesSource, kind: &mut PolicyKind) {
+async fn report_status(client: &kube::Client, metrics: &Metrics, kind: &mut PolicyKind) {
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
@@ -214,7 +235,7 @@ async fn report_status(source: &KubernetesSource, kind: &mut PolicyKind) {
             warn!(kind = kind.kind, %namespace, %name, generation = verdict.generation, error = %reason, "policy resource rejected");
         }
         let api: Api<DynamicObject> =
-            Api::namespaced_with(source.client.clone(), namespace, &kind.resource);
+            Api::namespaced_with(client.clone(), namespace, &kind.resource);
         let patch = json!({ "status": verdict.status(&now) });
         let params = PatchParams::apply(FIELD_MANAGER);
         let result = match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
@@ -224,11 +245,7 @@ async fn report_status(source: &KubernetesSource, kind: &mut PolicyKind) {
                 "failed"
             }
         };
-        source
-            .metrics
-            .status_updates
-            .with_label_values(&[result])
-            .inc();
+        metrics.status_updates.with_label_values(&[result]).inc();
         kind.written.insert(key, verdict);
     }
 }
