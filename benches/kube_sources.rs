@@ -1,10 +1,12 @@
 //! The Kubernetes source's cost per watch event, in a cluster with N
 //! resources: what one change costs the control plane before it is pushed.
-//! - `policy_change`: one AuthorizationPolicy edited among N (catalog
-//!   validation of that resource, then the whole set offered to the store,
-//!   which validates and publishes it);
-//! - `pod_change`: one meshed pod's labels changed among N pods (endpoint
-//!   table fold and snapshot).
+//! - `policy_change`: one AuthorizationPolicy edited among N: the catalog
+//!   parses that resource, the parsed resources are merged and the store
+//!   publishes the set (what the Kubernetes source does per batch);
+//! - `pod_event`: one meshed pod's labels changed among N pods (the
+//!   endpoint table fold, per event);
+//! - `pod_publish`: the table's snapshot handed to the watch streams' endpoint
+//!   list (once per batch of events).
 #![forbid(unsafe_code)]
 
 use std::hint::black_box;
@@ -18,6 +20,8 @@ use ward_control_plane::k8s::catalog::PolicyCatalog;
 use ward_control_plane::k8s::endpoints::EndpointTable;
 use ward_control_plane::metrics::Metrics;
 use ward_control_plane::policy_store::PolicyStore;
+use ward_control_plane::watch::Endpoints;
+use ward_policy::PolicySet;
 
 fn policy(i: usize, generation: i64, methods: &[&str]) -> Value {
     json!({
@@ -54,32 +58,56 @@ fn policy_change(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 generation += 1;
-                let methods: &[&str] = if generation % 2 == 0 { &["GET", "HEAD"] } else { &["GET"] };
+                let methods: &[&str] = if generation % 2 == 0 {
+                    &["GET", "HEAD"]
+                } else {
+                    &["GET"]
+                };
                 assert!(catalog.apply(WatchEvent::Applied(policy(n / 2, generation, methods))));
-                black_box(store.offer("bench", &catalog.texts()).unwrap());
+                let parts: Vec<_> = catalog.in_force().collect();
+                let set = PolicySet::merge(parts.iter().map(|(_, set)| *set)).unwrap();
+                let docs = parts.iter().map(|(doc, _)| (*doc).clone()).collect();
+                black_box(store.publish("bench", set, docs));
             })
         });
     }
     group.finish();
 }
 
-fn pod_change(c: &mut Criterion) {
-    let mut group = c.benchmark_group("pod_change");
+fn pod_event(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pod_event");
     for n in [1000usize, 10000] {
         let mut table = EndpointTable::new("cluster.local");
-        table.apply(WatchEvent::Restarted((0..n).map(|i| pod(i, "v1")).collect()));
+        table.apply(WatchEvent::Restarted(
+            (0..n).map(|i| pod(i, "v1")).collect(),
+        ));
+        let (v1, v2) = (pod(n / 2, "v1"), pod(n / 2, "v2"));
         let mut flip = false;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 flip = !flip;
-                let changed = pod(n / 2, if flip { "v2" } else { "v1" });
-                black_box(table.apply(WatchEvent::Applied(changed)));
-                black_box(table.snapshot());
+                let changed = if flip { v2.clone() } else { v1.clone() };
+                assert!(!table.apply(WatchEvent::Applied(changed)).is_empty());
             })
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, policy_change, pod_change);
+fn pod_publish(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pod_publish");
+    for n in [1000usize, 10000] {
+        let mut table = EndpointTable::new("cluster.local");
+        table.apply(WatchEvent::Restarted(
+            (0..n).map(|i| pod(i, "v1")).collect(),
+        ));
+        let endpoints = Endpoints::new(Vec::new());
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| endpoints.set_kubernetes(&table.snapshot()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, policy_change, pod_event, pod_publish);
 criterion_main!(benches);

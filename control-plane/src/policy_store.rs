@@ -218,32 +218,41 @@ impl PolicyStore {
     /// counted and returned.
     pub fn offer(&self, source: &str, texts: &[SourceText]) -> Result<u64, PolicyError> {
         match load_texts(texts) {
-            Ok((set, docs)) => {
-                let version = next_version(self.current().version);
-                let count = docs.len();
-                self.tx.send_replace(Arc::new(PolicySnapshot {
-                    version,
-                    set,
-                    docs,
-                    accepted_at: Some(std::time::Instant::now()),
-                }));
-                self.metrics
-                    .policy_sets
-                    .with_label_values(&["accepted"])
-                    .inc();
-                self.metrics.policy_version.set(version as i64);
-                info!(version, documents = count, source, "policy set accepted");
-                Ok(version)
-            }
+            Ok((set, docs)) => Ok(self.publish(source, set, docs)),
             Err(err) => {
-                self.metrics
-                    .policy_sets
-                    .with_label_values(&["rejected"])
-                    .inc();
-                error!(source, error = %err, version_in_force = self.current().version, "policy set rejected; the previous set stays in force");
+                self.reject(source, &err);
                 Err(err)
             }
         }
+    }
+
+    /// Publishes a set the source has validated (parsed and merged) as a
+    /// new version.
+    pub fn publish(&self, source: &str, set: PolicySet, docs: Vec<PolicyDoc>) -> u64 {
+        let version = next_version(self.current().version);
+        let count = docs.len();
+        self.tx.send_replace(Arc::new(PolicySnapshot {
+            version,
+            set,
+            docs,
+            accepted_at: Some(std::time::Instant::now()),
+        }));
+        self.metrics
+            .policy_sets
+            .with_label_values(&["accepted"])
+            .inc();
+        self.metrics.policy_version.set(version as i64);
+        info!(version, documents = count, source, "policy set accepted");
+        version
+    }
+
+    /// Counts and logs a set the source found invalid; nothing changes.
+    pub fn reject(&self, source: &str, err: &PolicyError) {
+        self.metrics
+            .policy_sets
+            .with_label_values(&["rejected"])
+            .inc();
+        error!(source, error = %err, version_in_force = self.current().version, "policy set rejected; the previous set stays in force");
     }
 }
 

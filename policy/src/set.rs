@@ -144,6 +144,58 @@ impl PolicySet {
         self.peer.sort_by(|a, b| a.id.cmp(&b.id));
     }
 
+    /// Combines sets validated separately (each custom resource of a
+    /// cluster, say) without parsing them again. A policy defined in two of
+    /// them is an error, as in [`Self::parse_texts`].
+    pub fn merge<'a>(
+        sets: impl IntoIterator<Item = &'a PolicySet>,
+    ) -> Result<PolicySet, PolicyError> {
+        let mut merged = PolicySet::default();
+        for set in sets {
+            merged.authz.extend(set.authz.iter().cloned());
+            merged.peer.extend(set.peer.iter().cloned());
+        }
+        merged.authz.sort_by(|a, b| a.id.cmp(&b.id));
+        merged.peer.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut errors = Vec::new();
+        let duplicate = |kind: &str, id: &PolicyRef, first: &Origin, second: &Origin| ConfigError {
+            file: second.file.to_string(),
+            document: Some(second.document),
+            field: Some("metadata.name".into()),
+            line: second.line,
+            column: None,
+            reason: format!(
+                "duplicate {kind} {id}: already defined in {} document {}",
+                first.file, first.document
+            ),
+        };
+        for pair in merged.authz.windows(2) {
+            if pair[0].id == pair[1].id {
+                errors.push(duplicate(
+                    "AuthorizationPolicy",
+                    &pair[1].id,
+                    &pair[0].origin,
+                    &pair[1].origin,
+                ));
+            }
+        }
+        for pair in merged.peer.windows(2) {
+            if pair[0].id == pair[1].id {
+                errors.push(duplicate(
+                    "PeerAuthentication",
+                    &pair[1].id,
+                    &pair[0].origin,
+                    &pair[1].origin,
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(merged)
+        } else {
+            Err(PolicyError::Invalid(errors))
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.authz.is_empty() && self.peer.is_empty()
     }

@@ -16,7 +16,7 @@ use ward_policy::PolicySet;
 
 use super::WatchEvent;
 use super::source::{ResourceKey, policy_key};
-use crate::policy_store::SourceText;
+use crate::policy_store::{PolicyDoc, SourceText};
 
 /// What the control plane thinks of one resource, for its `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,41 +85,52 @@ struct Resource {
     verdict: Verdict,
 }
 
-/// The policy resources of one kind as the API has them, and the text of
-/// each one's last valid generation.
+/// The last valid generation of one resource, parsed once.
+#[derive(Debug)]
+struct InForce {
+    generation: Option<i64>,
+    text: SourceText,
+    doc: PolicyDoc,
+    set: PolicySet,
+}
+
+/// The policy resources of one kind as the API has them, and the last
+/// valid generation of each.
 #[derive(Debug, Default)]
 pub struct PolicyCatalog {
     resources: BTreeMap<ResourceKey, Resource>,
-    in_force: BTreeMap<ResourceKey, (Option<i64>, SourceText)>,
+    in_force: BTreeMap<ResourceKey, InForce>,
 }
 
 impl PolicyCatalog {
-    /// Folds one event. Returns whether the enforced set changed.
+    /// Folds one event. Returns whether the enforced set changed. Costs
+    /// one parse per changed resource, whatever the catalog's size.
     pub fn apply(&mut self, event: WatchEvent<Value>) -> bool {
-        let before: Vec<SourceText> = self.texts();
         match event {
             WatchEvent::Applied(object) => self.upsert(object),
-            WatchEvent::Deleted(object) => {
-                if let Some(key) = policy_key(&object) {
-                    self.resources.remove(&key);
-                    self.in_force.remove(&key);
-                }
-            }
+            WatchEvent::Deleted(object) => policy_key(&object).is_some_and(|key| {
+                self.resources.remove(&key);
+                self.in_force.remove(&key).is_some()
+            }),
             WatchEvent::Restarted(objects) => {
-                let keys: Vec<ResourceKey> = objects.iter().filter_map(policy_key).collect();
+                let keys: std::collections::BTreeSet<ResourceKey> =
+                    objects.iter().filter_map(policy_key).collect();
                 self.resources.retain(|k, _| keys.contains(k));
+                let before = self.in_force.len();
                 self.in_force.retain(|k, _| keys.contains(k));
+                let mut changed = before != self.in_force.len();
                 for object in objects {
-                    self.upsert(object);
+                    changed |= self.upsert(object);
                 }
+                changed
             }
         }
-        before != self.texts()
     }
 
-    fn upsert(&mut self, object: Value) {
+    /// Returns whether the enforced text of the resource changed.
+    fn upsert(&mut self, object: Value) -> bool {
         let Some(key) = policy_key(&object) else {
-            return;
+            return false;
         };
         let generation = object
             .pointer("/metadata/generation")
@@ -128,27 +139,69 @@ impl PolicyCatalog {
             label: format!("{} {}/{}", key.0, key.1, key.2),
             text: render(&object),
         };
-        let verdict = match PolicySet::parse_texts(&[(text.label.clone(), text.text.clone())]) {
-            Ok(_) => {
-                self.in_force.insert(key.clone(), (generation, text));
-                Verdict {
-                    generation,
-                    rejected: None,
-                    previous_in_force: None,
-                }
-            }
-            Err(err) => Verdict {
+        let unchanged = self
+            .in_force
+            .get(&key)
+            .is_some_and(|f| f.text.text == text.text);
+        let mut changed = false;
+        let verdict = if unchanged {
+            // A status or metadata-only update: nothing to parse again.
+            Verdict {
                 generation,
-                rejected: Some(err.to_string()),
-                previous_in_force: self.in_force.get(&key).and_then(|(g, _)| *g),
-            },
+                rejected: None,
+                previous_in_force: None,
+            }
+        } else {
+            match PolicySet::parse_str(&text.label, &text.text) {
+                Ok(set) => {
+                    let info = set.policies().next();
+                    let doc = PolicyDoc {
+                        kind: info.map_or("AuthorizationPolicy", |i| i.kind),
+                        namespace: key.1.clone(),
+                        name: key.2.clone(),
+                        text: text.text.clone(),
+                    };
+                    self.in_force.insert(
+                        key.clone(),
+                        InForce {
+                            generation,
+                            text,
+                            doc,
+                            set,
+                        },
+                    );
+                    changed = true;
+                    Verdict {
+                        generation,
+                        rejected: None,
+                        previous_in_force: None,
+                    }
+                }
+                Err(err) => Verdict {
+                    generation,
+                    rejected: Some(err.to_string()),
+                    previous_in_force: self.in_force.get(&key).and_then(|f| f.generation),
+                },
+            }
         };
+        if let Some(f) = self.in_force.get_mut(&key)
+            && verdict.rejected.is_none()
+        {
+            f.generation = generation;
+        }
         self.resources.insert(key, Resource { object, verdict });
+        changed
     }
 
     /// The enforced documents: each resource's last valid generation.
     pub fn texts(&self) -> Vec<SourceText> {
-        self.in_force.values().map(|(_, t)| t.clone()).collect()
+        self.in_force.values().map(|f| f.text.clone()).collect()
+    }
+
+    /// The enforced documents with their parsed policies, for
+    /// [`PolicySet::merge`] (no parsing again).
+    pub fn in_force(&self) -> impl Iterator<Item = (&PolicyDoc, &PolicySet)> {
+        self.in_force.values().map(|f| (&f.doc, &f.set))
     }
 
     /// Resources whose `status` does not say what the control plane

@@ -4,15 +4,14 @@
 //! or a `ward-proxy` container), at least one pod IP, and has not finished
 //! (`Succeeded`/`Failed` pods release their IP for reuse). Each change bumps
 //! the version once (a resync with many changes bumps it once); events that
-//! change nothing do not bump it. Subscribers get every new snapshot through
-//! a `tokio::sync::watch`.
+//! change nothing do not bump it. An event costs in proportion to the
+//! pod's addresses, not to the table (a relist compares everything); the
+//! caller takes a [`EndpointTable::snapshot`] when it wants to publish.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
-use tokio::sync::watch;
 use ward_identity::SpiffeId;
 
 use super::WatchEvent;
@@ -59,7 +58,6 @@ pub struct EndpointTable {
     /// and the IP goes to the other claimant when the winner lets go.
     by_ip: BTreeMap<IpAddr, (PodKey, Endpoint)>,
     version: u64,
-    publish: watch::Sender<Arc<EndpointSnapshot>>,
 }
 
 impl EndpointTable {
@@ -69,7 +67,6 @@ impl EndpointTable {
             pods: BTreeMap::new(),
             by_ip: BTreeMap::new(),
             version: 0,
-            publish: watch::channel(Arc::new(EndpointSnapshot::default())).0,
         }
     }
 
@@ -89,11 +86,6 @@ impl EndpointTable {
         self.by_ip.is_empty()
     }
 
-    /// Each new snapshot, starting with the current one.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<EndpointSnapshot>> {
-        self.publish.subscribe()
-    }
-
     pub fn snapshot(&self) -> EndpointSnapshot {
         EndpointSnapshot {
             version: self.version,
@@ -105,22 +97,22 @@ impl EndpointTable {
         }
     }
 
-    /// Folds one event; bumps the version and publishes when anything changed.
+    /// Folds one event; bumps the version when anything changed.
     pub fn apply(&mut self, event: WatchEvent<Pod>) -> EndpointDiff {
-        let before = self.by_ip.clone();
-        match event {
-            WatchEvent::Applied(pod) => {
-                if let Some(key) = pod_key(&pod) {
+        let diff = match event {
+            WatchEvent::Applied(pod) => match pod_key(&pod) {
+                Some(key) => {
                     let claims = self.claims(&pod);
-                    self.set_pod(key, claims);
+                    self.set_pod_tracked(key, claims)
                 }
-            }
-            WatchEvent::Deleted(pod) => {
-                if let Some(key) = pod_key(&pod) {
-                    self.set_pod(key, Vec::new());
-                }
-            }
+                None => EndpointDiff::default(),
+            },
+            WatchEvent::Deleted(pod) => match pod_key(&pod) {
+                Some(key) => self.set_pod_tracked(key, Vec::new()),
+                None => EndpointDiff::default(),
+            },
             WatchEvent::Restarted(pods) => {
+                let before = self.by_ip.clone();
                 let fresh: BTreeMap<PodKey, Vec<(IpAddr, Endpoint)>> = pods
                     .iter()
                     .filter_map(|pod| Some((pod_key(pod)?, self.claims(pod))))
@@ -137,14 +129,58 @@ impl EndpointTable {
                 for (key, claims) in fresh {
                     self.set_pod(key, claims);
                 }
+                let ips: BTreeSet<IpAddr> =
+                    before.keys().chain(self.by_ip.keys()).copied().collect();
+                self.diff_since(&ips, |ip| before.get(ip).cloned())
             }
-        }
-        let diff = diff(&before, &self.by_ip);
+        };
         if !diff.is_empty() {
             self.version += 1;
-            self.publish.send_replace(Arc::new(self.snapshot()));
         }
         diff
+    }
+
+    /// [`Self::set_pod`], and what it changed: only the addresses the pod
+    /// held or claims can change.
+    fn set_pod_tracked(&mut self, key: PodKey, claims: Vec<(IpAddr, Endpoint)>) -> EndpointDiff {
+        let ips: BTreeSet<IpAddr> = self
+            .pods
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .chain(&claims)
+            .map(|(ip, _)| *ip)
+            .collect();
+        let before: BTreeMap<IpAddr, (PodKey, Endpoint)> = ips
+            .iter()
+            .filter_map(|ip| Some((*ip, self.by_ip.get(ip)?.clone())))
+            .collect();
+        self.set_pod(key, claims);
+        self.diff_since(&ips, |ip| before.get(ip).cloned())
+    }
+
+    /// Compares the entries of `ips` now with what `before` says they were.
+    fn diff_since(
+        &self,
+        ips: &BTreeSet<IpAddr>,
+        before: impl Fn(&IpAddr) -> Option<(PodKey, Endpoint)>,
+    ) -> EndpointDiff {
+        let mut d = EndpointDiff::default();
+        for ip in ips {
+            match (before(ip), self.by_ip.get(ip)) {
+                (None, Some(_)) => {
+                    d.added.insert(*ip);
+                }
+                (Some(_), None) => {
+                    d.removed.insert(*ip);
+                }
+                (Some(old), Some(new)) if old != *new => {
+                    d.updated.insert(*ip);
+                }
+                _ => {}
+            }
+        }
+        d
     }
 
     fn claims(&self, pod: &Pod) -> Vec<(IpAddr, Endpoint)> {
@@ -224,28 +260,4 @@ pub fn endpoints_of(pod: &Pod, trust_domain: &str) -> Vec<(IpAddr, Endpoint)> {
     ips.sort();
     ips.dedup();
     ips.into_iter().map(|ip| (ip, endpoint.clone())).collect()
-}
-
-fn diff(
-    before: &BTreeMap<IpAddr, (PodKey, Endpoint)>,
-    after: &BTreeMap<IpAddr, (PodKey, Endpoint)>,
-) -> EndpointDiff {
-    let mut d = EndpointDiff::default();
-    for (ip, entry) in after {
-        match before.get(ip) {
-            None => {
-                d.added.insert(*ip);
-            }
-            Some(old) if old != entry => {
-                d.updated.insert(*ip);
-            }
-            Some(_) => {}
-        }
-    }
-    d.removed = before
-        .keys()
-        .filter(|ip| !after.contains_key(*ip))
-        .copied()
-        .collect();
-    d
 }

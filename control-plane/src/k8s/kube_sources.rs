@@ -16,7 +16,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::stream::{self, StreamExt};
+use futures_util::FutureExt;
+use futures_util::stream::{self, Stream, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::reflector::store::Writer;
@@ -33,8 +34,9 @@ use super::source::{
 };
 use crate::inject::{MESH_LABEL, MESH_LABEL_VALUE};
 use crate::metrics::Metrics;
-use crate::policy_store::{PolicySource, PolicyStore, SourceText};
+use crate::policy_store::{PolicySource, PolicyStore};
 use crate::watch::Endpoints;
+use ward_policy::PolicySet;
 
 /// Field manager of the status patches.
 const FIELD_MANAGER: &str = "ward-control-plane";
@@ -108,26 +110,31 @@ async fn watch_pods(
     let mut table = EndpointTable::new(trust_domain);
     let mut adapter = WatcherAdapter::default();
     let mut events = std::pin::pin!(watcher(api, config).default_backoff().reflect(store));
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(err) => {
-                watch_failed(metrics, "pods", &err);
+    while let Some(batch) = next_batch(&mut events).await {
+        let mut changed = false;
+        let mut relisted = false;
+        for event in batch {
+            let event = match event {
+                Ok(event) => event,
+                Err(err) => {
+                    watch_failed(metrics, "pods", &err);
+                    continue;
+                }
+            };
+            let Some(event) = adapter.push(event.into()) else {
                 continue;
-            }
-        };
-        let Some(event) = adapter.push(event.into()) else {
-            continue;
-        };
-        let relisted = matches!(event, WatchEvent::Restarted(_));
-        let diff = table.apply(event);
-        if !diff.is_empty() {
+            };
+            relisted |= matches!(event, WatchEvent::Restarted(_));
+            let diff = table.apply(event);
+            changed |= !diff.is_empty();
+        }
+        // One publication per batch: under churn the streams get one
+        // update for many pod events.
+        if changed {
             endpoints.set_kubernetes(&table.snapshot());
             debug!(
-                added = diff.added.len(),
-                updated = diff.updated.len(),
-                removed = diff.removed.len(),
                 endpoints = table.len(),
+                version = table.version(),
                 "endpoint table changed"
             );
         }
@@ -136,6 +143,21 @@ async fn watch_pods(
             gate.done(true);
         }
     }
+}
+
+/// The next event and every other one already waiting (up to a bound), so
+/// a burst is folded and published once.
+async fn next_batch<S: Stream + Unpin>(events: &mut S) -> Option<Vec<S::Item>> {
+    const MAX_BATCH: usize = 1024;
+    let first = events.next().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match events.next().now_or_never() {
+            Some(Some(event)) => batch.push(event),
+            _ => break,
+        }
+    }
+    Some(batch)
 }
 
 /// One watched policy kind.
@@ -179,42 +201,51 @@ async fn watch_policies(
             .boxed()
     });
     let mut events = stream::select_all(streams);
-    let mut offered: Option<Vec<SourceText>> = None;
-    while let Some((index, event)) = events.next().await {
-        let kind = &mut kinds[index];
-        let event = match event {
-            Ok(event) => WatcherEvent::from(event).map(|obj| to_document(obj, &kind.resource)),
-            Err(err) => {
-                watch_failed(metrics, kind.kind, &err);
+    let mut dirty = true;
+    while let Some(batch) = next_batch(&mut events).await {
+        for (index, event) in batch {
+            let kind = &mut kinds[index];
+            let event = match event {
+                Ok(event) => WatcherEvent::from(event).map(|obj| to_document(obj, &kind.resource)),
+                Err(err) => {
+                    watch_failed(metrics, kind.kind, &err);
+                    continue;
+                }
+            };
+            let Some(event) = kind.adapter.push(event) else {
                 continue;
+            };
+            if matches!(event, WatchEvent::Restarted(_)) {
+                kind.listed = true;
+                kind.written.clear();
             }
-        };
-        let Some(event) = kind.adapter.push(event) else {
-            continue;
-        };
-        if matches!(event, WatchEvent::Restarted(_)) {
-            kind.listed = true;
-            kind.written.clear();
+            dirty |= kind.catalog.apply(event);
         }
-        kind.catalog.apply(event);
-        let (accepted, rejected) = kind.catalog.counts();
-        for (state, count) in [("accepted", accepted), ("rejected", rejected)] {
-            metrics
-                .policy_resources
-                .with_label_values(&[kind.kind, state])
-                .set(count as i64);
+        for kind in &mut kinds {
+            let (accepted, rejected) = kind.catalog.counts();
+            for (state, count) in [("accepted", accepted), ("rejected", rejected)] {
+                metrics
+                    .policy_resources
+                    .with_label_values(&[kind.kind, state])
+                    .set(count as i64);
+            }
+            report_status(client, metrics, kind).await;
         }
-        report_status(client, metrics, kind).await;
         // A partial set (one kind listed, not the other) is never offered.
-        if !kinds.iter().all(|k| k.listed) {
+        if !dirty || !kinds.iter().all(|k| k.listed) {
             continue;
         }
-        let texts: Vec<SourceText> = kinds.iter().flat_map(|k| k.catalog.texts()).collect();
-        if offered.as_ref() != Some(&texts) {
-            // Each text is valid alone and keys are unique, so the set is
-            // valid; a rejection would keep the previous set and is logged.
-            let _ = store.offer("kubernetes", &texts);
-            offered = Some(texts);
+        dirty = false;
+        // Each resource was parsed once when it changed; the set is their
+        // merge. Keys are unique, so the merge cannot fail; if it did, the
+        // previous set would stay in force.
+        let parts: Vec<_> = kinds.iter().flat_map(|k| k.catalog.in_force()).collect();
+        match PolicySet::merge(parts.iter().map(|(_, set)| *set)) {
+            Ok(set) => {
+                let docs = parts.iter().map(|(doc, _)| (*doc).clone()).collect();
+                store.publish("kubernetes", set, docs);
+            }
+            Err(err) => store.reject("kubernetes", &err),
         }
         gate.done(false);
     }

@@ -56,7 +56,6 @@ fn ip(s: &str) -> IpAddr {
 #[test]
 fn add_update_delete() {
     let mut table = EndpointTable::new("example.org");
-    let rx = table.subscribe();
     let d = table.apply(Applied(pod(
         "a",
         Some("10.0.0.1"),
@@ -68,8 +67,8 @@ fn add_update_delete() {
     let e = table.get(&ip("10.0.0.1")).unwrap();
     assert_eq!(e.spiffe_id.as_str(), "spiffe://example.org/ns/shop/sa/cart");
     assert_eq!(e.labels["app"], "cart");
-    assert_eq!(rx.borrow().version, 1);
-    assert_eq!(rx.borrow().endpoints.len(), 1);
+    assert_eq!(table.snapshot().version, 1);
+    assert_eq!(table.snapshot().endpoints.len(), 1);
 
     // The same pod again: no change, no bump.
     let d = table.apply(Applied(pod(
@@ -91,7 +90,7 @@ fn add_update_delete() {
     assert_eq!(d.updated, [ip("10.0.0.1")].into());
     assert_eq!(table.version(), 2);
     assert_eq!(
-        rx.borrow().endpoints[&ip("10.0.0.1")].labels["app"],
+        table.snapshot().endpoints[&ip("10.0.0.1")].labels["app"],
         "cart2"
     );
 

@@ -108,3 +108,37 @@ fn duplicates_are_refused_and_load_paths_reads_directories() {
     assert_eq!(e.errors().len(), 1);
     assert!(e.errors()[0].file.ends_with("d.yaml"));
 }
+
+#[test]
+fn merge_combines_separately_parsed_sets_and_refuses_duplicates() {
+    let a = PolicySet::parse_str("a", &pa("shop", "default", None, "STRICT", "")).unwrap();
+    let b = PolicySet::parse_str(
+        "b",
+        "apiVersion: security.ward.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n",
+    )
+    .unwrap();
+    let merged = PolicySet::merge([&a, &b]).unwrap();
+    assert_eq!(merged.authorization_policies().count(), 1);
+    assert_eq!(merged.peer_authentications().count(), 1);
+    // Same as parsing both texts together.
+    let together = PolicySet::parse_texts(&[
+        ("a".into(), pa("shop", "default", None, "STRICT", "")),
+        (
+            "b".into(),
+            "apiVersion: security.ward.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {action: DENY, rules: [{}]}\n".into(),
+        ),
+    ])
+    .unwrap();
+    let ids = |s: &PolicySet| {
+        s.policies()
+            .map(|p| (p.kind, p.id.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&merged), ids(&together));
+    let again = PolicySet::parse_str("c", &pa("shop", "default", None, "PERMISSIVE", "")).unwrap();
+    let err = PolicySet::merge([&a, &b, &again]).unwrap_err().to_string();
+    assert!(
+        err.contains("duplicate PeerAuthentication shop/default"),
+        "{err}"
+    );
+}
