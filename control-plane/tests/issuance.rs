@@ -1,15 +1,17 @@
 //! Certificate issuance over the real HTTPS API: a control plane on
 //! loopback, workloads enrolling with join tokens and service-account JWTs.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod support;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::StatusCode;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use support::control_plane::{admin_get, metric_value};
 use ward_control_plane::api::{SvidRequest, SvidResponse};
 use ward_control_plane::attest::{Credential, JoinTokenStore, K8sTokenConfig};
 use ward_control_plane::client::{ClientError, ControlPlaneClient};
@@ -70,7 +72,7 @@ impl Harness {
     }
 
     async fn metrics(&self) -> String {
-        http_get(self.cp.admin_addr().unwrap(), "/metrics").await
+        admin_get(self.cp.admin_addr().unwrap(), "/metrics").await.1
     }
 }
 
@@ -119,30 +121,6 @@ fn refusal_code(err: ClientError) -> (StatusCode, String) {
         }
         other => panic!("expected a refusal, got {other}"),
     }
-}
-
-/// Minimal HTTP/1.1 GET on the plaintext admin port.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    out
-}
-
-fn metric_value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

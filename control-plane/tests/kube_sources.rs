@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Recorded, Reply, list, status_failure, watch_event};
+use support::control_plane::{admin_get, cluster_role_allows, metric_value, refusal};
 use tokio::sync::mpsc;
 use ward_control_plane::api::SvidRequest;
 use ward_control_plane::attest::{Credential, JoinTokenStore};
@@ -314,7 +314,7 @@ impl Harness {
     }
 
     async fn admin(&self, path: &str) -> (u16, String) {
-        http_get(self.cp.admin_addr().unwrap(), path).await
+        admin_get(self.cp.admin_addr().unwrap(), path).await
     }
 
     async fn wait_ready(&self) {
@@ -457,27 +457,6 @@ fn endpoint_ids(update: &WatchUpdate) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    tcp.read_to_string(&mut out).await.unwrap();
-    let code = out[9..12].parse().unwrap();
-    (code, out)
-}
-
-fn metric(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(-1.0)
-}
-
 fn web_id() -> String {
     format!("spiffe://{TD}/ns/shop/sa/web")
 }
@@ -560,14 +539,14 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     );
     let metrics = h.admin("/metrics").await.1;
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             "ward_cp_policy_resources{kind=\"AuthorizationPolicy\",state=\"rejected\"}"
         ),
         1.0
     );
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             "ward_cp_policy_resources{kind=\"AuthorizationPolicy\",state=\"accepted\"}"
         ),
@@ -671,7 +650,7 @@ async fn nothing_is_distributed_until_every_resource_is_listed() {
     );
     let metrics = h.admin("/metrics").await.1;
     assert!(
-        metric(
+        metric_value(
             &metrics,
             "ward_cp_kubernetes_watch_errors_total{resource=\"PeerAuthentication\"}"
         ) >= 1.0,
@@ -695,22 +674,6 @@ async fn nothing_is_distributed_until_every_resource_is_listed() {
 /// Every API call the control plane made is allowed by the ClusterRole in
 /// `deploy/base/rbac.yaml` (so the least-privilege role is enough).
 fn assert_calls_allowed_by_rbac(requests: &[Recorded]) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/rbac.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let role = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
-        .find(|doc| doc["kind"] == "ClusterRole")
-        .expect("a ClusterRole");
-    let allowed = |group: &str, resource: &str, verb: &str| {
-        role["rules"].as_array().unwrap().iter().any(|rule| {
-            let has = |field: &str, value: &str| {
-                rule[field]
-                    .as_array()
-                    .is_some_and(|values| values.iter().any(|v| v == value))
-            };
-            has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
-        })
-    };
     for request in requests {
         let (path, query) = request
             .path_and_query
@@ -741,7 +704,7 @@ fn assert_calls_allowed_by_rbac(requests: &[Recorded]) {
             _ => "other",
         };
         assert!(
-            allowed(group, &resource, verb),
+            cluster_role_allows(group, &resource, verb),
             "the ClusterRole does not allow {verb} {group}/{resource} ({path})"
         );
     }
@@ -768,60 +731,56 @@ async fn a_service_account_token_must_name_a_meshed_pod_the_cluster_has() {
             pod: Some(pod.to_owned()),
         }
     };
-    let refusal = |err| match err {
-        ward_control_plane::client::ClientError::Refused { message, .. } => message,
-        other => panic!("expected a refusal, got {other}"),
-    };
 
     // The pod the token is bound to is there, same UID, same account.
     client
         .request_svid(&ask("web", "token:web:web-1:uid-web-1", "web-1"), None)
         .await
         .expect("issued");
-    // A pod the cluster does not have (deleted, or never meshed).
-    let message = refusal(
-        client
-            .request_svid(&ask("web", "token:web:web-9:uid-web-9", "web-9"), None)
+    // (service account, token, claimed pod, what the refusal says)
+    let refused = [
+        // A pod the cluster does not have (deleted, or never meshed).
+        (
+            "web",
+            "token:web:web-9:uid-web-9",
+            "web-9",
+            "shop/web-9 is not a meshed pod",
+        ),
+        // Same name, another pod: the token outlived the pod it was issued to.
+        (
+            "web",
+            "token:web:web-1:uid-gone",
+            "web-1",
+            "shop/web-1 is not a meshed pod",
+        ),
+        // The pod runs as another service account than the token says.
+        (
+            "api",
+            "token:api:web-1:uid-web-1",
+            "web-1",
+            "runs as service account \"web\"",
+        ),
+    ];
+    for (sa, token, pod, expected) in refused {
+        let err = client
+            .request_svid(&ask(sa, token, pod), None)
             .await
-            .unwrap_err(),
-    );
-    assert!(
-        message.contains("shop/web-9 is not a meshed pod"),
-        "{message}"
-    );
-    // Same name, another pod: the token outlived the pod it was issued to.
-    let message = refusal(
-        client
-            .request_svid(&ask("web", "token:web:web-1:uid-gone", "web-1"), None)
-            .await
-            .unwrap_err(),
-    );
-    assert!(
-        message.contains("shop/web-1 is not a meshed pod"),
-        "{message}"
-    );
-    // The pod runs as another service account than the token says.
-    let message = refusal(
-        client
-            .request_svid(&ask("api", "token:api:web-1:uid-web-1", "web-1"), None)
-            .await
-            .unwrap_err(),
-    );
-    assert!(
-        message.contains("runs as service account \"web\""),
-        "{message}"
-    );
+            .unwrap_err();
+        let (status, _, message) = refusal(err);
+        assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+        assert!(message.contains(expected), "{token}: {message}");
+    }
 
     let metrics = h.admin("/metrics").await.1;
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             "ward_ca_attestation_failures_total{method=\"k8s_sa_token\",reason=\"pod_unknown\"}"
         ),
         2.0
     );
     assert_eq!(
-        metric(
+        metric_value(
             &metrics,
             "ward_ca_attestation_failures_total{method=\"k8s_sa_token\",reason=\"pod_service_account_mismatch\"}"
         ),

@@ -14,12 +14,13 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Recorded, Reply, status_failure};
+use support::control_plane::{admin_get, cluster_role_allows, metric_value, refusal};
 use tokio::sync::mpsc;
 use ward_control_plane::api::{SvidRequest, SvidResponse};
 use ward_control_plane::attest::{
     AttestError, Attestor, Credential, K8sTokenConfig, ServiceAccountIdentity, TokenReviewer,
 };
-use ward_control_plane::client::{ClientError, ControlPlaneClient};
+use ward_control_plane::client::ControlPlaneClient;
 use ward_control_plane::k8s::ApiClient;
 use ward_control_plane::server::{Config, ControlPlane};
 use ward_identity::SpiffeId;
@@ -459,16 +460,7 @@ impl Harness {
     }
 
     async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(self.cp.admin_addr().unwrap())
-            .await
-            .unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        tcp.read_to_string(&mut out).await.unwrap();
-        out
+        admin_get(self.cp.admin_addr().unwrap(), "/metrics").await.1
     }
 }
 
@@ -500,48 +492,6 @@ fn certified_id(answer: &SvidResponse) -> SpiffeId {
     )
     .unwrap()
     .spiffe_id
-}
-
-fn refusal(err: ClientError) -> (StatusCode, String, String) {
-    match err {
-        ClientError::Refused {
-            status,
-            code,
-            message,
-        } => (status, code, message),
-        other => panic!("expected a refusal, got {other}"),
-    }
-}
-
-fn metric_value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-/// Whether the `ward-control-plane` ClusterRole in `deploy/base/rbac.yaml`
-/// grants `verb` on `group`/`resource`.
-fn cluster_role_allows(group: &str, resource: &str, verb: &str) -> bool {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/rbac.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let role = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
-        .find(|doc| doc["kind"] == "ClusterRole")
-        .expect("a ClusterRole");
-    let has = |rule: &Value, field: &str, value: &str| {
-        rule[field]
-            .as_array()
-            .is_some_and(|values| values.iter().any(|v| v == value))
-    };
-    role["rules"].as_array().unwrap().iter().any(|rule| {
-        has(rule, "apiGroups", group)
-            && has(rule, "resources", resource)
-            && has(rule, "verbs", verb)
-    })
 }
 
 #[tokio::test]

@@ -41,13 +41,8 @@ impl PolicySet {
     pub fn parse_str(file_label: &str, yaml: &str) -> Result<PolicySet, PolicyError> {
         let parsed = parse_file(file_label, yaml).map_err(PolicyError::Invalid)?;
         let mut set = PolicySet::default();
-        let mut errors = Vec::new();
-        set.add(parsed, &mut errors);
-        if errors.is_empty() {
-            Ok(set)
-        } else {
-            Err(PolicyError::Invalid(errors))
-        }
+        set.add(parsed);
+        set.finish(Vec::new())
     }
 
     /// Loads files and directories. A directory contributes every `*.yaml`
@@ -103,45 +98,16 @@ impl PolicySet {
         let mut errors = Vec::new();
         for (label, text) in texts {
             match parse_file(label, text) {
-                Ok(parsed) => set.add(parsed, &mut errors),
+                Ok(parsed) => set.add(parsed),
                 Err(e) => errors.extend(e),
             }
         }
-        if errors.is_empty() {
-            Ok(set)
-        } else {
-            Err(PolicyError::Invalid(errors))
-        }
+        set.finish(errors)
     }
 
-    fn add(&mut self, parsed: Parsed, errors: &mut Vec<ConfigError>) {
-        let dup = |id: &PolicyRef, o: &Origin, kind: &str, first: &Origin| ConfigError {
-            file: o.file.to_string(),
-            document: Some(o.document),
-            field: Some("metadata.name".into()),
-            line: o.line,
-            column: None,
-            reason: format!(
-                "duplicate {kind} {id}: already defined in {} document {}",
-                first.file, first.document
-            ),
-        };
-        for p in parsed.authz {
-            if let Some(first) = self.authz.iter().find(|q| q.id == p.id) {
-                errors.push(dup(&p.id, &p.origin, "AuthorizationPolicy", &first.origin));
-            } else {
-                self.authz.push(Arc::new(p));
-            }
-        }
-        for p in parsed.peer {
-            if let Some(first) = self.peer.iter().find(|q| q.id == p.id) {
-                errors.push(dup(&p.id, &p.origin, "PeerAuthentication", &first.origin));
-            } else {
-                self.peer.push(Arc::new(p));
-            }
-        }
-        self.authz.sort_by(|a, b| a.id.cmp(&b.id));
-        self.peer.sort_by(|a, b| a.id.cmp(&b.id));
+    fn add(&mut self, parsed: Parsed) {
+        self.authz.extend(parsed.authz.into_iter().map(Arc::new));
+        self.peer.extend(parsed.peer.into_iter().map(Arc::new));
     }
 
     /// Combines sets validated separately (each custom resource of a
@@ -155,21 +121,16 @@ impl PolicySet {
             merged.authz.extend(set.authz.iter().cloned());
             merged.peer.extend(set.peer.iter().cloned());
         }
-        merged.authz.sort_by(|a, b| a.id.cmp(&b.id));
-        merged.peer.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut errors = Vec::new();
-        let duplicate = |kind: &str, id: &PolicyRef, first: &Origin, second: &Origin| ConfigError {
-            file: second.file.to_string(),
-            document: Some(second.document),
-            field: Some("metadata.name".into()),
-            line: second.line,
-            column: None,
-            reason: format!(
-                "duplicate {kind} {id}: already defined in {} document {}",
-                first.file, first.document
-            ),
-        };
-        for pair in merged.authz.windows(2) {
+        merged.finish(Vec::new())
+    }
+
+    /// Sorts by name and reports every policy defined twice (after the
+    /// `errors` already found). The sort is stable, so the first definition
+    /// is the one named as first.
+    fn finish(mut self, mut errors: Vec<ConfigError>) -> Result<PolicySet, PolicyError> {
+        self.authz.sort_by(|a, b| a.id.cmp(&b.id));
+        self.peer.sort_by(|a, b| a.id.cmp(&b.id));
+        for pair in self.authz.windows(2) {
             if pair[0].id == pair[1].id {
                 errors.push(duplicate(
                     "AuthorizationPolicy",
@@ -179,7 +140,7 @@ impl PolicySet {
                 ));
             }
         }
-        for pair in merged.peer.windows(2) {
+        for pair in self.peer.windows(2) {
             if pair[0].id == pair[1].id {
                 errors.push(duplicate(
                     "PeerAuthentication",
@@ -190,7 +151,7 @@ impl PolicySet {
             }
         }
         if errors.is_empty() {
-            Ok(merged)
+            Ok(self)
         } else {
             Err(PolicyError::Invalid(errors))
         }
@@ -340,6 +301,20 @@ fn read(path: &Path) -> Result<String, PolicyError> {
         path: path.to_owned(),
         source,
     })
+}
+
+fn duplicate(kind: &str, id: &PolicyRef, first: &Origin, second: &Origin) -> ConfigError {
+    ConfigError {
+        file: second.file.to_string(),
+        document: Some(second.document),
+        field: Some("metadata.name".into()),
+        line: second.line,
+        column: None,
+        reason: format!(
+            "duplicate {kind} {id}: already defined in {} document {}",
+            first.file, first.document
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -4,3 +4,4 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod control_plane;
