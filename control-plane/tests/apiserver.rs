@@ -11,7 +11,7 @@ use http::{Method, StatusCode};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
-use support::apiserver::{ApiServer, Reply, list, status_failure, watch_event};
+use support::apiserver::{ApiServer, Reply, list, not_found, watch_event};
 use tokio::sync::mpsc;
 
 fn pod(name: &str, resource_version: &str) -> Value {
@@ -44,14 +44,7 @@ async fn lists_and_watches_pods_through_kube() {
                 );
             }
         }
-        Reply::Json(
-            StatusCode::NOT_FOUND,
-            status_failure(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-        )
+        not_found()
     })
     .await;
     let pods: Api<Pod> = Api::namespaced(server.client(), "shop");

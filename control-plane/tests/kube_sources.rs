@@ -16,7 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use support::apiserver::{ApiServer, Recorded, Reply, list, status_failure, watch_event};
+use support::apiserver::{
+    ApiServer, Recorded, Reply, list, not_found, status_failure, watch_event,
+};
 use support::control_plane::{admin_get, cluster_role_allows, metric_value, refusal};
 use tokio::sync::mpsc;
 use ward_control_plane::api::SvidRequest;
@@ -131,24 +133,10 @@ impl Cluster {
             return token_review(&req.body);
         }
         let Some((resource, _, api_version)) = RESOURCES.iter().find(|(_, p, _)| *p == path) else {
-            return Reply::Json(
-                StatusCode::NOT_FOUND,
-                status_failure(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                ),
-            );
+            return not_found();
         };
         if self.missing.contains(resource) {
-            return Reply::Json(
-                StatusCode::NOT_FOUND,
-                status_failure(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                ),
-            );
+            return not_found();
         }
         if *resource == "pods" && !req.path_and_query.contains(MESH_SELECTOR) {
             return Reply::Json(

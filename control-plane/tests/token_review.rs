@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
-use support::apiserver::{ApiServer, Recorded, Reply, status_failure};
+use support::apiserver::{ApiServer, Recorded, Reply, not_found, status_failure};
 use support::control_plane::{admin_get, cluster_role_allows, metric_value, refusal};
 use tokio::sync::mpsc;
 use ward_control_plane::api::{SvidRequest, SvidResponse};
@@ -90,14 +90,7 @@ fn unauthenticated(error: &str) -> Value {
 /// A cluster that knows the tokens above, and 404s anything but TokenReview.
 fn cluster(request: &Recorded) -> Reply {
     if request.method != Method::POST || !request.path_and_query.starts_with(TOKEN_REVIEWS) {
-        return Reply::Json(
-            StatusCode::NOT_FOUND,
-            status_failure(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ),
-        );
+        return not_found();
     }
     let status = match request.body["spec"]["token"].as_str().unwrap_or_default() {
         WEB_TOKEN => web_status(),

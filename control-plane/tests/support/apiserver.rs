@@ -137,6 +137,19 @@ pub fn status_failure(code: u16, reason: &str, message: &str) -> Value {
     })
 }
 
+/// `404 NotFound`, as the API server answers a path it does not serve
+/// (a resource whose CRD is not installed, say).
+pub fn not_found() -> Reply {
+    Reply::Json(
+        StatusCode::NOT_FOUND,
+        status_failure(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+    )
+}
+
 /// A list answer, e.g. `list("v1", "PodList", "42", pods)`.
 pub fn list(api_version: &str, kind: &str, resource_version: &str, items: Vec<Value>) -> Value {
     json!({
