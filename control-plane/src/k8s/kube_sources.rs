@@ -221,6 +221,14 @@ async fn watch_policies(
             }
             dirty |= kind.catalog.apply(event);
         }
+        // A partial set (one kind listed, not the other) is never offered.
+        if dirty && kinds.iter().all(|k| k.listed) {
+            dirty = false;
+            publish(&kinds, store);
+            gate.done(false);
+        }
+        // Statuses after the policies are out: a slow API server delays
+        // the reports, not the enforcement.
         for kind in &mut kinds {
             let (accepted, rejected) = kind.catalog.counts();
             for (state, count) in [("accepted", accepted), ("rejected", rejected)] {
@@ -231,23 +239,20 @@ async fn watch_policies(
             }
             report_status(client, metrics, kind).await;
         }
-        // A partial set (one kind listed, not the other) is never offered.
-        if !dirty || !kinds.iter().all(|k| k.listed) {
-            continue;
+    }
+}
+
+/// Each resource was parsed once when it changed; the set is their merge.
+/// Keys are unique, so the merge cannot fail; if it did, the previous set
+/// would stay in force.
+fn publish(kinds: &[PolicyKind], store: &PolicyStore) {
+    let parts: Vec<_> = kinds.iter().flat_map(|k| k.catalog.in_force()).collect();
+    match PolicySet::merge(parts.iter().map(|(_, set)| *set)) {
+        Ok(set) => {
+            let docs = parts.iter().map(|(doc, _)| (*doc).clone()).collect();
+            store.publish("kubernetes", set, docs);
         }
-        dirty = false;
-        // Each resource was parsed once when it changed; the set is their
-        // merge. Keys are unique, so the merge cannot fail; if it did, the
-        // previous set would stay in force.
-        let parts: Vec<_> = kinds.iter().flat_map(|k| k.catalog.in_force()).collect();
-        match PolicySet::merge(parts.iter().map(|(_, set)| *set)) {
-            Ok(set) => {
-                let docs = parts.iter().map(|(doc, _)| (*doc).clone()).collect();
-                store.publish("kubernetes", set, docs);
-            }
-            Err(err) => store.reject("kubernetes", &err),
-        }
-        gate.done(false);
+        Err(err) => store.reject("kubernetes", &err),
     }
 }
 
