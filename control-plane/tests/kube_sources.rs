@@ -315,6 +315,22 @@ impl Harness {
         panic!("control plane never became ready");
     }
 
+    /// The latest status patch for `name` that satisfies `pred`, waiting
+    /// for it (statuses are written after the policies are published).
+    async fn status_where(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            if let Some((_, status)) = self
+                .status_patches()
+                .into_iter()
+                .rfind(|(n, s)| n == name && pred(s))
+            {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no status for {name}: {:?}", self.status_patches());
+    }
+
     /// The status patches the control plane sent, as (name, status).
     fn status_patches(&self) -> Vec<(String, Value)> {
         self.api
@@ -506,18 +522,11 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     );
 
     // Each policy got its verdict in its status.
-    let patches = h.status_patches();
-    let (_, accepted) = patches
-        .iter()
-        .find(|(n, _)| n == "allow-get")
-        .expect("allow-get status");
+    let accepted = h.status_where("allow-get", |_| true).await;
     assert_eq!(accepted["conditions"][0]["type"], "Accepted");
     assert_eq!(accepted["conditions"][0]["status"], "True");
     assert_eq!(accepted["observedGeneration"], 1);
-    let (_, rejected) = patches
-        .iter()
-        .find(|(n, _)| n == "bad")
-        .expect("bad status");
+    let rejected = h.status_where("bad", |_| true).await;
     assert_eq!(rejected["conditions"][0]["status"], "False");
     assert_eq!(rejected["conditions"][0]["reason"], "Invalid");
     let message = rejected["conditions"][0]["message"].as_str().unwrap();
@@ -565,12 +574,9 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     assert!(update.policies.contains("name: allow-get"));
     assert!(!update.policies.contains("HEAD"), "{}", update.policies);
     assert!(!update.policies.contains("ALOW"), "{}", update.policies);
-    let (_, stale) = h
-        .status_patches()
-        .into_iter()
-        .rfind(|(n, _)| n == "allow-get")
-        .unwrap();
-    assert_eq!(stale["observedGeneration"], 2);
+    let stale = h
+        .status_where("allow-get", |s| s["observedGeneration"] == 2)
+        .await;
     let message = stale["conditions"][0]["message"].as_str().unwrap();
     assert!(message.contains("generation 1 stays in force"), "{message}");
 
