@@ -47,11 +47,11 @@ struct Args {
     k8s_audience: String,
     /// Validate service-account tokens with the Kubernetes TokenReview API
     /// (in-cluster) instead of a JWKS file.
-    #[arg(long, env = "WARD_K8S_TOKEN_REVIEW", conflicts_with = "k8s_issuer")]
+    #[arg(long, env = "WARD_K8S_TOKEN_REVIEW")]
     k8s_token_review: bool,
     /// Watch the Kubernetes API: policies from the security.ward.io custom
     /// resources, endpoints from meshed Pods (instead of --policy-dir).
-    #[arg(long, env = "WARD_KUBERNETES", conflicts_with = "policy_dir")]
+    #[arg(long, env = "WARD_KUBERNETES")]
     kubernetes: bool,
     /// Directory of AuthorizationPolicy / PeerAuthentication YAML files (watched).
     #[arg(long, env = "WARD_POLICY_DIR")]
@@ -93,6 +93,16 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Checked here rather than by clap: clap counts `WARD_KUBERNETES=false`
+    // as given, and would refuse it beside --policy-dir.
+    if args.kubernetes && args.policy_dir.is_some() {
+        anyhow::bail!("--kubernetes and --policy-dir are two policy sources: choose one");
+    }
+    if args.k8s_token_review && args.k8s_issuer.is_some() {
+        anyhow::bail!(
+            "--k8s-token-review and --k8s-issuer/--k8s-jwks-file are two token checks: choose one"
+        );
+    }
     logging::init(args.log_format, &args.log_level)?;
     let mut config = Config::new(args.trust_domain.clone(), args.data_dir);
     config.listen = args.listen;
