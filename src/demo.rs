@@ -66,27 +66,9 @@ spec:
         paths: ["/api/*"]
 "#;
 
-/// After the live change: the intruder may read the public catalog, and
-/// nobody may reach the orders API's admin path.
-const POLICY_V2: &str = r#"apiVersion: security.ward.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: backend-api
-  namespace: demo
-spec:
-  selector:
-    matchLabels:
-      app: backend
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        principals: ["cluster.local/ns/demo/sa/frontend"]
-    to:
-    - operation:
-        methods: ["GET", "POST"]
-        paths: ["/api/*"]
-  - from:
+/// Added by the live change: the intruder may read the public catalog (a
+/// second rule of `backend-api`), and nobody may reach the admin path.
+const POLICY_V2_ADDITIONS: &str = r#"  - from:
     - source:
         principals: ["cluster.local/ns/demo/sa/intruder"]
     to:
@@ -228,7 +210,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     println!("\nChanging the policy file live: intruder may now GET /api/catalog, and a DENY");
     println!("policy closes /api/admin* to everyone. No restart.");
     let changed_at = Instant::now();
-    write_atomically(&policies.join("backend.yaml"), POLICY_V2)?;
+    write_atomically(
+        &policies.join("backend.yaml"),
+        &format!("{POLICY_V1}{POLICY_V2_ADDITIONS}"),
+    )?;
     let flipped = wait_for_status(&intruder, "/api/catalog", 200, Duration::from_secs(5)).await?;
     println!(
         "(the backend's sidecar enforced the new policy {} ms after the file changed)\n",
