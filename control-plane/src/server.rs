@@ -13,8 +13,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -38,7 +38,7 @@ use crate::k8s::kube_sources::KubernetesSource;
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
-use crate::watch::{ChannelBody, EndpointEntry, Endpoints, WatchContext, WatchRequest};
+use crate::watch::{EndpointEntry, Endpoints, WatchContext, WatchRequest};
 use crate::webhook::{Webhook, WebhookConfig};
 
 /// Response bodies: whole JSON documents, or the watch stream.
@@ -511,7 +511,14 @@ async fn watch_stream(
     tokio::spawn(crate::watch::run_stream(ctx, tx));
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(ChannelBody(rx).boxed())
+        // Each line the stream task sends is one data frame, sent as it comes.
+        .body(
+            StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
+                let line = rx.recv().await?;
+                Some((Ok(Frame::data(line)), rx))
+            }))
+            .boxed(),
+        )
         .expect("valid response")
 }
 

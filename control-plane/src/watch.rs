@@ -6,14 +6,10 @@
 //! stream comes from, so a mesh on one network needs no endpoint list.
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
@@ -161,27 +157,6 @@ impl Drop for Registration {
             drop(registered);
             self.endpoints.changed.send_modify(|g| *g += 1);
         }
-    }
-}
-
-/// A response body fed from a channel: each message is one frame.
-pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|msg| msg.map(|b| Ok(Frame::data(b))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
 
