@@ -8,6 +8,7 @@ pub mod client;
 pub mod data_dir;
 pub mod inject;
 pub mod k8s;
+mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod policy_store;

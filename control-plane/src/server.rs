@@ -16,10 +16,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -35,6 +33,7 @@ use crate::data_dir::DataDir;
 use crate::inject::InjectConfig;
 use crate::k8s::ApiClient;
 use crate::k8s::kube_sources::KubernetesSource;
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
@@ -46,11 +45,6 @@ type ApiBody = BoxBody<Bytes, Infallible>;
 
 /// Streams proxies keep open to the control plane.
 pub const WATCH_PATH: &str = "/v1/watch";
-
-/// Longest a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent API connections; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 4096;
 
 /// How a control plane is set up. `ward-control-plane` fills it from flags.
 #[derive(Debug, Clone)]
@@ -224,11 +218,14 @@ impl ControlPlane {
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen))?;
         let api_addr = api.local_addr()?;
-        tasks.spawn(accept_api(
+        let api_state = state.clone();
+        tasks.spawn(listener::accept_loop(
             api,
-            acceptor,
-            state.clone(),
+            "api",
             shutdown_rx.clone(),
+            move |tcp, peer, shutdown| {
+                serve_api_connection(tcp, peer, acceptor.clone(), api_state.clone(), shutdown)
+            },
         ));
         let webhook = match config.webhook_listen {
             Some(listen) => {
@@ -255,7 +252,20 @@ impl ControlPlane {
                     .await
                     .with_context(|| format!("binding the admin listener on {addr}"))?;
                 let local = admin.local_addr()?;
-                tasks.spawn(accept_admin(admin, state.clone(), shutdown_rx));
+                let state = state.clone();
+                tasks.spawn(listener::accept_loop(
+                    admin,
+                    "admin",
+                    shutdown_rx,
+                    move |tcp, peer, shutdown| {
+                        let state = state.clone();
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let state = state.clone();
+                            async move { Ok::<_, Infallible>(admin_route(&state, &req)) }
+                        });
+                        listener::serve_http(tcp, service, shutdown, peer, "admin")
+                    },
+                ));
                 Some(local)
             }
             None => None,
@@ -337,81 +347,25 @@ fn service_account_verifier(
     }
 }
 
-async fn accept_api(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            _ = shutdown.changed() => break,
-        };
-        let (tcp, peer_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let (acceptor, state, shutdown) = (acceptor.clone(), state.clone(), shutdown.clone());
-        conns.spawn(async move {
-            serve_api_connection(tcp, peer_addr, acceptor, state, shutdown).await;
-            drop(permit);
-        });
-        // Reap finished connections so the set does not grow without bound.
-        while conns.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
-}
-
+/// One API connection: TLS (the client's SVID, when it presents one, is
+/// its identity for renewals and the watch stream), then HTTP.
 async fn serve_api_connection(
     tcp: TcpStream,
     peer_addr: SocketAddr,
     acceptor: TlsAcceptor,
     state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => {
-            warn!(%peer_addr, %err, "TLS handshake with a client failed");
-            return;
-        }
-        Err(_) => {
-            warn!(%peer_addr, "TLS handshake timed out");
-            return;
-        }
+    let Some(tls) = listener::handshake(&acceptor, tcp, peer_addr, "api").await else {
+        return;
     };
-    // The client's SVID, when it presented one (renewals do).
     let peer_id = ward_identity::tls::peer_spiffe_id(tls.get_ref().1);
     let service = service_fn(move |req| {
         let state = state.clone();
         let peer_id = peer_id.clone();
         async move { Ok::<_, Infallible>(route(&state, peer_id.as_ref(), peer_addr, req).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(err) = result {
-                warn!(%peer_addr, %err, "API connection ended with an error");
-            }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    listener::serve_http(tls, service, shutdown, peer_addr, "api").await;
 }
 
 async fn route(
@@ -647,32 +601,6 @@ async fn issue_svid(
             "signing_refused",
             format!("signing refused: {err}"),
         ),
-    }
-}
-
-async fn accept_admin(
-    listener: TcpListener,
-    state: Arc<State>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(admin_route(&state, &req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
     }
 }
 

@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
@@ -28,8 +27,6 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -43,12 +40,12 @@ use crate::inject::{
     self, ANNOTATION_INJECT, InjectConfig, InjectOutcome, NAMESPACE_ENABLED, NAMESPACE_LABEL,
     SkipReason,
 };
+use crate::listener;
 
 pub const INJECT_PATH: &str = "/inject";
 pub const INJECT_NAMESPACE_ENABLED_PATH: &str = "/inject/namespace-enabled";
 /// The API server caps objects at 3 MiB; leave room for the envelope.
 const MAX_BODY_BYTES: usize = 8 << 20;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct WebhookConfig {
     /// 0.0.0.0:15017 in a deployment.
@@ -75,11 +72,26 @@ impl Webhook {
         let addr = listener.local_addr()?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(accept(
+        let acceptor = TlsAcceptor::from(config.tls);
+        let inject = Arc::new(config.inject);
+        tasks.spawn(listener::accept_loop(
             listener,
-            TlsAcceptor::from(config.tls),
-            Arc::new(config.inject),
+            "webhook",
             shutdown_rx,
+            move |tcp, peer, shutdown| {
+                let (acceptor, inject) = (acceptor.clone(), inject.clone());
+                async move {
+                    let Some(tls) = listener::handshake(&acceptor, tcp, peer, "webhook").await
+                    else {
+                        return;
+                    };
+                    let service = service_fn(move |req| {
+                        let inject = inject.clone();
+                        async move { Ok::<_, Infallible>(route(&inject, req).await) }
+                    });
+                    listener::serve_http(tls, service, shutdown, peer, "webhook").await;
+                }
+            },
         ));
         info!(%addr, "injector webhook serving");
         Ok(Webhook {
@@ -108,56 +120,6 @@ pub async fn serve_webhook(
     let _ = shutdown.wait_for(|stop| *stop).await;
     webhook.shutdown().await;
     Ok(())
-}
-
-async fn accept(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    config: Arc<InjectConfig>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    warn!(%err, "webhook accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let (acceptor, config, mut shutdown) = (acceptor.clone(), config.clone(), shutdown.clone());
-        conns.spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    warn!(%peer, %err, "webhook TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = service_fn(move |req| {
-                let config = config.clone();
-                async move { Ok::<_, Infallible>(route(&config, req).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-        while conns.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
 }
 
 async fn route(config: &InjectConfig, req: Request<Incoming>) -> Response<Full<Bytes>> {
