@@ -2,26 +2,13 @@
 //! `ward authz check|lint` as a user runs them: the real binary, exit codes,
 //! output on stdout and errors on stderr.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+#[path = "support/bins.rs"]
+mod bins;
 
-fn ward(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(s) = stdin {
-        // The binary may exit (invalid policies) before reading its input.
-        let _ = input.write_all(s.as_bytes());
-    }
-    drop(input);
-    child.wait_with_output().unwrap()
-}
+use std::path::Path;
+use std::process::Output;
+
+use bins::{stderr, ward, ward_with_stdin};
 
 fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
@@ -31,10 +18,6 @@ fn json(o: &Output) -> serde_json::Value {
             String::from_utf8_lossy(&o.stderr)
         )
     })
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 const ALLOW_GET: &str = r#"apiVersion: security.ward.io/v1
@@ -102,7 +85,7 @@ fn check(policies: &[&str], req: &str) -> Output {
         args.extend(["--policies", p]);
     }
     args.extend(["--request", "-"]);
-    ward(&args, Some(req))
+    ward_with_stdin(&args, req.as_bytes())
 }
 
 const FRONTEND: Option<&str> = Some("spiffe://cluster.local/ns/web/sa/frontend");
@@ -173,38 +156,16 @@ fn tcp_request_and_request_file() {
         "req.json",
         r#"{"protocol": "tcp", "source": {"spiffe_id": "spiffe://cluster.local/ns/web/sa/frontend", "ip": "10.0.0.1"}, "destination": {"ip": "10.0.0.2", "port": 5432}}"#,
     );
-    let o = ward(
-        &[
-            "authz",
-            "check",
-            "--policies",
-            &f,
-            "--namespace",
-            "prod",
-            "--label",
-            "app=api",
-            "--request",
-            &req,
-        ],
-        None,
-    );
+    let check_file = |labels: &[&str]| {
+        let policies = ["authz", "check", "--policies", &f, "--namespace", "prod"];
+        ward(&[&policies[..], labels, &["--request", &req]].concat())
+    };
+    let o = check_file(&["--label", "app=api"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     // The only ALLOW rule has HTTP fields: it never matches a TCP connection.
     assert_eq!(json(&o)["decision"], "deny");
     // Without the label the policy does not apply.
-    let o = ward(
-        &[
-            "authz",
-            "check",
-            "--policies",
-            &f,
-            "--namespace",
-            "prod",
-            "--request",
-            &req,
-        ],
-        None,
-    );
+    let o = check_file(&[]);
     assert_eq!(json(&o)["decision"], "allow");
     assert_eq!(json(&o)["reason"], "allowed: no ALLOW policy applies");
 }
@@ -260,12 +221,12 @@ fn malformed_request_and_usage_errors() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("source.spiffe_id"), "{}", stderr(&o));
     // Missing --namespace: clap usage error.
-    let o = ward(
+    let o = ward_with_stdin(
         &["authz", "check", "--policies", &f, "--request", "-"],
-        Some("{}"),
+        "{}".as_bytes(),
     );
     assert_eq!(o.status.code(), Some(2));
-    let o = ward(
+    let o = ward_with_stdin(
         &[
             "authz",
             "check",
@@ -278,10 +239,10 @@ fn malformed_request_and_usage_errors() {
             "--request",
             "-",
         ],
-        Some("{}"),
+        "{}".as_bytes(),
     );
     assert_eq!(o.status.code(), Some(2));
-    let o = ward(
+    let o = ward_with_stdin(
         &[
             "authz",
             "check",
@@ -292,7 +253,7 @@ fn malformed_request_and_usage_errors() {
             "--request",
             "-",
         ],
-        Some("{}"),
+        "{}".as_bytes(),
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("/nonexistent/dir"), "{}", stderr(&o));
@@ -339,7 +300,7 @@ spec:
     );
     let p = dir.path().join("p.yaml");
     let p = p.to_str().unwrap();
-    let o = ward(&["authz", "lint", p, "--workloads", &workloads], None);
+    let o = ward(&["authz", "lint", p, "--workloads", &workloads]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     for needle in [
@@ -355,7 +316,7 @@ spec:
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     assert!(out.lines().all(|l| l.contains(p)), "{out}");
-    let o = ward(&["authz", "lint", p, "--strict"], None);
+    let o = ward(&["authz", "lint", p, "--strict"]);
     assert_eq!(o.status.code(), Some(1));
     // A set that does not load: exit 1, error on stderr.
     let bad = write(
@@ -363,7 +324,7 @@ spec:
         "bad.yaml",
         "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\nspec:\n  action: DENY\n",
     );
-    let o = ward(&["authz", "lint", &bad], None);
+    let o = ward(&["authz", "lint", &bad]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("DENY policy needs at least one rule"),
@@ -373,10 +334,7 @@ spec:
     // A clean set: no output, exit 0 even with --strict.
     let clean = tempfile::tempdir().unwrap();
     write(clean.path(), "a.yaml", ALLOW_GET);
-    let o = ward(
-        &["authz", "lint", clean.path().to_str().unwrap(), "--strict"],
-        None,
-    );
+    let o = ward(&["authz", "lint", clean.path().to_str().unwrap(), "--strict"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(
         o.stdout.is_empty(),

@@ -7,14 +7,14 @@
 //! Needs root, `ip`, `iptables` and `setpriv`; skips without them (fails
 //! under WARD_TEST_STRICT=1).
 
+#[path = "support/bins.rs"]
+mod bins;
 #[path = "support/netns.rs"]
 mod netns;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
 
+use bins::assert_ok;
 use netns::{ChildGuard, Network, Pod};
 
 const PROXY_UID: u32 = 1337;
@@ -30,49 +30,9 @@ fn prerequisites() -> bool {
         && ward_testkit::require_tool("setpriv")
 }
 
-/// The `ward-proxy` binary, built once per test run.
-///
-/// These tests belong to the root package `ward`, and Cargo only builds a
-/// package's binaries for its *own* integration tests (`CARGO_BIN_EXE_*`):
-/// `cargo test --workspace` does not build `ward-proxy`'s binary. So we ask
-/// Cargo for it (a no-op when up to date, and never stale), in the profile
-/// directory this test binary runs from (`target/<profile>/deps/..`).
+/// The `ward-proxy` binary (see `support/bins.rs`: built once per run).
 fn ward_proxy() -> &'static str {
-    static BIN: OnceLock<String> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "ward-proxy",
-            "--bin",
-            "ward-proxy",
-        ]);
-        build.arg("--manifest-path");
-        build.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p ward-proxy failed");
-        let bin = profile_dir.join("ward-proxy");
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin.to_str().expect("UTF-8 path").to_owned()
-    })
-}
-
-fn assert_ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+    &bins::bins().proxy
 }
 
 /// `ward-proxy init ARGS` inside the pod.

@@ -1,39 +1,14 @@
 //! The operator CLI as a user runs it: real processes, exit codes, output.
 
-use std::io::Write;
+#[path = "support/bins.rs"]
+mod bins;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use bins::{stderr, stdout, ward, ward_with_stdin};
 use ward_identity::SpiffeId;
 use ward_identity::ca::{self, CertificateAuthority};
-
-fn ward(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ward_stdin(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 #[test]
 fn identity_parse_prints_trust_domain_and_path() {
@@ -70,14 +45,14 @@ fn identity_parse_invalid_ids_exit_1_naming_the_rule() {
 
 #[test]
 fn identity_parse_reads_stdin_exactly_as_given() {
-    let out = ward_stdin(&["identity", "parse", "-"], b"spiffe://example.org/x");
+    let out = ward_with_stdin(&["identity", "parse", "-"], b"spiffe://example.org/x");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // A trailing newline is part of the ID, and not a valid path character.
-    let out = ward_stdin(&["identity", "parse", "-"], b"spiffe://example.org/x\n");
+    let out = ward_with_stdin(&["identity", "parse", "-"], b"spiffe://example.org/x\n");
     assert_eq!(out.status.code(), Some(1));
-    let out = ward_stdin(&["identity", "parse", "-"], b"");
+    let out = ward_with_stdin(&["identity", "parse", "-"], b"");
     assert_eq!(out.status.code(), Some(1));
-    let out = ward_stdin(&["identity", "parse", "-"], b"spiffe://example.org/\xff");
+    let out = ward_with_stdin(&["identity", "parse", "-"], b"spiffe://example.org/\xff");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -211,14 +186,28 @@ fn ca_init_inspect_and_token_create() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let out = ward(&[
-        "ca",
-        "init",
-        "--data-dir",
-        data,
-        "--trust-domain",
-        "mesh.example",
-    ]);
+    let ca_init = || {
+        ward(&[
+            "ca",
+            "init",
+            "--data-dir",
+            data,
+            "--trust-domain",
+            "mesh.example",
+        ])
+    };
+    let token_create = |spiffe_id: &str, ttl: &[&str]| {
+        let args = [
+            "token",
+            "create",
+            "--data-dir",
+            data,
+            "--spiffe-id",
+            spiffe_id,
+        ];
+        ward(&[&args[..], ttl].concat())
+    };
+    let out = ca_init();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let init: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(init["trust_domain"], "mesh.example");
@@ -232,26 +221,10 @@ fn ca_init_inspect_and_token_create() {
     );
 
     // A second init must not overwrite the CA.
-    let out = ward(&[
-        "ca",
-        "init",
-        "--data-dir",
-        data,
-        "--trust-domain",
-        "mesh.example",
-    ]);
+    let out = ca_init();
     assert_ne!(out.status.code(), Some(0));
 
-    let out = ward(&[
-        "token",
-        "create",
-        "--data-dir",
-        data,
-        "--spiffe-id",
-        "spiffe://mesh.example/ns/a/sa/b",
-        "--ttl",
-        "10m",
-    ]);
+    let out = token_create("spiffe://mesh.example/ns/a/sa/b", &["--ttl", "10m"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let token = stdout(&out).trim().to_owned();
     assert!(token.len() >= 40, "{token}");
@@ -264,23 +237,9 @@ fn ca_init_inspect_and_token_create() {
             entry.display()
         );
     }
-    let out = ward(&[
-        "token",
-        "create",
-        "--data-dir",
-        data,
-        "--spiffe-id",
-        "spiffe://mesh.example/ns/a/sa/",
-    ]);
+    let out = token_create("spiffe://mesh.example/ns/a/sa/", &[]);
     assert_ne!(out.status.code(), Some(0));
-    let out = ward(&[
-        "token",
-        "create",
-        "--data-dir",
-        data,
-        "--spiffe-id",
-        "spiffe://other.example/ns/a/sa/b",
-    ]);
+    let out = token_create("spiffe://other.example/ns/a/sa/b", &[]);
     assert_ne!(out.status.code(), Some(0));
     assert!(stderr(&out).contains("trust domain"), "{}", stderr(&out));
 }

@@ -8,9 +8,17 @@ mod explicit;
 
 use std::time::Duration;
 
-use explicit::{Cluster, Workload, WorkloadSpec, metric_sum, wait_until};
+use explicit::{BackendAndCallers, Cluster, Workload, metric_sum, wait_until};
 
-const ALLOW_FRONTEND: &str = r#"apiVersion: security.ward.io/v1
+/// `backend-callers`: backend admits the callers with these service
+/// accounts (of namespace `obs`), and no one else.
+fn allow_callers(service_accounts: &[&str]) -> String {
+    let principals: Vec<String> = service_accounts
+        .iter()
+        .map(|sa| format!("\"cluster.local/ns/obs/sa/{sa}\""))
+        .collect();
+    format!(
+        r#"apiVersion: security.ward.io/v1
 kind: AuthorizationPolicy
 metadata:
   name: backend-callers
@@ -23,24 +31,11 @@ spec:
   rules:
     - from:
         - source:
-            principals: ["cluster.local/ns/obs/sa/frontend"]
-"#;
-
-const ALLOW_BOTH: &str = r#"apiVersion: security.ward.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: backend-callers
-  namespace: obs
-spec:
-  selector:
-    matchLabels:
-      app: backend
-  action: ALLOW
-  rules:
-    - from:
-        - source:
-            principals: ["cluster.local/ns/obs/sa/frontend", "cluster.local/ns/obs/sa/intruder"]
-"#;
+            principals: [{}]
+"#,
+        principals.join(", ")
+    )
+}
 
 fn connected(w: &Workload) -> f64 {
     metric_sum(&w.metrics(), "ward_control_plane_connected", &[])
@@ -51,22 +46,12 @@ fn sidecars_keep_enforcing_through_an_outage_and_resync_after() {
     if !ward_testkit::require_tool("curl") {
         return;
     }
-    let mut cluster = Cluster::start(&[("callers.yaml", ALLOW_FRONTEND)]);
-    let backend = cluster.workload(WorkloadSpec {
-        name: "backend",
-        app: Some(&["http", "--name", "backend"]),
-        ..Default::default()
-    });
-    let frontend = cluster.workload(WorkloadSpec {
-        name: "frontend",
-        calls: Some(&backend),
-        ..Default::default()
-    });
-    let intruder = cluster.workload(WorkloadSpec {
-        name: "intruder",
-        calls: Some(&backend),
-        ..Default::default()
-    });
+    let mut cluster = Cluster::start(&[("callers.yaml", &allow_callers(&["frontend"]))]);
+    let BackendAndCallers {
+        frontend,
+        intruder,
+        backend,
+    } = cluster.backend_and_callers();
     assert_eq!(frontend.curl("/echo"), 200);
     assert_eq!(intruder.curl("/echo"), 403);
     let version = metric_sum(&backend.metrics(), "ward_policy_version", &[]);
@@ -88,7 +73,7 @@ fn sidecars_keep_enforcing_through_an_outage_and_resync_after() {
     );
 
     // A change made while the control plane is down arrives on reconnect.
-    cluster.write_policy("callers.yaml", ALLOW_BOTH);
+    cluster.write_policy("callers.yaml", &allow_callers(&["frontend", "intruder"]));
     cluster.start_control_plane();
     wait_until(Duration::from_secs(20), "backend reconnects", || {
         connected(&backend) == 1.0

@@ -16,6 +16,7 @@ mod mesh;
 #[path = "support/netns.rs"]
 mod netns;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mesh::{Mesh, MeshPod, PodOptions, assert_ok, peak_rss_kib, spiffe_id};
@@ -136,16 +137,8 @@ fn grpc_through_sidecars(name: &str, opts: PodOptions, custom_trailers: bool) {
     }
     let app = &["ward-testapp", "grpc", "--listen", "0.0.0.0:9090"];
     let (_mesh, _b, a) = client_server(name, app, opts);
-    let testapp = &mesh::bins().testapp;
     let target = format!("{B}:9090");
-    let out = a.exec(&[
-        testapp,
-        "grpc-client",
-        "--connect",
-        &target,
-        "--messages",
-        "50",
-    ]);
+    let out = a.testapp(&["grpc-client", "--connect", &target, "--messages", "50"]);
     let result = json(&assert_ok(out, "grpc-client"));
     assert_eq!(result["received"], 50, "{result}");
     assert_eq!(result["mismatched"], 0, "{result}");
@@ -155,8 +148,7 @@ fn grpc_through_sidecars(name: &str, opts: PodOptions, custom_trailers: bool) {
     }
 
     // An error status travels in trailers after a 200 too.
-    let out = a.exec(&[
-        testapp,
+    let out = a.testapp(&[
         "grpc-client",
         "--connect",
         &target,
@@ -180,8 +172,7 @@ fn websocket_echoes() {
     }
     let (_mesh, _b, a) = client_server("ward-dp-ws", HTTP_APP, PodOptions::default());
     let target = format!("{B}:8080");
-    let out = a.exec(&[
-        &mesh::bins().testapp,
+    let out = a.testapp(&[
         "ws-client",
         "--connect",
         &target,
@@ -203,8 +194,7 @@ fn one_gib_streams_through_in_bounded_memory() {
     let target = format!("{B}:8080");
     let bytes: u64 = 1 << 30;
     let started = Instant::now();
-    let out = a.exec(&[
-        &mesh::bins().testapp,
+    let out = a.testapp(&[
         "upload",
         "--connect",
         &target,
@@ -240,23 +230,15 @@ fn tcp_echo_with_half_close() {
     let app = &["ward-testapp", "tcp-echo", "--listen", "0.0.0.0:7000"];
     let (_mesh, _b, a) = client_server("ward-dp-tcp", app, PodOptions::default());
     let target = format!("{B}:7000");
-    let testapp = &mesh::bins().testapp;
     let text = "no HTTP here, just bytes";
-    let out = a.exec(&[testapp, "tcp-client", "--connect", &target, "--send", text]);
+    let out = a.testapp(&["tcp-client", "--connect", &target, "--send", text]);
     // The server's `bye` comes only after it saw our half-close, and we read
     // it after having half-closed: both directions closed independently.
     assert_eq!(
         assert_ok(out, "tcp-client"),
         format!("{text}bye {}\n", text.len())
     );
-    let out = a.exec(&[
-        testapp,
-        "tcp-client",
-        "--connect",
-        &target,
-        "--bytes",
-        "3000000",
-    ]);
+    let out = a.testapp(&["tcp-client", "--connect", &target, "--bytes", "3000000"]);
     let stdout = assert_ok(out, "tcp-client --bytes");
     assert!(
         stdout.contains("echoed 3000000 of 3000000 bytes, pattern ok"),
@@ -274,8 +256,7 @@ fn server_first_protocol_on_an_opaque_port() {
     let (_mesh, b, a) = client_server("ward-dp-opaque", app, opts);
     let target = format!("{B}:2525");
     let started = Instant::now();
-    let out = a.exec(&[
-        &mesh::bins().testapp,
+    let out = a.testapp(&[
         "banner-client",
         "--connect",
         &target,
@@ -538,7 +519,7 @@ fn plaintext_is_refused_in_strict_and_served_in_permissive() {
 
 /// `openssl s_client` from `pod` to `target` with a client certificate,
 /// sending one HTTP/1.1 request; returns (exit success, stdout + stderr).
-fn s_client(pod: &Pod, target: &str, cert: &str, key: &str, ca: &str) -> (bool, String) {
+fn s_client(pod: &Pod, target: &str, cert: &Path, key: &Path, ca: &str) -> (bool, String) {
     use std::io::Write;
     let mut cmd = pod.command(&[
         "openssl",
@@ -546,9 +527,9 @@ fn s_client(pod: &Pod, target: &str, cert: &str, key: &str, ca: &str) -> (bool, 
         "-connect",
         target,
         "-cert",
-        cert,
+        cert.to_str().unwrap(),
         "-key",
-        key,
+        key.to_str().unwrap(),
         "-CAfile",
         ca,
         "-verify_return_error",
@@ -591,28 +572,14 @@ fn foreign_and_forged_certificates_fail_the_handshake() {
     // Positive control: a certificate from the mesh CA completes the
     // handshake and the request reaches the app with that identity.
     let (cert, key) = mesh.issue(&client_id, "mesh-client");
-    let (ok, out) = s_client(
-        &outsider,
-        &target,
-        cert.to_str().unwrap(),
-        key.to_str().unwrap(),
-        bundle,
-    );
+    let (ok, out) = s_client(&outsider, &target, &cert, &key, bundle);
     assert!(ok, "mesh certificate: s_client failed:\n{out}");
     assert!(out.contains("HTTP/1.1 200"), "{out}");
     assert!(out.contains(&format!("URI={client_id}")), "{out}");
 
     // A valid certificate from another trust domain's CA.
     let other = mesh.dir().join("other");
-    assert_ok(
-        std::process::Command::new(&mesh::bins().ward)
-            .args(["ca", "init", "--data-dir"])
-            .arg(&other)
-            .args(["--trust-domain", "other.example"])
-            .output()
-            .unwrap(),
-        "ward ca init (other.example)",
-    );
+    mesh::ca_init(&other, "other.example");
     let (other_cert, other_key) = mesh::issue(
         &other,
         mesh.dir(),
@@ -647,13 +614,7 @@ fn foreign_and_forged_certificates_fail_the_handshake() {
         ("other trust domain", &other_cert, &other_key),
         ("self-signed", &forged_cert, &forged_key),
     ] {
-        let (ok, out) = s_client(
-            &outsider,
-            &target,
-            cert.to_str().unwrap(),
-            key.to_str().unwrap(),
-            bundle,
-        );
+        let (ok, out) = s_client(&outsider, &target, cert, key, bundle);
         assert!(!ok, "{what}: s_client succeeded:\n{out}");
         assert!(!out.contains("HTTP/1.1"), "{what}: got an answer:\n{out}");
         // TLS 1.3: the client has sent its Finished when the server checks

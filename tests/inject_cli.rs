@@ -1,27 +1,15 @@
 //! `ward inject` as a user runs it, on the sample app and on every workload kind.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+#[path = "support/bins.rs"]
+mod bins;
+
+use std::process::Output;
 
 use serde::Deserialize;
 use serde_json::Value;
 
 fn ward_inject(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .arg("inject")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    bins::ward_with_stdin(&[&["inject"], args].concat(), stdin.as_bytes())
 }
 
 fn docs(out: &Output) -> Vec<Value> {
@@ -174,13 +162,10 @@ fn invalid_annotation_fails_with_the_object_named() {
 
 #[test]
 fn reads_a_file() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(["inject", "-f"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/examples/shop/app.yaml"
-        ))
-        .output()
-        .unwrap();
+    let out = bins::ward(&[
+        "inject",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/shop/app.yaml"),
+    ]);
     assert_eq!(docs(&out).len(), 6);
 }

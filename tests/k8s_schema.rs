@@ -5,13 +5,33 @@
 //! errors); and the sample/invalid policies against the CRDs' own
 //! openAPIV3Schema with Python jsonschema (CEL rules are not evaluated).
 
+#[path = "support/bins.rs"]
+mod bins;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 const K8S_VERSION: &str = "1.32.0";
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// The stdout of `output`; panics with its stderr unless it succeeded.
+fn succeeded(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `ward inject -f deploy/examples/shop/app.yaml` plus `flags`: its stdout.
+fn inject_sample_app(flags: &[&str]) -> String {
+    let app = deploy().join("examples/shop/app.yaml");
+    let args = [&["inject"], flags, &["-f", app.to_str().unwrap()]].concat();
+    succeeded(bins::ward(&args))
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -75,12 +95,7 @@ fn kustomize_renders_validate() {
             .arg(deploy().join(path))
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let rendered = String::from_utf8(output.stdout).unwrap();
+        let rendered = succeeded(output);
         for kind in [
             "kind: CustomResourceDefinition",
             "kind: Deployment",
@@ -99,30 +114,14 @@ fn kustomize_renders_validate() {
 #[test]
 fn injected_sample_app_validates() {
     ward_testkit::require_tool!("kubernetes-validate");
-    let output = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(["inject", "-f"])
-        .arg(deploy().join("examples/shop/app.yaml"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
+    let text = inject_sample_app(&[]);
     assert!(text.contains("ward-proxy"));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shop-injected.yaml");
     std::fs::write(&file, &text).unwrap();
     validate(std::slice::from_ref(&file));
     // The classic (non-native) layout too.
-    let output = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(["inject", "--native-sidecar", "false", "-f"])
-        .arg(deploy().join("examples/shop/app.yaml"))
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    std::fs::write(&file, output.stdout).unwrap();
+    std::fs::write(&file, inject_sample_app(&["--native-sidecar", "false"])).unwrap();
     validate(&[file]);
 }
 
@@ -174,16 +173,7 @@ fn check_policies(file: &str) -> Vec<String> {
         .arg(deploy().join("base/crds/peerauthentications.yaml"))
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    succeeded(output).lines().map(str::to_owned).collect()
 }
 
 #[test]

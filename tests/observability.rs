@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use explicit::{
-    Cluster, NAMESPACE, Sample, Workload, WorkloadSpec, assert_ok, metric_sum, parse_samples,
+    BackendAndCallers, Cluster, NAMESPACE, Sample, Workload, assert_ok, metric_sum, parse_samples,
     wait_until,
 };
 
@@ -95,21 +95,11 @@ struct Mesh {
 impl Mesh {
     fn start() -> Mesh {
         let cluster = Cluster::start(POLICIES);
-        let backend = cluster.workload(WorkloadSpec {
-            name: "backend",
-            app: Some(&["http", "--name", "backend"]),
-            ..Default::default()
-        });
-        let frontend = cluster.workload(WorkloadSpec {
-            name: "frontend",
-            calls: Some(&backend),
-            ..Default::default()
-        });
-        let intruder = cluster.workload(WorkloadSpec {
-            name: "intruder",
-            calls: Some(&backend),
-            ..Default::default()
-        });
+        let BackendAndCallers {
+            frontend,
+            intruder,
+            backend,
+        } = cluster.backend_and_callers();
         Mesh {
             frontend,
             intruder,
@@ -342,16 +332,8 @@ fn tcp_bytes_are_counted_when_the_connection_closes() {
         return;
     }
     let cluster = Cluster::start(&[]);
-    let echo = cluster.workload(WorkloadSpec {
-        name: "echo",
-        app: Some(&["tcp-echo"]),
-        ..Default::default()
-    });
-    let client = cluster.workload(WorkloadSpec {
-        name: "client",
-        calls: Some(&echo),
-        ..Default::default()
-    });
+    let echo = cluster.serving("echo", &["tcp-echo"]);
+    let client = cluster.calling("client", &echo);
     // Not HTTP, so carried as opaque TCP.
     let payload = "0123456789 opaque payload for the byte counters ~~~ 0123456789";
     let out = Command::new(&explicit::bins().testapp)
@@ -1118,11 +1100,7 @@ fn certificate_metrics_track_the_svid() {
         return;
     }
     let cluster = Cluster::start(&[]);
-    let workload = cluster.workload(WorkloadSpec {
-        name: "svid",
-        app: Some(&["http"]),
-        ..Default::default()
-    });
+    let workload = cluster.serving("svid", &["http"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -103,8 +103,7 @@ fn decisions(metrics: &str, action: &str, policy_name: &str) -> f64 {
 /// (exit success, stdout).
 fn tcp_exchange(pod: &MeshPod, port: u16, text: &str) -> (bool, String) {
     let target = format!("{B}:{port}");
-    let out = pod.exec(&[
-        &mesh::bins().testapp,
+    let out = pod.testapp(&[
         "tcp-client",
         "--connect",
         &target,

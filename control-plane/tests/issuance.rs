@@ -1,7 +1,6 @@
 //! Certificate issuance over the real HTTPS API: a control plane on
 //! loopback, workloads enrolling with join tokens and service-account JWTs.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod support;
@@ -9,19 +8,16 @@ mod support;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::StatusCode;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-use support::control_plane::{admin_get, metric_value};
-use ward_control_plane::api::{SvidRequest, SvidResponse};
-use ward_control_plane::attest::{Credential, JoinTokenStore, K8sTokenConfig};
+use support::control_plane::{
+    api_client, attestation_failures, certificates_issued, certified_id, join_token,
+    keyed_svid_request, loopback_config, metrics, refusal, svid_cell, svid_request,
+};
+use ward_control_plane::api::SvidRequest;
+use ward_control_plane::attest::{Credential, K8sTokenConfig};
 use ward_control_plane::client::{ClientError, ControlPlaneClient};
-use ward_control_plane::data_dir::DataDir;
-use ward_control_plane::server::{Config, ControlPlane};
+use ward_control_plane::server::ControlPlane;
 use ward_identity::SpiffeId;
-use ward_identity::bundle::TrustBundles;
 use ward_identity::ca;
-use ward_identity::svid::{self, Role};
-use ward_identity::tls::SvidCell;
 
 const TD: &str = "cluster.local";
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -40,9 +36,7 @@ impl Harness {
 
     async fn start_in(data: tempfile::TempDir) -> Harness {
         let signing_key = ca::generate_key();
-        let mut config = Config::new(TD, data.path());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        let mut config = loopback_config(TD, data.path());
         config.k8s = Some(
             K8sTokenConfig::from_jwks_json(ISSUER, TD, &jwks_for(&signing_key, "key-1")).unwrap(),
         );
@@ -55,24 +49,15 @@ impl Harness {
     }
 
     fn client(&self) -> ControlPlaneClient {
-        ControlPlaneClient::from_bundle_pem(
-            self.cp.api_addr().to_string(),
-            TD,
-            self.cp.bundle_pem(),
-        )
-        .unwrap()
+        api_client(&self.cp, TD)
     }
 
     fn token(&self, id: &SpiffeId, ttl: Duration) -> String {
-        let dir = DataDir::open(self.data.path()).unwrap();
-        JoinTokenStore::open(&dir.join_tokens_dir())
-            .unwrap()
-            .create(id, ttl)
-            .unwrap()
+        join_token(self.data.path(), id, ttl)
     }
 
     async fn metrics(&self) -> String {
-        admin_get(self.cp.admin_addr().unwrap(), "/metrics").await.1
+        metrics(&self.cp).await
     }
 }
 
@@ -80,47 +65,16 @@ fn id(sa: &str) -> SpiffeId {
     SpiffeId::for_service_account(TD, "default", sa).unwrap()
 }
 
-fn csr_for(id: &SpiffeId) -> (rcgen::KeyPair, String) {
-    let key = ca::generate_key();
-    let csr = ca::build_csr(&key, id).unwrap();
-    (key, csr)
-}
-
+/// A request for `id` with `credential` and no pod claim.
 fn request(id: &SpiffeId, credential: Option<Credential>) -> SvidRequest {
-    SvidRequest {
-        spiffe_id: id.to_string(),
-        csr: csr_for(id).1,
-        credential,
-        pod: None,
-    }
+    svid_request(id, credential, None)
 }
 
-fn verify(answer: &SvidResponse) -> SpiffeId {
-    let mut bundles = TrustBundles::new();
-    bundles
-        .add_pem(&answer.trust_domain, &answer.bundle_pem)
-        .unwrap();
-    let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(answer.chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let now = rustls_pki_types::UnixTime::now();
-    svid::verify_chain(&chain, &bundles, Role::Any, now)
-        .unwrap()
-        .spiffe_id
-}
-
+/// (status, error code) of a refused request, which must say why.
 fn refusal_code(err: ClientError) -> (StatusCode, String) {
-    match err {
-        ClientError::Refused {
-            status,
-            code,
-            message,
-        } => {
-            assert!(!message.is_empty());
-            (status, code)
-        }
-        other => panic!("expected a refusal, got {other}"),
-    }
+    let (status, code, message) = refusal(err);
+    assert!(!message.is_empty());
+    (status, code)
 }
 
 #[tokio::test]
@@ -136,7 +90,7 @@ async fn join_token_enrols_once_and_is_refused_on_replay() {
         )
         .await
         .unwrap();
-    assert_eq!(verify(&answer), web);
+    assert_eq!(certified_id(&answer), web);
     assert_eq!(answer.spiffe_id, web.as_str());
     assert!(answer.not_after.ends_with('Z'));
 
@@ -151,15 +105,9 @@ async fn join_token_enrols_once_and_is_refused_on_replay() {
     );
 
     let metrics = h.metrics().await;
+    assert_eq!(certificates_issued(&metrics), 1.0);
     assert_eq!(
-        metric_value(&metrics, "ward_ca_certificates_issued_total"),
-        1.0
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"ward_ca_attestation_failures_total{method="join_token",reason="token_reused"}"#
-        ),
+        attestation_failures(&metrics, "join_token", "token_reused"),
         1.0,
         "{metrics}"
     );
@@ -185,7 +133,7 @@ async fn join_token_refusals_are_specific_and_issue_nothing() {
 
     // A CSR whose SAN differs from the requested ID never burns the token.
     let mut mismatched = request(&web, Some(Credential::JoinToken(token.clone())));
-    mismatched.csr = csr_for(&id("other")).1;
+    mismatched.csr = request(&id("other"), None).csr;
     let err = client.request_svid(&mismatched, None).await.unwrap_err();
     assert_eq!(
         refusal_code(err),
@@ -233,16 +181,13 @@ async fn join_token_refusals_are_specific_and_issue_nothing() {
     );
 
     let metrics = h.metrics().await;
-    assert_eq!(
-        metric_value(&metrics, "ward_ca_certificates_issued_total"),
-        1.0,
-        "{metrics}"
-    );
+    assert_eq!(certificates_issued(&metrics), 1.0, "{metrics}");
     for reason in ["id_mismatch", "token_unknown", "token_expired"] {
-        let series = format!(
-            r#"ward_ca_attestation_failures_total{{method="join_token",reason="{reason}"}}"#
+        assert_eq!(
+            attestation_failures(&metrics, "join_token", reason),
+            1.0,
+            "{reason}\n{metrics}"
         );
-        assert_eq!(metric_value(&metrics, &series), 1.0, "{series}\n{metrics}");
     }
     h.cp.shutdown().await;
 }
@@ -306,8 +251,10 @@ async fn service_account_token_enrols_and_bad_tokens_are_refused() {
     let h = Harness::start().await;
     let client = h.client();
     let api = SpiffeId::for_service_account(TD, "prod", "api").unwrap();
+    // prod/api's token as the cluster signs it, valid until `exp`.
+    let signed = |exp: u64| sa_token(&h.signing_key, "key-1", ISSUER, "ward", exp, "prod", "api");
     let exp = now_secs() + 600;
-    let good = sa_token(&h.signing_key, "key-1", ISSUER, "ward", exp, "prod", "api");
+    let good = signed(exp);
     let answer = client
         .request_svid(
             &request(&api, Some(Credential::ServiceAccountToken(good.clone()))),
@@ -315,7 +262,7 @@ async fn service_account_token_enrols_and_bad_tokens_are_refused() {
         )
         .await
         .unwrap();
-    assert_eq!(verify(&answer), api);
+    assert_eq!(certified_id(&answer), api);
 
     // The token names prod/api: asking for another identity is refused.
     let err = client
@@ -329,56 +276,29 @@ async fn service_account_token_enrols_and_bad_tokens_are_refused() {
 
     // A token is bound to its pod: claiming another pod is refused, the
     // right pod is accepted.
-    let mut wrong_pod = request(
+    let wrong_pod = svid_request(
         &api,
-        Some(Credential::ServiceAccountToken(sa_token(
-            &h.signing_key,
-            "key-1",
-            ISSUER,
-            "ward",
-            exp,
-            "prod",
-            "api",
-        ))),
+        Some(Credential::ServiceAccountToken(signed(exp))),
+        Some("someone-else-5f6d7-abcde"),
     );
-    wrong_pod.pod = Some("someone-else-5f6d7-abcde".into());
     let err = client.request_svid(&wrong_pod, None).await.unwrap_err();
     assert_eq!(
         refusal_code(err),
         (StatusCode::FORBIDDEN, "attestation_failed".into())
     );
-    let mut right_pod = request(
+    let right_pod = svid_request(
         &api,
-        Some(Credential::ServiceAccountToken(sa_token(
-            &h.signing_key,
-            "key-1",
-            ISSUER,
-            "ward",
-            exp,
-            "prod",
-            "api",
-        ))),
+        Some(Credential::ServiceAccountToken(signed(exp))),
+        Some("api-7d9c8b-x2x4z"),
     );
-    right_pod.pod = Some("api-7d9c8b-x2x4z".into());
     assert_eq!(
-        verify(&client.request_svid(&right_pod, None).await.unwrap()),
+        certified_id(&client.request_svid(&right_pod, None).await.unwrap()),
         api
     );
 
     let other_key = ca::generate_key();
     let bad = [
-        (
-            "expired",
-            sa_token(
-                &h.signing_key,
-                "key-1",
-                ISSUER,
-                "ward",
-                now_secs() - 120,
-                "prod",
-                "api",
-            ),
-        ),
+        ("expired", signed(now_secs() - 120)),
         (
             "wrong audience",
             sa_token(
@@ -428,16 +348,9 @@ async fn service_account_token_enrols_and_bad_tokens_are_refused() {
     }
     let metrics = h.metrics().await;
     // The first token and the right-pod request.
+    assert_eq!(certificates_issued(&metrics), 2.0, "{metrics}");
     assert_eq!(
-        metric_value(&metrics, "ward_ca_certificates_issued_total"),
-        2.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"ward_ca_attestation_failures_total{method="k8s_sa_token",reason="pod_mismatch"}"#
-        ),
+        attestation_failures(&metrics, "k8s_sa_token", "pod_mismatch"),
         1.0,
         "{metrics}"
     );
@@ -450,34 +363,16 @@ async fn renewal_over_mtls_needs_the_same_identity() {
     let client = h.client();
     let web = id("web");
     let token = h.token(&web, Duration::from_secs(60));
-    let (key, csr) = csr_for(&web);
-    let first = client
-        .request_svid(
-            &SvidRequest {
-                spiffe_id: web.to_string(),
-                csr,
-                credential: Some(Credential::JoinToken(token)),
-                pod: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    let cell = Arc::new(SvidCell::new());
-    let mut bundles = TrustBundles::new();
-    bundles.add_pem(TD, &first.bundle_pem).unwrap();
-    let chain = CertificateDer::pem_slice_iter(first.chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    cell.install(chain, key, &bundles).unwrap();
+    let (key, enrolment) = keyed_svid_request(&web, Some(Credential::JoinToken(token)), None);
+    let first = client.request_svid(&enrolment, None).await.unwrap();
+    let cell = svid_cell(&first, &key, TD);
 
     // With its current SVID as client certificate: renewed without a credential.
     let renewed = client
         .request_svid(&request(&web, None), Some(&cell))
         .await
         .unwrap();
-    assert_eq!(verify(&renewed), web);
+    assert_eq!(certified_id(&renewed), web);
     // The same certificate cannot get another identity.
     let err = client
         .request_svid(&request(&id("admin"), None), Some(&cell))

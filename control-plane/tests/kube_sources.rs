@@ -13,24 +13,22 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use support::apiserver::{
     ApiServer, Recorded, Reply, list, not_found, status_failure, watch_event,
 };
-use support::control_plane::{admin_get, cluster_role_allows, metric_value, refusal};
+use support::control_plane::{
+    admin_get, api_client, attestation_failures, cluster_role_allows, join_token,
+    keyed_svid_request, loopback_config, metric_value, refusal, svid_cell, svid_request,
+};
 use tokio::sync::mpsc;
-use ward_control_plane::api::SvidRequest;
-use ward_control_plane::attest::{Credential, JoinTokenStore};
-use ward_control_plane::client::{ControlPlaneClient, control_plane_id};
-use ward_control_plane::data_dir::DataDir;
+use ward_control_plane::attest::Credential;
+use ward_control_plane::client::control_plane_id;
 use ward_control_plane::k8s::ApiClient;
-use ward_control_plane::server::{Config, ControlPlane};
+use ward_control_plane::server::ControlPlane;
 use ward_control_plane::watch::WatchUpdate;
 use ward_identity::SpiffeId;
 use ward_identity::bundle::TrustBundles;
-use ward_identity::ca;
 use ward_identity::tls::{self, SvidCell};
 
 const TD: &str = "cluster.local";
@@ -280,9 +278,7 @@ impl Harness {
         let shared = cluster.clone();
         let api = ApiServer::start(move |req| shared.lock().unwrap().answer(req)).await;
         let data = tempfile::tempdir().unwrap();
-        let mut config = Config::new(TD, data.path());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        let mut config = loopback_config(TD, data.path());
         config.kube = Some(ApiClient(api.client()));
         config.kubernetes_sources = true;
         config.token_review = token_review;
@@ -349,35 +345,13 @@ impl Harness {
 /// An SVID for `shop/<sa>` through a join token.
 async fn enrol(cp: &ControlPlane, data: &std::path::Path, sa: &str) -> Arc<SvidCell> {
     let id = SpiffeId::for_service_account(TD, "shop", sa).unwrap();
-    let dir = DataDir::open(data).unwrap();
-    let token = JoinTokenStore::open(&dir.join_tokens_dir())
-        .unwrap()
-        .create(&id, Duration::from_secs(60))
+    let token = join_token(data, &id, Duration::from_secs(60));
+    let (key, request) = keyed_svid_request(&id, Some(Credential::JoinToken(token)), None);
+    let answer = api_client(cp, TD)
+        .request_svid(&request, None)
+        .await
         .unwrap();
-    let key = ca::generate_key();
-    let request = SvidRequest {
-        spiffe_id: id.to_string(),
-        csr: ca::build_csr(&key, &id).unwrap(),
-        credential: Some(Credential::JoinToken(token)),
-        pod: None,
-    };
-    let client =
-        ControlPlaneClient::from_bundle_pem(cp.api_addr().to_string(), TD, cp.bundle_pem())
-            .unwrap();
-    let answer = client.request_svid(&request, None).await.unwrap();
-    let mut bundles = TrustBundles::new();
-    bundles.add_pem(TD, &answer.bundle_pem).unwrap();
-    let chain = CertificateDer::pem_slice_iter(answer.chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let cell = Arc::new(SvidCell::new());
-    cell.install(
-        chain,
-        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        &bundles,
-    )
-    .unwrap();
-    cell
+    svid_cell(&answer, &key, TD)
 }
 
 /// Opens `POST /v1/watch` over mTLS as a proxy does; each update arrives
@@ -712,18 +686,11 @@ async fn a_service_account_token_must_name_a_meshed_pod_the_cluster_has() {
     cluster.objects.entry("peerauthentications").or_default();
     let h = Harness::start_with(cluster, true).await;
     h.wait_ready().await;
-    let client =
-        ControlPlaneClient::from_bundle_pem(h.cp.api_addr().to_string(), TD, h.cp.bundle_pem())
-            .unwrap();
+    let client = api_client(&h.cp, TD);
     let ask = |sa: &str, token: &str, pod: &str| {
         let id = SpiffeId::for_service_account(TD, "shop", sa).unwrap();
-        let key = ca::generate_key();
-        SvidRequest {
-            spiffe_id: id.to_string(),
-            csr: ca::build_csr(&key, &id).unwrap(),
-            credential: Some(Credential::ServiceAccountToken(token.to_owned())),
-            pod: Some(pod.to_owned()),
-        }
+        let credential = Credential::ServiceAccountToken(token.to_owned());
+        svid_request(&id, Some(credential), Some(pod))
     };
 
     // The pod the token is bound to is there, same UID, same account.
@@ -767,17 +734,11 @@ async fn a_service_account_token_must_name_a_meshed_pod_the_cluster_has() {
 
     let metrics = h.admin("/metrics").await.1;
     assert_eq!(
-        metric_value(
-            &metrics,
-            "ward_ca_attestation_failures_total{method=\"k8s_sa_token\",reason=\"pod_unknown\"}"
-        ),
+        attestation_failures(&metrics, "k8s_sa_token", "pod_unknown"),
         2.0
     );
     assert_eq!(
-        metric_value(
-            &metrics,
-            "ward_ca_attestation_failures_total{method=\"k8s_sa_token\",reason=\"pod_service_account_mismatch\"}"
-        ),
+        attestation_failures(&metrics, "k8s_sa_token", "pod_service_account_mismatch"),
         1.0
     );
     assert_calls_allowed_by_rbac(&h.api.requests());

@@ -10,23 +10,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{Method, StatusCode};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, Recorded, Reply, not_found, status_failure};
-use support::control_plane::{admin_get, cluster_role_allows, metric_value, refusal};
+use support::control_plane::{
+    api_client, attestation_failures, certificates_issued, certified_id, cluster_role_allows,
+    loopback_config, metrics, refusal, svid_request,
+};
 use tokio::sync::mpsc;
-use ward_control_plane::api::{SvidRequest, SvidResponse};
+use ward_control_plane::api::SvidRequest;
 use ward_control_plane::attest::{
     AttestError, Attestor, Credential, K8sTokenConfig, ServiceAccountIdentity, TokenReviewer,
 };
 use ward_control_plane::client::ControlPlaneClient;
 use ward_control_plane::k8s::ApiClient;
-use ward_control_plane::server::{Config, ControlPlane};
+use ward_control_plane::server::ControlPlane;
 use ward_identity::SpiffeId;
-use ward_identity::bundle::TrustBundles;
-use ward_identity::ca;
-use ward_identity::svid::{self, Role};
 
 const TD: &str = "cluster.local";
 const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
@@ -148,6 +146,15 @@ async fn attest(
         .await
 }
 
+/// How an Attestor asking the fake cluster refuses `token` for `requested`
+/// (claiming `pod`).
+async fn refused(token: &str, requested: &SpiffeId, pod: Option<&str>) -> AttestError {
+    let server = ApiServer::start(cluster).await;
+    attest(&attestor(&server), token, requested, pod)
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn accepted_token_proves_its_service_account_and_pod() {
     let server = ApiServer::start(cluster).await;
@@ -220,15 +227,7 @@ async fn expired_invalidated_and_garbage_tokens_are_refused() {
 
 #[tokio::test]
 async fn token_for_another_audience_is_refused() {
-    let server = ApiServer::start(cluster).await;
-    let err = attest(
-        &attestor(&server),
-        API_AUDIENCE_TOKEN,
-        &id("shop", "web"),
-        None,
-    )
-    .await
-    .unwrap_err();
+    let err = refused(API_AUDIENCE_TOKEN, &id("shop", "web"), None).await;
     assert!(
         matches!(&err, AttestError::TokenReviewAudience { audience, detail }
             if audience == "ward" && detail.contains("is invalid for the target audiences")),
@@ -242,15 +241,7 @@ async fn token_for_another_audience_is_refused() {
 async fn an_answer_without_audiences_is_not_trusted() {
     // Per the TokenReview API, no `status.audiences` means the token is only
     // known to be valid for the API server itself, not for Ward.
-    let server = ApiServer::start(cluster).await;
-    let err = attest(
-        &attestor(&server),
-        UNAWARE_TOKEN,
-        &id("shop", "web"),
-        Some(WEB_POD),
-    )
-    .await
-    .unwrap_err();
+    let err = refused(UNAWARE_TOKEN, &id("shop", "web"), Some(WEB_POD)).await;
     assert!(
         matches!(err, AttestError::TokenReviewAudience { .. }),
         "{err:?}"
@@ -259,15 +250,7 @@ async fn an_answer_without_audiences_is_not_trusted() {
 
 #[tokio::test]
 async fn a_user_that_is_not_a_service_account_is_refused() {
-    let server = ApiServer::start(cluster).await;
-    let err = attest(
-        &attestor(&server),
-        OIDC_USER_TOKEN,
-        &id("shop", "web"),
-        None,
-    )
-    .await
-    .unwrap_err();
+    let err = refused(OIDC_USER_TOKEN, &id("shop", "web"), None).await;
     match &err {
         AttestError::NotAServiceAccount(who) => assert_eq!(who, "oidc:alice@example.com"),
         other => panic!("expected NotAServiceAccount, got {other:?}"),
@@ -277,15 +260,7 @@ async fn a_user_that_is_not_a_service_account_is_refused() {
 
 #[tokio::test]
 async fn token_bound_to_another_pod_is_refused() {
-    let server = ApiServer::start(cluster).await;
-    let err = attest(
-        &attestor(&server),
-        WEB_TOKEN,
-        &id("shop", "web"),
-        Some("web-7d4b9-evil1"),
-    )
-    .await
-    .unwrap_err();
+    let err = refused(WEB_TOKEN, &id("shop", "web"), Some("web-7d4b9-evil1")).await;
     match &err {
         AttestError::PodMismatch { claimed, bound } => {
             assert_eq!(claimed, "web-7d4b9-evil1");
@@ -298,11 +273,8 @@ async fn token_bound_to_another_pod_is_refused() {
 
 #[tokio::test]
 async fn token_of_another_service_account_is_refused() {
-    let server = ApiServer::start(cluster).await;
     let admin = id("shop", "admin");
-    let err = attest(&attestor(&server), WEB_TOKEN, &admin, Some(WEB_POD))
-        .await
-        .unwrap_err();
+    let err = refused(WEB_TOKEN, &admin, Some(WEB_POD)).await;
     match &err {
         AttestError::JwtIdMismatch { derived, requested } => {
             assert_eq!(*derived, id("shop", "web"));
@@ -434,9 +406,7 @@ struct Harness {
 impl Harness {
     async fn start(server: &ApiServer) -> Harness {
         let data = tempfile::tempdir().unwrap();
-        let mut config = Config::new(TD, data.path());
-        config.listen = "127.0.0.1:0".parse().unwrap();
-        config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        let mut config = loopback_config(TD, data.path());
         config.kube = Some(ApiClient(server.client()));
         config.token_review = true;
         let cp = ControlPlane::start(config).await.unwrap();
@@ -444,47 +414,19 @@ impl Harness {
     }
 
     fn client(&self) -> ControlPlaneClient {
-        ControlPlaneClient::from_bundle_pem(
-            self.cp.api_addr().to_string(),
-            TD,
-            self.cp.bundle_pem(),
-        )
-        .unwrap()
+        api_client(&self.cp, TD)
     }
 
     async fn metrics(&self) -> String {
-        admin_get(self.cp.admin_addr().unwrap(), "/metrics").await.1
+        metrics(&self.cp).await
     }
 }
 
 /// A request as the sidecar sends it: a fresh key's CSR for `id`, the
 /// projected token, and the pod from `WARD_POD_NAME`.
-fn svid_request(id: &SpiffeId, token: &str, pod: &str) -> SvidRequest {
-    let key = ca::generate_key();
-    SvidRequest {
-        spiffe_id: id.to_string(),
-        csr: ca::build_csr(&key, id).unwrap(),
-        credential: Some(Credential::ServiceAccountToken(token.into())),
-        pod: Some(pod.into()),
-    }
-}
-
-fn certified_id(answer: &SvidResponse) -> SpiffeId {
-    let mut bundles = TrustBundles::new();
-    bundles
-        .add_pem(&answer.trust_domain, &answer.bundle_pem)
-        .unwrap();
-    let chain: Vec<CertificateDer> = CertificateDer::pem_slice_iter(answer.chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    svid::verify_chain(
-        &chain,
-        &bundles,
-        Role::Any,
-        rustls_pki_types::UnixTime::now(),
-    )
-    .unwrap()
-    .spiffe_id
+fn token_request(id: &SpiffeId, token: &str, pod: &str) -> SvidRequest {
+    let credential = Credential::ServiceAccountToken(token.into());
+    svid_request(id, Some(credential), Some(pod))
 }
 
 #[tokio::test]
@@ -495,14 +437,14 @@ async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
     let web = id("shop", "web");
 
     let answer = client
-        .request_svid(&svid_request(&web, WEB_TOKEN, WEB_POD), None)
+        .request_svid(&token_request(&web, WEB_TOKEN, WEB_POD), None)
         .await
         .unwrap();
     assert_eq!(certified_id(&answer), web);
 
     let (status, code, message) = refusal(
         client
-            .request_svid(&svid_request(&web, WEB_TOKEN, "web-7d4b9-evil1"), None)
+            .request_svid(&token_request(&web, WEB_TOKEN, "web-7d4b9-evil1"), None)
             .await
             .unwrap_err(),
     );
@@ -514,7 +456,7 @@ async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
 
     let (status, _, message) = refusal(
         client
-            .request_svid(&svid_request(&web, INVALIDATED_TOKEN, WEB_POD), None)
+            .request_svid(&token_request(&web, INVALIDATED_TOKEN, WEB_POD), None)
             .await
             .unwrap_err(),
     );
@@ -536,27 +478,14 @@ async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
     );
 
     let metrics = h.metrics().await;
-    assert_eq!(
-        metric_value(&metrics, "ward_ca_certificates_issued_total"),
-        1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"ward_ca_attestation_failures_total{method="k8s_sa_token",reason="pod_mismatch"}"#
-        ),
-        1.0,
-        "{metrics}"
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"ward_ca_attestation_failures_total{method="k8s_sa_token",reason="token_review_rejected"}"#
-        ),
-        1.0,
-        "{metrics}"
-    );
+    assert_eq!(certificates_issued(&metrics), 1.0, "{metrics}");
+    for reason in ["pod_mismatch", "token_review_rejected"] {
+        assert_eq!(
+            attestation_failures(&metrics, "k8s_sa_token", reason),
+            1.0,
+            "{metrics}"
+        );
+    }
     h.cp.shutdown().await;
 }
 
@@ -568,7 +497,7 @@ async fn control_plane_refuses_when_the_api_server_is_gone() {
     let web = id("shop", "web");
     let (status, code, message) = refusal(
         h.client()
-            .request_svid(&svid_request(&web, WEB_TOKEN, WEB_POD), None)
+            .request_svid(&token_request(&web, WEB_TOKEN, WEB_POD), None)
             .await
             .unwrap_err(),
     );
@@ -578,15 +507,9 @@ async fn control_plane_refuses_when_the_api_server_is_gone() {
     );
     assert!(message.contains("nothing is issued"), "{message}");
     let metrics = h.metrics().await;
+    assert_eq!(certificates_issued(&metrics), 0.0);
     assert_eq!(
-        metric_value(&metrics, "ward_ca_certificates_issued_total"),
-        0.0
-    );
-    assert_eq!(
-        metric_value(
-            &metrics,
-            r#"ward_ca_attestation_failures_total{method="k8s_sa_token",reason="token_review_unavailable"}"#
-        ),
+        attestation_failures(&metrics, "k8s_sa_token", "token_review_unavailable"),
         1.0,
         "{metrics}"
     );
@@ -597,8 +520,7 @@ async fn control_plane_refuses_when_the_api_server_is_gone() {
 async fn jwks_and_token_review_together_are_refused_at_start() {
     let server = ApiServer::start(cluster).await;
     let data = tempfile::tempdir().unwrap();
-    let mut config = Config::new(TD, data.path());
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = loopback_config(TD, data.path());
     config.admin_listen = None;
     config.kube = Some(ApiClient(server.client()));
     config.token_review = true;

@@ -13,7 +13,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 use crate::bundle::TrustBundles;
-use crate::ca::generate_key;
+use crate::ca::{CertificateAuthority, IssuedSvid, build_csr, generate_key};
+use crate::spiffe_id::SpiffeId;
 
 pub const HOUR: Duration = Duration::from_secs(3600);
 
@@ -110,6 +111,14 @@ pub fn key_der(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
 }
 
+/// A fresh key and the SVID `ca` signs for it as `id`, valid `ttl`, from
+/// the CSR a workload sends.
+pub fn issue(ca: &CertificateAuthority, id: &SpiffeId, ttl: Duration) -> (KeyPair, IssuedSvid) {
+    let key = generate_key();
+    let svid = ca.sign_csr(&build_csr(&key, id).unwrap(), id, ttl).unwrap();
+    (key, svid)
+}
+
 /// Runs openssl in `dir`; panics with its stderr on failure.
 pub fn openssl(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("openssl")
@@ -123,4 +132,56 @@ pub fn openssl(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// `openssl req` options for a new, unencrypted EC P-256 key.
+const NEW_EC_KEY: &[&str] = &[
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// openssl as an independent CA in `dir`: a self-signed EC P-256 root
+/// (CA:true, keyCertSign+cRLSign) for `subject`, valid `days`, written as
+/// `root.pem` with its key `root.key`.
+pub fn openssl_root(dir: &Path, subject: &str, days: &str) {
+    let root = [
+        "-keyout",
+        "root.key",
+        "-out",
+        "root.pem",
+        "-subj",
+        subject,
+        "-days",
+        days,
+        "-addext",
+        "basicConstraints=critical,CA:true",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ];
+    openssl(dir, &[&["req", "-x509"], NEW_EC_KEY, &root[..]].concat());
+}
+
+/// A fresh EC P-256 key `<stem>.key` and its CSR `<stem>.csr` for `subject`
+/// in `dir` (`openssl req -new`).
+pub fn openssl_csr(dir: &Path, stem: &str, subject: &str) {
+    let (key, csr) = (format!("{stem}.key"), format!("{stem}.csr"));
+    let request = ["-keyout", &key, "-out", &csr, "-subj", subject];
+    openssl(dir, &[&["req", "-new"], NEW_EC_KEY, &request[..]].concat());
+}
+
+/// `<stem>.csr` in `dir` signed by the [`openssl_root`] there into
+/// `<stem>.pem` (`openssl x509 -req`), with the extensions in `extfile`,
+/// valid `days`; `serial` is how the serial number is chosen
+/// (`-CAcreateserial`, or `-set_serial N`).
+pub fn openssl_sign(dir: &Path, stem: &str, extfile: &str, days: &str, serial: &[&str]) {
+    let (csr, cert) = (format!("{stem}.csr"), format!("{stem}.pem"));
+    let mut args = vec![
+        "x509", "-req", "-in", &csr, "-CA", "root.pem", "-CAkey", "root.key",
+    ];
+    args.extend_from_slice(serial);
+    args.extend(["-out", &cert, "-days", days, "-extfile", extfile]);
+    openssl(dir, &args);
 }

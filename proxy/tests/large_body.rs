@@ -67,8 +67,7 @@ async fn large_bodies_stream_in_bounded_memory() {
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let seen = json_body(resp).await;
         assert_eq!(seen["body_len"], BODY_LEN);
         assert_eq!(seen["version"], "HTTP/2");
     })
@@ -76,12 +75,7 @@ async fn large_bodies_stream_in_bounded_memory() {
 
     bounded("HTTP/1.1 download", async {
         let req = get(&format!("/download?n={BODY_LEN}"));
-        let tcp = tokio::net::TcpStream::connect(mesh.entry()).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = http1_sender(mesh.entry()).await.unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         // Counted frame by frame, never collected.

@@ -29,12 +29,7 @@ async fn http1_through_mesh_carries_peer_identity_and_replaces_client_xfcc() {
     let mesh = Mesh::new(app.addr, &[], &[]).await;
 
     let mut req = post("/hello?x=1", b"request body, intact");
-    req.headers_mut().insert(
-        "x-forwarded-client-cert",
-        "URI=spiffe://cluster.local/ns/default/sa/admin"
-            .parse()
-            .unwrap(),
-    );
+    forge_xfcc(&mut req);
     req.headers_mut()
         .insert("x-custom", "kept".parse().unwrap());
     let reply = within(10, "request", http1(mesh.entry(), req))
@@ -192,13 +187,7 @@ async fn websocket_upgrade_and_connect_tunnel_echo_both_ways() {
     let app = echo_app(Flavor::Http1Only).await;
     let mesh = Mesh::new(app.addr, &[], &[]).await;
 
-    let mut ws = TcpStream::connect(mesh.entry()).await.unwrap();
-    ws.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = read_head(&mut ws).await;
+    let (mut ws, head) = upgrade_to_echo(mesh.entry()).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("upgrade: echo"),
@@ -247,31 +236,13 @@ async fn websocket_upgrade_and_connect_tunnel_echo_both_ways() {
 
 async fn opaque_echo_with_half_close(declare_opaque: bool) {
     let app = tcp_echo_app().await;
-    let pki = Pki::new();
-    let app_port = app.addr.port().to_string();
-    let inbound_flags: &[&str] = if declare_opaque {
-        &["--opaque-ports", &app_port]
+    let mesh = if declare_opaque {
+        Mesh::opaque(app.addr).await
     } else {
-        &[]
+        Mesh::new(app.addr, &[], &[]).await
     };
-    let inbound = start_inbound(&pki, app.addr, inbound_flags).await;
-    let inbound_port = inbound.inbound_addrs[0].port().to_string();
-    let outbound_flags: &[&str] = if declare_opaque {
-        &["--opaque-ports", &inbound_port]
-    } else {
-        &[]
-    };
-    let outbound = start_outbound(
-        &pki,
-        inbound.inbound_addrs[0],
-        Some(SERVER_ID),
-        outbound_flags,
-    )
-    .await;
 
-    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0])
-        .await
-        .unwrap();
+    let mut tcp = TcpStream::connect(mesh.entry()).await.unwrap();
     // Not HTTP, not TLS: detection must fall back to opaque at once.
     let first = b"\x00\x01hello opaque world";
     tcp.write_all(first).await.unwrap();
@@ -286,10 +257,7 @@ async fn opaque_echo_with_half_close(declare_opaque: bool) {
         format!("bye {}", first.len() + 4)
     );
     assert!(closed, "the app's close did not come through");
-    let _ = tokio::join!(
-        outbound.drain(Duration::from_secs(2)),
-        inbound.drain(Duration::from_secs(2))
-    );
+    mesh.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,22 +273,10 @@ async fn opaque_tcp_echo_with_half_close_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_first_protocol_on_opaque_port() {
     let app = banner_app().await;
-    let pki = Pki::new();
-    let app_port = app.addr.port().to_string();
-    let inbound = start_inbound(&pki, app.addr, &["--opaque-ports", &app_port]).await;
-    let inbound_port = inbound.inbound_addrs[0].port().to_string();
-    let outbound = start_outbound(
-        &pki,
-        inbound.inbound_addrs[0],
-        Some(SERVER_ID),
-        &["--opaque-ports", &inbound_port],
-    )
-    .await;
+    let mesh = Mesh::opaque(app.addr).await;
 
     let started = Instant::now();
-    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0])
-        .await
-        .unwrap();
+    let mut tcp = TcpStream::connect(mesh.entry()).await.unwrap();
     // We send nothing: the banner must come anyway, and soon (not after
     // the 5 s detection timeout).
     assert_eq!(read_n(&mut tcp, BANNER.len()).await, BANNER);
@@ -332,10 +288,7 @@ async fn server_first_protocol_on_opaque_port() {
     tcp.write_all(b"HELO client\r\n").await.unwrap();
     assert_eq!(read_n(&mut tcp, 13).await, b"HELO client\r\n");
     drop(tcp);
-    let _ = tokio::join!(
-        outbound.drain(Duration::from_secs(2)),
-        inbound.drain(Duration::from_secs(2))
-    );
+    mesh.shutdown().await;
 }
 
 // ------------------------------------------------------------ 8. mTLS modes
@@ -356,18 +309,14 @@ async fn strict_mode_refuses_plaintext() {
         String::from_utf8_lossy(&got)
     );
     assert_eq!(app.state.requests(), 0);
-    let metrics = inbound.metrics.render();
-    assert_eq!(
-        metric(
-            &metrics,
-            "ward_connections_refused_total",
-            &[
-                ("direction", "inbound"),
-                ("reason", "plaintext_in_strict_mode")
-            ]
-        ),
+    assert_metric(
+        &inbound,
+        "ward_connections_refused_total",
+        &[
+            ("direction", "inbound"),
+            ("reason", "plaintext_in_strict_mode"),
+        ],
         1.0,
-        "{metrics}"
     );
     inbound.drain(Duration::from_secs(2)).await;
 }
@@ -378,12 +327,7 @@ async fn permissive_mode_serves_plaintext_without_identity() {
     let pki = Pki::new();
     let inbound = start_inbound(&pki, app.addr, &["--mtls-mode", "permissive"]).await;
     let mut req = get("/plain");
-    req.headers_mut().insert(
-        "x-forwarded-client-cert",
-        "URI=spiffe://cluster.local/ns/default/sa/admin"
-            .parse()
-            .unwrap(),
-    );
+    forge_xfcc(&mut req);
     let reply = within(
         10,
         "plaintext request",
@@ -413,10 +357,7 @@ async fn permissive_mode_serves_plaintext_without_identity() {
         reply.json()["headers"]["x-forwarded-client-cert"],
         format!("URI={CLIENT_ID}")
     );
-    let _ = tokio::join!(
-        outbound.drain(Duration::from_secs(2)),
-        inbound.drain(Duration::from_secs(2))
-    );
+    drain_both(outbound, inbound).await;
 }
 
 // ------------------------------------------------------------ 9. handshakes
@@ -531,10 +472,7 @@ async fn outbound_refuses_an_inbound_with_the_wrong_identity() {
         ) >= 1.0,
         "{metrics}"
     );
-    let _ = tokio::join!(
-        outbound.drain(Duration::from_secs(2)),
-        inbound.drain(Duration::from_secs(2))
-    );
+    drain_both(outbound, inbound).await;
 }
 
 // ------------------------------------------------------------ 10. --allow-peer
@@ -643,18 +581,14 @@ async fn unmeshed_destination_passes_through_or_is_refused() {
     .await;
     assert!(result.is_err(), "denied egress answered: {result:?}");
     assert_eq!(app.state.requests(), 1);
-    let metrics = denying.metrics.render();
-    assert_eq!(
-        metric(
-            &metrics,
-            "ward_connections_refused_total",
-            &[
-                ("direction", "outbound"),
-                ("reason", "unmeshed_egress_denied")
-            ]
-        ),
+    assert_metric(
+        &denying,
+        "ward_connections_refused_total",
+        &[
+            ("direction", "outbound"),
+            ("reason", "unmeshed_egress_denied"),
+        ],
         1.0,
-        "{metrics}"
     );
     denying.drain(Duration::from_secs(2)).await;
 }
@@ -672,13 +606,7 @@ async fn drain_finishes_in_flight_requests_and_stops_accepting() {
     let inbound_addr = inbound.inbound_addrs[0];
     let entry = outbound.outbound_addrs[0];
 
-    let slow = tokio::spawn(http1(entry, get("/slow?ms=1500")));
-    within(5, "slow request reaches the app", async {
-        while app.state.requests() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let slow = start_slow_request(entry, &app).await;
     let started = Instant::now();
     let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -842,15 +770,7 @@ async fn drain_waits_for_open_tunnels() {
         inbound,
         outbound,
     } = Mesh::new(app.addr, &[], &[]).await;
-    let mut ws = TcpStream::connect(outbound.outbound_addrs[0])
-        .await
-        .unwrap();
-    ws.write_all(
-        b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let head = read_head(&mut ws).await;
+    let (mut ws, head) = upgrade_to_echo(outbound.outbound_addrs[0]).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
 
     let admin = inbound.admin_addr;
@@ -892,13 +812,7 @@ async fn request_during_peer_drain_is_retried_on_a_new_connection() {
         outbound,
     } = Mesh::new(app.addr, &[], &[]).await;
     let entry = outbound.outbound_addrs[0];
-    let slow = tokio::spawn(http1(entry, get("/slow?ms=1500")));
-    within(5, "slow request reaches the app", async {
-        while app.state.requests() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let slow = start_slow_request(entry, &app).await;
     let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
     tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..3 {
@@ -934,12 +848,7 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
         let mesh = Mesh::new(app.addr, &[], flags).await;
 
         // Keep-alive: three requests on one client connection.
-        let tcp = TcpStream::connect(mesh.entry()).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = http1_sender(mesh.entry()).await.unwrap();
         for i in 0..3 {
             within(5, "ready", sender.ready()).await.unwrap();
             let resp = within(
@@ -950,8 +859,7 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
             .await
             .unwrap();
             assert_eq!(resp.status(), StatusCode::OK, "{flags:?}");
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let seen = json_body(resp).await;
             assert_eq!(seen["path"], format!("/k{i}"));
             assert_eq!(seen["body"], "abc");
             assert_eq!(
@@ -990,13 +898,7 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
         );
 
         // An upgrade still works.
-        let mut ws = TcpStream::connect(mesh.entry()).await.unwrap();
-        ws.write_all(
-            b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let head = read_head(&mut ws).await;
+        let (mut ws, head) = upgrade_to_echo(mesh.entry()).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{flags:?}: {head}");
         ws.write_all(b"ping").await.unwrap();
         assert_eq!(read_n(&mut ws, 4).await, b"ping");
@@ -1008,10 +910,8 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_down_behind_the_inbound_gives_503_or_close_quickly() {
     let dead = dead_port().await;
-    let pki = Pki::new();
-    let inbound = start_inbound(&pki, dead, &[]).await;
-    let outbound = start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), &[]).await;
-    let entry = outbound.outbound_addrs[0];
+    let mesh = Mesh::new(dead, &[], &[]).await;
+    let entry = mesh.entry();
     for make in [|| get("/"), || get("http://app.test/")] {
         let started = Instant::now();
         let reply = within(5, "request", http1(entry, make())).await.unwrap();
@@ -1037,10 +937,7 @@ async fn application_down_behind_the_inbound_gives_503_or_close_quickly() {
     let mut tcp = TcpStream::connect(entry).await.unwrap();
     let (got, closed) = raw_exchange(&mut tcp, b"\x00opaque", 5).await;
     assert!(closed && got.is_empty(), "{got:?}");
-    let _ = tokio::join!(
-        outbound.drain(Duration::from_secs(2)),
-        inbound.drain(Duration::from_secs(2))
-    );
+    mesh.shutdown().await;
 }
 
 // ------------------------------------------------------------ identity files
@@ -1050,11 +947,7 @@ async fn identity_files_are_reloaded_and_bad_files_ignored() {
     let app = echo_app(Flavor::Http1Only).await;
     let pki = Pki::new();
     let server = pki.issue(SERVER_ID);
-    let flags = [
-        "--inbound".to_owned(),
-        format!("127.0.0.1:0={}", app.addr.port()),
-    ];
-    let inbound = start_proxy(&server, &flags).await;
+    let inbound = start_inbound_as(&server, app.addr, &[]).await;
     let addr = inbound.inbound_addrs[0];
     let request_as = |expected: &'static str| {
         let pki = &pki;
@@ -1104,10 +997,8 @@ async fn identity_files_are_reloaded_and_bad_files_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_peer_closes_denied_opaque_connections_before_the_app() {
     let app = tcp_echo_app().await;
-    let pki = Pki::new();
     let app_port = app.addr.port().to_string();
-    let inbound = start_inbound(
-        &pki,
+    let mesh = Mesh::new(
         app.addr,
         &[
             "--opaque-ports",
@@ -1115,12 +1006,10 @@ async fn allow_peer_closes_denied_opaque_connections_before_the_app() {
             "--allow-peer",
             "spiffe://cluster.local/ns/default/sa/someone-else",
         ],
+        &[],
     )
     .await;
-    let outbound = start_outbound(&pki, inbound.inbound_addrs[0], Some(SERVER_ID), &[]).await;
-    let mut tcp = TcpStream::connect(outbound.outbound_addrs[0])
-        .await
-        .unwrap();
+    let mut tcp = TcpStream::connect(mesh.entry()).await.unwrap();
     let (got, closed) = raw_exchange(&mut tcp, b"\x00secret bytes", 5).await;
     assert!(closed, "denied opaque connection left open");
     assert!(got.is_empty(), "{got:?}");
@@ -1129,20 +1018,13 @@ async fn allow_peer_closes_denied_opaque_connections_before_the_app() {
         0,
         "the app accepted a denied connection"
     );
-    let metrics = inbound.metrics.render();
-    assert_eq!(
-        metric(
-            &metrics,
-            "ward_authorization_decisions_total",
-            &[("action", "deny"), ("protocol", "tcp")]
-        ),
+    assert_metric(
+        &mesh.inbound,
+        "ward_authorization_decisions_total",
+        &[("action", "deny"), ("protocol", "tcp")],
         1.0,
-        "{metrics}"
     );
-    let _ = tokio::join!(
-        outbound.drain(Duration::from_secs(2)),
-        inbound.drain(Duration::from_secs(2))
-    );
+    mesh.shutdown().await;
 }
 
 /// `--max-header-bytes` (64 KiB by default) is the limit for request and
@@ -1200,10 +1082,7 @@ async fn mtls_peer_without_alpn_is_sniffed() {
     let inbound = start_inbound(&pki, app.addr, &[]).await;
     let client = pki.issue(CLIENT_ID);
     let connector = mesh_connector(&client, &[(TD, pki.bundle_pem())], SERVER_ID, &[]);
-    let tcp = TcpStream::connect(inbound.inbound_addrs[0]).await.unwrap();
-    let mut tls = within(5, "handshake", connector.connect(server_name(), tcp))
-        .await
-        .unwrap();
+    let mut tls = connect_tls(&connector, inbound.inbound_addrs[0]).await;
     tls.write_all(b"GET /sniffed HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -1217,10 +1096,7 @@ async fn mtls_peer_without_alpn_is_sniffed() {
 
     let echo = tcp_echo_app().await;
     let inbound = start_inbound(&pki, echo.addr, &[]).await;
-    let tcp = TcpStream::connect(inbound.inbound_addrs[0]).await.unwrap();
-    let mut tls = within(5, "handshake", connector.connect(server_name(), tcp))
-        .await
-        .unwrap();
+    let mut tls = connect_tls(&connector, inbound.inbound_addrs[0]).await;
     tls.write_all(b"\x00\x01opaque").await.unwrap();
     assert_eq!(read_n(&mut tls, 8).await, b"\x00\x01opaque");
     tls.shutdown().await.unwrap();
@@ -1242,15 +1118,11 @@ async fn connections_over_the_limit_are_closed_at_once() {
     let mut second = TcpStream::connect(entry).await.unwrap();
     let (got, closed) = raw_exchange(&mut second, b"\x00two", 5).await;
     assert!(closed && got.is_empty(), "{got:?}");
-    let metrics = outbound.metrics.render();
-    assert_eq!(
-        metric(
-            &metrics,
-            "ward_connections_refused_total",
-            &[("reason", "connection_limit")]
-        ),
+    assert_metric(
+        &outbound,
+        "ward_connections_refused_total",
+        &[("reason", "connection_limit")],
         1.0,
-        "{metrics}"
     );
     // The permit comes back when the first connection ends.
     drop(first);
@@ -1278,12 +1150,7 @@ async fn disable_mode_passes_plaintext_and_strips_forged_identity() {
     let pki = Pki::new();
     let inbound = start_inbound(&pki, app.addr, &["--mtls-mode", "disable"]).await;
     let mut req = get("/off");
-    req.headers_mut().insert(
-        "x-forwarded-client-cert",
-        "URI=spiffe://cluster.local/ns/default/sa/admin"
-            .parse()
-            .unwrap(),
-    );
+    forge_xfcc(&mut req);
     let reply = within(10, "request", http1(inbound.inbound_addrs[0], req))
         .await
         .unwrap();
@@ -1416,21 +1283,11 @@ async fn outbound_to_its_own_listener_is_refused_at_start() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let mut args: Vec<String> = vec![
-        "--outbound".into(),
+    let flags = [
+        "--outbound".to_owned(),
         format!("127.0.0.1:{port}=127.0.0.1:{port}"),
-        "--admin".into(),
-        "127.0.0.1:0".into(),
     ];
-    for (flag, value) in [
-        ("--cert", &client.cert),
-        ("--key", &client.key),
-        ("--ca", &client.ca),
-    ] {
-        args.push(flag.into());
-        args.push(value.display().to_string());
-    }
-    let err = ward_proxy::proxy::start(&parse_args(&args))
+    let err = ward_proxy::proxy::start(&proxy_args(&client, &flags))
         .await
         .err()
         .expect("a looping outbound must not start");

@@ -2,13 +2,10 @@
 
 mod common;
 
-use common::{Server, client, json};
+use common::{Server, client_of, json};
 
 fn run(server: &Server, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
-    let addr = server.addr_str();
-    let mut args = vec!["grpc-client", "--connect", &addr];
-    args.extend_from_slice(extra);
-    let out = client(&args);
+    let out = client_of(server, "grpc-client", extra);
     (out.status.code(), json(&out.stdout))
 }
 

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, client, curl, get, json, stdout};
+use common::{Server, client_of, curl, get, json, stdout};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -77,14 +77,8 @@ fn sink_streams_64_mib_with_flat_memory_over_http1_and_h2c() {
     let server = Server::start(&["http"]);
     let bytes = (64 * MIB).to_string();
     for extra in [None, Some("--http2")] {
-        let mut args = vec!["upload", "--connect", &server.addr_str(), "--bytes", &bytes]
-            .into_iter()
-            .map(str::to_owned)
-            .collect::<Vec<_>>();
-        args.extend(["--timeout-ms".to_owned(), "120000".to_owned()]);
-        args.extend(extra.map(str::to_owned));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = client(&args);
+        let args = ["--bytes", &bytes, "--timeout-ms", "120000"];
+        let out = client_of(&server, "upload", &[&args[..], extra.as_slice()].concat());
         assert!(out.status.success(), "upload {extra:?} failed");
         let answer = json(&out.stdout);
         assert_eq!(answer["bytes"], 64 * MIB);
@@ -176,57 +170,38 @@ fn status_slow_and_not_found() {
 #[test]
 fn websocket_upgrade_and_echo() {
     let server = Server::start(&["http"]);
-    let out = client(&[
+    let out = client_of(
+        &server,
         "ws-client",
-        "--connect",
-        &server.addr_str(),
-        "--message",
-        "hello through the mesh",
-    ]);
+        &["--message", "hello through the mesh"],
+    );
     assert!(out.status.success());
     assert_eq!(stdout(&out), "echo: hello through the mesh\n");
 
     // Without the upgrade header there is nothing to switch to; a wrong path
     // is a 404 and the client fails.
     assert_eq!(get(server.addr, "/ws").0, 426);
-    let out = client(&[
+    let out = client_of(
+        &server,
         "ws-client",
-        "--connect",
-        &server.addr_str(),
-        "--path",
-        "/elsewhere",
-        "--message",
-        "x",
-    ]);
+        &["--path", "/elsewhere", "--message", "x"],
+    );
     assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
 fn connect_tunnel_echo() {
     let server = Server::start(&["http"]);
-    let out = client(&[
-        "connect-client",
-        "--connect",
-        &server.addr_str(),
-        "--target",
-        "db.internal:5432",
-        "--message",
-        "tunnelled bytes",
-    ]);
+    let tunnel = |message: &str, extra: &[&str]| {
+        let args = ["--target", "db.internal:5432", "--message", message];
+        client_of(&server, "connect-client", &[&args[..], extra].concat())
+    };
+    let out = tunnel("tunnelled bytes", &[]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), "echo: tunnelled bytes\n");
 
     // The same over an HTTP/2 CONNECT stream.
-    let out = client(&[
-        "connect-client",
-        "--connect",
-        &server.addr_str(),
-        "--target",
-        "db.internal:5432",
-        "--message",
-        "h2 tunnel",
-        "--http2",
-    ]);
+    let out = tunnel("h2 tunnel", &["--http2"]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), "echo: h2 tunnel\n");
 
@@ -270,13 +245,7 @@ fn client_timeout_exits_3_with_a_clear_message() {
     // tcp-echo never speaks first: waiting for a banner must time out.
     let server = Server::start(&["tcp-echo"]);
     let started = Instant::now();
-    let out = client(&[
-        "banner-client",
-        "--connect",
-        &server.addr_str(),
-        "--timeout-ms",
-        "300",
-    ]);
+    let out = client_of(&server, "banner-client", &["--timeout-ms", "300"]);
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("timed out after 300 ms"), "{stderr}");

@@ -6,18 +6,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Server, client, stdout};
+use common::{Server, client_of, stdout};
 
 #[test]
 fn tcp_echo_text_with_half_close() {
     let server = Server::start(&["tcp-echo"]);
-    let out = client(&[
-        "tcp-client",
-        "--connect",
-        &server.addr_str(),
-        "--send",
-        "hello",
-    ]);
+    let out = client_of(&server, "tcp-client", &["--send", "hello"]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), "hellobye 5\n");
 }
@@ -26,15 +20,11 @@ fn tcp_echo_text_with_half_close() {
 fn tcp_echo_pattern_bytes_while_writing() {
     let server = Server::start(&["tcp-echo"]);
     let n = (16 * 1024 * 1024 + 7).to_string();
-    let out = client(&[
+    let out = client_of(
+        &server,
         "tcp-client",
-        "--connect",
-        &server.addr_str(),
-        "--bytes",
-        &n,
-        "--timeout-ms",
-        "60000",
-    ]);
+        &["--bytes", &n, "--timeout-ms", "60000"],
+    );
     assert!(out.status.success());
     assert_eq!(
         stdout(&out),
@@ -56,38 +46,28 @@ fn tcp_echo_raw_half_close_both_ways() {
 fn tcp_client_fails_against_a_non_echo_server() {
     // banner answers with its banner, not an echo + bye.
     let server = Server::start(&["banner"]);
-    let out = client(&[
-        "tcp-client",
-        "--connect",
-        &server.addr_str(),
-        "--send",
-        "QUIT\r\n",
-    ]);
+    let out = client_of(&server, "tcp-client", &["--send", "QUIT\r\n"]);
     assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
 fn banner_client_transcript() {
     let server = Server::start(&["banner", "--banner", "220 mail.ward.test ready"]);
-    let out = client(&[
+    let out = client_of(
+        &server,
         "banner-client",
-        "--connect",
-        &server.addr_str(),
-        "--expect-banner",
-        "220 mail.ward.test ready",
-    ]);
+        &["--expect-banner", "220 mail.ward.test ready"],
+    );
     assert!(out.status.success());
     assert_eq!(
         stdout(&out),
         "S: 220 mail.ward.test ready\nC: HELO x\nS: 250 HELO x\nC: QUIT\nS: 221 bye\n"
     );
-    let out = client(&[
+    let out = client_of(
+        &server,
         "banner-client",
-        "--connect",
-        &server.addr_str(),
-        "--expect-banner",
-        "220 something else",
-    ]);
+        &["--expect-banner", "220 something else"],
+    );
     assert_eq!(out.status.code(), Some(1));
 }
 

@@ -1,9 +1,14 @@
-//! The workspace binaries integration tests run as real processes.
+//! The workspace binaries integration tests run as real processes: where
+//! they are, `ward` (the operator CLI) run as a user runs it, and checks on
+//! what a process printed.
 //!
-//! Include with `#[path = "bins.rs"] mod bins;` from a support module.
+//! Include with `#[path = "support/bins.rs"] mod bins;` from a test, or
+//! `#[path = "bins.rs"] mod bins;` from a support module.
+#![allow(dead_code)] // each test binary uses a different subset
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// Paths of the workspace binaries.
@@ -55,4 +60,90 @@ pub fn bins() -> &'static Bins {
             testapp: bin("ward-testapp"),
         }
     })
+}
+
+/// `ward ARGS` (this package's binary), without input; its output.
+pub fn ward(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `ward ARGS` with `stdin` written to its standard input, which is then
+/// closed; its output. A failed write (the binary exited before reading
+/// it all, as it may on an invalid input) is left to the checks on the
+/// output.
+pub fn ward_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let _ = input.write_all(stdin);
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Panics with stdout and stderr unless `out` succeeded; returns stdout.
+pub fn assert_ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `ward ca init`: a new CA for `trust_domain` in `data_dir`.
+pub fn ca_init(data_dir: &Path, trust_domain: &str) {
+    let data_dir = data_dir.to_str().expect("UTF-8 path");
+    assert_ok(
+        ward(&[
+            "ca",
+            "init",
+            "--data-dir",
+            data_dir,
+            "--trust-domain",
+            trust_domain,
+        ]),
+        "ward ca init",
+    );
+}
+
+/// A single-use join token for `spiffe_id` (`ward token create`, valid 10
+/// minutes) from the CA in `data_dir`.
+pub fn join_token(data_dir: &Path, spiffe_id: &str) -> String {
+    let data_dir = data_dir.to_str().expect("UTF-8 path");
+    let out = ward(&[
+        "token",
+        "create",
+        "--data-dir",
+        data_dir,
+        "--spiffe-id",
+        spiffe_id,
+        "--ttl",
+        "10m",
+    ]);
+    assert_ok(out, "ward token create").trim().to_owned()
+}
+
+/// The last `lines` lines of a (log) file.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -25,7 +25,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -36,7 +36,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[path = "bins.rs"]
 mod bins;
-pub use bins::bins;
+pub use bins::{assert_ok, bins, tail};
 
 /// `spiffe://cluster.local/ns/obs/sa/<sa>`.
 pub fn spiffe_id(sa: &str) -> String {
@@ -53,18 +53,6 @@ pub fn free_port() -> u16 {
 
 fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-/// Panics with stdout and stderr unless `out` succeeded; returns stdout.
-pub fn assert_ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
 /// A child process killed (SIGKILL) and reaped on drop.
@@ -141,13 +129,6 @@ impl Drop for Proc {
     }
 }
 
-/// The last `lines` lines of a file.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// A plain HTTP/1.1 GET on loopback (`Connection: close`): (status, body).
 pub fn http_get(addr: SocketAddr, path_and_query: &str) -> std::io::Result<(u16, String)> {
     let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -216,21 +197,11 @@ impl Cluster {
     /// `ward ca init`, then the control plane with a (possibly empty) policy
     /// directory holding `policies` (file name, YAML); returns once `/ready`.
     pub fn start(policies: &[(&str, &str)]) -> Cluster {
-        let bins = bins();
         let dir = tempfile::Builder::new()
             .prefix("ward-obs-")
             .tempdir()
             .expect("temporary directory");
-        let data = dir.path().join("data");
-        assert_ok(
-            Command::new(&bins.ward)
-                .args(["ca", "init", "--data-dir"])
-                .arg(&data)
-                .args(["--trust-domain", TRUST_DOMAIN])
-                .output()
-                .expect("run ward ca init"),
-            "ward ca init",
-        );
+        bins::ca_init(&dir.path().join("data"), TRUST_DOMAIN);
         let policy_dir = dir.path().join("policies");
         std::fs::create_dir(&policy_dir).unwrap();
         for (name, yaml) in policies {
@@ -293,13 +264,39 @@ impl Cluster {
 
     /// A single-use join token for `spiffe_id` (`ward token create`).
     pub fn join_token(&self, spiffe_id: &str) -> String {
-        let out = Command::new(&bins().ward)
-            .args(["token", "create", "--data-dir"])
-            .arg(self.data_dir())
-            .args(["--spiffe-id", spiffe_id, "--ttl", "10m"])
-            .output()
-            .expect("run ward token create");
-        assert_ok(out, "ward token create").trim().to_owned()
+        bins::join_token(&self.data_dir(), spiffe_id)
+    }
+
+    /// A workload serving `ward-testapp APP` behind an inbound listener.
+    pub fn serving(&self, name: &str, app: &[&str]) -> Workload {
+        self.workload(WorkloadSpec {
+            name,
+            app: Some(app),
+            ..Default::default()
+        })
+    }
+
+    /// A workload without an application whose outbound listener leads to
+    /// `target`'s inbound.
+    pub fn calling(&self, name: &str, target: &Workload) -> Workload {
+        self.workload(WorkloadSpec {
+            name,
+            calls: Some(target),
+            ..Default::default()
+        })
+    }
+
+    /// `backend` (`ward-testapp http --name backend`) and its two callers,
+    /// `frontend` and `intruder`.
+    pub fn backend_and_callers(&self) -> BackendAndCallers {
+        let backend = self.serving("backend", &["http", "--name", "backend"]);
+        let frontend = self.calling("frontend", &backend);
+        let intruder = self.calling("intruder", &backend);
+        BackendAndCallers {
+            frontend,
+            intruder,
+            backend,
+        }
     }
 
     /// Starts a workload: `spec.app` (if any) behind an inbound listener,
@@ -379,6 +376,14 @@ impl Cluster {
         }
         workload
     }
+}
+
+/// See [`Cluster::backend_and_callers`]. Fields drop in order: the callers
+/// before the workload they call.
+pub struct BackendAndCallers {
+    pub frontend: Workload,
+    pub intruder: Workload,
+    pub backend: Workload,
 }
 
 /// What a workload runs.

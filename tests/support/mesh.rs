@@ -64,19 +64,7 @@ pub fn spiffe_id(sa: &str) -> String {
 
 #[path = "bins.rs"]
 mod bins;
-pub use bins::bins;
-
-/// Panics with stdout and stderr unless `out` succeeded; returns stdout.
-pub fn assert_ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
+pub use bins::{assert_ok, bins, ca_init, tail};
 
 /// How a pod's sidecar is configured.
 #[derive(Debug, Clone, Default)]
@@ -154,15 +142,7 @@ impl Mesh {
         // in the data dir, which `ward` keeps private.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
-        assert_ok(
-            Command::new(&bins.ward)
-                .args(["ca", "init", "--data-dir"])
-                .arg(&data)
-                .args(["--trust-domain", TRUST_DOMAIN])
-                .output()
-                .expect("run ward ca init"),
-            "ward ca init",
-        );
+        ca_init(&data, TRUST_DOMAIN);
         let bundle = dir.path().join("bundle.pem");
         std::fs::copy(data.join("ca/ca.pem"), &bundle).expect("copy the CA bundle");
         std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -369,13 +349,7 @@ impl Mesh {
 
     /// A single-use join token for `spiffe_id` (`ward token create`).
     pub fn join_token(&self, spiffe_id: &str) -> String {
-        let out = Command::new(&bins().ward)
-            .args(["token", "create", "--data-dir"])
-            .arg(self.data_dir())
-            .args(["--spiffe-id", spiffe_id, "--ttl", "10m"])
-            .output()
-            .expect("run ward token create");
-        assert_ok(out, "ward token create").trim().to_owned()
+        bins::join_token(&self.data_dir(), spiffe_id)
     }
 
     /// Issues a certificate from the mesh CA (`ward ca issue`) into the
@@ -528,6 +502,13 @@ impl MeshPod {
         self.pod.exec_as(APP_UID, cmd)
     }
 
+    /// `ward-testapp ARGS` in the pod as the application user (a client).
+    pub fn testapp(&self, args: &[&str]) -> Output {
+        let mut argv = vec![bins().testapp.as_str()];
+        argv.extend_from_slice(args);
+        self.exec(&argv)
+    }
+
     /// Waits for the sidecar's `/ready` (certificate obtained, listening).
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -599,13 +580,6 @@ impl Drop for MeshPod {
 
 fn log_file(path: &Path) -> Stdio {
     Stdio::from(File::create(path).expect("create log file"))
-}
-
-/// The last `lines` lines of a log file.
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Peak resident set size (VmHWM) of a process, in KiB.

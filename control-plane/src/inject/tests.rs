@@ -74,13 +74,24 @@ fn no_labels() -> BTreeMap<String, String> {
     BTreeMap::new()
 }
 
+/// The value of `c`'s environment variable `name`.
+fn env(c: &Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
 fn enabled() -> BTreeMap<String, String> {
     BTreeMap::from([(NAMESPACE_LABEL.into(), NAMESPACE_ENABLED.into())])
 }
 
-/// Applies the webhook's JSON patch to the pod as JSON and checks it equals
-/// the typed injection, so both renderings agree.
-fn patched(pod: &Pod, labels: &BTreeMap<String, String>, config: &InjectConfig) -> Pod {
+/// Injects `pod(annotations)` in an enabled namespace with the default
+/// config: applies the webhook's JSON patch to the pod as JSON and checks it
+/// equals the typed injection, so both renderings agree.
+fn injected(annotations: &[(&str, &str)]) -> Pod {
+    let (pod, labels, config) = (&pod(annotations), &enabled(), &config());
     let InjectOutcome::Patch(patch) = inject_pod(pod, "shop", labels, config).unwrap() else {
         panic!("expected a patch")
     };
@@ -146,7 +157,7 @@ fn selection_rules() {
 
 #[test]
 fn native_sidecar_layout() {
-    let p = patched(&pod(&[]), &enabled(), &config());
+    let p = injected(&[]);
     let spec = p.spec.unwrap();
     let inits = spec.init_containers.unwrap();
     assert_eq!(inits[0].name, "ward-init");
@@ -183,11 +194,7 @@ fn native_sidecar_layout() {
 
 #[test]
 fn classic_sidecar_layout() {
-    let p = patched(
-        &pod(&[("ward.io/native-sidecar", "false")]),
-        &enabled(),
-        &config(),
-    );
+    let p = injected(&[("ward.io/native-sidecar", "false")]);
     let spec = p.spec.unwrap();
     assert_eq!(spec.init_containers.unwrap().len(), 1);
     assert_eq!(spec.containers[0].name, "ward-proxy");
@@ -220,7 +227,7 @@ fn classic_sidecar_layout() {
 
 #[test]
 fn probes_are_rewritten_and_grpc_ports_uncaptured() {
-    let p = patched(&pod(&[]), &enabled(), &config());
+    let p = injected(&[]);
     let spec = p.spec.unwrap();
     let app = &spec.containers[0];
     let ready = app.readiness_probe.as_ref().unwrap();
@@ -236,17 +243,12 @@ fn probes_are_rewritten_and_grpc_ports_uncaptured() {
     );
     assert!(app.startup_probe.as_ref().unwrap().grpc.is_some());
     let inits = spec.init_containers.unwrap();
-    let env = |c: &Container, n: &str| {
-        c.env
-            .iter()
-            .flatten()
-            .find(|e| e.name == n)
-            .and_then(|e| e.value.clone())
-            .unwrap()
-    };
-    assert_eq!(env(&inits[0], "WARD_EXCLUDE_INBOUND_PORTS"), "9090");
+    assert_eq!(
+        env(&inits[0], "WARD_EXCLUDE_INBOUND_PORTS").unwrap(),
+        "9090"
+    );
     let probes: BTreeMap<String, AppProbe> =
-        serde_json::from_str(&env(&inits[1], "WARD_APP_PROBES")).unwrap();
+        serde_json::from_str(&env(&inits[1], "WARD_APP_PROBES").unwrap()).unwrap();
     let original = &probes["/app-health/app/readyz"];
     let get = original.http_get.as_ref().unwrap();
     assert_eq!((get.port, get.path.as_str()), (8080, "/healthz"));
@@ -277,30 +279,19 @@ fn annotations_are_validated() {
         let err = inject_pod(&pod(&[(key, value)]), "shop", &enabled(), &c).unwrap_err();
         assert!(err.to_string().contains(key), "{err}");
     }
-    let p = patched(
-        &pod(&[
-            ("ward.io/exclude-outbound-cidrs", " 10.96.0.0/12, fd00::/8 "),
-            ("ward.io/proxy-cpu", "200m"),
-            ("ward.io/proxy-memory-limit", "1Gi"),
-            ("ward.io/opaque-ports", "5432,6379"),
-            ("ward.io/log-level", "debug"),
-        ]),
-        &enabled(),
-        &c,
-    );
+    let p = injected(&[
+        ("ward.io/exclude-outbound-cidrs", " 10.96.0.0/12, fd00::/8 "),
+        ("ward.io/proxy-cpu", "200m"),
+        ("ward.io/proxy-memory-limit", "1Gi"),
+        ("ward.io/opaque-ports", "5432,6379"),
+        ("ward.io/log-level", "debug"),
+    ]);
     let inits = p.spec.unwrap().init_containers.unwrap();
     let proxy = &inits[1];
     let r = proxy.resources.as_ref().unwrap();
     assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "200m");
     assert_eq!(r.requests.as_ref().unwrap()["memory"].0, "64Mi");
     assert_eq!(r.limits.as_ref().unwrap()["memory"].0, "1Gi");
-    let env = |c: &Container, n: &str| {
-        c.env
-            .iter()
-            .flatten()
-            .find(|e| e.name == n)
-            .and_then(|e| e.value.clone())
-    };
     assert_eq!(
         env(&inits[0], "WARD_EXCLUDE_OUTBOUND_CIDRS").as_deref(),
         Some("10.96.0.0/12,fd00::/8")
@@ -324,15 +315,11 @@ fn quantities() {
 
 #[test]
 fn prometheus_annotations_are_not_clobbered() {
-    let p = patched(
-        &pod(&[("prometheus.io/port", "9100")]),
-        &enabled(),
-        &config(),
-    );
+    let p = injected(&[("prometheus.io/port", "9100")]);
     let a = p.metadata.annotations.unwrap();
     assert_eq!(a["prometheus.io/port"], "9100");
     assert!(!a.contains_key("prometheus.io/scrape"));
-    let p = patched(&pod(&[]), &enabled(), &config());
+    let p = injected(&[]);
     let a = p.metadata.annotations.unwrap();
     assert_eq!(a["prometheus.io/port"], "15020");
 }

@@ -1,9 +1,6 @@
-use std::path::Path;
-use std::process::Command;
-
 use super::*;
+use crate::testutil::{HOUR, issue, openssl, openssl_csr, openssl_root, openssl_sign, uri};
 
-const HOUR: Duration = Duration::from_secs(3600);
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn id(s: &str) -> SpiffeId {
@@ -22,25 +19,6 @@ fn csr_with_sans(key: &KeyPair, sans: Vec<SanType>) -> String {
     let mut params = CertificateParams::default();
     params.subject_alt_names = sans;
     params.serialize_request(key).unwrap().pem().unwrap()
-}
-
-fn uri(s: &str) -> SanType {
-    SanType::URI(s.try_into().unwrap())
-}
-
-/// Runs openssl in `dir`, returns stdout, panics with stderr on failure.
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
@@ -91,11 +69,7 @@ fn pem_round_trip_keeps_identity() {
     assert_eq!(loaded.bundle_pem(), ca.bundle_pem());
     assert!(loaded.chain_der().is_empty());
     // The loaded CA signs leafs that chain to the original root.
-    let key = generate_key();
-    let leaf_id = id("spiffe://example.org/ns/a/sa/b");
-    let svid = loaded
-        .sign_csr(&build_csr(&key, &leaf_id).unwrap(), &leaf_id, HOUR)
-        .unwrap();
+    let (_, svid) = issue(&loaded, &id("spiffe://example.org/ns/a/sa/b"), HOUR);
     let leaf = parse(&svid.chain_der[0]);
     leaf.verify_signature(Some(parse(ca.cert_der()).public_key()))
         .unwrap();
@@ -127,11 +101,7 @@ fn from_pem_refusals() {
     ));
 
     // A leaf (CA:false) cannot be a CA, even with its own key.
-    let key = generate_key();
-    let leaf_id = id("spiffe://example.org/ns/a/sa/b");
-    let svid = ca
-        .sign_csr(&build_csr(&key, &leaf_id).unwrap(), &leaf_id, HOUR)
-        .unwrap();
+    let (key, svid) = issue(&ca, &id("spiffe://example.org/ns/a/sa/b"), HOUR);
     assert!(matches!(
         CertificateAuthority::from_pem(&svid.chain_pem, &key.serialize_pem()),
         Err(CaError::NotCa)
@@ -176,11 +146,7 @@ fn intermediate_from_pem_sends_chain_and_bundles_root() {
     assert_eq!(ca.bundle_pem(), root_pem);
     assert_eq!(ca.chain_pem(), inter_pem);
 
-    let key = generate_key();
-    let leaf_id = id("spiffe://example.org/ns/a/sa/b");
-    let svid = ca
-        .sign_csr(&build_csr(&key, &leaf_id).unwrap(), &leaf_id, HOUR)
-        .unwrap();
+    let (_, svid) = issue(&ca, &id("spiffe://example.org/ns/a/sa/b"), HOUR);
     assert_eq!(svid.chain_der.len(), 2);
     assert_eq!(
         svid.chain_pem,
@@ -420,10 +386,7 @@ fn ttl_limits() {
 #[test]
 fn leaf_is_clamped_to_ca_expiry() {
     let ca = CertificateAuthority::generate_root("example.org", HOUR).unwrap();
-    let key = generate_key();
-    let attested = id("spiffe://example.org/ns/a/sa/b");
-    let csr = build_csr(&key, &attested).unwrap();
-    let svid = ca.sign_csr(&csr, &attested, DEFAULT_SVID_TTL).unwrap();
+    let (_, svid) = issue(&ca, &id("spiffe://example.org/ns/a/sa/b"), DEFAULT_SVID_TTL);
     assert_eq!(svid.not_after, ca.not_after());
     assert_eq!(
         parse(&svid.chain_der[0]).validity().not_after.to_datetime(),
@@ -534,68 +497,9 @@ fn openssl_made_intermediate_issues_verifiable_leafs() {
          subjectAltName=URI:spiffe://corp.example\n",
     )
     .unwrap();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "root.key",
-            "-out",
-            "root.pem",
-            "-subj",
-            "/O=Offline/CN=offline root",
-            "-days",
-            "30",
-            "-addext",
-            "basicConstraints=critical,CA:true",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "inter.key",
-            "-out",
-            "inter.csr",
-            "-subj",
-            "/O=Ward/CN=ward intermediate",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "inter.csr",
-            "-CA",
-            "root.pem",
-            "-CAkey",
-            "root.key",
-            "-CAcreateserial",
-            "-out",
-            "inter.pem",
-            "-days",
-            "10",
-            "-extfile",
-            "ca.ext",
-        ],
-    );
+    openssl_root(d, "/O=Offline/CN=offline root", "30");
+    openssl_csr(d, "inter", "/O=Ward/CN=ward intermediate");
+    openssl_sign(d, "inter", "ca.ext", "10", &["-CAcreateserial"]);
     // Offline CAs often keep SEC1 ("EC PRIVATE KEY") keys.
     openssl(d, &["ec", "-in", "inter.key", "-out", "inter.sec1.key"]);
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
@@ -604,11 +508,7 @@ fn openssl_made_intermediate_issues_verifiable_leafs() {
     let ca = CertificateAuthority::from_pem(&chain, &read("inter.sec1.key")).unwrap();
     assert_eq!(ca.trust_domain(), "corp.example");
 
-    let key = generate_key();
-    let attested = id("spiffe://corp.example/ns/a/sa/b");
-    let svid = ca
-        .sign_csr(&build_csr(&key, &attested).unwrap(), &attested, HOUR)
-        .unwrap();
+    let (_, svid) = issue(&ca, &id("spiffe://corp.example/ns/a/sa/b"), HOUR);
     std::fs::write(d.join("bundle.pem"), ca.bundle_pem()).unwrap();
     std::fs::write(d.join("chain.pem"), ca.chain_pem()).unwrap();
     std::fs::write(d.join("leaf.pem"), &svid.chain_pem).unwrap();

@@ -1,8 +1,8 @@
 use rcgen::{BasicConstraints, CustomExtension, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose};
 
 use super::*;
-use crate::ca::{CertificateAuthority, build_csr, generate_key};
-use crate::testutil::{HOUR, TestCa, key_der, openssl, uri};
+use crate::ca::{CertificateAuthority, generate_key};
+use crate::testutil::{HOUR, TestCa, issue, key_der, openssl_csr, openssl_root, openssl_sign, uri};
 use rustls_pki_types::pem::PemObject;
 
 const ID: &str = "spiffe://example.org/ns/default/sa/web";
@@ -275,11 +275,8 @@ fn ca_issued_svids_verify() {
     let bundles = TrustBundles::new()
         .with_root("example.org", &ca.bundle_pem())
         .unwrap();
-    let key = generate_key();
     let id = SpiffeId::parse(ID).unwrap();
-    let svid = ca
-        .sign_csr(&build_csr(&key, &id).unwrap(), &id, HOUR)
-        .unwrap();
+    let (key, svid) = issue(&ca, &id, HOUR);
     let verified = verify(&svid.chain_der, &bundles).unwrap();
     assert_eq!(verified.spiffe_id, id);
     assert_eq!(verified.not_after, svid.not_after);
@@ -300,11 +297,8 @@ fn intermediate_ca_from_pem_issues_svids_that_verify_against_the_root() {
     let bundles = TrustBundles::new()
         .with_root("example.org", &ca.bundle_pem())
         .unwrap();
-    let key = generate_key();
     let id = SpiffeId::parse(ID).unwrap();
-    let svid = ca
-        .sign_csr(&build_csr(&key, &id).unwrap(), &id, HOUR)
-        .unwrap();
+    let (_, svid) = issue(&ca, &id, HOUR);
     assert_eq!(svid.chain_der.len(), 2);
     assert_eq!(verify(&svid.chain_der, &bundles).unwrap().spiffe_id, id);
 }
@@ -338,30 +332,7 @@ struct OpensslCa {
 impl OpensslCa {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        openssl(
-            dir.path(),
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "root.key",
-                "-out",
-                "root.pem",
-                "-subj",
-                "/CN=openssl root",
-                "-days",
-                "1",
-                "-addext",
-                "basicConstraints=critical,CA:true",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        );
+        openssl_root(dir.path(), "/CN=openssl root", "1");
         let pem = std::fs::read_to_string(dir.path().join("root.pem")).unwrap();
         let bundles = TrustBundles::new().with_root("example.org", &pem).unwrap();
         Self { dir, bundles }
@@ -370,45 +341,8 @@ impl OpensslCa {
     fn leaf(&self, ext: &str) -> CertificateDer<'static> {
         let d = self.dir.path();
         std::fs::write(d.join("leaf.ext"), ext).unwrap();
-        openssl(
-            d,
-            &[
-                "req",
-                "-new",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "leaf.key",
-                "-out",
-                "leaf.csr",
-                "-subj",
-                "/O=openssl",
-            ],
-        );
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "leaf.csr",
-                "-CA",
-                "root.pem",
-                "-CAkey",
-                "root.key",
-                "-set_serial",
-                "0x1234",
-                "-days",
-                "1",
-                "-out",
-                "leaf.pem",
-                "-extfile",
-                "leaf.ext",
-            ],
-        );
+        openssl_csr(d, "leaf", "/O=openssl");
+        openssl_sign(d, "leaf", "leaf.ext", "1", &["-set_serial", "0x1234"]);
         let pem = std::fs::read(d.join("leaf.pem")).unwrap();
         CertificateDer::from_pem_slice(&pem).unwrap()
     }

@@ -7,8 +7,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::*;
-use crate::ca::{CertificateAuthority, IssuedSvid, build_csr, generate_key};
-use crate::testutil::{HOUR, key_der};
+use crate::ca::{CertificateAuthority, IssuedSvid, generate_key};
+use crate::testutil::{HOUR, issue, key_der};
 
 const SERVER: &str = "spiffe://example.org/ns/default/sa/backend";
 const CLIENT: &str = "spiffe://example.org/ns/default/sa/frontend";
@@ -38,11 +38,7 @@ fn install(
     spiffe_id: &str,
     bundles: &SharedBundles,
 ) -> IssuedSvid {
-    let key = generate_key();
-    let spiffe_id = id(spiffe_id);
-    let svid = ca
-        .sign_csr(&build_csr(&key, &spiffe_id).unwrap(), &spiffe_id, HOUR)
-        .unwrap();
+    let (key, svid) = issue(ca, &id(spiffe_id), HOUR);
     cell.install(svid.chain_der.clone(), key_der(&key), &bundles.load())
         .unwrap();
     svid
@@ -261,11 +257,7 @@ fn install_refuses_a_bad_svid_and_keeps_the_current_one() {
     assert!(!cell.is_ready() && cell.certified_key().is_none());
     let current = install(&cell, &ca, SERVER, &bundles);
 
-    let key = generate_key();
-    let other = id(CLIENT);
-    let svid = ca
-        .sign_csr(&build_csr(&key, &other).unwrap(), &other, HOUR)
-        .unwrap();
+    let (key, svid) = issue(&ca, &id(CLIENT), HOUR);
     let wrong_key = key_der(&generate_key());
     assert_eq!(
         cell.install(svid.chain_der.clone(), wrong_key, &bundles.load()),

@@ -24,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use ward_identity::SpiffeId;
@@ -169,9 +169,9 @@ pub fn parse_args(args: &[String]) -> RunArgs {
         .run
 }
 
-/// Starts a proxy with `flags` plus the identity in `cert` and an admin
-/// listener on an ephemeral port.
-pub async fn start_proxy(cert: &CertFiles, flags: &[String]) -> Running {
+/// `flags` plus the identity in `cert` and an admin listener on an
+/// ephemeral port: the parsed flags of a test proxy.
+pub fn proxy_args(cert: &CertFiles, flags: &[String]) -> RunArgs {
     let mut args: Vec<String> = flags.to_vec();
     for (flag, value) in [
         ("--admin", "127.0.0.1:0".to_owned()),
@@ -182,20 +182,30 @@ pub async fn start_proxy(cert: &CertFiles, flags: &[String]) -> Running {
         args.push(flag.to_owned());
         args.push(value);
     }
-    proxy::start(&parse_args(&args))
+    parse_args(&args)
+}
+
+/// Starts a proxy with `flags` plus the identity in `cert` and an admin
+/// listener on an ephemeral port.
+pub async fn start_proxy(cert: &CertFiles, flags: &[String]) -> Running {
+    proxy::start(&proxy_args(cert, flags))
         .await
         .expect("proxy starts")
 }
 
 /// `--inbound 127.0.0.1:0=APP_PORT` plus `extra`, with the server identity.
 pub async fn start_inbound(pki: &Pki, app: SocketAddr, extra: &[&str]) -> Running {
-    let server = pki.issue(SERVER_ID);
+    start_inbound_as(&pki.issue(SERVER_ID), app, extra).await
+}
+
+/// `start_inbound` with the identity files in `server`.
+pub async fn start_inbound_as(server: &CertFiles, app: SocketAddr, extra: &[&str]) -> Running {
     let mut flags = vec![
         "--inbound".to_owned(),
         format!("127.0.0.1:0={}", app.port()),
     ];
     flags.extend(extra.iter().map(|s| s.to_string()));
-    start_proxy(&server, &flags).await
+    start_proxy(server, &flags).await
 }
 
 /// `--outbound 127.0.0.1:0=DEST --endpoint DEST=EXPECTED` plus `extra`,
@@ -227,6 +237,21 @@ impl Mesh {
     pub async fn new(app: SocketAddr, inbound_extra: &[&str], outbound_extra: &[&str]) -> Mesh {
         let pki = Pki::new();
         let inbound = start_inbound(&pki, app, inbound_extra).await;
+        Mesh::in_front_of(pki, inbound, outbound_extra).await
+    }
+
+    /// Both proxies declare the next hop's port opaque (`--opaque-ports`):
+    /// the inbound the app's, the outbound the inbound's.
+    pub async fn opaque(app: SocketAddr) -> Mesh {
+        let pki = Pki::new();
+        let app_port = app.port().to_string();
+        let inbound = start_inbound(&pki, app, &["--opaque-ports", &app_port]).await;
+        let inbound_port = inbound.inbound_addrs[0].port().to_string();
+        Mesh::in_front_of(pki, inbound, &["--opaque-ports", &inbound_port]).await
+    }
+
+    /// An outbound proxy (with `outbound_extra`) in front of `inbound`.
+    async fn in_front_of(pki: Pki, inbound: Running, outbound_extra: &[&str]) -> Mesh {
         let outbound = start_outbound(
             &pki,
             inbound.inbound_addrs[0],
@@ -251,12 +276,16 @@ impl Mesh {
     }
 
     pub async fn shutdown(self) {
-        let (a, b) = tokio::join!(
-            self.outbound.drain(Duration::from_secs(2)),
-            self.inbound.drain(Duration::from_secs(2))
-        );
-        let _ = (a, b);
+        drain_both(self.outbound, self.inbound).await;
     }
+}
+
+/// Drains two proxies at once (2 s each).
+pub async fn drain_both(outbound: Running, inbound: Running) {
+    let _ = tokio::join!(
+        outbound.drain(Duration::from_secs(2)),
+        inbound.drain(Duration::from_secs(2))
+    );
 }
 
 // ---------------------------------------------------------------- metrics
@@ -280,6 +309,13 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             all.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
+}
+
+/// Asserts that `name` with `labels` is `value` in `running`'s metrics now.
+#[track_caller]
+pub fn assert_metric(running: &Running, name: &str, labels: &[(&str, &str)], value: f64) {
+    let metrics = running.metrics.render();
+    assert_eq!(metric(&metrics, name, labels), value, "{metrics}");
 }
 
 /// Waits (up to 2 s) for a metric to reach `value`: counters move just
@@ -414,6 +450,20 @@ where
     reply
 }
 
+/// An HTTP/1.1 keep-alive connection to `addr`.
+pub async fn http1_sender<B>(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = TcpStream::connect(addr).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// An HTTP/2 prior-knowledge (h2c) connection to `addr`.
 pub async fn h2c_sender<B>(
     addr: SocketAddr,
@@ -444,6 +494,63 @@ pub fn get(uri: &str) -> Request<Full<Bytes>> {
         .header(http::header::HOST, "app.test")
         .body(Full::new(Bytes::new()))
         .expect("request")
+}
+
+/// Adds the client's own (forged) `x-forwarded-client-cert` claiming the
+/// admin identity: a proxy must never pass it on.
+pub fn forge_xfcc<B>(req: &mut Request<B>) {
+    req.headers_mut().insert(
+        "x-forwarded-client-cert",
+        "URI=spiffe://cluster.local/ns/default/sa/admin"
+            .parse()
+            .unwrap(),
+    );
+}
+
+/// The JSON body of a streamed response (the echo app's report).
+pub async fn json_body(resp: Response<Incoming>) -> serde_json::Value {
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Sends `GET /slow?ms=1500` to `entry` and waits (up to 5 s) until it
+/// reached `app`: a request in flight. The handle yields its reply.
+pub async fn start_slow_request(
+    entry: SocketAddr,
+    app: &App,
+) -> tokio::task::JoinHandle<anyhow::Result<Reply>> {
+    let slow = tokio::spawn(http1(entry, get("/slow?ms=1500")));
+    within(5, "slow request reaches the app", async {
+        while app.state.requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    slow
+}
+
+/// Opens a raw connection to `addr` and asks the echo app for an
+/// `Upgrade: echo`; returns the connection and the response head.
+pub async fn upgrade_to_echo(addr: SocketAddr) -> (TcpStream, String) {
+    let mut ws = TcpStream::connect(addr).await.unwrap();
+    ws.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut ws).await;
+    (ws, head)
+}
+
+/// A mesh mTLS connection to `addr` with `connector` (handshake bounded).
+pub async fn connect_tls(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    within(5, "handshake", connector.connect(server_name(), tcp))
+        .await
+        .unwrap()
 }
 
 /// Writes `bytes` to a raw connection and reads until the peer closes,
@@ -569,6 +676,36 @@ type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// gets 200, after which bytes are echoed back; on the client's half-close
 /// the app writes `bye <n>` and closes.
 pub async fn echo_app(flavor: Flavor) -> App {
+    serve_app(move |tcp, st| async move {
+        let svc = service_fn(move |req| echo(req, st.clone()));
+        let io = TokioIo::new(tcp);
+        match flavor {
+            Flavor::Http1Only => {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .with_upgrades()
+                    .await;
+            }
+            Flavor::Auto => {
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Generous: the proxies' limits are under test.
+                builder.http2().max_header_list_size(1024 * 1024);
+                let _ = builder.serve_connection_with_upgrades(io, svc).await;
+            }
+        }
+    })
+    .await
+}
+
+/// Binds an app on 127.0.0.1:0 and, for each accepted connection, calls
+/// `on_connection` in the accept loop and runs the future it returns in a
+/// task of its own.
+async fn serve_app<F, Fut>(on_connection: F) -> App
+where
+    F: Fn(TcpStream, Arc<AppState>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = bind().await;
     let addr = listener.local_addr().unwrap();
     let state = Arc::new(AppState::default());
@@ -578,29 +715,31 @@ pub async fn echo_app(flavor: Flavor) -> App {
             let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
-            let st = st.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| echo(req, st.clone()));
-                let io = TokioIo::new(tcp);
-                match flavor {
-                    Flavor::Http1Only => {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .with_upgrades()
-                            .await;
-                    }
-                    Flavor::Auto => {
-                        let mut builder =
-                            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                        // Generous: the proxies' limits are under test.
-                        builder.http2().max_header_list_size(1024 * 1024);
-                        let _ = builder.serve_connection_with_upgrades(io, svc).await;
-                    }
-                }
-            });
+            tokio::spawn(on_connection(tcp, st.clone()));
         }
     });
     App { addr, state, task }
+}
+
+/// Echoes what arrives on `io` (through `buf`) until the peer half-closes,
+/// then writes `bye <n>` (n = bytes received) and closes; gives up
+/// silently on an error.
+async fn echo_then_bye(io: &mut (impl AsyncRead + AsyncWrite + Unpin), buf: &mut [u8]) {
+    let mut total = 0usize;
+    loop {
+        match io.read(buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                total += n;
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = io.write_all(format!("bye {total}").as_bytes()).await;
+    let _ = io.shutdown().await;
 }
 
 async fn echo(
@@ -633,24 +772,7 @@ async fn echo(
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(upgraded) = on_upgrade.await {
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = [0u8; 4096];
-                let mut total = 0;
-                loop {
-                    match io.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            total += n;
-                            if io.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => return,
-                    }
-                }
-                // The client half-closed: answer, then close our side.
-                let _ = io.write_all(format!("bye {total}").as_bytes()).await;
-                let _ = io.shutdown().await;
+                echo_then_bye(&mut TokioIo::new(upgraded), &mut [0u8; 4096]).await;
             }
         });
         let resp = if req.method() == http::Method::CONNECT {
@@ -728,25 +850,13 @@ pub const GRPC_TRAILER: &str = "x-echo-count";
 /// soon as it is complete, then ends with trailers `grpc-status: 0` and
 /// `x-echo-count: <messages>`.
 pub async fn grpc_app() -> App {
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap();
-    let state = Arc::new(AppState::default());
-    let st = state.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let st = st.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| grpc_echo(req, st.clone()));
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-            });
-        }
-    });
-    App { addr, state, task }
+    serve_app(|tcp, st| async move {
+        let svc = service_fn(move |req| grpc_echo(req, st.clone()));
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tcp), svc)
+            .await;
+    })
+    .await
 }
 
 async fn grpc_echo(
@@ -810,40 +920,17 @@ pub async fn banner_app() -> App {
 pub const BANNER: &[u8] = b"220 ward-test banner\r\n";
 
 async fn tcp_app(banner: bool) -> App {
-    let listener = bind().await;
-    let addr = listener.local_addr().unwrap();
-    let state = Arc::new(AppState::default());
-    let st = state.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            st.started.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if banner && tcp.write_all(BANNER).await.is_err() {
-                    return;
-                }
-                let mut total = 0usize;
-                let mut buf = [0u8; 8192];
-                loop {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            total += n;
-                            if tcp.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => return,
-                    }
-                }
-                let _ = tcp.write_all(format!("bye {total}").as_bytes()).await;
-                let _ = tcp.shutdown().await;
-            });
+    serve_app(move |mut tcp, st| {
+        // Counted on accept, before the connection's task runs.
+        st.started.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if banner && tcp.write_all(BANNER).await.is_err() {
+                return;
+            }
+            echo_then_bye(&mut tcp, &mut [0u8; 8192]).await;
         }
-    });
-    App { addr, state, task }
+    })
+    .await
 }
 
 /// A port with nothing listening (bound, then released).

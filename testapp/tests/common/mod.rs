@@ -119,6 +119,12 @@ pub fn client(args: &[&str]) -> Output {
     output
 }
 
+/// `ward-testapp SUBCOMMAND --connect <server> ARGS`: a client of `server`.
+pub fn client_of(server: &Server, subcommand: &str, args: &[&str]) -> Output {
+    let addr = server.addr_str();
+    client(&[&[subcommand, "--connect", &addr], args].concat())
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
