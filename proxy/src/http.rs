@@ -1,11 +1,13 @@
-//! HTTP plumbing shared by both directions: the body type, local error
-//! responses, and hop-by-hop header handling.
+//! HTTP plumbing shared by both directions: serving a downstream connection,
+//! the body type, local error responses, and hop-by-hop header handling.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tracing::debug;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -128,25 +130,28 @@ pub fn declare_grpc_trailers(headers: &mut HeaderMap) {
 }
 
 /// Serves one downstream HTTP connection (HTTP/1.1 with upgrades, or HTTP/2)
-/// with the proxy's limits, until it ends or `shutdown` asks it to finish
-/// its in-flight requests and close.
-pub async fn serve_connection<I, S>(
+/// with the proxy's limits, answering each request with `handle`, until it
+/// ends or `shutdown` asks it to finish its in-flight requests and close.
+pub async fn serve_connection<I, F, Fut>(
     io: I,
     http2: bool,
     limits: &crate::inbound::Limits,
-    service: S,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), hyper::Error>
-where
+    direction: &'static str,
+    handle: F,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Body> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     use hyper::server::conn::{http1, http2};
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let service = hyper::service::service_fn(move |req| {
+        let response = handle(req);
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
     let io = TokioIo::new(io);
-    if http2 {
+    let result = if http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -172,5 +177,8 @@ where
             r = conn.as_mut() => r,
             _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
         }
+    };
+    if let Err(err) = result {
+        debug!(%err, "{direction} HTTP connection ended with an error");
     }
 }

@@ -3,7 +3,6 @@
 //! authorize (per connection for TCP, per request for HTTP) and forward to
 //! the application on loopback.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +25,7 @@ use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
 use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
+use crate::orig_dst;
 use crate::rewind::{self, Rewind};
 use crate::upstream::Alpn;
 
@@ -72,6 +71,15 @@ pub struct Inbound {
     pub tracker: TaskTracker,
 }
 
+/// What every request on one inbound HTTP connection shares.
+struct HttpConn {
+    conn: Arc<ConnInfo>,
+    app: AppPort,
+    /// The connection's verdict: a denied connection denies every request.
+    verdict: Verdict,
+    peer: Arc<PeerMetrics>,
+}
+
 /// A plaintext connection, before its protocol is served.
 struct Accepted {
     io: Counting<TcpStream>,
@@ -111,12 +119,9 @@ impl Inbound {
                 Ok(local) => SocketAddr::new(local.ip(), port),
                 Err(_) => return,
             },
-            Target::Original => match crate::orig_dst::original_destination(&tcp) {
-                Ok(dest) if crate::orig_dst::is_self_destination(dest, &self.self_addrs) => {
-                    return self.refuse(source, "loop");
-                }
+            Target::Original => match orig_dst::checked_destination(&tcp, &self.self_addrs) {
                 Ok(dest) => dest,
-                Err(_) => return self.refuse(source, "no_original_destination"),
+                Err(reason) => return self.refuse(source, reason),
             },
         };
         let app = self.apps.for_addr(AppClients::app_addr(destination));
@@ -275,18 +280,19 @@ impl Inbound {
         let serve = async {
             match protocol {
                 Protocol::Http1 | Protocol::Http2 => {
-                    let verdict = self.authz.connection(&conn, AuthzProtocol::Http);
-                    self.clone()
-                        .serve_http(
-                            io,
-                            protocol,
-                            conn.clone(),
-                            app,
-                            verdict,
-                            peer.clone(),
-                            shutdown,
-                        )
-                        .await
+                    let http = Arc::new(HttpConn {
+                        verdict: self.authz.connection(&conn, AuthzProtocol::Http),
+                        conn: conn.clone(),
+                        app,
+                        peer: peer.clone(),
+                    });
+                    let this = self.clone();
+                    let http2 = protocol == Protocol::Http2;
+                    h::serve_connection(io, http2, &self.limits, shutdown, "inbound", move |req| {
+                        let (this, http) = (this.clone(), http.clone());
+                        async move { this.request(&http, req).await }
+                    })
+                    .await
                 }
                 _ => {
                     let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
@@ -352,71 +358,25 @@ impl Inbound {
         info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "allow", policy = %verdict.policy_display(), bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn serve_http<I>(
-        self: Arc<Self>,
-        io: I,
-        protocol: Protocol,
-        conn: Arc<ConnInfo>,
-        app: AppPort,
-        verdict: Verdict,
-        peer: Arc<PeerMetrics>,
-        shutdown: CancellationToken,
-    ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let this = self.clone();
-        let service = service_fn(move |req| {
-            let (this, conn, app, verdict, peer) = (
-                this.clone(),
-                conn.clone(),
-                app.clone(),
-                verdict.clone(),
-                peer.clone(),
-            );
-            async move { Ok::<_, Infallible>(this.request(&conn, &app, &verdict, &peer, req).await) }
-        });
-        let result = h::serve_connection(
-            io,
-            protocol == Protocol::Http2,
-            &self.limits,
-            service,
-            shutdown,
-        )
-        .await;
-        if let Err(err) = result {
-            debug!(%err, "inbound HTTP connection ended with an error");
-        }
-    }
-
-    async fn request(
-        &self,
-        conn: &ConnInfo,
-        app: &AppPort,
-        conn_verdict: &Verdict,
-        peer_metrics: &PeerMetrics,
-        req: Request<Incoming>,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        peer_metrics.request();
+    async fn request(&self, http: &HttpConn, req: Request<Incoming>) -> Response<Body> {
+        let started = http.peer.request();
         let (parts, body) = req.into_parts();
         let (method, uri) = (parts.method.clone(), parts.uri.clone());
-        let verdict = if conn_verdict.allowed {
-            self.authz.request(conn, &parts)
+        let verdict = if http.verdict.allowed {
+            self.authz.request(&http.conn, &parts)
         } else {
-            conn_verdict.clone()
+            http.verdict.clone()
         };
         self.count_decision(&verdict, AuthzProtocol::Http);
-        let peer = conn.peer_id.as_ref().map(|p| p.as_str());
+        let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
         let response = if verdict.allowed {
-            self.forward(conn, app, Request::from_parts(parts, body))
-                .await
+            self.forward(&http.conn, &http.app, parts, body).await
         } else {
             h::forbidden()
         };
         let status = response.status();
-        peer_metrics.response(status, started.elapsed());
-        info!(target: "ward::access", direction = "inbound", ?peer, %method, authority = ?uri.authority().map(|a| a.as_str()), path = uri.path(), status = status.as_u16(), decision = verdict.action(), policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, duration_us = started.elapsed().as_micros() as u64, "request");
+        let elapsed = http.peer.response(status, started);
+        info!(target: "ward::access", direction = "inbound", ?peer, %method, authority = ?uri.authority().map(|a| a.as_str()), path = uri.path(), status = status.as_u16(), decision = verdict.action(), policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, duration_us = elapsed.as_micros() as u64, "request");
         response
     }
 
@@ -424,9 +384,9 @@ impl Inbound {
         &self,
         conn: &ConnInfo,
         app: &AppPort,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        body: Incoming,
     ) -> Response<Body> {
-        let (mut parts, body) = req.into_parts();
         let downstream_http1 = parts.version != Version::HTTP_2;
         let accepts_trailers = parts
             .headers

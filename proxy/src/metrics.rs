@@ -4,6 +4,7 @@
 //! bounded by the mesh, not by the traffic.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -275,11 +276,16 @@ impl PeerMetrics {
             .inc_by(sent);
     }
 
-    pub fn request(&self) {
+    /// Counts a request; returns when it started, for [`Self::response`].
+    pub fn request(&self) -> Instant {
         self.requests.inc();
+        Instant::now()
     }
 
-    pub fn response(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+    /// Counts the response to a request that started at `started`; returns
+    /// the request's duration, for the access log.
+    pub fn response(&self, status: http::StatusCode, started: Instant) -> Duration {
+        let elapsed = started.elapsed();
         let class = match status.as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -298,6 +304,7 @@ impl PeerMetrics {
             ])
             .inc();
         self.duration.observe(elapsed.as_secs_f64());
+        elapsed
     }
 }
 

@@ -2,7 +2,6 @@
 //! up in the endpoint table, and either carry the traffic over mTLS to the
 //! destination's sidecar (verifying its SPIFFE ID) or pass it through.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,7 +10,6 @@ use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
-use hyper::service::service_fn;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +23,7 @@ use crate::endpoints::SharedEndpoints;
 use crate::http::{self as h, Body};
 use crate::inbound::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
+use crate::orig_dst;
 use crate::upstream::{Alpn, PoolSlot, Upstream, UpstreamError};
 
 #[derive(Debug, Clone, Copy)]
@@ -86,12 +85,9 @@ impl Outbound {
         let _ = tcp.set_nodelay(true);
         let dest = match target {
             Target::Fixed(dest) => dest,
-            Target::Original => match crate::orig_dst::original_destination(&tcp) {
-                Ok(dest) if crate::orig_dst::is_self_destination(dest, &self.self_addrs) => {
-                    return self.refuse(source, "loop");
-                }
+            Target::Original => match orig_dst::checked_destination(&tcp, &self.self_addrs) {
                 Ok(dest) => dest,
-                Err(_) => return self.refuse(source, "no_original_destination"),
+                Err(reason) => return self.refuse(source, reason),
             },
         };
         let Some(expected) = self.endpoints.load().lookup(dest).cloned() else {
@@ -127,8 +123,13 @@ impl Outbound {
         let serve = async {
             match protocol {
                 Protocol::Http1 | Protocol::Http2 => {
-                    self.serve_http(io, protocol, route, peer.clone(), shutdown)
-                        .await
+                    let (this, peer) = (self.clone(), peer.clone());
+                    let http2 = protocol == Protocol::Http2;
+                    h::serve_connection(io, http2, &self.limits, shutdown, "outbound", move |req| {
+                        let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
+                        async move { this.request(&route, &peer, req).await }
+                    })
+                    .await
                 }
                 // Opaque bytes, or TLS the application does itself: wrapped in mTLS.
                 Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(io, &route).await,
@@ -186,40 +187,13 @@ impl Outbound {
         }
     }
 
-    async fn serve_http(
-        self: Arc<Self>,
-        tcp: Counting<TcpStream>,
-        protocol: Protocol,
-        route: Arc<Route>,
-        peer: Arc<PeerMetrics>,
-        shutdown: CancellationToken,
-    ) {
-        let this = self.clone();
-        let service = service_fn(move |req| {
-            let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(this.request(&route, &peer, req).await) }
-        });
-        let result = h::serve_connection(
-            tcp,
-            protocol == Protocol::Http2,
-            &self.limits,
-            service,
-            shutdown,
-        )
-        .await;
-        if let Err(err) = result {
-            debug!(%err, "outbound HTTP connection ended with an error");
-        }
-    }
-
     async fn request(
         &self,
         route: &Route,
         peer: &PeerMetrics,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let started = Instant::now();
-        peer.request();
+        let started = peer.request();
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let response = match self.forward(route, req).await {
             Ok(resp) => resp,
@@ -229,8 +203,8 @@ impl Outbound {
             }
         };
         let status = response.status();
-        peer.response(status, started.elapsed());
-        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path = uri.path(), status = status.as_u16(), duration_us = started.elapsed().as_micros() as u64, "request");
+        let elapsed = peer.response(status, started);
+        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path = uri.path(), status = status.as_u16(), duration_us = elapsed.as_micros() as u64, "request");
         response
     }
 
