@@ -4,12 +4,13 @@
 //! the application on loopback.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -78,6 +79,9 @@ struct HttpConn {
     /// The connection's verdict: a denied connection denies every request.
     verdict: Verdict,
     peer: Arc<PeerMetrics>,
+    /// The first request's decision and its `ward_authorization_decisions_total`
+    /// counter: most connections get the same decision on every request.
+    first_decision: OnceLock<(Verdict, IntCounter)>,
 }
 
 /// A plaintext connection, before its protocol is served.
@@ -285,6 +289,7 @@ impl Inbound {
                         conn: conn.clone(),
                         app,
                         peer: peer.clone(),
+                        first_decision: OnceLock::new(),
                     });
                     let this = self.clone();
                     let http2 = protocol == Protocol::Http2;
@@ -310,12 +315,28 @@ impl Inbound {
         peer.connection_closed(received, sent);
     }
 
-    fn count_decision(&self, verdict: &Verdict, protocol: AuthzProtocol) {
+    fn decision_counter(&self, verdict: &Verdict, protocol: AuthzProtocol) -> IntCounter {
         let (ns, name) = verdict.policy_labels();
         self.metrics
             .authz
             .with_label_values(&[verdict.action(), ns, name, protocol.as_str()])
-            .inc();
+    }
+
+    /// Counts a request's decision; one the same as the connection's first
+    /// (action and policy) costs an atomic add instead of a label lookup.
+    fn count_request_decision(&self, http: &HttpConn, verdict: &Verdict) {
+        match http.first_decision.get() {
+            Some((first, counter))
+                if first.allowed == verdict.allowed && first.policy == verdict.policy =>
+            {
+                counter.inc()
+            }
+            _ => {
+                let counter = self.decision_counter(verdict, AuthzProtocol::Http);
+                counter.inc();
+                let _ = http.first_decision.set((verdict.clone(), counter));
+            }
+        }
     }
 
     async fn serve_tcp<I>(&self, mut io: I, conn: Arc<ConnInfo>, verdict: Verdict)
@@ -323,7 +344,7 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        self.count_decision(&verdict, AuthzProtocol::Tcp);
+        self.decision_counter(&verdict, AuthzProtocol::Tcp).inc();
         let peer = conn.peer_id.as_ref().map(|p| p.as_str());
         if !verdict.allowed {
             // Closed before a single byte reaches the application.
@@ -367,7 +388,7 @@ impl Inbound {
         } else {
             http.verdict.clone()
         };
-        self.count_decision(&verdict, AuthzProtocol::Http);
+        self.count_request_decision(http, &verdict);
         let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
         let response = if verdict.allowed {
             self.forward(&http.conn, &http.app, parts, body).await

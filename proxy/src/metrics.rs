@@ -3,7 +3,7 @@
 //! paths, IPs, client ports or header values, so the number of series is
 //! bounded by the mesh, not by the traffic.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus::{
@@ -208,8 +208,8 @@ impl ProxyMetrics {
         String::from_utf8(out).expect("exposition is UTF-8")
     }
 
-    /// Metric handles for one connection's peer, resolved once so the
-    /// per-request cost is an atomic add.
+    /// Metric handles for one connection's peer, resolved once (response
+    /// counters at their first use) so the per-request cost is atomic adds.
     pub fn peer(self: &Arc<Self>, direction: &'static str, peer: Option<&SpiffeId>) -> PeerMetrics {
         let (ns, sa) = peer_labels(peer);
         PeerMetrics {
@@ -219,6 +219,7 @@ impl ProxyMetrics {
             direction,
             namespace: ns.to_owned(),
             service_account: sa.to_owned(),
+            responses: Default::default(),
         }
     }
 }
@@ -240,6 +241,12 @@ pub fn peer_labels(peer: Option<&SpiffeId>) -> (&str, &str) {
     }
 }
 
+/// Status codes whose `ward_http_responses_total` series a connection keeps
+/// once it has used them; other codes are looked up by label each time.
+const COMMON_STATUS_CODES: [u16; 14] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 500, 502, 503, 504,
+];
+
 /// One connection's view of the metrics: counts the connection open while
 /// it lives, and requests, responses and bytes for its peer.
 pub struct PeerMetrics {
@@ -249,11 +256,31 @@ pub struct PeerMetrics {
     service_account: String,
     requests: IntCounter,
     duration: Histogram,
+    /// The response counter of `COMMON_STATUS_CODES[i]`, resolved on first
+    /// use (so no series appears before a response had that code).
+    responses: [OnceLock<IntCounter>; COMMON_STATUS_CODES.len()],
 }
 
 impl PeerMetrics {
     fn labels(&self) -> [&str; 3] {
         [self.direction, &self.namespace, &self.service_account]
+    }
+
+    fn response_counter(&self, status: http::StatusCode) -> IntCounter {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics.http_responses.with_label_values(&[
+            self.direction,
+            class,
+            status.as_str(),
+            &self.namespace,
+            &self.service_account,
+        ])
     }
 
     pub fn connection_opened(&self) {
@@ -286,23 +313,15 @@ impl PeerMetrics {
     /// the request's duration, for the access log.
     pub fn response(&self, status: http::StatusCode, started: Instant) -> Duration {
         let elapsed = started.elapsed();
-        let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.metrics
-            .http_responses
-            .with_label_values(&[
-                self.direction,
-                class,
-                status.as_str(),
-                &self.namespace,
-                &self.service_account,
-            ])
-            .inc();
+        match COMMON_STATUS_CODES
+            .iter()
+            .position(|&code| code == status.as_u16())
+        {
+            Some(i) => self.responses[i]
+                .get_or_init(|| self.response_counter(status))
+                .inc(),
+            None => self.response_counter(status).inc(),
+        }
         self.duration.observe(elapsed.as_secs_f64());
         elapsed
     }
