@@ -1,9 +1,13 @@
 //! HTTP plumbing shared by both directions: serving a downstream connection,
 //! the body type, local error responses, and hop-by-hop header handling.
 
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -126,6 +130,74 @@ pub fn declare_grpc_trailers(headers: &mut HeaderMap) {
             header::TRAILER,
             HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
         );
+    }
+}
+
+/// The authority a request asked for: its URI's, else its `Host` (when it is
+/// text), else the destination address. An authority from `Host` is parsed
+/// once per connection while it stays the same (`hosts`).
+pub fn requested_authority(
+    parts: &http::request::Parts,
+    destination: SocketAddr,
+    hosts: &FirstParsed<Authority>,
+) -> Result<Authority, InvalidUri> {
+    if let Some(authority) = parts.uri.authority() {
+        return Ok(authority.clone());
+    }
+    match parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(host) => hosts.get_or_parse(
+            host.as_bytes(),
+            |a| a.as_str().as_bytes(),
+            |text| Authority::try_from(text),
+        ),
+        None => Authority::try_from(destination.to_string()),
+    }
+}
+
+/// `uri` in absolute form: scheme `http`, `authority`, and the path and query
+/// it had ("/" when it had none). Nothing is copied or parsed again.
+pub fn absolute_uri(uri: Uri, authority: Authority) -> Uri {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts
+        .path_and_query
+        .get_or_insert_with(|| PathAndQuery::from_static("/"));
+    Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
+}
+
+/// The first value a connection parsed from some request text (a host),
+/// kept so that later requests with the same text reuse it, a reference
+/// count instead of a copy and a parse: most connections ask for one host.
+pub struct FirstParsed<T>(OnceLock<T>);
+
+impl<T> Default for FirstParsed<T> {
+    fn default() -> Self {
+        FirstParsed(OnceLock::new())
+    }
+}
+
+impl<T: Clone> FirstParsed<T> {
+    /// The value parsed from `text`: the kept one when its text (`text_of`)
+    /// is `text`, else `parse(text)`, kept when it is the first.
+    pub fn get_or_parse<E>(
+        &self,
+        text: &[u8],
+        text_of: fn(&T) -> &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if let Some(first) = self.0.get()
+            && text_of(first) == text
+        {
+            return Ok(first.clone());
+        }
+        let value = parse(text)?;
+        let _ = self.0.set(value.clone());
+        Ok(value)
     }
 }
 

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
@@ -79,6 +80,10 @@ struct HttpConn {
     /// The connection's verdict: a denied connection denies every request.
     verdict: Verdict,
     peer: Arc<PeerMetrics>,
+    /// The authority of requests whose URI has none, from `Host`.
+    authority: h::FirstParsed<Authority>,
+    /// `Host` for requests downgraded to HTTP/1.1, from their URI's authority.
+    host: h::FirstParsed<HeaderValue>,
     /// The first request's decision and its `ward_authorization_decisions_total`
     /// counter: most connections get the same decision on every request.
     first_decision: OnceLock<(Verdict, IntCounter)>,
@@ -289,6 +294,8 @@ impl Inbound {
                         conn: conn.clone(),
                         app,
                         peer: peer.clone(),
+                        authority: Default::default(),
+                        host: Default::default(),
                         first_decision: OnceLock::new(),
                     });
                     let this = self.clone();
@@ -391,7 +398,7 @@ impl Inbound {
         self.count_request_decision(http, &verdict);
         let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
         let response = if verdict.allowed {
-            self.forward(&http.conn, &http.app, parts, body).await
+            self.forward(http, parts, body).await
         } else {
             h::forbidden()
         };
@@ -403,11 +410,11 @@ impl Inbound {
 
     async fn forward(
         &self,
-        conn: &ConnInfo,
-        app: &AppPort,
+        http: &HttpConn,
         mut parts: http::request::Parts,
         body: Incoming,
     ) -> Response<Body> {
+        let (conn, app) = (&http.conn, &http.app);
         let downstream_http1 = parts.version != Version::HTTP_2;
         let accepts_trailers = parts
             .headers
@@ -433,7 +440,11 @@ impl Inbound {
             h::join_cookies(&mut parts.headers);
             if !parts.headers.contains_key(header::HOST)
                 && let Some(authority) = parts.uri.authority()
-                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+                && let Ok(host) = http.host.get_or_parse(
+                    authority.as_str().as_bytes(),
+                    HeaderValue::as_bytes,
+                    HeaderValue::from_bytes,
+                )
             {
                 parts.headers.insert(header::HOST, host);
             }
@@ -441,9 +452,14 @@ impl Inbound {
         if !tunnel {
             h::strip_hop_by_hop(&mut parts.headers);
         }
-        parts.uri = match absolute_uri(&parts, conn.destination) {
-            Some(uri) => uri,
-            None => {
+        // In absolute form: the legacy client needs a scheme and authority;
+        // the connector ignores them and dials the application.
+        parts.uri = match h::requested_authority(&parts, conn.destination, &http.authority) {
+            Ok(authority) if parts.method == http::Method::CONNECT => {
+                h::absolute_uri(Uri::default(), authority)
+            }
+            Ok(authority) => h::absolute_uri(std::mem::take(&mut parts.uri), authority),
+            Err(_) => {
                 return h::local_response(
                     StatusCode::BAD_REQUEST,
                     "invalid request target",
@@ -485,33 +501,4 @@ impl Inbound {
             }
         }
     }
-}
-
-/// The request's URI in absolute form (the legacy client needs a scheme and
-/// authority; the connector ignores them and dials the application).
-fn absolute_uri(parts: &http::request::Parts, destination: SocketAddr) -> Option<http::Uri> {
-    let authority = match parts.uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => match parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-        {
-            Some(host) => host.to_owned(),
-            None => destination.to_string(),
-        },
-    };
-    let mut builder = http::Uri::builder().scheme("http").authority(authority);
-    if parts.method != http::Method::CONNECT {
-        builder = builder.path_and_query(
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
-        );
-    } else {
-        builder = builder.path_and_query("/");
-    }
-    builder.build().ok()
 }

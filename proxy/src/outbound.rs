@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -63,6 +64,8 @@ struct Route {
     dest: SocketAddr,
     expected: SpiffeId,
     link: Link,
+    /// The authority of requests whose URI has none, from `Host`.
+    authority: h::FirstParsed<Authority>,
 }
 
 /// How a route reaches its destination's sidecar.
@@ -118,6 +121,7 @@ impl Outbound {
             dest,
             expected,
             link,
+            authority: Default::default(),
         });
         let idle_timeout = self.limits.idle_timeout;
         let serve = async {
@@ -219,7 +223,6 @@ impl Outbound {
         let (mut parts, body) = req.into_parts();
         let spoke_http1 = parts.version != Version::HTTP_2;
         h::strip_hop_by_hop(&mut parts.headers);
-        let authority = authority_of(&parts, route.dest);
         let req_body = body.boxed();
         // HTTP/2 clients keep HTTP/2 upstream whatever the setting: their
         // concurrent streams and trailers (gRPC) cannot ride one HTTP/1.1
@@ -231,18 +234,9 @@ impl Outbound {
         };
         let response = match protocol {
             UpstreamProtocol::H2 => {
-                parts.uri = Uri::builder()
-                    .scheme("http")
-                    .authority(authority)
-                    .path_and_query(
-                        parts
-                            .uri
-                            .path_and_query()
-                            .map(|p| p.as_str())
-                            .unwrap_or("/"),
-                    )
-                    .build()
+                let authority = h::requested_authority(&parts, route.dest, &route.authority)
                     .map_err(|_| UpstreamError::InvalidRequest)?;
+                parts.uri = h::absolute_uri(std::mem::take(&mut parts.uri), authority);
                 parts.version = Version::HTTP_2;
                 parts.headers.remove(header::HOST);
                 if spoke_http1 {
@@ -277,6 +271,7 @@ impl Outbound {
                 }
             }
             UpstreamProtocol::Http1 => {
+                let host = host_header(&parts, route.dest);
                 if let Some(pq) = parts.uri.path_and_query() {
                     parts.uri = Uri::from(pq.clone());
                 }
@@ -288,7 +283,7 @@ impl Outbound {
                         .insert(h::PROTO_HEADER, HeaderValue::from_static("h2"));
                 }
                 parts.version = Version::HTTP_11;
-                if let Ok(host) = HeaderValue::from_str(&authority) {
+                if let Some(host) = host {
                     parts.headers.insert(header::HOST, host);
                 }
                 // `connection` always gives HTTP/1.1 upstreams an owned link;
@@ -369,7 +364,7 @@ impl Outbound {
         }
         parts.version = Version::HTTP_11;
         if !parts.headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(&authority_of(&parts, route.dest))
+            && let Some(host) = host_header(&parts, route.dest)
         {
             parts.headers.insert(header::HOST, host);
         }
@@ -387,19 +382,15 @@ impl Outbound {
     }
 }
 
-/// The authority the application asked for: the URI's, else `Host`, else
-/// the destination address.
-fn authority_of(parts: &http::request::Parts, dest: SocketAddr) -> String {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| dest.to_string())
+/// `Host` for an HTTP/1.1 upstream: the authority the application asked
+/// for, the URI's, else its own `Host` (when readable), else the destination
+/// address.
+fn host_header(parts: &http::request::Parts, dest: SocketAddr) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => match parts.headers.get(header::HOST) {
+            Some(host) if host.to_str().is_ok() => Some(host.clone()),
+            _ => HeaderValue::try_from(dest.to_string()).ok(),
+        },
+    }
 }
