@@ -16,12 +16,12 @@ use tracing::debug;
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Set on error responses the proxy makes itself, with a short reason.
-pub const ERROR_HEADER: &str = "x-ward-error";
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-ward-error");
 /// Between sidecars: the protocol the application spoke, so the inbound
 /// side can talk to its application the same way.
-pub const PROTO_HEADER: &str = "x-ward-proto";
+pub const PROTO_HEADER: HeaderName = HeaderName::from_static("x-ward-proto");
 /// Identity of the peer, for the application (Envoy/Istio's format).
-pub const XFCC: &str = "x-forwarded-client-cert";
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

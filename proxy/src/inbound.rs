@@ -421,12 +421,12 @@ impl Inbound {
             .get(header::TE)
             .is_some_and(|te| te.as_bytes() == b"trailers");
         // Only the proxy says who the peer is.
-        parts.headers.remove(h::XFCC);
+        parts.headers.remove(&h::XFCC);
         if let Some(value) = &conn.peer_header {
             parts.headers.insert(h::XFCC, value.clone());
         }
         // What the client application spoke, when the sidecars changed it.
-        let client_spoke = parts.headers.remove(h::PROTO_HEADER);
+        let client_spoke = parts.headers.remove(&h::PROTO_HEADER);
         let client_h2 = match client_spoke.as_ref().map(|v| v.as_bytes()) {
             Some(b"h1") => false,
             Some(b"h2") => true,
