@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -50,44 +51,32 @@ const PEER: [&str; 2] = ["peer_namespace", "peer_service_account"];
 struct Builder<'r>(&'r Registry);
 
 impl Builder<'_> {
-    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    fn register<M: Collector + Clone + 'static>(&self, metric: prometheus::Result<M>) -> M {
+        let metric = metric.expect("valid metric");
         self.0
-            .register(Box::new(c.clone()))
+            .register(Box::new(metric.clone()))
             .expect("registered once");
-        c
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels))
     }
 
     fn plain_counter(&self, name: &str, help: &str) -> IntCounter {
-        let c = IntCounter::new(name, help).expect("valid metric");
-        self.0
-            .register(Box::new(c.clone()))
-            .expect("registered once");
-        c
+        self.register(IntCounter::new(name, help))
     }
 
     fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        self.0
-            .register(Box::new(g.clone()))
-            .expect("registered once");
-        g
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels))
     }
 
     fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
-        let g = IntGauge::new(name, help).expect("valid metric");
-        self.0
-            .register(Box::new(g.clone()))
-            .expect("registered once");
-        g
+        self.register(IntGauge::new(name, help))
     }
 
     fn gauge(&self, name: &str, help: &str) -> Gauge {
-        let g = Gauge::new(name, help).expect("valid metric");
-        self.0
-            .register(Box::new(g.clone()))
-            .expect("registered once");
-        g
+        self.register(Gauge::new(name, help))
     }
 }
 
@@ -107,18 +96,14 @@ impl ProxyMetrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), "proxy"])
             .set(1);
-        let http_duration = HistogramVec::new(
+        let http_duration = b.register(HistogramVec::new(
             HistogramOpts::new(
                 "ward_http_request_duration_seconds",
                 "Time from receiving a request to sending its response headers, in seconds.",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
             &with_peer(&["direction"]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_duration.clone()))
-            .expect("registered once");
+        ));
         ProxyMetrics {
             http_requests: b.counter("ward_http_requests_total", "HTTP requests received, by direction and peer.", &with_peer(&["direction"])),
             http_responses: b.counter(
