@@ -89,18 +89,6 @@ struct HttpConn {
     first_decision: OnceLock<(Verdict, IntCounter)>,
 }
 
-/// A plaintext connection, before its protocol is served.
-struct Accepted {
-    io: Counting<TcpStream>,
-    conn: ConnInfo,
-}
-
-impl Accepted {
-    fn io_counts(&self) -> Arc<ByteCounts> {
-        self.io.counts()
-    }
-}
-
 /// A fixed label for a failed TLS handshake, for metrics and logs.
 pub fn tls_error_reason(err: &std::io::Error) -> &'static str {
     match err
@@ -135,10 +123,6 @@ impl Inbound {
         };
         let app = self.apps.for_addr(AppClients::app_addr(destination));
         let opaque = self.opaque_ports.contains(&destination.port());
-        let plaintext = |tcp| Accepted {
-            io: Counting::new(tcp, Arc::default()),
-            conn: ConnInfo::new(None, source, destination),
-        };
         let mode = match &self.policy {
             Some(policy) => policy.mtls_mode(destination.port()),
             None => self.mode,
@@ -149,7 +133,9 @@ impl Inbound {
             } else {
                 self.peek_plaintext(&tcp).await
             };
-            return self.serve(plaintext(tcp), protocol, app, shutdown).await;
+            return self
+                .serve_plaintext(tcp, source, destination, protocol, app, shutdown)
+                .await;
         }
         let timeout = if opaque {
             OPAQUE_DETECT_TIMEOUT
@@ -163,10 +149,11 @@ impl Inbound {
             }
             Ok(Peeked::Protocol(protocol)) if mode == MtlsMode::Permissive => {
                 let protocol = if opaque { Protocol::Opaque } else { protocol };
-                self.serve(plaintext(tcp), protocol, app, shutdown).await;
+                self.serve_plaintext(tcp, source, destination, protocol, app, shutdown)
+                    .await;
             }
             Ok(Peeked::Silent) if mode == MtlsMode::Permissive => {
-                self.serve(plaintext(tcp), Protocol::Opaque, app, shutdown)
+                self.serve_plaintext(tcp, source, destination, Protocol::Opaque, app, shutdown)
                     .await;
             }
             Ok(Peeked::Protocol(_) | Peeked::Silent) => {
@@ -248,31 +235,32 @@ impl Inbound {
                         _ => Protocol::Opaque,
                     };
                     let io = Rewind::new(prefix, tls);
-                    return self
-                        .serve_counted(io, counts, conn, protocol, app, shutdown)
-                        .await;
+                    return self.serve(io, counts, conn, protocol, app, shutdown).await;
                 }
                 Err(_) => return,
             },
         };
-        self.serve_counted(tls, counts, conn, protocol, app, shutdown)
-            .await;
+        self.serve(tls, counts, conn, protocol, app, shutdown).await;
     }
 
-    async fn serve(
+    /// Serves a plaintext connection: its peer has no identity.
+    async fn serve_plaintext(
         self: Arc<Self>,
-        accepted: Accepted,
+        tcp: TcpStream,
+        source: SocketAddr,
+        destination: SocketAddr,
         protocol: Protocol,
         app: AppPort,
         shutdown: CancellationToken,
     ) {
-        let counts = accepted.io_counts();
-        self.serve_counted(accepted.io, counts, accepted.conn, protocol, app, shutdown)
-            .await;
+        let counts = Arc::new(ByteCounts::default());
+        let io = Counting::new(tcp, counts.clone());
+        let conn = ConnInfo::new(None, source, destination);
+        self.serve(io, counts, conn, protocol, app, shutdown).await;
     }
 
     /// Serves a connection whose peer is known, counting it for that peer.
-    async fn serve_counted<I>(
+    async fn serve<I>(
         self: Arc<Self>,
         io: I,
         counts: Arc<ByteCounts>,
