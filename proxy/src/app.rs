@@ -159,6 +159,3 @@ impl AppClients {
             .clone()
     }
 }
-
-/// Shared handle.
-pub type SharedAppClients = Arc<AppClients>;

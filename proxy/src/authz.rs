@@ -2,6 +2,7 @@
 //! request on the inbound side, after the peer's identity is known. Its
 //! place on the path is final; the policy engine plugs in behind it.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use ward_identity::SpiffeId;
@@ -94,12 +95,19 @@ impl Verdict {
         }
     }
 
-    /// `ns/name` of the deciding policy, or `default`, for access logs.
-    pub fn policy_display(&self) -> String {
-        match &self.policy {
-            Some(p) => p.to_string(),
-            None => DEFAULT_POLICY.to_owned(),
+    /// `ns/name` of the deciding policy, or `default`, for access logs
+    /// (written straight into the log line, no String in between).
+    pub fn policy_display(&self) -> impl fmt::Display + '_ {
+        struct Shown<'a>(Option<&'a PolicyRef>);
+        impl fmt::Display for Shown<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self.0 {
+                    Some(policy) => policy.fmt(f),
+                    None => f.write_str(DEFAULT_POLICY),
+                }
+            }
         }
+        Shown(self.policy.as_ref())
     }
 }
 

@@ -1,8 +1,10 @@
 //! `ward-proxy run` settings: every flag has a `WARD_*` environment variable
 //! as fallback; this file is the one place they are named and documented.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
@@ -203,21 +205,25 @@ impl RunArgs {
 }
 
 fn parse_inbound(arg: &str) -> Result<(SocketAddr, u16), String> {
-    let (listen, port) = arg
-        .split_once('=')
-        .ok_or_else(|| format!("expected LISTEN=APP_PORT, got {arg:?}"))?;
-    let listen = listen.parse().map_err(|e| format!("{listen:?}: {e}"))?;
-    let port = port.parse().map_err(|e| format!("{port:?}: {e}"))?;
-    Ok((listen, port))
+    parse_pair(arg, "LISTEN=APP_PORT")
 }
 
 fn parse_outbound(arg: &str) -> Result<(SocketAddr, SocketAddr), String> {
-    let (listen, dest) = arg
+    parse_pair(arg, "LISTEN=DEST")
+}
+
+/// `A=B`, each side parsed; `form` names them in the error.
+fn parse_pair<A, B>(arg: &str, form: &str) -> Result<(A, B), String>
+where
+    A: FromStr<Err: fmt::Display>,
+    B: FromStr<Err: fmt::Display>,
+{
+    let (a, b) = arg
         .split_once('=')
-        .ok_or_else(|| format!("expected LISTEN=DEST, got {arg:?}"))?;
-    let listen = listen.parse().map_err(|e| format!("{listen:?}: {e}"))?;
-    let dest = dest.parse().map_err(|e| format!("{dest:?}: {e}"))?;
-    Ok((listen, dest))
+        .ok_or_else(|| format!("expected {form}, got {arg:?}"))?;
+    let a = a.parse().map_err(|e| format!("{a:?}: {e}"))?;
+    let b = b.parse().map_err(|e| format!("{b:?}: {e}"))?;
+    Ok((a, b))
 }
 
 fn parse_endpoint(arg: &str) -> Result<(EndpointKey, SpiffeId), String> {

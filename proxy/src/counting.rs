@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// the time of the last byte either way (for the idle timeout).
 #[derive(Debug, Default)]
 pub struct ByteCounts {
-    pub received: AtomicU64,
-    pub sent: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
     /// Milliseconds since [`epoch`] when a byte last moved.
     last_activity_ms: AtomicU64,
 }
@@ -68,14 +68,6 @@ pub struct Counting<S> {
 impl<S> Counting<S> {
     pub fn new(inner: S, counts: Arc<ByteCounts>) -> Self {
         Counting { inner, counts }
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    pub fn counts(&self) -> Arc<ByteCounts> {
-        self.counts.clone()
     }
 }
 

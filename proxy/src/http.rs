@@ -1,21 +1,27 @@
-//! HTTP plumbing shared by both directions: the body type, local error
-//! responses, and hop-by-hop header handling.
+//! HTTP plumbing shared by both directions: serving a downstream connection,
+//! the body type, local error responses, and hop-by-hop header handling.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tracing::debug;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Set on error responses the proxy makes itself, with a short reason.
-pub const ERROR_HEADER: &str = "x-ward-error";
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-ward-error");
 /// Between sidecars: the protocol the application spoke, so the inbound
 /// side can talk to its application the same way.
-pub const PROTO_HEADER: &str = "x-ward-proto";
+pub const PROTO_HEADER: HeaderName = HeaderName::from_static("x-ward-proto");
 /// Identity of the peer, for the application (Envoy/Istio's format).
-pub const XFCC: &str = "x-forwarded-client-cert";
+pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -127,26 +133,97 @@ pub fn declare_grpc_trailers(headers: &mut HeaderMap) {
     }
 }
 
+/// The authority a request asked for: its URI's, else its `Host` (when it is
+/// text), else the destination address. An authority from `Host` is parsed
+/// once per connection while it stays the same (`hosts`).
+pub fn requested_authority(
+    parts: &http::request::Parts,
+    destination: SocketAddr,
+    hosts: &FirstParsed<Authority>,
+) -> Result<Authority, InvalidUri> {
+    if let Some(authority) = parts.uri.authority() {
+        return Ok(authority.clone());
+    }
+    match parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(host) => hosts.get_or_parse(
+            host.as_bytes(),
+            |a| a.as_str().as_bytes(),
+            |text| Authority::try_from(text),
+        ),
+        None => Authority::try_from(destination.to_string()),
+    }
+}
+
+/// `uri` in absolute form: scheme `http`, `authority`, and the path and query
+/// it had ("/" when it had none). Nothing is copied or parsed again.
+pub fn absolute_uri(uri: Uri, authority: Authority) -> Uri {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts
+        .path_and_query
+        .get_or_insert_with(|| PathAndQuery::from_static("/"));
+    Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
+}
+
+/// The first value a connection parsed from some request text (a host),
+/// kept so that later requests with the same text reuse it, a reference
+/// count instead of a copy and a parse: most connections ask for one host.
+pub struct FirstParsed<T>(OnceLock<T>);
+
+impl<T> Default for FirstParsed<T> {
+    fn default() -> Self {
+        FirstParsed(OnceLock::new())
+    }
+}
+
+impl<T: Clone> FirstParsed<T> {
+    /// The value parsed from `text`: the kept one when its text (`text_of`)
+    /// is `text`, else `parse(text)`, kept when it is the first.
+    pub fn get_or_parse<E>(
+        &self,
+        text: &[u8],
+        text_of: fn(&T) -> &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<T, E>,
+    ) -> Result<T, E> {
+        if let Some(first) = self.0.get()
+            && text_of(first) == text
+        {
+            return Ok(first.clone());
+        }
+        let value = parse(text)?;
+        let _ = self.0.set(value.clone());
+        Ok(value)
+    }
+}
+
 /// Serves one downstream HTTP connection (HTTP/1.1 with upgrades, or HTTP/2)
-/// with the proxy's limits, until it ends or `shutdown` asks it to finish
-/// its in-flight requests and close.
-pub async fn serve_connection<I, S>(
+/// with the proxy's limits, answering each request with `handle`, until it
+/// ends or `shutdown` asks it to finish its in-flight requests and close.
+pub async fn serve_connection<I, F, Fut>(
     io: I,
     http2: bool,
     limits: &crate::inbound::Limits,
-    service: S,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(), hyper::Error>
-where
+    direction: &'static str,
+    handle: F,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Body> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Fn(Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     use hyper::server::conn::{http1, http2};
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let service = hyper::service::service_fn(move |req| {
+        let response = handle(req);
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
     let io = TokioIo::new(io);
-    if http2 {
+    let result = if http2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -172,5 +249,8 @@ where
             r = conn.as_mut() => r,
             _ = shutdown.cancelled() => { conn.as_mut().graceful_shutdown(); conn.await }
         }
+    };
+    if let Err(err) = result {
+        debug!(%err, "{direction} HTTP connection ended with an error");
     }
 }

@@ -3,15 +3,15 @@
 //! authorize (per connection for TCP, per request for HTTP) and forward to
 //! the application on loopback.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +27,7 @@ use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
 use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
+use crate::orig_dst;
 use crate::rewind::{self, Rewind};
 use crate::upstream::Alpn;
 
@@ -72,16 +73,20 @@ pub struct Inbound {
     pub tracker: TaskTracker,
 }
 
-/// A plaintext connection, before its protocol is served.
-struct Accepted {
-    io: Counting<TcpStream>,
-    conn: ConnInfo,
-}
-
-impl Accepted {
-    fn io_counts(&self) -> Arc<ByteCounts> {
-        self.io.counts()
-    }
+/// What every request on one inbound HTTP connection shares.
+struct HttpConn {
+    conn: Arc<ConnInfo>,
+    app: AppPort,
+    /// The connection's verdict: a denied connection denies every request.
+    verdict: Verdict,
+    peer: Arc<PeerMetrics>,
+    /// The authority of requests whose URI has none, from `Host`.
+    authority: h::FirstParsed<Authority>,
+    /// `Host` for requests downgraded to HTTP/1.1, from their URI's authority.
+    host: h::FirstParsed<HeaderValue>,
+    /// The first request's decision and its `ward_authorization_decisions_total`
+    /// counter: most connections get the same decision on every request.
+    first_decision: OnceLock<(Verdict, IntCounter)>,
 }
 
 /// A fixed label for a failed TLS handshake, for metrics and logs.
@@ -111,20 +116,13 @@ impl Inbound {
                 Ok(local) => SocketAddr::new(local.ip(), port),
                 Err(_) => return,
             },
-            Target::Original => match crate::orig_dst::original_destination(&tcp) {
-                Ok(dest) if crate::orig_dst::is_self_destination(dest, &self.self_addrs) => {
-                    return self.refuse(source, "loop");
-                }
+            Target::Original => match orig_dst::checked_destination(&tcp, &self.self_addrs) {
                 Ok(dest) => dest,
-                Err(_) => return self.refuse(source, "no_original_destination"),
+                Err(reason) => return self.refuse(source, reason),
             },
         };
         let app = self.apps.for_addr(AppClients::app_addr(destination));
         let opaque = self.opaque_ports.contains(&destination.port());
-        let plaintext = |tcp| Accepted {
-            io: Counting::new(tcp, Arc::default()),
-            conn: ConnInfo::new(None, source, destination),
-        };
         let mode = match &self.policy {
             Some(policy) => policy.mtls_mode(destination.port()),
             None => self.mode,
@@ -135,7 +133,9 @@ impl Inbound {
             } else {
                 self.peek_plaintext(&tcp).await
             };
-            return self.serve(plaintext(tcp), protocol, app, shutdown).await;
+            return self
+                .serve_plaintext(tcp, source, destination, protocol, app, shutdown)
+                .await;
         }
         let timeout = if opaque {
             OPAQUE_DETECT_TIMEOUT
@@ -149,10 +149,11 @@ impl Inbound {
             }
             Ok(Peeked::Protocol(protocol)) if mode == MtlsMode::Permissive => {
                 let protocol = if opaque { Protocol::Opaque } else { protocol };
-                self.serve(plaintext(tcp), protocol, app, shutdown).await;
+                self.serve_plaintext(tcp, source, destination, protocol, app, shutdown)
+                    .await;
             }
             Ok(Peeked::Silent) if mode == MtlsMode::Permissive => {
-                self.serve(plaintext(tcp), Protocol::Opaque, app, shutdown)
+                self.serve_plaintext(tcp, source, destination, Protocol::Opaque, app, shutdown)
                     .await;
             }
             Ok(Peeked::Protocol(_) | Peeked::Silent) => {
@@ -234,31 +235,32 @@ impl Inbound {
                         _ => Protocol::Opaque,
                     };
                     let io = Rewind::new(prefix, tls);
-                    return self
-                        .serve_counted(io, counts, conn, protocol, app, shutdown)
-                        .await;
+                    return self.serve(io, counts, conn, protocol, app, shutdown).await;
                 }
                 Err(_) => return,
             },
         };
-        self.serve_counted(tls, counts, conn, protocol, app, shutdown)
-            .await;
+        self.serve(tls, counts, conn, protocol, app, shutdown).await;
     }
 
-    async fn serve(
+    /// Serves a plaintext connection: its peer has no identity.
+    async fn serve_plaintext(
         self: Arc<Self>,
-        accepted: Accepted,
+        tcp: TcpStream,
+        source: SocketAddr,
+        destination: SocketAddr,
         protocol: Protocol,
         app: AppPort,
         shutdown: CancellationToken,
     ) {
-        let counts = accepted.io_counts();
-        self.serve_counted(accepted.io, counts, accepted.conn, protocol, app, shutdown)
-            .await;
+        let counts = Arc::new(ByteCounts::default());
+        let io = Counting::new(tcp, counts.clone());
+        let conn = ConnInfo::new(None, source, destination);
+        self.serve(io, counts, conn, protocol, app, shutdown).await;
     }
 
     /// Serves a connection whose peer is known, counting it for that peer.
-    async fn serve_counted<I>(
+    async fn serve<I>(
         self: Arc<Self>,
         io: I,
         counts: Arc<ByteCounts>,
@@ -275,18 +277,22 @@ impl Inbound {
         let serve = async {
             match protocol {
                 Protocol::Http1 | Protocol::Http2 => {
-                    let verdict = self.authz.connection(&conn, AuthzProtocol::Http);
-                    self.clone()
-                        .serve_http(
-                            io,
-                            protocol,
-                            conn.clone(),
-                            app,
-                            verdict,
-                            peer.clone(),
-                            shutdown,
-                        )
-                        .await
+                    let http = Arc::new(HttpConn {
+                        verdict: self.authz.connection(&conn, AuthzProtocol::Http),
+                        conn: conn.clone(),
+                        app,
+                        peer: peer.clone(),
+                        authority: Default::default(),
+                        host: Default::default(),
+                        first_decision: OnceLock::new(),
+                    });
+                    let this = self.clone();
+                    let http2 = protocol == Protocol::Http2;
+                    h::serve_connection(io, http2, &self.limits, shutdown, "inbound", move |req| {
+                        let (this, http) = (this.clone(), http.clone());
+                        async move { this.request(&http, req).await }
+                    })
+                    .await
                 }
                 _ => {
                     let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
@@ -304,12 +310,28 @@ impl Inbound {
         peer.connection_closed(received, sent);
     }
 
-    fn count_decision(&self, verdict: &Verdict, protocol: AuthzProtocol) {
+    fn decision_counter(&self, verdict: &Verdict, protocol: AuthzProtocol) -> IntCounter {
         let (ns, name) = verdict.policy_labels();
         self.metrics
             .authz
             .with_label_values(&[verdict.action(), ns, name, protocol.as_str()])
-            .inc();
+    }
+
+    /// Counts a request's decision; one the same as the connection's first
+    /// (action and policy) costs an atomic add instead of a label lookup.
+    fn count_request_decision(&self, http: &HttpConn, verdict: &Verdict) {
+        match http.first_decision.get() {
+            Some((first, counter))
+                if first.allowed == verdict.allowed && first.policy == verdict.policy =>
+            {
+                counter.inc()
+            }
+            _ => {
+                let counter = self.decision_counter(verdict, AuthzProtocol::Http);
+                counter.inc();
+                let _ = http.first_decision.set((verdict.clone(), counter));
+            }
+        }
     }
 
     async fn serve_tcp<I>(&self, mut io: I, conn: Arc<ConnInfo>, verdict: Verdict)
@@ -317,7 +339,7 @@ impl Inbound {
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
-        self.count_decision(&verdict, AuthzProtocol::Tcp);
+        self.decision_counter(&verdict, AuthzProtocol::Tcp).inc();
         let peer = conn.peer_id.as_ref().map(|p| p.as_str());
         if !verdict.allowed {
             // Closed before a single byte reaches the application.
@@ -352,93 +374,47 @@ impl Inbound {
         info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "allow", policy = %verdict.policy_display(), bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn serve_http<I>(
-        self: Arc<Self>,
-        io: I,
-        protocol: Protocol,
-        conn: Arc<ConnInfo>,
-        app: AppPort,
-        verdict: Verdict,
-        peer: Arc<PeerMetrics>,
-        shutdown: CancellationToken,
-    ) where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let this = self.clone();
-        let service = service_fn(move |req| {
-            let (this, conn, app, verdict, peer) = (
-                this.clone(),
-                conn.clone(),
-                app.clone(),
-                verdict.clone(),
-                peer.clone(),
-            );
-            async move { Ok::<_, Infallible>(this.request(&conn, &app, &verdict, &peer, req).await) }
-        });
-        let result = h::serve_connection(
-            io,
-            protocol == Protocol::Http2,
-            &self.limits,
-            service,
-            shutdown,
-        )
-        .await;
-        if let Err(err) = result {
-            debug!(%err, "inbound HTTP connection ended with an error");
-        }
-    }
-
-    async fn request(
-        &self,
-        conn: &ConnInfo,
-        app: &AppPort,
-        conn_verdict: &Verdict,
-        peer_metrics: &PeerMetrics,
-        req: Request<Incoming>,
-    ) -> Response<Body> {
-        let started = Instant::now();
-        peer_metrics.request();
+    async fn request(&self, http: &HttpConn, req: Request<Incoming>) -> Response<Body> {
+        let started = http.peer.request();
         let (parts, body) = req.into_parts();
         let (method, uri) = (parts.method.clone(), parts.uri.clone());
-        let verdict = if conn_verdict.allowed {
-            self.authz.request(conn, &parts)
+        let verdict = if http.verdict.allowed {
+            self.authz.request(&http.conn, &parts)
         } else {
-            conn_verdict.clone()
+            http.verdict.clone()
         };
-        self.count_decision(&verdict, AuthzProtocol::Http);
-        let peer = conn.peer_id.as_ref().map(|p| p.as_str());
+        self.count_request_decision(http, &verdict);
+        let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
         let response = if verdict.allowed {
-            self.forward(conn, app, Request::from_parts(parts, body))
-                .await
+            self.forward(http, parts, body).await
         } else {
             h::forbidden()
         };
         let status = response.status();
-        peer_metrics.response(status, started.elapsed());
-        info!(target: "ward::access", direction = "inbound", ?peer, %method, authority = ?uri.authority().map(|a| a.as_str()), path = uri.path(), status = status.as_u16(), decision = verdict.action(), policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, duration_us = started.elapsed().as_micros() as u64, "request");
+        let elapsed = http.peer.response(status, started);
+        info!(target: "ward::access", direction = "inbound", ?peer, %method, authority = ?uri.authority().map(|a| a.as_str()), path = uri.path(), status = status.as_u16(), decision = verdict.action(), policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, duration_us = elapsed.as_micros() as u64, "request");
         response
     }
 
     async fn forward(
         &self,
-        conn: &ConnInfo,
-        app: &AppPort,
-        req: Request<Incoming>,
+        http: &HttpConn,
+        mut parts: http::request::Parts,
+        body: Incoming,
     ) -> Response<Body> {
-        let (mut parts, body) = req.into_parts();
+        let (conn, app) = (&http.conn, &http.app);
         let downstream_http1 = parts.version != Version::HTTP_2;
         let accepts_trailers = parts
             .headers
             .get(header::TE)
             .is_some_and(|te| te.as_bytes() == b"trailers");
         // Only the proxy says who the peer is.
-        parts.headers.remove(h::XFCC);
+        parts.headers.remove(&h::XFCC);
         if let Some(value) = &conn.peer_header {
             parts.headers.insert(h::XFCC, value.clone());
         }
         // What the client application spoke, when the sidecars changed it.
-        let client_spoke = parts.headers.remove(h::PROTO_HEADER);
+        let client_spoke = parts.headers.remove(&h::PROTO_HEADER);
         let client_h2 = match client_spoke.as_ref().map(|v| v.as_bytes()) {
             Some(b"h1") => false,
             Some(b"h2") => true,
@@ -452,7 +428,11 @@ impl Inbound {
             h::join_cookies(&mut parts.headers);
             if !parts.headers.contains_key(header::HOST)
                 && let Some(authority) = parts.uri.authority()
-                && let Ok(host) = HeaderValue::from_str(authority.as_str())
+                && let Ok(host) = http.host.get_or_parse(
+                    authority.as_str().as_bytes(),
+                    HeaderValue::as_bytes,
+                    HeaderValue::from_bytes,
+                )
             {
                 parts.headers.insert(header::HOST, host);
             }
@@ -460,9 +440,14 @@ impl Inbound {
         if !tunnel {
             h::strip_hop_by_hop(&mut parts.headers);
         }
-        parts.uri = match absolute_uri(&parts, conn.destination) {
-            Some(uri) => uri,
-            None => {
+        // In absolute form: the legacy client needs a scheme and authority;
+        // the connector ignores them and dials the application.
+        parts.uri = match h::requested_authority(&parts, conn.destination, &http.authority) {
+            Ok(authority) if parts.method == http::Method::CONNECT => {
+                h::absolute_uri(Uri::default(), authority)
+            }
+            Ok(authority) => h::absolute_uri(std::mem::take(&mut parts.uri), authority),
+            Err(_) => {
                 return h::local_response(
                     StatusCode::BAD_REQUEST,
                     "invalid request target",
@@ -504,33 +489,4 @@ impl Inbound {
             }
         }
     }
-}
-
-/// The request's URI in absolute form (the legacy client needs a scheme and
-/// authority; the connector ignores them and dials the application).
-fn absolute_uri(parts: &http::request::Parts, destination: SocketAddr) -> Option<http::Uri> {
-    let authority = match parts.uri.authority() {
-        Some(a) => a.as_str().to_owned(),
-        None => match parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-        {
-            Some(host) => host.to_owned(),
-            None => destination.to_string(),
-        },
-    };
-    let mut builder = http::Uri::builder().scheme("http").authority(authority);
-    if parts.method != http::Method::CONNECT {
-        builder = builder.path_and_query(
-            parts
-                .uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/"),
-        );
-    } else {
-        builder = builder.path_and_query("/");
-    }
-    builder.build().ok()
 }

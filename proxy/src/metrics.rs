@@ -3,8 +3,10 @@
 //! paths, IPs, client ports or header values, so the number of series is
 //! bounded by the mesh, not by the traffic.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -49,44 +51,32 @@ const PEER: [&str; 2] = ["peer_namespace", "peer_service_account"];
 struct Builder<'r>(&'r Registry);
 
 impl Builder<'_> {
-    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    fn register<M: Collector + Clone + 'static>(&self, metric: prometheus::Result<M>) -> M {
+        let metric = metric.expect("valid metric");
         self.0
-            .register(Box::new(c.clone()))
+            .register(Box::new(metric.clone()))
             .expect("registered once");
-        c
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels))
     }
 
     fn plain_counter(&self, name: &str, help: &str) -> IntCounter {
-        let c = IntCounter::new(name, help).expect("valid metric");
-        self.0
-            .register(Box::new(c.clone()))
-            .expect("registered once");
-        c
+        self.register(IntCounter::new(name, help))
     }
 
     fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        self.0
-            .register(Box::new(g.clone()))
-            .expect("registered once");
-        g
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels))
     }
 
     fn int_gauge(&self, name: &str, help: &str) -> IntGauge {
-        let g = IntGauge::new(name, help).expect("valid metric");
-        self.0
-            .register(Box::new(g.clone()))
-            .expect("registered once");
-        g
+        self.register(IntGauge::new(name, help))
     }
 
     fn gauge(&self, name: &str, help: &str) -> Gauge {
-        let g = Gauge::new(name, help).expect("valid metric");
-        self.0
-            .register(Box::new(g.clone()))
-            .expect("registered once");
-        g
+        self.register(Gauge::new(name, help))
     }
 }
 
@@ -106,18 +96,14 @@ impl ProxyMetrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), "proxy"])
             .set(1);
-        let http_duration = HistogramVec::new(
+        let http_duration = b.register(HistogramVec::new(
             HistogramOpts::new(
                 "ward_http_request_duration_seconds",
                 "Time from receiving a request to sending its response headers, in seconds.",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
             &with_peer(&["direction"]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(http_duration.clone()))
-            .expect("registered once");
+        ));
         ProxyMetrics {
             http_requests: b.counter("ward_http_requests_total", "HTTP requests received, by direction and peer.", &with_peer(&["direction"])),
             http_responses: b.counter(
@@ -207,8 +193,8 @@ impl ProxyMetrics {
         String::from_utf8(out).expect("exposition is UTF-8")
     }
 
-    /// Metric handles for one connection's peer, resolved once so the
-    /// per-request cost is an atomic add.
+    /// Metric handles for one connection's peer, resolved once (response
+    /// counters at their first use) so the per-request cost is atomic adds.
     pub fn peer(self: &Arc<Self>, direction: &'static str, peer: Option<&SpiffeId>) -> PeerMetrics {
         let (ns, sa) = peer_labels(peer);
         PeerMetrics {
@@ -218,6 +204,7 @@ impl ProxyMetrics {
             direction,
             namespace: ns.to_owned(),
             service_account: sa.to_owned(),
+            responses: Default::default(),
         }
     }
 }
@@ -239,6 +226,12 @@ pub fn peer_labels(peer: Option<&SpiffeId>) -> (&str, &str) {
     }
 }
 
+/// Status codes whose `ward_http_responses_total` series a connection keeps
+/// once it has used them; other codes are looked up by label each time.
+const COMMON_STATUS_CODES: [u16; 14] = [
+    200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 500, 502, 503, 504,
+];
+
 /// One connection's view of the metrics: counts the connection open while
 /// it lives, and requests, responses and bytes for its peer.
 pub struct PeerMetrics {
@@ -248,11 +241,31 @@ pub struct PeerMetrics {
     service_account: String,
     requests: IntCounter,
     duration: Histogram,
+    /// The response counter of `COMMON_STATUS_CODES[i]`, resolved on first
+    /// use (so no series appears before a response had that code).
+    responses: [OnceLock<IntCounter>; COMMON_STATUS_CODES.len()],
 }
 
 impl PeerMetrics {
     fn labels(&self) -> [&str; 3] {
         [self.direction, &self.namespace, &self.service_account]
+    }
+
+    fn response_counter(&self, status: http::StatusCode) -> IntCounter {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics.http_responses.with_label_values(&[
+            self.direction,
+            class,
+            status.as_str(),
+            &self.namespace,
+            &self.service_account,
+        ])
     }
 
     pub fn connection_opened(&self) {
@@ -275,29 +288,27 @@ impl PeerMetrics {
             .inc_by(sent);
     }
 
-    pub fn request(&self) {
+    /// Counts a request; returns when it started, for [`Self::response`].
+    pub fn request(&self) -> Instant {
         self.requests.inc();
+        Instant::now()
     }
 
-    pub fn response(&self, status: http::StatusCode, elapsed: std::time::Duration) {
-        let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.metrics
-            .http_responses
-            .with_label_values(&[
-                self.direction,
-                class,
-                status.as_str(),
-                &self.namespace,
-                &self.service_account,
-            ])
-            .inc();
+    /// Counts the response to a request that started at `started`; returns
+    /// the request's duration, for the access log.
+    pub fn response(&self, status: http::StatusCode, started: Instant) -> Duration {
+        let elapsed = started.elapsed();
+        match COMMON_STATUS_CODES
+            .iter()
+            .position(|&code| code == status.as_u16())
+        {
+            Some(i) => self.responses[i]
+                .get_or_init(|| self.response_counter(status))
+                .inc(),
+            None => self.response_counter(status).inc(),
+        }
         self.duration.observe(elapsed.as_secs_f64());
+        elapsed
     }
 }
 

@@ -32,6 +32,22 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
     }
 }
 
+/// The original destination of a captured connection, or why the proxy
+/// refuses it (a `ward_connections_refused_total` reason): `loop` when it is
+/// one of the proxy's own listeners (`self_addrs`, see
+/// [`is_self_destination`]), `no_original_destination` when the kernel does
+/// not know it.
+pub fn checked_destination(
+    stream: &TcpStream,
+    self_addrs: &[SocketAddr],
+) -> Result<SocketAddr, &'static str> {
+    match original_destination(stream) {
+        Ok(dest) if is_self_destination(dest, self_addrs) => Err("loop"),
+        Ok(dest) => Ok(dest),
+        Err(_) => Err("no_original_destination"),
+    }
+}
+
 /// Address and port are in network byte order in the kernel's struct.
 fn from_sockaddr_in(raw: &sockaddr_in) -> SocketAddrV4 {
     SocketAddrV4::new(

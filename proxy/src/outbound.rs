@@ -2,16 +2,15 @@
 //! up in the endpoint table, and either carry the traffic over mTLS to the
 //! destination's sidecar (verifying its SPIFFE ID) or pass it through.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
-use hyper::service::service_fn;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +24,7 @@ use crate::endpoints::SharedEndpoints;
 use crate::http::{self as h, Body};
 use crate::inbound::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
+use crate::orig_dst;
 use crate::upstream::{Alpn, PoolSlot, Upstream, UpstreamError};
 
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +64,8 @@ struct Route {
     dest: SocketAddr,
     expected: SpiffeId,
     link: Link,
+    /// The authority of requests whose URI has none, from `Host`.
+    authority: h::FirstParsed<Authority>,
 }
 
 /// How a route reaches its destination's sidecar.
@@ -86,12 +88,9 @@ impl Outbound {
         let _ = tcp.set_nodelay(true);
         let dest = match target {
             Target::Fixed(dest) => dest,
-            Target::Original => match crate::orig_dst::original_destination(&tcp) {
-                Ok(dest) if crate::orig_dst::is_self_destination(dest, &self.self_addrs) => {
-                    return self.refuse(source, "loop");
-                }
+            Target::Original => match orig_dst::checked_destination(&tcp, &self.self_addrs) {
                 Ok(dest) => dest,
-                Err(_) => return self.refuse(source, "no_original_destination"),
+                Err(reason) => return self.refuse(source, reason),
             },
         };
         let Some(expected) = self.endpoints.load().lookup(dest).cloned() else {
@@ -122,13 +121,19 @@ impl Outbound {
             dest,
             expected,
             link,
+            authority: Default::default(),
         });
         let idle_timeout = self.limits.idle_timeout;
         let serve = async {
             match protocol {
                 Protocol::Http1 | Protocol::Http2 => {
-                    self.serve_http(io, protocol, route, peer.clone(), shutdown)
-                        .await
+                    let (this, peer) = (self.clone(), peer.clone());
+                    let http2 = protocol == Protocol::Http2;
+                    h::serve_connection(io, http2, &self.limits, shutdown, "outbound", move |req| {
+                        let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
+                        async move { this.request(&route, &peer, req).await }
+                    })
+                    .await
                 }
                 // Opaque bytes, or TLS the application does itself: wrapped in mTLS.
                 Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(io, &route).await,
@@ -186,40 +191,13 @@ impl Outbound {
         }
     }
 
-    async fn serve_http(
-        self: Arc<Self>,
-        tcp: Counting<TcpStream>,
-        protocol: Protocol,
-        route: Arc<Route>,
-        peer: Arc<PeerMetrics>,
-        shutdown: CancellationToken,
-    ) {
-        let this = self.clone();
-        let service = service_fn(move |req| {
-            let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
-            async move { Ok::<_, Infallible>(this.request(&route, &peer, req).await) }
-        });
-        let result = h::serve_connection(
-            tcp,
-            protocol == Protocol::Http2,
-            &self.limits,
-            service,
-            shutdown,
-        )
-        .await;
-        if let Err(err) = result {
-            debug!(%err, "outbound HTTP connection ended with an error");
-        }
-    }
-
     async fn request(
         &self,
         route: &Route,
         peer: &PeerMetrics,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let started = Instant::now();
-        peer.request();
+        let started = peer.request();
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let response = match self.forward(route, req).await {
             Ok(resp) => resp,
@@ -229,8 +207,8 @@ impl Outbound {
             }
         };
         let status = response.status();
-        peer.response(status, started.elapsed());
-        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path = uri.path(), status = status.as_u16(), duration_us = started.elapsed().as_micros() as u64, "request");
+        let elapsed = peer.response(status, started);
+        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path = uri.path(), status = status.as_u16(), duration_us = elapsed.as_micros() as u64, "request");
         response
     }
 
@@ -245,7 +223,6 @@ impl Outbound {
         let (mut parts, body) = req.into_parts();
         let spoke_http1 = parts.version != Version::HTTP_2;
         h::strip_hop_by_hop(&mut parts.headers);
-        let authority = authority_of(&parts, route.dest);
         let req_body = body.boxed();
         // HTTP/2 clients keep HTTP/2 upstream whatever the setting: their
         // concurrent streams and trailers (gRPC) cannot ride one HTTP/1.1
@@ -257,18 +234,9 @@ impl Outbound {
         };
         let response = match protocol {
             UpstreamProtocol::H2 => {
-                parts.uri = Uri::builder()
-                    .scheme("http")
-                    .authority(authority)
-                    .path_and_query(
-                        parts
-                            .uri
-                            .path_and_query()
-                            .map(|p| p.as_str())
-                            .unwrap_or("/"),
-                    )
-                    .build()
+                let authority = h::requested_authority(&parts, route.dest, &route.authority)
                     .map_err(|_| UpstreamError::InvalidRequest)?;
+                parts.uri = h::absolute_uri(std::mem::take(&mut parts.uri), authority);
                 parts.version = Version::HTTP_2;
                 parts.headers.remove(header::HOST);
                 if spoke_http1 {
@@ -303,6 +271,7 @@ impl Outbound {
                 }
             }
             UpstreamProtocol::Http1 => {
+                let host = host_header(&parts, route.dest);
                 if let Some(pq) = parts.uri.path_and_query() {
                     parts.uri = Uri::from(pq.clone());
                 }
@@ -314,7 +283,7 @@ impl Outbound {
                         .insert(h::PROTO_HEADER, HeaderValue::from_static("h2"));
                 }
                 parts.version = Version::HTTP_11;
-                if let Ok(host) = HeaderValue::from_str(&authority) {
+                if let Some(host) = host {
                     parts.headers.insert(header::HOST, host);
                 }
                 // `connection` always gives HTTP/1.1 upstreams an owned link;
@@ -395,7 +364,7 @@ impl Outbound {
         }
         parts.version = Version::HTTP_11;
         if !parts.headers.contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(&authority_of(&parts, route.dest))
+            && let Some(host) = host_header(&parts, route.dest)
         {
             parts.headers.insert(header::HOST, host);
         }
@@ -413,19 +382,15 @@ impl Outbound {
     }
 }
 
-/// The authority the application asked for: the URI's, else `Host`, else
-/// the destination address.
-fn authority_of(parts: &http::request::Parts, dest: SocketAddr) -> String {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| dest.to_string())
+/// `Host` for an HTTP/1.1 upstream: the authority the application asked
+/// for, the URI's, else its own `Host` (when readable), else the destination
+/// address.
+fn host_header(parts: &http::request::Parts, dest: SocketAddr) -> Option<HeaderValue> {
+    match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => match parts.headers.get(header::HOST) {
+            Some(host) if host.to_str().is_ok() => Some(host.clone()),
+            _ => HeaderValue::try_from(dest.to_string()).ok(),
+        },
+    }
 }
