@@ -310,3 +310,63 @@ pub async fn watch_files(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(methods: &str) -> String {
+        format!(
+            "apiVersion: security.ward.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: web, namespace: shop}}\nspec:\n  rules:\n  - to:\n    - operation: {{methods: [{methods}]}}\n"
+        )
+    }
+
+    async fn wait_for_version(authorizer: &PolicyAuthorizer, version: u64) -> bool {
+        for _ in 0..100 {
+            if authorizer.version() == Some(version) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn local_policy_files_are_reloaded_and_invalid_changes_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.yaml");
+        std::fs::write(&file, policy("GET")).unwrap();
+        let authorizer = Arc::new(PolicyAuthorizer::new(
+            WorkloadSelector {
+                namespace: "shop".into(),
+                labels: BTreeMap::new(),
+                options: EvalOptions::default(),
+            },
+            MtlsMode::Strict,
+            Arc::new(ProxyMetrics::new()),
+        ));
+        authorizer.update(
+            1,
+            PolicySet::load_paths(std::slice::from_ref(&file)).unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_files(
+            vec![file.clone()],
+            authorizer.clone(),
+            shutdown.clone(),
+        ));
+
+        // Same length, new contents: the fingerprint has the mtime too.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        std::fs::write(&file, policy("PUT, GET")).unwrap();
+        assert!(
+            wait_for_version(&authorizer, 2).await,
+            "the change was not loaded"
+        );
+        // An invalid change keeps the set in force.
+        std::fs::write(&file, "kind: AuthorizationPolicy\nspec: {action: MAYBE}\n").unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        assert_eq!(authorizer.version(), Some(2));
+        shutdown.cancel();
+    }
+}

@@ -106,6 +106,14 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         };
         tokio::spawn(client.run(shutdown.clone()));
     }
+    if let (Some(policy), None) = (&policy, &args.control_plane) {
+        // Local policy files (no control plane): reloaded when they change.
+        tokio::spawn(crate::policy::watch_files(
+            args.policy_paths.clone(),
+            policy.clone(),
+            shutdown.clone(),
+        ));
+    }
     let mut server_config = Arc::unwrap_or_clone(tls::server_config(
         identity.svid.clone(),
         identity.bundles.clone(),
