@@ -18,11 +18,9 @@
 //! ([`AttestError::reason`]) and the method it came from
 //! ([`AttestError::method`]).
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use ward_identity::{SpiffeId, SpiffeIdError};
 
 mod join_token;
@@ -31,6 +29,7 @@ mod pods;
 mod token_review;
 
 pub use join_token::JoinTokenStore;
+pub use ward_api::svid::{Credential, METHOD_JOIN_TOKEN, METHOD_K8S_SA_TOKEN};
 pub use k8s_token::{
     DEFAULT_AUDIENCE, K8sTokenConfig, MAX_CLOCK_SKEW_SECS, ServiceAccountIdentity,
     ServiceAccountTokenValidator,
@@ -41,10 +40,6 @@ pub use token_review::{EXTRA_POD_NAME, EXTRA_POD_UID, TOKEN_REVIEW_TIMEOUT, Toke
 #[cfg(test)]
 mod tests;
 
-/// Metric label / log value for the join-token method.
-pub const METHOD_JOIN_TOKEN: &str = "join_token";
-/// Metric label / log value for the Kubernetes service-account token method.
-pub const METHOD_K8S_SA_TOKEN: &str = "k8s_sa_token";
 
 /// Why attestation failed. Each variant says what to fix; [`Self::reason`]
 /// gives a stable, low-cardinality label for metrics.
@@ -231,37 +226,6 @@ impl AttestError {
             | Self::TokenReviewUnavailable(_) => METHOD_K8S_SA_TOKEN,
             Self::MethodNotEnabled(method) => method,
         }
-    }
-}
-
-/// What a workload presents to prove its identity. On the wire:
-/// `{"join_token": "..."}` or `{"k8s_sa_token": "..."}`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Credential {
-    JoinToken(String),
-    #[serde(rename = "k8s_sa_token")]
-    ServiceAccountToken(String),
-}
-
-impl Credential {
-    /// The method label ([`METHOD_JOIN_TOKEN`] or [`METHOD_K8S_SA_TOKEN`]).
-    pub fn method(&self) -> &'static str {
-        match self {
-            Self::JoinToken(_) => METHOD_JOIN_TOKEN,
-            Self::ServiceAccountToken(_) => METHOD_K8S_SA_TOKEN,
-        }
-    }
-}
-
-/// Credentials are secrets: never let them reach a log through `{:?}`.
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let variant = match self {
-            Self::JoinToken(_) => "JoinToken",
-            Self::ServiceAccountToken(_) => "ServiceAccountToken",
-        };
-        f.debug_tuple(variant).field(&"[redacted]").finish()
     }
 }
 

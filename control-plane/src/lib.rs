@@ -2,17 +2,15 @@
 //! X.509-SVIDs, and (later) policy distribution and the injector webhook.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod attest;
-pub mod client;
 pub mod data_dir;
 pub mod inject;
 pub mod k8s;
 mod listener;
-pub mod logging;
+pub use ward_logging as logging;
 pub mod metrics;
 pub mod policy_store;
 pub mod server;
 mod serving;
-pub mod watch;
+pub mod discovery;
 pub mod webhook;

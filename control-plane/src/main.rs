@@ -122,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.endpoints_file {
         #[derive(serde::Deserialize)]
         struct File {
-            endpoints: Vec<ward_control_plane::watch::EndpointEntry>,
+            endpoints: Vec<ward_control_plane::discovery::EndpointEntry>,
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -19,6 +19,11 @@ pub struct Metrics {
     pub policy_resources: IntGaugeVec,
     pub kubernetes_watch_errors: IntCounterVec,
     pub status_updates: IntCounterVec,
+    pub discovery_updates: IntCounterVec,
+    pub discovery_resources_sent: IntCounterVec,
+    pub discovery_bytes_sent: IntCounterVec,
+    pub discovery_nacks: IntCounterVec,
+    pub discovery_sidecars: IntGaugeVec,
 }
 
 impl Metrics {
@@ -52,13 +57,13 @@ impl Metrics {
         .expect("valid metric");
         let watch_streams = IntGauge::new(
             "ward_cp_watch_streams",
-            "Proxies currently connected to the watch stream.",
+            "Sidecars currently connected to the discovery stream.",
         )
         .expect("valid metric");
         let push_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "ward_cp_push_latency_seconds",
-                "Time from accepting a policy set to pushing it to a proxy.",
+                "Time from accepting a policy set to a sidecar acknowledging it (enforcing it).",
             )
             .buckets(vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -102,6 +107,41 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let by_type = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["resource_type"]).expect("valid metric")
+        };
+        let discovery_updates = by_type(
+            "ward_discovery_updates_total",
+            "Discovery updates sent to sidecars, by resource type.",
+        );
+        let discovery_resources_sent = by_type(
+            "ward_discovery_resources_sent_total",
+            "Resources sent in discovery updates (added or changed), by resource type.",
+        );
+        let discovery_bytes_sent = by_type(
+            "ward_discovery_sent_bytes_total",
+            "Bytes of discovery updates sent to sidecars, by resource type.",
+        );
+        let discovery_nacks = by_type(
+            "ward_discovery_nacks_total",
+            "Discovery updates sidecars refused (NACK), by resource type.",
+        );
+        let discovery_sidecars = IntGaugeVec::new(
+            Opts::new(
+                "ward_discovery_sidecars",
+                "Connected sidecars by resource type and state (in_sync, pending, rejected).",
+            ),
+            &["resource_type", "state"],
+        )
+        .expect("valid metric");
+        for t in ["policy", "bundle", "endpoint"] {
+            for m in [&discovery_updates, &discovery_resources_sent, &discovery_bytes_sent, &discovery_nacks] {
+                m.with_label_values(&[t]).reset();
+            }
+            for state in ["in_sync", "pending", "rejected"] {
+                discovery_sidecars.with_label_values(&[t, state]).set(0);
+            }
+        }
         // Every series exists from the start (at 0), so alerts and
         // dashboards see "none" rather than "absent".
         for (kind, _) in crate::k8s::source::POLICY_KINDS {
@@ -130,6 +170,11 @@ impl Metrics {
             Box::new(policy_resources.clone()),
             Box::new(kubernetes_watch_errors.clone()),
             Box::new(status_updates.clone()),
+            Box::new(discovery_updates.clone()),
+            Box::new(discovery_resources_sent.clone()),
+            Box::new(discovery_bytes_sent.clone()),
+            Box::new(discovery_nacks.clone()),
+            Box::new(discovery_sidecars.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -159,6 +204,25 @@ impl Metrics {
             policy_resources,
             kubernetes_watch_errors,
             status_updates,
+            discovery_updates,
+            discovery_resources_sent,
+            discovery_bytes_sent,
+            discovery_nacks,
+            discovery_sidecars,
+        }
+    }
+
+    /// Sets `ward_discovery_sidecars` from the connected streams' states.
+    pub fn set_discovery_sidecars(&self, counts: &std::collections::BTreeMap<(ward_api::discovery::ResourceType, &'static str), i64>) {
+        for t in ["policy", "bundle", "endpoint"] {
+            for state in ["in_sync", "pending", "rejected"] {
+                self.discovery_sidecars.with_label_values(&[t, state]).set(0);
+            }
+        }
+        for ((t, state), n) in counts {
+            self.discovery_sidecars
+                .with_label_values(&[t.as_str(), state])
+                .set(*n);
         }
     }
 

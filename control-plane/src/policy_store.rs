@@ -1,13 +1,12 @@
 //! The policy store and its sources.
 //!
 //! Sources ([`PolicySource`]) say what the policy documents are now: a
-//! directory of YAML files ([`DirSource`], polled) or the Kubernetes custom
+//! directory of YAML files ([`DirSource`], watched with inotify) or the Kubernetes custom
 //! resources ([`crate::k8s::kube_sources`]). The store validates each offer
 //! whole; an invalid offer is rejected (logged, counted) and the last good
 //! set stays in force. Every accepted set gets a new, increasing version,
-//! which the watch streams push to the proxies.
+//! which the discovery streams push to the sidecars.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -16,12 +15,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{error, info};
-use ward_policy::{EvalOptions, PolicyError, PolicySet};
+use ward_api::discovery::{PolicyBody, Resource};
+use ward_policy::{PolicyError, PolicySet};
 
 use crate::metrics::Metrics;
 
-/// How often the directory is checked. Well under a second end to end.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// After a change event, how long the directory must stay quiet before it
+/// is read (an editor or `kubectl cp` writes in several steps).
+pub const SETTLE: Duration = Duration::from_millis(15);
+/// A full re-check even without events, for file systems where inotify
+/// says nothing (network mounts).
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One YAML document of the accepted set, kept as written so proxies get
 /// exactly what the operator wrote (and parse it with the same code).
@@ -33,50 +37,29 @@ pub struct PolicyDoc {
     pub text: String,
 }
 
+impl PolicyDoc {
+    /// The document as a discovery resource, named `<kind>/<ns>/<name>`.
+    pub fn resource(&self) -> Resource {
+        let body = PolicyBody {
+            kind: self.kind.to_owned(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            yaml: self.text.clone(),
+        };
+        Resource::new(body.resource_name(), &body)
+    }
+}
+
 /// An accepted policy set.
 #[derive(Debug, Default)]
 pub struct PolicySnapshot {
     pub version: u64,
     pub set: PolicySet,
     pub docs: Vec<PolicyDoc>,
+    /// `docs` as discovery resources, in the same order.
+    pub resources: Vec<Resource>,
     /// When it was accepted (for push latency).
     pub accepted_at: Option<std::time::Instant>,
-}
-
-impl PolicySnapshot {
-    /// The documents a workload needs, as one multi-document YAML text:
-    /// the AuthorizationPolicies that select it, and the PeerAuthentications
-    /// of its namespace and of the root namespace.
-    pub fn documents_for(
-        &self,
-        namespace: &str,
-        labels: &BTreeMap<String, String>,
-        options: &EvalOptions,
-    ) -> String {
-        let applies: Vec<_> = self
-            .set
-            .authorization_policies()
-            .filter(|p| PolicySet::applies(p, namespace, labels, options))
-            .map(|p| (p.id.namespace.to_string(), p.id.name.to_string()))
-            .collect();
-        let mut out = String::new();
-        for doc in &self.docs {
-            let wanted = match doc.kind {
-                "AuthorizationPolicy" => applies
-                    .iter()
-                    .any(|(ns, name)| *ns == doc.namespace && *name == doc.name),
-                _ => doc.namespace == namespace || doc.namespace == options.root_namespace,
-            };
-            if wanted {
-                out.push_str("---\n");
-                out.push_str(&doc.text);
-                if !doc.text.ends_with('\n') {
-                    out.push('\n');
-                }
-            }
-        }
-        out
-    }
 }
 
 /// One text a source offers: a policy file, or one custom resource
@@ -231,10 +214,12 @@ impl PolicyStore {
     pub fn publish(&self, source: &str, set: PolicySet, docs: Vec<PolicyDoc>) -> u64 {
         let version = next_version(self.current().version);
         let count = docs.len();
+        let resources = docs.iter().map(PolicyDoc::resource).collect();
         self.tx.send_replace(Arc::new(PolicySnapshot {
             version,
             set,
             docs,
+            resources,
             accepted_at: Some(std::time::Instant::now()),
         }));
         self.metrics
@@ -257,7 +242,8 @@ impl PolicyStore {
 }
 
 /// Policies from a directory: every `*.yaml`/`*.yml` file directly in it,
-/// checked every [`POLL_INTERVAL`] and offered whole when any changed.
+/// re-read when inotify reports a change (and every [`RESCAN_INTERVAL`]),
+/// and offered whole when any changed.
 pub struct DirSource {
     dir: PathBuf,
     seen: u64,
@@ -298,14 +284,44 @@ impl DirSource {
 
 impl PolicySource for DirSource {
     async fn run(mut self, store: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
+        let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
+        // Kept alive for the loop: dropping the watcher stops the events.
+        let _watcher = match watch_dir(&self.dir, tx) {
+            Ok(w) => Some(w),
+            Err(err) => {
+                error!(dir = %self.dir.display(), error = %err, interval = ?RESCAN_INTERVAL, "cannot watch the policy directory with inotify; re-reading it periodically instead");
+                None
+            }
+        };
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            let event = tokio::select! {
+                event = events.recv() => event.is_some(),
+                _ = tokio::time::sleep(RESCAN_INTERVAL) => false,
                 _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            if event {
+                // Let a burst of writes finish, then read once.
+                while let Ok(Some(())) = tokio::time::timeout(SETTLE, events.recv()).await {}
             }
             self.poll(&store);
         }
     }
+}
+
+/// Signals `tx` on every change inside `dir` (not recursive: ConfigMap
+/// volumes swap a `..data` symlink in the directory itself).
+fn watch_dir(
+    dir: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    })?;
+    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(watcher)
 }
 
 fn read_dir_texts(dir: &Path) -> std::io::Result<Vec<SourceText>> {

@@ -24,7 +24,10 @@ use tracing::{info, warn};
 use ward_identity::SpiffeId;
 use ward_identity::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 
-use crate::api::{self, BundleResponse, ErrorBody, SvidRequest, SvidResponse};
+use ward_api::discovery::{self as wire, BundleBody, ClientMessage, Registered, Registration};
+use ward_api::error::{ErrorBody, codes};
+use ward_api::svid::{BundleResponse, SvidRequest, SvidResponse};
+use ward_api::{BUNDLE_PATH, DISCOVERY_PATH, MAX_BODY_BYTES, REGISTER_PATH, SVID_PATH};
 use crate::attest::{
     Attestor, DEFAULT_AUDIENCE, JoinTokenStore, K8sTokenConfig, PodDirectory,
     ServiceAccountTokenValidator, ServiceAccountVerifier, TokenReviewer,
@@ -37,14 +40,11 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
-use crate::watch::{EndpointEntry, Endpoints, WatchContext, WatchRequest};
+use crate::discovery::{EndpointEntry, Endpoints, LineReader, Sidecars, StreamContext};
 use crate::webhook::{Webhook, WebhookConfig};
 
 /// Response bodies: whole JSON documents, or the watch stream.
 type ApiBody = BoxBody<Bytes, Infallible>;
-
-/// Streams proxies keep open to the control plane.
-pub const WATCH_PATH: &str = "/v1/watch";
 
 /// How a control plane is set up. `ward-control-plane` fills it from flags.
 #[derive(Debug, Clone)]
@@ -123,6 +123,8 @@ struct State {
     svid_ttl: Duration,
     policies: Arc<PolicyStore>,
     endpoints: Arc<Endpoints>,
+    sidecars: Arc<Sidecars>,
+    bundle: wire::Resource,
     eval_options: ward_policy::EvalOptions,
     shutdown: watch::Receiver<bool>,
 }
@@ -135,6 +137,9 @@ pub struct ControlPlane {
     trust_domain: String,
     bundle_pem: String,
     serving_id: SpiffeId,
+    policies: Arc<PolicyStore>,
+    endpoints: Arc<Endpoints>,
+    sidecars: Arc<Sidecars>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -188,6 +193,13 @@ impl ControlPlane {
         let acceptor = TlsAcceptor::from(serving.server_config());
         let trust_domain = ca.trust_domain().to_owned();
         let bundle_pem = ca.bundle_pem();
+        let bundle = BundleBody {
+            trust_domain: trust_domain.clone(),
+            roots_pem: bundle_pem.clone(),
+        };
+        let bundle = wire::Resource::new(trust_domain.clone(), &bundle);
+        let endpoints = Arc::new(Endpoints::new(&config.static_endpoints)?);
+        let sidecars = Arc::new(Sidecars::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
             ca: Arc::new(ca),
@@ -195,7 +207,9 @@ impl ControlPlane {
             metrics: metrics.clone(),
             svid_ttl: config.svid_ttl,
             policies: policies.clone(),
-            endpoints: Arc::new(Endpoints::new(config.static_endpoints.clone())),
+            endpoints: endpoints.clone(),
+            sidecars: sidecars.clone(),
+            bundle,
             eval_options,
             shutdown: shutdown_rx.clone(),
         });
@@ -278,6 +292,9 @@ impl ControlPlane {
             trust_domain,
             bundle_pem,
             serving_id,
+            policies,
+            endpoints,
+            sidecars,
             shutdown,
             tasks,
         })
@@ -308,6 +325,22 @@ impl ControlPlane {
     /// The SPIFFE ID in the control plane's serving certificate.
     pub fn spiffe_id(&self) -> &SpiffeId {
         &self.serving_id
+    }
+
+    /// The policy store: what the sources offered and the streams send.
+    /// Embedders and tests may publish into it directly.
+    pub fn policy_store(&self) -> &Arc<PolicyStore> {
+        &self.policies
+    }
+
+    /// The endpoint registry (static entries, pods, registrations).
+    pub fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.endpoints
+    }
+
+    /// Every connected sidecar and what it acknowledged.
+    pub fn sidecars(&self) -> &Arc<Sidecars> {
+        &self.sidecars
     }
 
     /// Stops accepting, lets in-flight requests finish, and returns.
@@ -375,97 +408,199 @@ async fn route(
     req: Request<Incoming>,
 ) -> Response<ApiBody> {
     match (req.method(), req.uri().path()) {
-        (&Method::POST, api::SVID_PATH) => issue_svid(state, peer_id, req).await,
-        (&Method::POST, WATCH_PATH) => watch_stream(state, peer_id, peer_addr, req).await,
-        (&Method::GET, api::BUNDLE_PATH) => json(
+        (&Method::POST, SVID_PATH) => issue_svid(state, peer_id, req).await,
+        (&Method::POST, DISCOVERY_PATH) => discovery_stream(state, peer_id, peer_addr, req).await,
+        (&Method::POST, REGISTER_PATH) => register(state, peer_id, peer_addr, req).await,
+        (&Method::GET, BUNDLE_PATH) => json(
             StatusCode::OK,
             &BundleResponse {
                 trust_domain: state.ca.trust_domain().to_owned(),
                 bundle_pem: state.ca.bundle_pem(),
             },
         ),
-        (_, api::SVID_PATH | api::BUNDLE_PATH | WATCH_PATH) => error(
+        (_, SVID_PATH | BUNDLE_PATH | DISCOVERY_PATH | REGISTER_PATH) => error(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            codes::METHOD_NOT_ALLOWED,
             "this path does not accept that method".into(),
         ),
         _ => error(
             StatusCode::NOT_FOUND,
-            "not_found",
+            codes::NOT_FOUND,
             "no such API path".into(),
         ),
     }
 }
 
-/// `POST /v1/watch`: the caller's policies and the endpoint table, now and
-/// on every change. Only for callers with a valid SVID.
-async fn watch_stream(
+/// The caller's workload identity and namespace, from its client
+/// certificate: the discovery stream and registration need both.
+fn workload_caller(peer_id: Option<&SpiffeId>) -> Result<(&SpiffeId, &str), Response<ApiBody>> {
+    let Some(id) = peer_id else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            codes::NO_CLIENT_CERTIFICATE,
+            "this call needs the workload's SVID as client certificate".into(),
+        ));
+    };
+    match id.namespace() {
+        Some(namespace) => Ok((id, namespace)),
+        None => Err(error(
+            StatusCode::FORBIDDEN,
+            codes::NO_NAMESPACE,
+            format!("{id} is not of the form spiffe://<td>/ns/<ns>/sa/<sa>"),
+        )),
+    }
+}
+
+/// `POST /v2/discovery`: reads the hello, then streams updates while the
+/// sidecar streams its answers and subscriptions. Only for callers with a
+/// valid SVID; in Kubernetes the workload's labels come from its pod.
+async fn discovery_stream(
     state: &Arc<State>,
     peer_id: Option<&SpiffeId>,
     peer_addr: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ApiBody> {
-    let Some(id) = peer_id else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "no_client_certificate",
-            "the watch stream needs the workload's SVID as client certificate".into(),
-        );
+    let (id, namespace) = match workload_caller(peer_id) {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
     };
-    let Some(namespace) = id.namespace() else {
-        return error(
-            StatusCode::FORBIDDEN,
-            "no_namespace",
-            format!("{id} is not of the form spiffe://<td>/ns/<ns>/sa/<sa>"),
-        );
+    let mut requests = LineReader::new(req.into_body(), MAX_BODY_BYTES);
+    let hello = match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
+        Ok(Ok(Some(line))) => serde_json::from_slice::<ClientMessage>(&line).map_err(|e| e.to_string()),
+        Ok(Ok(None)) => Err("the stream ended before a hello".to_owned()),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err("no hello within the time allowed".to_owned()),
     };
-    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
+    let hello = match hello {
+        Ok(ClientMessage::Hello(hello)) => hello,
+        Ok(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                codes::MALFORMED_REQUEST,
+                "the first message of a discovery stream must be a hello".into(),
+            );
+        }
         Err(err) => {
             return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_unreadable",
-                err.to_string(),
+                StatusCode::BAD_REQUEST,
+                codes::MALFORMED_REQUEST,
+                format!("malformed hello: {err}"),
             );
         }
     };
-    let request: WatchRequest = if body.is_empty() {
-        WatchRequest::default()
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(err) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "malformed_request",
-                    format!("malformed request: {err}"),
-                );
+    if hello.api_version != wire::API_VERSION {
+        return error(
+            StatusCode::BAD_REQUEST,
+            codes::UNSUPPORTED_API_VERSION,
+            format!(
+                "api_version {:?} is not served; this control plane speaks {:?}",
+                hello.api_version,
+                wire::API_VERSION
+            ),
+        );
+    }
+    let labels = match (&state.attestor.pods, &hello.node.pod) {
+        // Kubernetes: the pod's labels, never what the sidecar claims.
+        (Some(pods), Some(pod)) => {
+            let sa = id.service_account().unwrap_or_default();
+            match pods.labels_of(namespace, pod, sa) {
+                Ok(labels) => labels,
+                Err(message) => {
+                    return error(StatusCode::FORBIDDEN, codes::POD_UNKNOWN, message);
+                }
             }
         }
+        (Some(_), None) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                codes::POD_UNKNOWN,
+                "in Kubernetes the hello must name the sidecar's pod (node.pod)".into(),
+            );
+        }
+        (None, _) => hello.node.labels.clone(),
     };
-    let registration = request
-        .register
-        .then(|| state.endpoints.register(peer_addr.ip(), id.clone()));
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let ctx = WatchContext {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let ctx = StreamContext {
+        stream: state.sidecars.next_stream_id(),
         id: id.clone(),
         namespace: namespace.to_owned(),
-        labels: request.labels,
+        labels,
+        hello,
+        peer: peer_addr.ip(),
         options: state.eval_options.clone(),
         policies: state.policies.subscribe(),
         synced: state.policies.subscribe_synced(),
+        bundle: state.bundle.clone(),
         endpoints: state.endpoints.clone(),
-        registration,
+        sidecars: state.sidecars.clone(),
         metrics: state.metrics.clone(),
         shutdown: state.shutdown.clone(),
     };
-    tokio::spawn(crate::watch::run_stream(ctx, tx));
+    tokio::spawn(crate::discovery::run_stream(ctx, requests, tx));
+    line_stream(rx)
+}
+
+/// `POST /v2/register`: the caller's source address is an endpoint of its
+/// SPIFFE ID while the response stream stays open (workloads outside
+/// Kubernetes; the discovery stream itself has no side effect).
+async fn register(
+    state: &Arc<State>,
+    peer_id: Option<&SpiffeId>,
+    peer_addr: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ApiBody> {
+    let (id, _) = match workload_caller(peer_id) {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
+    };
+    let mut requests = LineReader::new(req.into_body(), MAX_BODY_BYTES);
+    let first = match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
+        Ok(Ok(Some(line))) => serde_json::from_slice::<Registration>(&line).map_err(|e| e.to_string()),
+        Ok(Ok(None)) => Ok(Registration::default()),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err("no registration within the time allowed".to_owned()),
+    };
+    let registration = match first {
+        Ok(r) => r,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                codes::MALFORMED_REQUEST,
+                format!("malformed registration: {err}"),
+            );
+        }
+    };
+    let guard = state
+        .endpoints
+        .register(peer_addr.ip(), id, registration.labels);
+    info!(spiffe_id = %id, address = %peer_addr.ip(), "workload address registered");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let answer = wire::encode_line(&Registered {
+        address: peer_addr.ip().to_string(),
+        spiffe_id: id.to_string(),
+    });
+    let _ = tx.try_send(Bytes::from(answer));
+    let mut shutdown = state.shutdown.clone();
+    let id = id.clone();
+    tokio::spawn(async move {
+        // Held until the caller ends its request (or goes away).
+        loop {
+            tokio::select! {
+                line = requests.next_line() => if !matches!(line, Ok(Some(_))) { break },
+                _ = tx.closed() => break,
+                _ = shutdown.wait_for(|stop| *stop) => break,
+            }
+        }
+        drop(guard);
+        info!(spiffe_id = %id, "workload address registration ended");
+    });
+    line_stream(rx)
+}
+
+/// A response body of lines sent as they come, one data frame each.
+fn line_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<ApiBody> {
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        // Each line the stream task sends is one data frame, sent as it comes.
         .body(
             StreamBody::new(futures_util::stream::unfold(rx, |mut rx| async move {
                 let line = rx.recv().await?;
@@ -492,7 +627,7 @@ async fn issue_svid(
         warn!(reason, %message, "certificate request refused");
         error(status, reason, message)
     };
-    let body = match Limited::new(req.into_body(), api::MAX_BODY_BYTES)
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
     {
@@ -503,7 +638,7 @@ async fn issue_svid(
                 "body_unreadable",
                 format!(
                     "request body unreadable or over {} bytes: {err}",
-                    api::MAX_BODY_BYTES
+                    MAX_BODY_BYTES
                 ),
             );
         }
@@ -611,9 +746,15 @@ fn admin_route(state: &State, req: &Request<Incoming>) -> Response<ApiBody> {
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )
-            .body(Full::new(Bytes::from(state.metrics.render())).boxed())
+            .body({
+                state
+                    .metrics
+                    .set_discovery_sidecars(&state.sidecars.counts());
+                Full::new(Bytes::from(state.metrics.render())).boxed()
+            })
             .expect("valid response"),
         (&Method::GET, "/live") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/debug/discovery") => json(StatusCode::OK, &state.sidecars.report()),
         // Not ready (no traffic from the Service) until the policy and
         // endpoint sources have synced.
         (&Method::GET, "/ready") if !state.policies.is_synced() => text(

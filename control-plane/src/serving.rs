@@ -15,7 +15,7 @@ use ward_identity::bundle::TrustBundles;
 use ward_identity::ca::{self, CertificateAuthority};
 use ward_identity::tls::{self, SharedBundles, SvidCell};
 
-use crate::client::control_plane_id;
+use ward_api::control_plane_id;
 
 const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
 

@@ -58,3 +58,31 @@ impl PodDirectory {
         Ok(())
     }
 }
+
+impl PodDirectory {
+    /// The labels of pod `namespace/name`, which must run as `service_account`:
+    /// what selects policies for a sidecar in Kubernetes, taken from the
+    /// cluster rather than from what the sidecar says.
+    pub fn labels_of(
+        &self,
+        namespace: &str,
+        name: &str,
+        service_account: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let pod = self
+            .0
+            .get(&ObjectRef::new(name).within(namespace))
+            .ok_or_else(|| format!("no meshed pod {namespace}/{name} in the cluster"))?;
+        let pod_sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or("default");
+        if pod_sa != service_account {
+            return Err(format!(
+                "pod {namespace}/{name} runs as service account {pod_sa:?}, not {service_account:?}"
+            ));
+        }
+        Ok(pod.metadata.labels.clone().unwrap_or_default())
+    }
+}

@@ -13,48 +13,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::{Deserialize, Serialize};
 
 use super::{ADMIN_PORT, InjectError};
 
-/// One original probe, as the proxy must run it against `127.0.0.1`
-/// (or `host` when the pod spec named one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppProbe {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http_get: Option<AppHttpGet>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tcp_socket: Option<AppTcpSocket>,
-    /// The original probe's `timeoutSeconds` (the kubelet's default is 1).
-    pub timeout_seconds: i32,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppHttpGet {
-    /// `HTTP` or `HTTPS` (certificate not verified, as the kubelet does).
-    pub scheme: String,
-    pub port: u16,
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub http_headers: Vec<AppHeader>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppHeader {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppTcpSocket {
-    pub port: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-}
+pub use ward_api::probes::{AppHeader, AppHttpGet, AppProbe, AppTcpSocket};
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct Rewrites {

@@ -35,7 +35,7 @@ use super::source::{
 use crate::inject::{MESH_LABEL, MESH_LABEL_VALUE};
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicySource, PolicyStore};
-use crate::watch::Endpoints;
+use crate::discovery::Endpoints;
 use ward_policy::PolicySet;
 
 /// Field manager of the status patches.
@@ -111,7 +111,7 @@ async fn watch_pods(
     let mut adapter = WatcherAdapter::default();
     let mut events = std::pin::pin!(watcher(api, config).default_backoff().reflect(store));
     while let Some(batch) = next_batch(&mut events).await {
-        let mut changed = false;
+        let mut changed = std::collections::BTreeSet::new();
         let mut relisted = false;
         for event in batch {
             let event = match event {
@@ -126,12 +126,12 @@ async fn watch_pods(
             };
             relisted |= matches!(event, WatchEvent::Restarted(_));
             let diff = table.apply(event);
-            changed |= !diff.is_empty();
+            changed.extend(diff.added.into_iter().chain(diff.updated).chain(diff.removed));
         }
-        // One publication per batch: under churn the streams get one
-        // update for many pod events.
-        if changed {
-            endpoints.set_kubernetes(&table.snapshot());
+        // One publication per batch of the addresses that changed: only
+        // the streams subscribed to them hear of it.
+        if !changed.is_empty() {
+            endpoints.apply_kubernetes(changed.into_iter().map(|ip| (ip, table.get(&ip).cloned())));
             debug!(
                 endpoints = table.len(),
                 version = table.version(),
