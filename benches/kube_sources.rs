@@ -21,7 +21,7 @@ use ward_control_plane::k8s::catalog::PolicyCatalog;
 use ward_control_plane::k8s::endpoints::EndpointTable;
 use ward_control_plane::metrics::Metrics;
 use ward_control_plane::policy_store::PolicyStore;
-use ward_control_plane::watch::Endpoints;
+use ward_control_plane::discovery::{Endpoints, Inbox};
 use ward_policy::PolicySet;
 
 fn policy(i: usize, generation: i64, methods: &[&str]) -> Value {
@@ -97,6 +97,9 @@ fn pod_event(c: &mut Criterion) {
     group.finish();
 }
 
+/// Publishing one pod change into the discovery registry of a mesh of n
+/// pods, with 1,000 streams subscribed (each to other addresses, one to
+/// this one): only that one stream is told.
 fn pod_publish(c: &mut Criterion) {
     let mut group = c.benchmark_group("pod_publish");
     for n in [1000usize, 10000] {
@@ -104,9 +107,25 @@ fn pod_publish(c: &mut Criterion) {
         table.apply(WatchEvent::Restarted(
             (0..n).map(|i| pod(i, "v1")).collect(),
         ));
-        let endpoints = Endpoints::new(Vec::new());
+        let endpoints = Endpoints::new(&[]).unwrap();
+        let all: Vec<_> = table.snapshot().endpoints.into_iter().collect();
+        endpoints.apply_kubernetes(all.iter().map(|(ip, e)| (*ip, Some(e.clone()))));
+        let inboxes: Vec<Arc<Inbox>> = (0..1000).map(|_| Arc::new(Inbox::default())).collect();
+        for (stream, inbox) in inboxes.iter().enumerate() {
+            let (ip, _) = &all[stream % all.len()];
+            endpoints.subscribe(*ip, stream as u64, inbox);
+        }
+        let (ip, endpoint) = all[0].clone();
+        let mut changed = endpoint.clone();
+        changed.labels.insert("version".into(), "v2".into());
+        let mut flip = false;
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| endpoints.set_kubernetes(&table.snapshot()))
+            b.iter(|| {
+                flip = !flip;
+                let e = if flip { changed.clone() } else { endpoint.clone() };
+                endpoints.apply_kubernetes([(ip, Some(e))]);
+                inboxes[0].take()
+            })
         });
     }
     group.finish();

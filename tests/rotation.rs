@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 use ward_control_plane::attest::JoinTokenStore;
-use ward_control_plane::client::{ControlPlaneClient, ControlPlaneIssuer, CredentialSource};
+use ward_api::client::{ControlPlaneClient, ControlPlaneIssuer, CredentialSource};
 use ward_control_plane::data_dir::DataDir;
 use ward_control_plane::server::{Config, ControlPlane};
 use ward_identity::SpiffeId;

@@ -5,14 +5,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::apiserver::{
     ApiServer, Recorded, Reply, list, not_found, status_failure, watch_event,
@@ -23,13 +20,13 @@ use support::control_plane::{
 };
 use tokio::sync::mpsc;
 use ward_control_plane::attest::Credential;
-use ward_control_plane::client::control_plane_id;
+use ward_api::client::ControlPlaneClient;
+use ward_api::client::discovery::{DiscoveryClient, DiscoveryConfig, DiscoveryHandler};
+use ward_api::discovery::{EndpointBody, Node, PolicyBody, Resource, ResourceType, Update};
 use ward_control_plane::k8s::ApiClient;
 use ward_control_plane::server::ControlPlane;
-use ward_control_plane::watch::WatchUpdate;
 use ward_identity::SpiffeId;
-use ward_identity::bundle::TrustBundles;
-use ward_identity::tls::{self, SvidCell};
+use ward_identity::tls::SvidCell;
 
 const TD: &str = "cluster.local";
 const MESH_SELECTOR: &str = "labelSelector=security.ward.io%2FtlsMode%3Dward";
@@ -354,85 +351,124 @@ async fn enrol(cp: &ControlPlane, data: &std::path::Path, sa: &str) -> Arc<SvidC
     svid_cell(&answer, &key, TD)
 }
 
-/// Opens `POST /v1/watch` over mTLS as a proxy does; each update arrives
-/// on the returned channel.
-async fn open_watch(h: &Harness, labels: &[(&str, &str)]) -> mpsc::Receiver<WatchUpdate> {
-    let mut bundles = TrustBundles::new();
-    bundles.add_pem(TD, h.cp.bundle_pem()).unwrap();
-    let config = tls::client_config(
-        h.cell.clone(),
-        Arc::new(arc_swap::ArcSwap::from_pointee(bundles)),
-        control_plane_id(TD).unwrap(),
-    );
-    let mut config = Arc::unwrap_or_clone(config);
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(h.cp.api_addr())
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
-    let body = json!({ "labels": labels }).to_string();
-    let request = Request::post(format!("https://localhost{}", "/v1/watch"))
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let _sender = sender;
-        let mut body = response.into_body();
-        let mut pending = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=end).collect();
-                let update: WatchUpdate = serde_json::from_slice(&line).unwrap();
-                if tx.send(update).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
+/// What a sidecar holds from its discovery stream after each update.
+#[derive(Debug, Clone, Default)]
+struct View {
+    version: u64,
+    /// The policy documents, joined.
+    policies: String,
+    /// Meshed addresses → SPIFFE ID, of the subscribed ones.
+    endpoints: BTreeMap<String, String>,
+    /// Subscribed addresses the control plane said are not meshed.
+    absent: BTreeSet<String>,
 }
 
-async fn next_update(rx: &mut mpsc::Receiver<WatchUpdate>) -> WatchUpdate {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+impl View {
+    fn answered(&self, address: &str) -> bool {
+        self.endpoints.contains_key(address) || self.absent.contains(address)
+    }
+}
+
+/// The sidecar's own discovery client, with a handler that records a
+/// [`View`] after every update it applies.
+struct Collector {
+    view: Mutex<View>,
+    tx: mpsc::UnboundedSender<View>,
+}
+
+impl DiscoveryHandler for Collector {
+    fn apply(&self, update: &Update, state: &BTreeMap<String, Resource>) -> Result<(), String> {
+        let mut view = self.view.lock().unwrap();
+        match update.resource_type {
+            ResourceType::Policy => {
+                view.version = update.system_version;
+                let docs: Vec<String> = state
+                    .values()
+                    .map(|r| r.decode::<PolicyBody>().map(|b| b.yaml))
+                    .collect::<Result<_, _>>()?;
+                view.policies = docs.join("---\n");
+            }
+            ResourceType::Endpoint => {
+                for r in &update.resources {
+                    let body: EndpointBody = r.decode()?;
+                    view.endpoints
+                        .insert(r.name.clone(), body.spiffe_id.unwrap_or_default());
+                    view.absent.remove(&r.name);
+                }
+                for name in &update.removed {
+                    view.endpoints.remove(name);
+                    view.absent.insert(name.clone());
+                }
+            }
+            _ => {}
+        }
+        let _ = self.tx.send(view.clone());
+        Ok(())
+    }
+}
+
+struct Watch {
+    rx: mpsc::UnboundedReceiver<View>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+/// Opens the discovery stream over mTLS as the sidecar of pod `shop/<pod>`
+/// does, subscribed to `addresses` (as if its app had connected to them).
+async fn open_watch(h: &Harness, pod: &str, addresses: &[&str]) -> Watch {
+    let client = ControlPlaneClient::from_bundle_pem(
+        h.cp.api_addr().to_string(),
+        TD,
+        h.cp.bundle_pem(),
+    )
+    .unwrap();
+    let discovery = DiscoveryClient::new(DiscoveryConfig {
+        client,
+        svid: h.cell.clone(),
+        node: Node {
+            pod: Some(pod.to_owned()),
+            // Ignored in Kubernetes: the pod's labels count.
+            labels: BTreeMap::from([("app".to_owned(), "not-web".to_owned())]),
+            proxy_version: "test".into(),
+        },
+        resource_types: vec![ResourceType::Policy, ResourceType::Endpoint],
+        max_subscriptions: 100,
+        extra_hello: BTreeMap::new(),
+    });
+    for address in addresses {
+        discovery.subscribe(ResourceType::Endpoint, address);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = Arc::new(Collector {
+        view: Mutex::new(View::default()),
+        tx,
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(discovery.run(handler, stop.clone()));
+    Watch {
+        rx,
+        _stop: stop.drop_guard(),
+    }
+}
+
+async fn next_update(watch: &mut Watch) -> View {
+    tokio::time::timeout(Duration::from_secs(10), watch.rx.recv())
         .await
         .expect("an update within 10 s")
         .expect("stream open")
 }
 
-/// Waits for an update satisfying `pred` (intermediate ones are skipped).
-async fn update_where(
-    rx: &mut mpsc::Receiver<WatchUpdate>,
-    pred: impl Fn(&WatchUpdate) -> bool,
-) -> WatchUpdate {
+/// Waits for a view satisfying `pred` (intermediate ones are skipped).
+async fn update_where(watch: &mut Watch, pred: impl Fn(&View) -> bool) -> View {
     loop {
-        let update = next_update(rx).await;
-        if pred(&update) {
-            return update;
+        let view = next_update(watch).await;
+        if pred(&view) {
+            return view;
         }
     }
 }
 
-fn endpoint_ids(update: &WatchUpdate) -> BTreeMap<String, String> {
-    update
-        .endpoints
-        .iter()
-        .map(|e| (e.address.clone(), e.spiffe_id.clone()))
-        .collect()
+fn endpoint_ids(view: &View) -> BTreeMap<String, String> {
+    view.endpoints.clone()
 }
 
 fn web_id() -> String {
@@ -456,10 +492,11 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     cluster.objects.entry("peerauthentications").or_default();
     let h = Harness::start(cluster).await;
     h.wait_ready().await;
-    let mut stream = open_watch(&h, &[("app", "web")]).await;
+    let watched = ["198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"];
+    let mut stream = open_watch(&h, "web-1", &watched).await;
 
-    // First update: the valid policy only, and the meshed pod.
-    let first = next_update(&mut stream).await;
+    // First: the valid policy only, and of the addresses, the meshed pod.
+    let first = update_where(&mut stream, |v| watched.iter().all(|a| v.answered(a))).await;
     assert!(first.version > 0);
     assert!(
         first.policies.contains("name: allow-get"),
@@ -608,12 +645,12 @@ async fn nothing_is_distributed_until_every_resource_is_listed() {
 
     // Not ready, and a proxy that connects gets nothing: an empty policy
     // set now would allow what deny-all-get denies.
-    let mut stream = open_watch(&h, &[("app", "web")]).await;
+    let mut stream = open_watch(&h, "web-1", &["198.18.0.10"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (code, body) = h.admin("/ready").await;
     assert_eq!(code, 503, "{body}");
     assert!(
-        stream.try_recv().is_err(),
+        stream.rx.try_recv().is_err(),
         "nothing may be pushed before sync"
     );
     let metrics = h.admin("/metrics").await.1;
@@ -628,7 +665,7 @@ async fn nothing_is_distributed_until_every_resource_is_listed() {
     // The CRD is installed: the watcher's retry lists it, and the first
     // update carries the DENY policy.
     h.cluster().missing.clear();
-    let first = next_update(&mut stream).await;
+    let first = update_where(&mut stream, |v| v.answered("198.18.0.10")).await;
     assert!(
         first.policies.contains("deny-all-get"),
         "{}",

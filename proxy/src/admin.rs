@@ -93,7 +93,7 @@ impl Admin {
             (&Method::GET, "/live", true) => text(StatusCode::OK, "live\n"),
             // Runtime log level: `GET /logging` shows it, `PUT /logging?level=debug` sets it.
             (&Method::GET, "/logging", true) => {
-                let level = ward_control_plane::logging::current_level().unwrap_or_default();
+                let level = ward_logging::current_level().unwrap_or_default();
                 Response::new(full(Bytes::from(format!("{level}\n"))))
             }
             (&Method::PUT | &Method::POST, "/logging", true) => set_log_level(query),
@@ -143,7 +143,7 @@ fn set_log_level(query: Option<&str>) -> Response<Body> {
             "expected ?level=<filter>, e.g. ?level=debug\n",
         );
     };
-    match ward_control_plane::logging::set_level(level) {
+    match ward_logging::set_level(level) {
         Ok(()) => {
             tracing::info!(level, "log level changed through the admin endpoint");
             Response::new(full(Bytes::from(format!("log level set to {level}\n"))))

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
-use ward_control_plane::logging::LogFormat;
+use ward_logging::LogFormat;
 use ward_identity::SpiffeId;
 
 use crate::admin::AppProbes;
@@ -88,6 +88,15 @@ pub struct RunArgs {
     /// Ports carrying protocols that are never sniffed (server-speaks-first).
     #[arg(long, env = "WARD_OPAQUE_PORTS", default_value = "", value_parser = List::<u16>::parse)]
     pub opaque_ports: List<u16>,
+    /// How long a connection to an address the sidecar has not seen waits
+    /// for the control plane to say whether it is meshed; then it is
+    /// refused (never sent in plaintext on a guess).
+    #[arg(long, env = "WARD_DISCOVERY_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub discovery_timeout: std::time::Duration,
+    /// Most destination addresses held from discovery at once; past it the
+    /// least recently added are dropped (and asked again when used).
+    #[arg(long, env = "WARD_MAX_DESTINATIONS", default_value_t = 10_000)]
+    pub max_destinations: usize,
     #[arg(long, env = "WARD_UNMESHED_EGRESS", value_enum, default_value_t = UnmeshedEgress::Allow)]
     pub unmeshed_egress: UnmeshedEgress,
     /// This workload's labels, for policy selectors (repeatable `k=v`).
@@ -242,4 +251,30 @@ fn parse_label(arg: &str) -> Result<(String, String), String> {
 
 fn parse_spiffe_id(arg: &str) -> Result<SpiffeId, String> {
     SpiffeId::parse(arg).map_err(|e| format!("{arg:?}: {e}"))
+}
+
+/// Reads labels in the Kubernetes downward-API file format: one
+/// `key="value"` per line.
+pub fn read_labels_file(
+    path: &std::path::Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut labels = std::collections::BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (key, value) = line.split_once('=').ok_or_else(|| {
+            anyhow::anyhow!("{}:{}: expected key=\"value\"", path.display(), n + 1)
+        })?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        labels.insert(key.trim().to_owned(), value.replace("\\\"", "\""));
+    }
+    Ok(labels)
 }

@@ -109,3 +109,156 @@ impl EndpointTable {
 
 #[cfg(test)]
 mod tests;
+
+/// What the mesh says about one address, as discovery answered it.
+#[derive(Debug, Clone)]
+pub enum Known {
+    /// Meshed: the identity of every port, and per-port overrides.
+    Meshed {
+        any_port: Option<SpiffeId>,
+        ports: HashMap<u16, SpiffeId>,
+    },
+    /// Not meshed (the control plane said so).
+    Absent,
+}
+
+/// Where an outbound connection goes, as far as the mesh is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// Over mTLS to a sidecar that must present this identity.
+    Meshed(SpiffeId),
+    /// Not in the mesh: plaintext (or refused when egress is locked down).
+    Unmeshed,
+}
+
+/// The destination was not known and discovery did not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unknown;
+
+/// The destinations the proxy knows: static entries (flags, file), then
+/// what discovery answered for the addresses the app connected to. A
+/// first connection to an address asks the control plane and waits for
+/// the answer (bounded); until then nothing is guessed to be plaintext.
+pub struct Destinations {
+    pub static_table: EndpointTable,
+    discovery: Option<Arc<ward_api::client::discovery::DiscoveryClient>>,
+    known: ArcSwap<HashMap<IpAddr, Known>>,
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Destinations {
+    /// Static entries only: an address not in them is unmeshed.
+    pub fn fixed(static_table: EndpointTable) -> Self {
+        Destinations {
+            static_table,
+            discovery: None,
+            known: ArcSwap::default(),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Static entries, then on-demand discovery through `client`.
+    pub fn discovered(
+        static_table: EndpointTable,
+        client: Arc<ward_api::client::discovery::DiscoveryClient>,
+    ) -> Self {
+        Destinations {
+            discovery: Some(client),
+            ..Self::fixed(static_table)
+        }
+    }
+
+    /// How to reach `dest`, waiting up to `wait` for discovery's first
+    /// answer about its address.
+    pub async fn resolve(&self, dest: SocketAddr, wait: std::time::Duration) -> Result<Resolved, Unknown> {
+        if let Some(id) = self.static_table.lookup(dest) {
+            return Ok(Resolved::Meshed(id.clone()));
+        }
+        let Some(discovery) = &self.discovery else {
+            return Ok(Resolved::Unmeshed);
+        };
+        if let Some(resolved) = self.lookup_known(dest) {
+            return Ok(resolved);
+        }
+        let mut changes = self.changes.subscribe();
+        discovery.subscribe(
+            ward_api::discovery::ResourceType::Endpoint,
+            &dest.ip().to_string(),
+        );
+        let answered = tokio::time::timeout(wait, async {
+            loop {
+                if let Some(resolved) = self.lookup_known(dest) {
+                    return resolved;
+                }
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        });
+        answered.await.map_err(|_| Unknown)
+    }
+
+    fn lookup_known(&self, dest: SocketAddr) -> Option<Resolved> {
+        let known = self.known.load();
+        Some(match known.get(&dest.ip())? {
+            Known::Meshed { any_port, ports } => match ports.get(&dest.port()).or(any_port.as_ref()) {
+                Some(id) => Resolved::Meshed(id.clone()),
+                None => Resolved::Unmeshed,
+            },
+            Known::Absent => Resolved::Unmeshed,
+        })
+    }
+
+    /// How many addresses discovery answered (metrics, tests).
+    pub fn known_len(&self) -> usize {
+        self.known.load().len()
+    }
+
+    /// Applies an endpoint update: all of it or, on any invalid entry,
+    /// nothing (the update is NACKed).
+    pub fn apply(&self, update: &ward_api::discovery::Update) -> Result<(), String> {
+        let mut changed = Vec::new();
+        for resource in &update.resources {
+            let ip: IpAddr = resource
+                .name
+                .parse()
+                .map_err(|_| format!("endpoint {:?}: not an IP address", resource.name))?;
+            let body: ward_api::discovery::EndpointBody = resource.decode()?;
+            let parse = |id: &str| {
+                SpiffeId::parse(id).map_err(|e| format!("endpoint {ip}: {id:?}: {e}"))
+            };
+            let any_port = body.spiffe_id.as_deref().map(parse).transpose()?;
+            let ports = body
+                .ports
+                .iter()
+                .map(|(port, id)| Ok((*port, parse(id)?)))
+                .collect::<Result<_, String>>()?;
+            changed.push((ip, Known::Meshed { any_port, ports }));
+        }
+        for name in &update.removed {
+            // A name that is no address was never asked for by this proxy.
+            if let Ok(ip) = name.parse() {
+                changed.push((ip, Known::Absent));
+            }
+        }
+        self.known.rcu(|known| {
+            let mut known = HashMap::clone(known);
+            known.extend(changed.iter().cloned());
+            known
+        });
+        self.changes.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Drops addresses discovery no longer tracks for this proxy.
+    pub fn forget(&self, names: &[String]) {
+        let ips: Vec<IpAddr> = names.iter().filter_map(|n| n.parse().ok()).collect();
+        self.known.rcu(|known| {
+            let mut known = HashMap::clone(known);
+            for ip in &ips {
+                known.remove(ip);
+            }
+            known
+        });
+    }
+}

@@ -13,9 +13,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use ward_control_plane::client::{
-    ControlPlaneClient, ControlPlaneIssuer, CredentialSource, control_plane_id,
-};
+use ward_api::client::{ControlPlaneClient, ControlPlaneIssuer, CredentialSource};
+use ward_api::control_plane_id;
 use ward_identity::bundle::TrustBundles;
 use ward_identity::manager::{self, RotationPolicy, RotationStats};
 use ward_identity::svid;

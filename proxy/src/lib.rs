@@ -7,7 +7,7 @@ pub mod app;
 pub mod authz;
 pub mod capture;
 pub mod config;
-pub mod control;
+pub mod discovery;
 pub mod counting;
 pub mod detect;
 pub mod endpoints;

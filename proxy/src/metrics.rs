@@ -44,6 +44,7 @@ pub struct ProxyMetrics {
     pub policy_version: IntGauge,
     pub control_plane_connected: IntGauge,
     pub control_plane_last_update: Gauge,
+    pub discovery_nacks: IntCounterVec,
 }
 
 const PEER: [&str; 2] = ["peer_namespace", "peer_service_account"];
@@ -150,10 +151,15 @@ impl ProxyMetrics {
             cert_renewals: b.plain_counter("ward_certificate_renewals_total", "Workload certificates obtained (first one included)."),
             cert_renewal_failures: b.plain_counter("ward_certificate_renewal_failures_total", "Failed attempts to obtain a workload certificate."),
             policy_version: b.int_gauge("ward_policy_version", "Version of the policy set in force (0: none received)."),
-            control_plane_connected: b.int_gauge("ward_control_plane_connected", "1 while the watch stream to the control plane is up."),
+            control_plane_connected: b.int_gauge("ward_control_plane_connected", "1 while the discovery stream to the control plane is up."),
             control_plane_last_update: b.gauge(
                 "ward_control_plane_last_update_timestamp_seconds",
                 "When the last update from the control plane arrived (Unix time; 0: never).",
+            ),
+            discovery_nacks: b.counter(
+                "ward_discovery_nacks_total",
+                "Discovery updates this sidecar refused (the previous state stayed in force), by resource type.",
+                &["resource_type"],
             ),
             registry,
         }

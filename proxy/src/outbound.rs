@@ -20,7 +20,7 @@ use ward_identity::SpiffeId;
 use crate::config::{UnmeshedEgress, UpstreamProtocol};
 use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
-use crate::endpoints::SharedEndpoints;
+use crate::endpoints::{Destinations, Resolved, Unknown};
 use crate::http::{self as h, Body};
 use crate::inbound::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
@@ -36,7 +36,10 @@ pub enum Target {
 }
 
 pub struct Outbound {
-    pub endpoints: SharedEndpoints,
+    pub destinations: Arc<Destinations>,
+    /// How long a connection to an address not known yet waits for
+    /// discovery's answer before it is refused.
+    pub discovery_timeout: std::time::Duration,
     pub upstream: Upstream,
     pub unmeshed: UnmeshedEgress,
     pub opaque_ports: Vec<u16>,
@@ -93,11 +96,21 @@ impl Outbound {
                 Err(reason) => return self.refuse(source, reason),
             },
         };
-        let Some(expected) = self.endpoints.load().lookup(dest).cloned() else {
-            return match self.unmeshed {
-                UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
-                UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
-            };
+        // An address discovery has not answered for is never guessed to
+        // be plaintext: the connection waits (bounded), then is refused.
+        let expected = match self
+            .destinations
+            .resolve(dest, self.discovery_timeout)
+            .await
+        {
+            Ok(Resolved::Meshed(id)) => id,
+            Ok(Resolved::Unmeshed) => {
+                return match self.unmeshed {
+                    UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
+                    UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
+                };
+            }
+            Err(Unknown) => return self.refuse(source, "destination_unknown"),
         };
         let protocol = if self.opaque_ports.contains(&dest.port()) {
             Protocol::Opaque

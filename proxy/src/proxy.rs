@@ -13,14 +13,17 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+use ward_api::client::ControlPlaneClient;
+use ward_api::client::discovery::{DiscoveryClient, DiscoveryConfig};
+use ward_api::discovery::Node;
 use ward_identity::tls;
 
 use crate::admin::Admin;
 use crate::app::AppClients;
 use crate::authz::{AllowAll, AllowPeers, Authorizer};
 use crate::config::RunArgs;
-use crate::control::WatchClient;
-use crate::endpoints::EndpointTable;
+use crate::discovery::{ProxyHandler, RESOURCE_TYPES};
+use crate::endpoints::{Destinations, EndpointTable};
 use crate::identity::{self, WorkloadIdentity};
 use crate::inbound::{self, Inbound, Limits};
 use crate::metrics::ProxyMetrics;
@@ -92,20 +95,18 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         (None, true) => Arc::new(AllowAll),
         (None, false) => Arc::new(AllowPeers(args.allow_peers.clone())),
     };
-    let endpoints = Arc::new(arc_swap::ArcSwap::from_pointee(endpoints));
-    if let (Some(policy), Some(addr)) = (&policy, &args.control_plane) {
-        let client = WatchClient {
-            addr: addr.clone(),
-            identity: identity.clone(),
-            labels: workload_labels(args)?,
-            register: !args.is_explicit(),
-            authorizer: policy.clone(),
-            endpoints: endpoints.clone(),
-            static_endpoints: EndpointTable::clone(&endpoints.load()),
-            metrics: metrics.clone(),
-        };
-        tokio::spawn(client.run(shutdown.clone()));
-    }
+    let destinations = match (&policy, &args.control_plane) {
+        (Some(policy), Some(addr)) => start_discovery(
+            args,
+            addr,
+            &identity,
+            policy,
+            endpoints,
+            &metrics,
+            &shutdown,
+        )?,
+        _ => Arc::new(Destinations::fixed(endpoints)),
+    };
     if let (Some(policy), None) = (&policy, &args.control_plane) {
         // Local policy files (no control plane): reloaded when they change.
         tokio::spawn(crate::policy::watch_files(
@@ -135,7 +136,8 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         tracker: tracker.clone(),
     });
     let outbound = Arc::new(Outbound {
-        endpoints,
+        destinations,
+        discovery_timeout: args.discovery_timeout,
         upstream: Upstream::new(
             identity.clone(),
             args.connect_timeout,
@@ -214,6 +216,58 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     })
 }
 
+/// Starts the discovery stream (policies into `policy`, endpoints on
+/// demand into the returned destinations) and, outside Kubernetes, the
+/// registration of this workload's address.
+fn start_discovery(
+    args: &RunArgs,
+    addr: &str,
+    identity: &WorkloadIdentity,
+    policy: &Arc<PolicyAuthorizer>,
+    static_table: EndpointTable,
+    metrics: &Arc<ProxyMetrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Destinations>> {
+    let id = match identity.svid.current_id() {
+        Some(id) => id,
+        None => args.workload_id()?,
+    };
+    let client = || {
+        ControlPlaneClient::for_trust_domain(addr, id.trust_domain(), identity.bundles.clone())
+    };
+    let labels = workload_labels(args)?;
+    let discovery = DiscoveryClient::new(DiscoveryConfig {
+        client: client()?,
+        svid: identity.svid.clone(),
+        node: Node {
+            pod: args.pod_name.clone(),
+            labels: labels.clone(),
+            proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        resource_types: RESOURCE_TYPES.to_vec(),
+        max_subscriptions: args.max_destinations,
+        extra_hello: Default::default(),
+    });
+    let destinations = Arc::new(Destinations::discovered(static_table, discovery.clone()));
+    let handler = Arc::new(ProxyHandler {
+        authorizer: policy.clone(),
+        destinations: destinations.clone(),
+        metrics: metrics.clone(),
+    });
+    tokio::spawn(discovery.run(handler, shutdown.clone()));
+    // In Kubernetes the control plane knows pods from the API; elsewhere a
+    // sidecar in transparent mode says where it is.
+    if !args.is_explicit() && args.pod_name.is_none() {
+        tokio::spawn(crate::discovery::keep_registered(
+            client()?,
+            identity.svid.clone(),
+            labels,
+            shutdown.clone(),
+        ));
+    }
+    Ok(destinations)
+}
+
 /// An explicit outbound whose destination is one of the proxy's own
 /// listeners would forward to itself forever: refused at start.
 fn refuse_loops(outbound: &OutboundListeners, self_addrs: &[SocketAddr]) -> anyhow::Result<()> {
@@ -275,7 +329,7 @@ fn policy_engine(
 
 fn workload_labels(args: &RunArgs) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     let mut labels = match &args.labels_file {
-        Some(path) => crate::control::read_labels_file(path)?,
+        Some(path) => crate::config::read_labels_file(path)?,
         None => Default::default(),
     };
     labels.extend(args.labels.iter().cloned());

@@ -3,7 +3,7 @@
 //! inbound proxy, so the injector rewrites every `httpGet` and `tcpSocket`
 //! probe of an app container to `GET /app-health/<container>/<livez|readyz|startupz>`
 //! on the admin port and hands the originals to the proxy as JSON in
-//! `WARD_APP_PROBES` (the format of [`ward_control_plane::inject::AppProbe`],
+//! `WARD_APP_PROBES` (the format of [`ward_api::probes::AppProbe`],
 //! keyed by that path). The admin port answers exactly those paths, from
 //! any source: it runs the listed probe against the app and answers 200 or
 //! 503. Nothing else is reachable that way (an unlisted path is 404), and
@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ward_control_plane::inject::AppProbe;
+use ward_api::probes::AppProbe;
 
 use crate::probe::{http_get, tcp_connect};
 

@@ -1,0 +1,144 @@
+//! The sidecar's use of the discovery stream (the stream itself is
+//! `ward_api::client::discovery`): policies go to the policy engine,
+//! endpoints to the destination table, each applied on its own, so an
+//! endpoint change never re-parses policies or re-checks connections. An
+//! update that cannot be applied is NACKed and the previous state stays in
+//! force. Outside Kubernetes the sidecar also registers its address.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use ward_api::REGISTER_PATH;
+use ward_api::client::discovery::DiscoveryHandler;
+use ward_api::client::{ControlPlaneClient, channel_body};
+use ward_api::discovery::{Registration, Resource, ResourceType, Update, encode_line};
+use ward_identity::tls::SvidCell;
+use ward_policy::PolicySet;
+
+use crate::endpoints::Destinations;
+use crate::metrics::ProxyMetrics;
+use crate::policy::PolicyAuthorizer;
+
+/// The resource types this sidecar understands.
+pub const RESOURCE_TYPES: [ResourceType; 2] = [ResourceType::Policy, ResourceType::Endpoint];
+
+pub struct ProxyHandler {
+    pub authorizer: Arc<PolicyAuthorizer>,
+    pub destinations: Arc<Destinations>,
+    pub metrics: Arc<ProxyMetrics>,
+}
+
+impl DiscoveryHandler for ProxyHandler {
+    fn apply(&self, update: &Update, state: &BTreeMap<String, Resource>) -> Result<(), String> {
+        let result = match update.resource_type {
+            ResourceType::Policy => self.apply_policies(update.system_version, state),
+            ResourceType::Endpoint => self.destinations.apply(update),
+            // Not asked for; nothing to apply.
+            _ => Ok(()),
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.metrics
+            .control_plane_last_update
+            .set(now.as_secs_f64());
+        if result.is_err() {
+            self.metrics
+                .discovery_nacks
+                .with_label_values(&[update.resource_type.as_str()])
+                .inc();
+        }
+        result
+    }
+
+    fn forget(&self, resource_type: ResourceType, names: &[String]) {
+        if resource_type == ResourceType::Endpoint {
+            self.destinations.forget(names);
+        }
+    }
+
+    fn connected(&self, up: bool) {
+        self.metrics.control_plane_connected.set(i64::from(up));
+    }
+}
+
+impl ProxyHandler {
+    /// Parses every policy document the workload holds after the update, as
+    /// one set; a set that does not load here (a version skew: the control
+    /// plane validated it) is refused whole.
+    fn apply_policies(
+        &self,
+        version: u64,
+        state: &BTreeMap<String, Resource>,
+    ) -> Result<(), String> {
+        let mut texts = Vec::with_capacity(state.len());
+        for resource in state.values() {
+            let body: ward_api::discovery::PolicyBody = resource.decode()?;
+            texts.push((resource.name.clone(), body.yaml));
+        }
+        let set = PolicySet::parse_texts(&texts).map_err(|e| e.to_string())?;
+        self.authorizer.update(version, set);
+        Ok(())
+    }
+}
+
+/// Keeps this workload's address registered with the control plane while
+/// the sidecar runs (workloads outside Kubernetes), re-registering after
+/// a lost connection.
+pub async fn keep_registered(
+    client: ControlPlaneClient,
+    svid: Arc<SvidCell>,
+    labels: BTreeMap<String, String>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let result = tokio::select! {
+            r = register_once(&client, &svid, &labels) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        if let Err(err) = result {
+            warn!(error = %err, retry_in = ?backoff, "address registration with the control plane lost");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = if svid.is_ready() {
+            (backoff * 2).min(Duration::from_secs(10))
+        } else {
+            Duration::from_millis(100)
+        };
+    }
+}
+
+async fn register_once(
+    client: &ControlPlaneClient,
+    svid: &Arc<SvidCell>,
+    labels: &BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(svid.is_ready(), "no certificate yet");
+    let mut sender = client.connect(Some(svid)).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let line = encode_line(&Registration {
+        labels: labels.clone(),
+    });
+    tx.try_send(Bytes::from(line)).expect("room for one line");
+    let request = client.request(Method::POST, REGISTER_PATH, channel_body(rx));
+    let response = client.send(&mut sender, request).await?;
+    info!("address registered with the control plane");
+    let mut body = response.into_body();
+    // Held open (keeping `tx`) until the control plane or the connection
+    // goes away.
+    while let Some(frame) = body.frame().await {
+        frame?;
+    }
+    drop(tx);
+    anyhow::bail!("the control plane ended the registration")
+}
