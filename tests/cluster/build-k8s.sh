@@ -165,7 +165,14 @@ fi
 # Leftovers of an interrupted build (we hold the lock: no build is running).
 rm -rf "$CACHE"/.build-*
 TMP_DIRS=()
-cleanup() { ((${#TMP_DIRS[@]} == 0)) || rm -rf "${TMP_DIRS[@]}"; }
+BUILD_PID=
+cleanup() {
+    if [[ -n $BUILD_PID ]]; then # interrupted during a go build: stop it first
+        kill -TERM "$BUILD_PID" 2>/dev/null || true
+        wait "$BUILD_PID" 2>/dev/null || true
+    fi
+    ((${#TMP_DIRS[@]} == 0)) || rm -rf "${TMP_DIRS[@]}"
+}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -173,6 +180,7 @@ trap 'exit 143' TERM
 new_tmp() { # sets TMP: a directory on the cache's filesystem, so rename is atomic
     TMP=$(mktemp -d "$CACHE/.build-XXXXXX")
     TMP_DIRS+=("$TMP")
+    chmod 755 "$TMP"
     mkdir -p "$TMP/bin"
 }
 
@@ -184,8 +192,13 @@ publish() {
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }'; }
-# CPU seconds (user + system) used so far by this shell's finished children.
-child_cpu() { times | tail -1 | awk '{ for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "%.1f", s }'; }
+# Sets CPU: the CPU seconds (user + system) this shell's waited-for children
+# have used so far. `times` must run in this shell, not in a $(...) subshell.
+read_cpu() {
+    times >"$CACHE/.times.$$"
+    CPU=$(awk 'END { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "%.1f", s }' "$CACHE/.times.$$")
+    rm -f "$CACHE/.times.$$"
+}
 
 # gobuild COMPONENT MODDIR OUT PKG LDFLAGS [TAGS]
 gobuild() {
@@ -193,18 +206,26 @@ gobuild() {
     errlog=$(mktemp)
     log "building $comp ($pkg)"
     t0=$(now)
-    c0=$(child_cpu)
-    if ! (cd "$moddir" && CGO_ENABLED=0 go build -trimpath ${tags:+-tags="$tags"} \
-        -ldflags="$ldflags" -o "$out" "$pkg") 2>"$errlog"; then
+    read_cpu
+    c0=$CPU
+    # In the background and waited for, so that a TERM or INT to this script
+    # is handled at once (the trap then stops the go build).
+    (cd "$moddir" && CGO_ENABLED=0 exec go build -trimpath ${tags:+-tags="$tags"} \
+        -ldflags="$ldflags" -o "$out" "$pkg") 2>"$errlog" 9>&- &
+    BUILD_PID=$!
+    if ! wait "$BUILD_PID"; then
+        BUILD_PID=
         log "error: building $comp ($pkg) failed; go said:"
         tail -n 60 "$errlog" >&2
         rm -f "$errlog"
         exit 1
     fi
+    BUILD_PID=
     rm -f "$errlog"
     local secs cpu
     secs=$(elapsed "$t0")
-    cpu=$(awk -v a="$c0" -v b="$(child_cpu)" 'BEGIN { printf "%.0f", b - a }')
+    read_cpu
+    cpu=$(awk -v a="$c0" -v b="$CPU" 'BEGIN { printf "%.0f", b - a }')
     log "built $comp in ${secs}s wall, ${cpu}s CPU ($(du -h "$out" | cut -f1))"
     printf '%s %ss wall %ss cpu\n' "$comp" "$secs" "$cpu" >>"$(dirname "$(dirname "$out")")/BUILD-TIMES"
 }

@@ -22,7 +22,7 @@ done
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl helm; do
     [[ -x $BIN/$b ]] || { echo "smoke: $BIN/$b is missing" >&2; exit 1; }
 done
-K8S_VERSION=$("$BIN/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | head -1)
+K8S_VERSION=$("$BIN/kubectl" version --client -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p')
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ward-smoke.XXXXXX")
 PIDS=()
@@ -53,6 +53,7 @@ teardown() {
     exit "$rc"
 }
 trap teardown EXIT
+trap 'log "FAIL line $LINENO: $BASH_COMMAND (exit $?)"' ERR
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -113,7 +114,8 @@ for b in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do
     [[ $out == "Kubernetes $K8S_VERSION" ]] || fail "$b --version printed '$out'"
 done
 pass "kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy --version: Kubernetes $K8S_VERSION"
-out=$("$BIN/etcd" --version | head -1)
+out=$("$BIN/etcd" --version)
+out=${out%%$'\n'*}
 [[ $out == "etcd Version: 3."* ]] || fail "etcd --version printed '$out'"
 pass "etcd --version: ${out#etcd Version: }"
 export HELM_CACHE_HOME=$WORK/helm/cache HELM_CONFIG_HOME=$WORK/helm/config HELM_DATA_HOME=$WORK/helm/data
@@ -230,6 +232,11 @@ wait_for "kube-scheduler /healthz on $HOST:$SCHED_PORT" 60 kube-scheduler health
 out=$(k version)
 grep -qx "Server Version: $K8S_VERSION" <<<"$out" || fail "kubectl version: $out"
 pass "kubectl version: client and server $K8S_VERSION"
+
+out=$(k get --raw /version)
+[[ $out == *'"major": "1"'* && $out == *"\"minor\": \"$(cut -d. -f2 <<<"$K8S_VERSION")\""* && $out == *"\"gitVersion\": \"$K8S_VERSION\""* ]] ||
+    fail "kubectl get --raw /version: $out"
+pass "kubectl get --raw /version: major 1, minor $(cut -d. -f2 <<<"$K8S_VERSION"), gitVersion $K8S_VERSION"
 
 out=$(k get --raw /readyz)
 [[ $out == ok ]] || fail "kubectl get --raw /readyz printed '$out'"
