@@ -16,12 +16,12 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
+use ward_control_plane::discovery::{Endpoints, Inbox};
 use ward_control_plane::k8s::WatchEvent;
 use ward_control_plane::k8s::catalog::PolicyCatalog;
 use ward_control_plane::k8s::endpoints::EndpointTable;
 use ward_control_plane::metrics::Metrics;
 use ward_control_plane::policy_store::PolicyStore;
-use ward_control_plane::discovery::{Endpoints, Inbox};
 use ward_policy::PolicySet;
 
 fn policy(i: usize, generation: i64, methods: &[&str]) -> Value {
@@ -122,7 +122,11 @@ fn pod_publish(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 flip = !flip;
-                let e = if flip { changed.clone() } else { endpoint.clone() };
+                let e = if flip {
+                    changed.clone()
+                } else {
+                    endpoint.clone()
+                };
                 endpoints.apply_kubernetes([(ip, Some(e))]);
                 inboxes[0].take()
             })

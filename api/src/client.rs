@@ -182,7 +182,11 @@ impl ControlPlaneClient {
         let mut config = Arc::unwrap_or_clone(config);
         config.alpn_protocols = vec![b"h2".to_vec()];
         let tcp = self
-            .within("connect", self.timeouts.connect, TcpStream::connect(&self.addr))
+            .within(
+                "connect",
+                self.timeouts.connect,
+                TcpStream::connect(&self.addr),
+            )
             .await?
             .map_err(|source| ClientError::Connect {
                 addr: self.addr.clone(),

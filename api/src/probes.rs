@@ -43,4 +43,3 @@ pub struct AppTcpSocket {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
 }
-

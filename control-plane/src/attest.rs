@@ -29,17 +29,16 @@ mod pods;
 mod token_review;
 
 pub use join_token::JoinTokenStore;
-pub use ward_api::svid::{Credential, METHOD_JOIN_TOKEN, METHOD_K8S_SA_TOKEN};
 pub use k8s_token::{
     DEFAULT_AUDIENCE, K8sTokenConfig, MAX_CLOCK_SKEW_SECS, ServiceAccountIdentity,
     ServiceAccountTokenValidator,
 };
 pub use pods::PodDirectory;
 pub use token_review::{EXTRA_POD_NAME, EXTRA_POD_UID, TOKEN_REVIEW_TIMEOUT, TokenReviewer};
+pub use ward_api::svid::{Credential, METHOD_JOIN_TOKEN, METHOD_K8S_SA_TOKEN};
 
 #[cfg(test)]
 mod tests;
-
 
 /// Why attestation failed. Each variant says what to fix; [`Self::reason`]
 /// gives a stable, low-cardinality label for metrics.

@@ -238,10 +238,11 @@ impl Stream {
             if !dirty.is_empty() || !invalid.is_empty() {
                 let names: Vec<String> = dirty.iter().map(IpAddr::to_string).collect();
                 let endpoints = &self.ctx.endpoints;
-                let (changed, mut removed) = self.endpoint.delta_for(
-                    names.iter().map(String::as_str),
-                    |name| endpoints.resource(name.parse().ok()?),
-                );
+                let (changed, mut removed) = self
+                    .endpoint
+                    .delta_for(names.iter().map(String::as_str), |name| {
+                        endpoints.resource(name.parse().ok()?)
+                    });
                 removed.extend(invalid);
                 if !changed.is_empty() || !removed.is_empty() {
                     self.send(ResourceType::Endpoint, 0, changed, removed)
@@ -255,7 +256,12 @@ impl Stream {
 
     async fn send_policies(&mut self) -> Result<(), &'static str> {
         let snapshot = self.ctx.policies.borrow_and_update().clone();
-        let wanted = applicable(&snapshot, &self.ctx.namespace, &self.ctx.labels, &self.ctx.options);
+        let wanted = applicable(
+            &snapshot,
+            &self.ctx.namespace,
+            &self.ctx.labels,
+            &self.ctx.options,
+        );
         self.policy_desired = wanted
             .iter()
             .map(|r| (r.name.clone(), r.version.clone()))
@@ -383,9 +389,14 @@ impl Stream {
     fn subscribe(&mut self, names: &[String]) {
         for name in names {
             match name.parse::<IpAddr>() {
-                Ok(ip) if self.subscribed.len() < MAX_SUBSCRIPTIONS || self.subscribed.contains(&ip) => {
+                Ok(ip)
+                    if self.subscribed.len() < MAX_SUBSCRIPTIONS
+                        || self.subscribed.contains(&ip) =>
+                {
                     if self.subscribed.insert(ip) {
-                        self.ctx.endpoints.subscribe(ip, self.ctx.stream, &self.inbox);
+                        self.ctx
+                            .endpoints
+                            .subscribe(ip, self.ctx.stream, &self.inbox);
                     }
                     self.inbox.mark(ip);
                 }
@@ -401,8 +412,11 @@ impl Stream {
             self.policy_acked_version,
             Some(&self.policy_desired),
         );
-        let bundle_desired: Versions =
-            [(self.ctx.bundle.name.clone(), self.ctx.bundle.version.clone())].into();
+        let bundle_desired: Versions = [(
+            self.ctx.bundle.name.clone(),
+            self.ctx.bundle.version.clone(),
+        )]
+        .into();
         status.bundle = TypeStatus::of(&self.bundle, None, Some(&bundle_desired));
         status.endpoint = TypeStatus::of(&self.endpoint, None, None);
         status.endpoint.subscribed = Some(self.subscribed.len());
@@ -429,7 +443,9 @@ pub fn applicable<'a>(
         .iter()
         .zip(&snapshot.resources)
         .filter(|(doc, _)| match doc.kind {
-            "AuthorizationPolicy" => selected.contains(&(doc.namespace.as_str(), doc.name.as_str())),
+            "AuthorizationPolicy" => {
+                selected.contains(&(doc.namespace.as_str(), doc.name.as_str()))
+            }
             _ => doc.namespace == namespace || doc.namespace == options.root_namespace,
         })
         .map(|(_, resource)| resource)

@@ -135,7 +135,12 @@ impl Metrics {
         )
         .expect("valid metric");
         for t in ["policy", "bundle", "endpoint"] {
-            for m in [&discovery_updates, &discovery_resources_sent, &discovery_bytes_sent, &discovery_nacks] {
+            for m in [
+                &discovery_updates,
+                &discovery_resources_sent,
+                &discovery_bytes_sent,
+                &discovery_nacks,
+            ] {
                 m.with_label_values(&[t]).reset();
             }
             for state in ["in_sync", "pending", "rejected"] {
@@ -213,10 +218,15 @@ impl Metrics {
     }
 
     /// Sets `ward_discovery_sidecars` from the connected streams' states.
-    pub fn set_discovery_sidecars(&self, counts: &std::collections::BTreeMap<(ward_api::discovery::ResourceType, &'static str), i64>) {
+    pub fn set_discovery_sidecars(
+        &self,
+        counts: &std::collections::BTreeMap<(ward_api::discovery::ResourceType, &'static str), i64>,
+    ) {
         for t in ["policy", "bundle", "endpoint"] {
             for state in ["in_sync", "pending", "rejected"] {
-                self.discovery_sidecars.with_label_values(&[t, state]).set(0);
+                self.discovery_sidecars
+                    .with_label_values(&[t, state])
+                    .set(0);
             }
         }
         for ((t, state), n) in counts {

@@ -24,15 +24,12 @@ use tracing::{info, warn};
 use ward_identity::SpiffeId;
 use ward_identity::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
 
-use ward_api::discovery::{self as wire, BundleBody, ClientMessage, Registered, Registration};
-use ward_api::error::{ErrorBody, codes};
-use ward_api::svid::{BundleResponse, SvidRequest, SvidResponse};
-use ward_api::{BUNDLE_PATH, DISCOVERY_PATH, MAX_BODY_BYTES, REGISTER_PATH, SVID_PATH};
 use crate::attest::{
     Attestor, DEFAULT_AUDIENCE, JoinTokenStore, K8sTokenConfig, PodDirectory,
     ServiceAccountTokenValidator, ServiceAccountVerifier, TokenReviewer,
 };
 use crate::data_dir::DataDir;
+use crate::discovery::{EndpointEntry, Endpoints, LineReader, Sidecars, StreamContext};
 use crate::inject::InjectConfig;
 use crate::k8s::ApiClient;
 use crate::k8s::kube_sources::KubernetesSource;
@@ -40,8 +37,11 @@ use crate::listener;
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
-use crate::discovery::{EndpointEntry, Endpoints, LineReader, Sidecars, StreamContext};
 use crate::webhook::{Webhook, WebhookConfig};
+use ward_api::discovery::{self as wire, BundleBody, ClientMessage, Registered, Registration};
+use ward_api::error::{ErrorBody, codes};
+use ward_api::svid::{BundleResponse, SvidRequest, SvidResponse};
+use ward_api::{BUNDLE_PATH, DISCOVERY_PATH, MAX_BODY_BYTES, REGISTER_PATH, SVID_PATH};
 
 /// Response bodies: whole JSON documents, or the watch stream.
 type ApiBody = BoxBody<Bytes, Infallible>;
@@ -433,21 +433,23 @@ async fn route(
 
 /// The caller's workload identity and namespace, from its client
 /// certificate: the discovery stream and registration need both.
-fn workload_caller(peer_id: Option<&SpiffeId>) -> Result<(&SpiffeId, &str), Response<ApiBody>> {
+fn workload_caller(
+    peer_id: Option<&SpiffeId>,
+) -> Result<(&SpiffeId, &str), Box<Response<ApiBody>>> {
     let Some(id) = peer_id else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             codes::NO_CLIENT_CERTIFICATE,
             "this call needs the workload's SVID as client certificate".into(),
-        ));
+        )));
     };
     match id.namespace() {
         Some(namespace) => Ok((id, namespace)),
-        None => Err(error(
+        None => Err(Box::new(error(
             StatusCode::FORBIDDEN,
             codes::NO_NAMESPACE,
             format!("{id} is not of the form spiffe://<td>/ns/<ns>/sa/<sa>"),
-        )),
+        ))),
     }
 }
 
@@ -462,15 +464,18 @@ async fn discovery_stream(
 ) -> Response<ApiBody> {
     let (id, namespace) = match workload_caller(peer_id) {
         Ok(caller) => caller,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let mut requests = LineReader::new(req.into_body(), MAX_BODY_BYTES);
-    let hello = match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
-        Ok(Ok(Some(line))) => serde_json::from_slice::<ClientMessage>(&line).map_err(|e| e.to_string()),
-        Ok(Ok(None)) => Err("the stream ended before a hello".to_owned()),
-        Ok(Err(err)) => Err(err),
-        Err(_) => Err("no hello within the time allowed".to_owned()),
-    };
+    let hello =
+        match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                serde_json::from_slice::<ClientMessage>(&line).map_err(|e| e.to_string())
+            }
+            Ok(Ok(None)) => Err("the stream ended before a hello".to_owned()),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err("no hello within the time allowed".to_owned()),
+        };
     let hello = match hello {
         Ok(ClientMessage::Hello(hello)) => hello,
         Ok(_) => {
@@ -551,15 +556,18 @@ async fn register(
 ) -> Response<ApiBody> {
     let (id, _) = match workload_caller(peer_id) {
         Ok(caller) => caller,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let mut requests = LineReader::new(req.into_body(), MAX_BODY_BYTES);
-    let first = match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
-        Ok(Ok(Some(line))) => serde_json::from_slice::<Registration>(&line).map_err(|e| e.to_string()),
-        Ok(Ok(None)) => Ok(Registration::default()),
-        Ok(Err(err)) => Err(err),
-        Err(_) => Err("no registration within the time allowed".to_owned()),
-    };
+    let first =
+        match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                serde_json::from_slice::<Registration>(&line).map_err(|e| e.to_string())
+            }
+            Ok(Ok(None)) => Ok(Registration::default()),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err("no registration within the time allowed".to_owned()),
+        };
     let registration = match first {
         Ok(r) => r,
         Err(err) => {

@@ -12,9 +12,9 @@ use support::control_plane::{
     api_client, attestation_failures, certificates_issued, certified_id, join_token,
     keyed_svid_request, loopback_config, metrics, refusal, svid_cell, svid_request,
 };
+use ward_api::client::{ClientError, ControlPlaneClient};
 use ward_api::svid::SvidRequest;
 use ward_control_plane::attest::{Credential, K8sTokenConfig};
-use ward_api::client::{ClientError, ControlPlaneClient};
 use ward_control_plane::server::ControlPlane;
 use ward_identity::SpiffeId;
 use ward_identity::ca;

@@ -19,10 +19,10 @@ use support::control_plane::{
     keyed_svid_request, loopback_config, metric_value, refusal, svid_cell, svid_request,
 };
 use tokio::sync::mpsc;
-use ward_control_plane::attest::Credential;
 use ward_api::client::ControlPlaneClient;
 use ward_api::client::discovery::{DiscoveryClient, DiscoveryConfig, DiscoveryHandler};
 use ward_api::discovery::{EndpointBody, Node, PolicyBody, Resource, ResourceType, Update};
+use ward_control_plane::attest::Credential;
 use ward_control_plane::k8s::ApiClient;
 use ward_control_plane::server::ControlPlane;
 use ward_identity::SpiffeId;
@@ -415,12 +415,9 @@ struct Watch {
 /// Opens the discovery stream over mTLS as the sidecar of pod `shop/<pod>`
 /// does, subscribed to `addresses` (as if its app had connected to them).
 async fn open_watch(h: &Harness, pod: &str, addresses: &[&str]) -> Watch {
-    let client = ControlPlaneClient::from_bundle_pem(
-        h.cp.api_addr().to_string(),
-        TD,
-        h.cp.bundle_pem(),
-    )
-    .unwrap();
+    let client =
+        ControlPlaneClient::from_bundle_pem(h.cp.api_addr().to_string(), TD, h.cp.bundle_pem())
+            .unwrap();
     let discovery = DiscoveryClient::new(DiscoveryConfig {
         client,
         svid: h.cell.clone(),

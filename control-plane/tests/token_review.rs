@@ -17,11 +17,11 @@ use support::control_plane::{
     loopback_config, metrics, refusal, svid_request,
 };
 use tokio::sync::mpsc;
+use ward_api::client::ControlPlaneClient;
 use ward_api::svid::SvidRequest;
 use ward_control_plane::attest::{
     AttestError, Attestor, Credential, K8sTokenConfig, ServiceAccountIdentity, TokenReviewer,
 };
-use ward_api::client::ControlPlaneClient;
 use ward_control_plane::k8s::ApiClient;
 use ward_control_plane::server::ControlPlane;
 use ward_identity::SpiffeId;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use clap::{Args, ValueEnum};
-use ward_logging::LogFormat;
 use ward_identity::SpiffeId;
+use ward_logging::LogFormat;
 
 use crate::admin::AppProbes;
 use crate::capture::cli::List;

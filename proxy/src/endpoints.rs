@@ -170,7 +170,11 @@ impl Destinations {
 
     /// How to reach `dest`, waiting up to `wait` for discovery's first
     /// answer about its address.
-    pub async fn resolve(&self, dest: SocketAddr, wait: std::time::Duration) -> Result<Resolved, Unknown> {
+    pub async fn resolve(
+        &self,
+        dest: SocketAddr,
+        wait: std::time::Duration,
+    ) -> Result<Resolved, Unknown> {
         if let Some(id) = self.static_table.lookup(dest) {
             return Ok(Resolved::Meshed(id.clone()));
         }
@@ -201,10 +205,12 @@ impl Destinations {
     fn lookup_known(&self, dest: SocketAddr) -> Option<Resolved> {
         let known = self.known.load();
         Some(match known.get(&dest.ip())? {
-            Known::Meshed { any_port, ports } => match ports.get(&dest.port()).or(any_port.as_ref()) {
-                Some(id) => Resolved::Meshed(id.clone()),
-                None => Resolved::Unmeshed,
-            },
+            Known::Meshed { any_port, ports } => {
+                match ports.get(&dest.port()).or(any_port.as_ref()) {
+                    Some(id) => Resolved::Meshed(id.clone()),
+                    None => Resolved::Unmeshed,
+                }
+            }
             Known::Absent => Resolved::Unmeshed,
         })
     }
@@ -224,9 +230,8 @@ impl Destinations {
                 .parse()
                 .map_err(|_| format!("endpoint {:?}: not an IP address", resource.name))?;
             let body: ward_api::discovery::EndpointBody = resource.decode()?;
-            let parse = |id: &str| {
-                SpiffeId::parse(id).map_err(|e| format!("endpoint {ip}: {id:?}: {e}"))
-            };
+            let parse =
+                |id: &str| SpiffeId::parse(id).map_err(|e| format!("endpoint {ip}: {id:?}: {e}"));
             let any_port = body.spiffe_id.as_deref().map(parse).transpose()?;
             let ports = body
                 .ports

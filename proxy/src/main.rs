@@ -65,8 +65,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<(), String> {
-    ward_logging::init(args.log_format, &args.log_level)
-        .map_err(|e| e.to_string())?;
+    ward_logging::init(args.log_format, &args.log_level).map_err(|e| e.to_string())?;
     let runtime = match args.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

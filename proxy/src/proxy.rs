@@ -97,13 +97,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     };
     let destinations = match (&policy, &args.control_plane) {
         (Some(policy), Some(addr)) => start_discovery(
-            args,
-            addr,
-            &identity,
-            policy,
-            endpoints,
-            &metrics,
-            &shutdown,
+            args, addr, &identity, policy, endpoints, &metrics, &shutdown,
         )?,
         _ => Arc::new(Destinations::fixed(endpoints)),
     };
@@ -232,9 +226,8 @@ fn start_discovery(
         Some(id) => id,
         None => args.workload_id()?,
     };
-    let client = || {
-        ControlPlaneClient::for_trust_domain(addr, id.trust_domain(), identity.bundles.clone())
-    };
+    let client =
+        || ControlPlaneClient::for_trust_domain(addr, id.trust_domain(), identity.bundles.clone());
     let labels = workload_labels(args)?;
     let discovery = DiscoveryClient::new(DiscoveryConfig {
         client: client()?,

@@ -117,7 +117,11 @@ impl DiscoveryClient {
     }
 
     /// Runs until `shutdown`, reconnecting with jittered exponential backoff.
-    pub async fn run(self: Arc<Self>, handler: Arc<dyn DiscoveryHandler>, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        handler: Arc<dyn DiscoveryHandler>,
+        shutdown: CancellationToken,
+    ) {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = Instant::now();
@@ -220,7 +224,13 @@ impl DiscoveryClient {
         let state = cache.apply(&update);
         Ok(Some(match handler.apply(&update, &state) {
             Ok(()) => {
-                debug!(resource_type = update.resource_type.as_str(), nonce = update.nonce, changed = update.resources.len(), removed = update.removed.len(), "update applied");
+                debug!(
+                    resource_type = update.resource_type.as_str(),
+                    nonce = update.nonce,
+                    changed = update.resources.len(),
+                    removed = update.removed.len(),
+                    "update applied"
+                );
                 cache.commit(update.resource_type, state);
                 ClientMessage::Ack(Ack {
                     nonce: update.nonce,
@@ -244,10 +254,7 @@ impl DiscoveryClient {
         drop(subs);
         let mut messages = Vec::new();
         for (t, names) in group(evicted) {
-            self.cache
-                .lock()
-                .expect("not poisoned")
-                .forget(t, &names);
+            self.cache.lock().expect("not poisoned").forget(t, &names);
             handler.forget(t, &names);
             messages.push(ClientMessage::Unsubscribe(Names {
                 resource_type: t,

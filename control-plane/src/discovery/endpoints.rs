@@ -52,7 +52,12 @@ struct Inner {
 
 impl Inner {
     fn changed(&self, ip: IpAddr) {
-        for inbox in self.subscribers.get(&ip).into_iter().flat_map(|s| s.values()) {
+        for inbox in self
+            .subscribers
+            .get(&ip)
+            .into_iter()
+            .flat_map(|s| s.values())
+        {
             inbox.mark(ip);
         }
     }

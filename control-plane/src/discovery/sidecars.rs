@@ -165,10 +165,7 @@ impl Sidecars {
                 }
             }
         }
-        Report {
-            sidecars,
-            policies,
-        }
+        Report { sidecars, policies }
     }
 }
 

@@ -32,10 +32,10 @@ use super::endpoints::EndpointTable;
 use super::source::{
     POLICY_GROUP, POLICY_KINDS, POLICY_VERSION, ResourceKey, WatcherAdapter, WatcherEvent,
 };
+use crate::discovery::Endpoints;
 use crate::inject::{MESH_LABEL, MESH_LABEL_VALUE};
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicySource, PolicyStore};
-use crate::discovery::Endpoints;
 use ward_policy::PolicySet;
 
 /// Field manager of the status patches.
@@ -126,7 +126,12 @@ async fn watch_pods(
             };
             relisted |= matches!(event, WatchEvent::Restarted(_));
             let diff = table.apply(event);
-            changed.extend(diff.added.into_iter().chain(diff.updated).chain(diff.removed));
+            changed.extend(
+                diff.added
+                    .into_iter()
+                    .chain(diff.updated)
+                    .chain(diff.removed),
+            );
         }
         // One publication per batch of the addresses that changed: only
         // the streams subscribed to them hear of it.
