@@ -1,7 +1,7 @@
 //! Policy propagation: time from a policy file change in the control
 //! plane's directory to the new version being in force in each of 50
 //! sidecars (in-process proxies, explicit mode, identities from the
-//! control plane, one watch stream each). Run with
+//! control plane, one discovery stream each). Run with
 //! `cargo bench --bench propagation`; prints p50/p99/max.
 
 use std::time::{Duration, Instant};
@@ -124,8 +124,8 @@ async fn run() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         delays.extend(seen.into_iter().flatten());
-        // Spread the changes over the control plane's 200 ms poll period,
-        // so the samples cover every phase instead of locking onto one.
+        // Irregular pauses, so the samples do not lock onto any periodic
+        // work (the directory is watched with inotify, not polled).
         let pause = 50 + (round as u64 * 73) % 200;
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
