@@ -86,10 +86,14 @@ async fn measure(binary: &str, pods: usize) -> (u64, u64) {
     let ca = dir.path().join("bundle.pem");
     std::fs::write(&ca, cp.bundle_pem()).unwrap();
     let id = SpiffeId::for_service_account(TD, "mesh", "client").unwrap();
-    let token = JoinTokenStore::open(&DataDir::open(dir.path().join("cp")).unwrap().join_tokens_dir())
-        .unwrap()
-        .create(&id, Duration::from_secs(600))
-        .unwrap();
+    let token = JoinTokenStore::open(
+        &DataDir::open(dir.path().join("cp"))
+            .unwrap()
+            .join_tokens_dir(),
+    )
+    .unwrap()
+    .create(&id, Duration::from_secs(600))
+    .unwrap();
     let listeners: Vec<SocketAddr> = destinations
         .iter()
         .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
