@@ -87,6 +87,9 @@ pub struct StreamContext {
     pub namespace: String,
     /// The workload's labels: from the pod in Kubernetes, else from the hello.
     pub labels: BTreeMap<String, String>,
+    /// The pod's addresses (Kubernetes): a relabelled pod re-selects its
+    /// policies through the endpoint registry's news of these.
+    pub pod_ips: Vec<IpAddr>,
     pub hello: Hello,
     pub peer: IpAddr,
     pub options: EvalOptions,
@@ -121,7 +124,15 @@ struct Stream {
     /// Subscribed names that are not addresses: answered as not meshed.
     invalid_names: Vec<String>,
     inbox: Arc<Inbox>,
+    /// News of the sidecar's own pod (its labels).
+    own_pod: Arc<Inbox>,
     status: Arc<Mutex<SidecarStatus>>,
+}
+
+/// The registry key of a stream's watch on its own pod, apart from the
+/// stream's subscriptions.
+fn own_pod_key(stream: u64) -> u64 {
+    stream | 1 << 63
 }
 
 /// Feeds one sidecar's stream until it goes away or the control plane stops.
@@ -160,6 +171,7 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         bundle: resume(ResourceType::Bundle),
         endpoint: resume(ResourceType::Endpoint),
         inbox: Arc::new(Inbox::default()),
+        own_pod: Arc::new(Inbox::default()),
         tx,
         next_nonce: 0,
         policy_sent: false,
@@ -173,6 +185,10 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         status,
         ctx,
     };
+    for ip in &stream.ctx.pod_ips {
+        let key = own_pod_key(stream.ctx.stream);
+        stream.ctx.endpoints.subscribe(*ip, key, &stream.own_pod);
+    }
     let initial = std::mem::take(&mut stream.ctx.hello.subscribe);
     if let Some(names) = initial.get(&ResourceType::Endpoint) {
         stream.subscribe(names);
@@ -184,6 +200,11 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         .ctx
         .endpoints
         .unsubscribe(stream.subscribed.iter().copied(), stream.ctx.stream);
+    let own = own_pod_key(stream.ctx.stream);
+    stream
+        .ctx
+        .endpoints
+        .unsubscribe(stream.ctx.pod_ips.iter().copied(), own);
     stream.ctx.sidecars.remove(stream.ctx.stream);
     stream.ctx.metrics.watch_streams.dec();
     info!(spiffe_id = %stream.ctx.id, "sidecar left the discovery stream");
@@ -193,16 +214,22 @@ impl Stream {
     async fn serve(&mut self, requests: &mut LineReader) -> Result<(), &'static str> {
         loop {
             self.send_pending().await?;
+            let own_pod = self.own_pod.clone();
             let line = tokio::select! {
-                line = requests.next_line() => line,
+                line = requests.next_line() => Some(line),
                 changed = self.ctx.policies.changed() => {
                     changed.map_err(|_| "policy store gone")?;
                     self.policy_dirty = true;
                     continue;
                 }
                 _ = self.inbox.notify.notified() => continue,
+                _ = own_pod.notify.notified() => None,
                 _ = self.tx.closed() => return Err("response stream closed"),
                 _ = self.ctx.shutdown.wait_for(|stop| *stop) => return Err("shutting down"),
+            };
+            let Some(line) = line else {
+                self.refresh_labels();
+                continue;
             };
             match line {
                 Ok(Some(line)) => self.receive(&line),
@@ -383,6 +410,27 @@ impl Stream {
             }
             // Hello again, other types' subscriptions, unknown messages.
             _ => {}
+        }
+    }
+
+    /// The pod's labels changed (or not): re-select policies when they did.
+    /// A pod that left the table keeps its last labels.
+    fn refresh_labels(&mut self) {
+        self.own_pod.take();
+        let workload = match &self.ctx.hello.node.pod {
+            Some(pod) => format!("{}/{pod}", self.ctx.namespace),
+            None => return,
+        };
+        for ip in &self.ctx.pod_ips {
+            let Some((at_ip, labels)) = self.ctx.endpoints.kubernetes_pod(*ip) else {
+                continue;
+            };
+            if at_ip == workload && labels != self.ctx.labels {
+                info!(spiffe_id = %self.ctx.id, pod = %workload, ?labels, "pod relabelled: policies selected again");
+                self.ctx.labels = labels;
+                self.policy_dirty = true;
+            }
+            return;
         }
     }
 

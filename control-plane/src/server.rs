@@ -504,12 +504,12 @@ async fn discovery_stream(
             ),
         );
     }
-    let labels = match (&state.attestor.pods, &hello.node.pod) {
+    let (labels, pod_ips) = match (&state.attestor.pods, &hello.node.pod) {
         // Kubernetes: the pod's labels, never what the sidecar claims.
         (Some(pods), Some(pod)) => {
             let sa = id.service_account().unwrap_or_default();
             match pods.labels_of(namespace, pod, sa) {
-                Ok(labels) => labels,
+                Ok(found) => found,
                 Err(message) => {
                     return error(StatusCode::FORBIDDEN, codes::POD_UNKNOWN, message);
                 }
@@ -522,7 +522,7 @@ async fn discovery_stream(
                 "in Kubernetes the hello must name the sidecar's pod (node.pod)".into(),
             );
         }
-        (None, _) => hello.node.labels.clone(),
+        (None, _) => (hello.node.labels.clone(), Vec::new()),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let ctx = StreamContext {
@@ -530,6 +530,7 @@ async fn discovery_stream(
         id: id.clone(),
         namespace: namespace.to_owned(),
         labels,
+        pod_ips,
         hello,
         peer: peer_addr.ip(),
         options: state.eval_options.clone(),

@@ -570,6 +570,24 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     let update = update_where(&mut stream, |u| u.policies.contains("deny-delete")).await;
     assert!(update.version > first.version);
 
+    // The sidecar's pod is relabelled: its policies are selected again from
+    // the pod's new labels (the stream stays up), and again when it is back.
+    let mut relabelled = pod("web-1", "198.18.0.10", "web", true);
+    relabelled["metadata"]["labels"]["app"] = json!("billing");
+    h.cluster().apply("pods", relabelled);
+    let update = update_where(&mut stream, |u| !u.policies.contains("allow-get")).await;
+    assert!(
+        !update.policies.contains("deny-delete"),
+        "{}",
+        update.policies
+    );
+    h.cluster()
+        .apply("pods", pod("web-1", "198.18.0.10", "web", true));
+    update_where(&mut stream, |u| {
+        u.policies.contains("allow-get") && u.policies.contains("deny-delete")
+    })
+    .await;
+
     // An invalid edit of an enforced policy changes nothing; the next
     // change (a PeerAuthentication) still carries the old generation.
     h.cluster().apply(

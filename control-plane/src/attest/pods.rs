@@ -60,15 +60,21 @@ impl PodDirectory {
 }
 
 impl PodDirectory {
-    /// The labels of pod `namespace/name`, which must run as `service_account`:
-    /// what selects policies for a sidecar in Kubernetes, taken from the
-    /// cluster rather than from what the sidecar says.
+    /// The labels and addresses of pod `namespace/name`, which must run as
+    /// `service_account`: what selects policies for a sidecar in
+    /// Kubernetes, taken from the cluster rather than from the sidecar.
     pub fn labels_of(
         &self,
         namespace: &str,
         name: &str,
         service_account: &str,
-    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+    ) -> Result<
+        (
+            std::collections::BTreeMap<String, String>,
+            Vec<std::net::IpAddr>,
+        ),
+        String,
+    > {
         let pod = self
             .0
             .get(&ObjectRef::new(name).within(namespace))
@@ -83,6 +89,12 @@ impl PodDirectory {
                 "pod {namespace}/{name} runs as service account {pod_sa:?}, not {service_account:?}"
             ));
         }
-        Ok(pod.metadata.labels.clone().unwrap_or_default())
+        let ips = pod
+            .status
+            .iter()
+            .flat_map(|s| s.pod_ips.iter().flatten())
+            .filter_map(|ip| ip.ip.parse().ok())
+            .collect();
+        Ok((pod.metadata.labels.clone().unwrap_or_default(), ips))
     }
 }

@@ -183,6 +183,13 @@ impl Endpoints {
         }
     }
 
+    /// The Kubernetes pod at `ip`: (`namespace/pod`, labels).
+    pub fn kubernetes_pod(&self, ip: IpAddr) -> Option<(String, BTreeMap<String, String>)> {
+        let inner = self.inner.lock().expect("not poisoned");
+        let body = inner.kubernetes.get(&ip)?;
+        Some((body.workload.clone()?, body.labels.clone()))
+    }
+
     /// How many streams subscribe to `ip` (tests and the scale benchmark).
     pub fn subscriber_count(&self, ip: IpAddr) -> usize {
         let inner = self.inner.lock().expect("not poisoned");
