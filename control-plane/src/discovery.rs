@@ -57,6 +57,14 @@ impl LineReader {
         }
     }
 
+    /// The first line, within `within` (a client that opens a stream and
+    /// says nothing does not hold it); `Ok(None)` when the body ended first.
+    pub async fn first_line(&mut self, within: Duration) -> Result<Option<Bytes>, String> {
+        tokio::time::timeout(within, self.next_line())
+            .await
+            .unwrap_or_else(|_| Err(format!("nothing received within {within:?}")))
+    }
+
     /// The next line; `Ok(None)` at the end of the body.
     pub async fn next_line(&mut self) -> Result<Option<Bytes>, String> {
         loop {

@@ -467,15 +467,11 @@ async fn discovery_stream(
         Err(refusal) => return *refusal,
     };
     let mut requests = LineReader::new(req.into_body(), MAX_BODY_BYTES);
-    let hello =
-        match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
-            Ok(Ok(Some(line))) => {
-                serde_json::from_slice::<ClientMessage>(&line).map_err(|e| e.to_string())
-            }
-            Ok(Ok(None)) => Err("the stream ended before a hello".to_owned()),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err("no hello within the time allowed".to_owned()),
-        };
+    let hello = match requests.first_line(crate::discovery::HELLO_TIMEOUT).await {
+        Ok(Some(line)) => serde_json::from_slice::<ClientMessage>(&line).map_err(|e| e.to_string()),
+        Ok(None) => Err("the stream ended before a hello".to_owned()),
+        Err(err) => Err(err),
+    };
     let hello = match hello {
         Ok(ClientMessage::Hello(hello)) => hello,
         Ok(_) => {
@@ -560,15 +556,11 @@ async fn register(
         Err(refusal) => return *refusal,
     };
     let mut requests = LineReader::new(req.into_body(), MAX_BODY_BYTES);
-    let first =
-        match tokio::time::timeout(crate::discovery::HELLO_TIMEOUT, requests.next_line()).await {
-            Ok(Ok(Some(line))) => {
-                serde_json::from_slice::<Registration>(&line).map_err(|e| e.to_string())
-            }
-            Ok(Ok(None)) => Ok(Registration::default()),
-            Ok(Err(err)) => Err(err),
-            Err(_) => Err("no registration within the time allowed".to_owned()),
-        };
+    let first = match requests.first_line(crate::discovery::HELLO_TIMEOUT).await {
+        Ok(Some(line)) => serde_json::from_slice::<Registration>(&line).map_err(|e| e.to_string()),
+        Ok(None) => Ok(Registration::default()),
+        Err(err) => Err(err),
+    };
     let registration = match first {
         Ok(r) => r,
         Err(err) => {

@@ -47,8 +47,6 @@ pub struct EndpointTable {
     by_ip: HashMap<IpAddr, SpiffeId>,
 }
 
-pub type SharedEndpoints = Arc<ArcSwap<EndpointTable>>;
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EndpointsFile {
