@@ -100,6 +100,9 @@ pub struct StreamContext {
     pub pod_ips: Vec<IpAddr>,
     pub hello: Hello,
     pub peer: IpAddr,
+    /// When the certificate that opened the stream expires: the stream ends
+    /// then (the sidecar reconnects with its renewed one).
+    pub expiry: Option<time::OffsetDateTime>,
     pub options: EvalOptions,
     pub policies: watch::Receiver<Arc<PolicySnapshot>>,
     /// True once the policy and endpoint sources have read their state.
@@ -234,6 +237,7 @@ impl Stream {
                 _ = own_pod.notify.notified() => None,
                 _ = self.tx.closed() => return Err("response stream closed"),
                 _ = self.ctx.shutdown.wait_for(|stop| *stop) => return Err("shutting down"),
+                _ = until(self.ctx.expiry) => return Err("the client certificate expired"),
             };
             let Some(line) = line else {
                 self.refresh_labels();
@@ -476,6 +480,17 @@ impl Stream {
         status.bundle = TypeStatus::of(&self.bundle, None, Some(&bundle_desired));
         status.endpoint = TypeStatus::of(&self.endpoint, None, None);
         status.endpoint.subscribed = Some(self.subscribed.len());
+    }
+}
+
+/// Resolves at `deadline` (never without one).
+async fn until(deadline: Option<time::OffsetDateTime>) {
+    match deadline {
+        Some(at) => {
+            let left = at - time::OffsetDateTime::now_utc();
+            tokio::time::sleep(left.try_into().unwrap_or(Duration::ZERO)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -392,24 +392,39 @@ async fn serve_api_connection(
     let Some(tls) = listener::handshake(&acceptor, tcp, peer_addr, "api").await else {
         return;
     };
-    let peer_id = ward_identity::tls::peer_spiffe_id(tls.get_ref().1);
+    let conn = tls.get_ref().1;
+    let peer_id = ward_identity::tls::peer_spiffe_id(conn);
+    // Streams opened with this certificate end when it does.
+    let peer_expiry = conn
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| ward_identity::svid::not_after_of(leaf).ok());
     let service = service_fn(move |req| {
         let state = state.clone();
         let peer_id = peer_id.clone();
-        async move { Ok::<_, Infallible>(route(&state, peer_id.as_ref(), peer_addr, req).await) }
+        let caller = Caller {
+            id: peer_id.clone(),
+            addr: peer_addr,
+            expiry: peer_expiry,
+        };
+        async move { Ok::<_, Infallible>(route(&state, caller, req).await) }
     });
     listener::serve_http(tls, service, shutdown, peer_addr, "api").await;
 }
 
-async fn route(
-    state: &Arc<State>,
-    peer_id: Option<&SpiffeId>,
-    peer_addr: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<ApiBody> {
+/// Who is calling: the client certificate's identity and expiry (none
+/// without one) and the source address.
+struct Caller {
+    id: Option<SpiffeId>,
+    addr: SocketAddr,
+    expiry: Option<time::OffsetDateTime>,
+}
+
+async fn route(state: &Arc<State>, caller: Caller, req: Request<Incoming>) -> Response<ApiBody> {
+    let (peer_id, peer_addr) = (caller.id.as_ref(), caller.addr);
     match (req.method(), req.uri().path()) {
         (&Method::POST, SVID_PATH) => issue_svid(state, peer_id, req).await,
-        (&Method::POST, DISCOVERY_PATH) => discovery_stream(state, peer_id, peer_addr, req).await,
+        (&Method::POST, DISCOVERY_PATH) => discovery_stream(state, &caller, req).await,
         (&Method::POST, REGISTER_PATH) => register(state, peer_id, peer_addr, req).await,
         (&Method::GET, BUNDLE_PATH) => json(
             StatusCode::OK,
@@ -458,11 +473,10 @@ fn workload_caller(
 /// valid SVID; in Kubernetes the workload's labels come from its pod.
 async fn discovery_stream(
     state: &Arc<State>,
-    peer_id: Option<&SpiffeId>,
-    peer_addr: SocketAddr,
+    caller: &Caller,
     req: Request<Incoming>,
 ) -> Response<ApiBody> {
-    let (id, namespace) = match workload_caller(peer_id) {
+    let (id, namespace) = match workload_caller(caller.id.as_ref()) {
         Ok(caller) => caller,
         Err(refusal) => return *refusal,
     };
@@ -528,7 +542,8 @@ async fn discovery_stream(
         labels,
         pod_ips,
         hello,
-        peer: peer_addr.ip(),
+        peer: caller.addr.ip(),
+        expiry: caller.expiry,
         options: state.eval_options.clone(),
         policies: state.policies.subscribe(),
         synced: state.policies.subscribe_synced(),

@@ -68,6 +68,8 @@ struct Counter {
     policies: AtomicUsize,
     endpoint_updates: AtomicUsize,
     endpoints: Mutex<BTreeMap<String, String>>,
+    /// The stream's ups and downs, in order.
+    connected: Mutex<Vec<bool>>,
 }
 
 impl DiscoveryHandler for Counter {
@@ -90,6 +92,10 @@ impl DiscoveryHandler for Counter {
             _ => {}
         }
         Ok(())
+    }
+
+    fn connected(&self, up: bool) {
+        self.connected.lock().unwrap().push(up);
     }
 }
 
@@ -299,5 +305,32 @@ async fn a_sidecar_sending_fields_this_control_plane_does_not_know_is_served() {
     let report = cp.sidecars().report();
     assert_eq!(report.sidecars.len(), 1);
     assert_eq!(report.sidecars[0].policy.state(), "in_sync");
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_the_certificate_that_opened_it_expires() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = loopback_config(TD, data.path());
+    config.svid_ttl = Duration::from_secs(3);
+    let cp = ControlPlane::start(config).await.unwrap();
+    // A certificate that is never renewed here: it expires in 3 s.
+    let cell = enrol(&cp, data.path(), "short-lived").await;
+    let expiry = cell.not_after().unwrap();
+    let sidecar = start_sidecar(&cp, &cell, "app-1", &[], BTreeMap::new());
+    eventually("the stream up", || {
+        sidecar.counter.connected.lock().unwrap().first() == Some(&true)
+    })
+    .await;
+    assert_eq!(cp.sidecars().all().len(), 1);
+    eventually("the stream closed by the control plane", || {
+        sidecar.counter.connected.lock().unwrap().get(1) == Some(&false)
+    })
+    .await;
+    assert!(
+        time::OffsetDateTime::now_utc() >= expiry,
+        "closed at expiry, not before"
+    );
+    eventually("the stream forgotten", || cp.sidecars().all().is_empty()).await;
     cp.shutdown().await;
 }

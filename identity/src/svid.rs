@@ -189,6 +189,12 @@ pub fn spiffe_id_of(leaf: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
     leaf_spiffe_id(&parse(leaf)?)
 }
 
+/// When a leaf expires. Does not verify anything; use on already-verified
+/// certificates.
+pub fn not_after_of(leaf: &CertificateDer<'_>) -> Result<OffsetDateTime, SvidError> {
+    Ok(parse(leaf)?.validity().not_after.to_datetime())
+}
+
 /// Checks that `key` is the private key of `leaf` (same public key).
 pub fn check_key_matches(
     leaf: &CertificateDer<'_>,
