@@ -116,8 +116,19 @@ pub fn query_param<'a>(uri: &'a http::Uri, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Binds `addr` and announces it with the one stdout line tests wait for.
-pub async fn bind(addr: &str) -> Result<TcpListener> {
+/// A bound listener whose SIGTERM/SIGINT handlers are already installed.
+pub struct Bound {
+    listener: TcpListener,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+/// Installs the signal handlers, binds `addr` and announces it with the one
+/// stdout line tests wait for: a SIGTERM sent as soon as that line appears
+/// is a graceful shutdown, never the default kill.
+pub async fn bind(addr: &str) -> Result<Bound> {
+    let term = signal(SignalKind::terminate())?;
+    let int = signal(SignalKind::interrupt())?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -125,20 +136,27 @@ pub async fn bind(addr: &str) -> Result<TcpListener> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {local}")?;
     out.flush()?;
-    Ok(listener)
+    Ok(Bound {
+        listener,
+        term,
+        int,
+    })
 }
 
 /// Accepts connections until SIGTERM or SIGINT, running `handle` for each on
 /// its own task. On the signal it stops accepting, flips the shutdown watch
 /// (HTTP connections turn to a graceful shutdown), waits at most `drain` for
 /// the connections to finish, aborts the rest and returns.
-pub async fn serve<F, Fut>(listener: TcpListener, drain: Duration, handle: F) -> Result<()>
+pub async fn serve<F, Fut>(bound: Bound, drain: Duration, handle: F) -> Result<()>
 where
     F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let Bound {
+        listener,
+        mut term,
+        mut int,
+    } = bound;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let signal_name = loop {
