@@ -113,7 +113,12 @@ fn pod_publish(c: &mut Criterion) {
         let inboxes: Vec<Arc<Inbox>> = (0..1000).map(|_| Arc::new(Inbox::default())).collect();
         for (stream, inbox) in inboxes.iter().enumerate() {
             let (ip, _) = &all[stream % all.len()];
-            endpoints.subscribe(*ip, stream as u64, inbox);
+            endpoints.subscribe(
+                ward_api::discovery::ResourceType::Endpoint,
+                *ip,
+                stream as u64,
+                inbox,
+            );
         }
         let (ip, endpoint) = all[0].clone();
         let mut changed = endpoint.clone();
@@ -128,7 +133,7 @@ fn pod_publish(c: &mut Criterion) {
                     endpoint.clone()
                 };
                 endpoints.apply_kubernetes([(ip, Some(e))]);
-                inboxes[0].take()
+                inboxes[0].take(ward_api::discovery::ResourceType::Endpoint)
             })
         });
     }

@@ -28,6 +28,7 @@ fn endpoint(i: usize) -> Endpoint {
         namespace: "mesh".into(),
         pod_name: format!("pod-{i}"),
         labels: BTreeMap::from([("app".to_owned(), format!("app-{}", i % 100))]),
+        opaque_ports: Vec::new(),
     }
 }
 

@@ -36,7 +36,8 @@ pub enum ResourceType {
     /// [`EndpointBody`]: a workload address and the identity it must
     /// present. On demand, by address.
     Endpoint,
-    /// A Kubernetes Service address. On demand, by address.
+    /// [`ServiceBody`]: a Kubernetes Service address (ClusterIP) and the
+    /// endpoints behind each of its ports. On demand, by address.
     Service,
     /// [`BundleBody`]: a trust domain's roots. Pushed.
     Bundle,
@@ -224,11 +225,98 @@ pub struct EndpointBody {
     /// Per-port identities; a port listed here overrides `spiffe_id`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ports: BTreeMap<u16, String>,
+    /// Ports the workload declares opaque (`ward.io/opaque-ports` on its
+    /// pod, or its sidecar's `--opaque-ports`): clients skip detection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
     /// `namespace/pod`, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// A Service address (a ClusterIP, IPv4 or IPv6). Named by the IP. Every
+/// address of a dual-stack Service is its own resource with the same body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceBody {
+    /// `namespace/name`.
+    pub service: String,
+    /// By Service port.
+    #[serde(default)]
+    pub ports: BTreeMap<u16, ServicePort>,
+}
+
+/// One port of a Service: how to speak to it and who is behind it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// The port's name in the Service, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What the client's sidecar speaks on this port without detecting it,
+    /// from the port's `appProtocol` (or `ward.io/opaque-ports`). `None`:
+    /// detect from the client's first bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<AppProtocol>,
+    /// Requests that take longer are answered 504 (`ward.io/timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub endpoints: Vec<ServiceEndpoint>,
+}
+
+/// The protocol a Service port declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppProtocol {
+    /// HTTP/1.1 (`http`).
+    Http1,
+    /// HTTP/2 prior knowledge (`kubernetes.io/h2c`, `grpc`).
+    Http2,
+    /// Bytes, never parsed (`tcp`, or a port in `ward.io/opaque-ports`):
+    /// server-first protocols work without waiting for detection.
+    Opaque,
+}
+
+impl AppProtocol {
+    /// The protocol an `appProtocol` value names; `None` for values Ward
+    /// does not know (detected instead).
+    pub fn from_app_protocol(value: &str) -> Option<AppProtocol> {
+        match value.to_ascii_lowercase().as_str() {
+            "http" | "kubernetes.io/http" => Some(AppProtocol::Http1),
+            "http2" | "h2c" | "kubernetes.io/h2c" | "grpc" | "grpc-web" => Some(AppProtocol::Http2),
+            "tcp" | "opaque" | "mysql" | "postgresql" | "redis" | "mongo" | "smtp" => {
+                Some(AppProtocol::Opaque)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One endpoint of a Service port, from the EndpointSlices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEndpoint {
+    /// `IP:PORT`, the target port resolved (named ports included).
+    pub address: String,
+    /// The identity the endpoint's sidecar must present: its pod's service
+    /// account. `None`: no sidecar, so plaintext (and only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// `namespace/pod`, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// The slice's conditions. New requests go to ready endpoints; when
+    /// none is ready, to serving ones that are terminating.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    #[serde(default = "yes")]
+    pub serving: bool,
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The roots that verify certificates of one trust domain (PEM, one or

@@ -130,14 +130,100 @@ struct Stream {
     policy_desired: Versions,
     bundle: TypeState,
     bundle_sent: bool,
-    endpoint: TypeState,
-    subscribed: BTreeSet<IpAddr>,
-    /// Subscribed names that are not addresses: answered as not meshed.
-    invalid_names: Vec<String>,
+    endpoint: OnDemand,
+    service: OnDemand,
+    /// News of subscribed addresses, both types.
     inbox: Arc<Inbox>,
     /// News of the sidecar's own pod (its labels).
     own_pod: Arc<Inbox>,
     status: Arc<Mutex<SidecarStatus>>,
+}
+
+/// One on-demand type's state in a stream: what was sent and ACKed, and
+/// the addresses subscribed to.
+struct OnDemand {
+    resource_type: ResourceType,
+    state: TypeState,
+    subscribed: BTreeSet<IpAddr>,
+    /// Subscribed names that are not addresses: answered as absent.
+    invalid_names: Vec<String>,
+}
+
+impl OnDemand {
+    fn new(resource_type: ResourceType, state: TypeState) -> Self {
+        OnDemand {
+            resource_type,
+            state,
+            subscribed: BTreeSet::new(),
+            invalid_names: Vec::new(),
+        }
+    }
+
+    /// The resource of `ip` as the registry has it now.
+    fn lookup(&self, endpoints: &Endpoints, ip: IpAddr) -> Option<Resource> {
+        match self.resource_type {
+            ResourceType::Service => endpoints.service_resource(ip),
+            _ => endpoints.resource(ip),
+        }
+    }
+
+    fn subscribe(&mut self, names: &[String], ctx: &StreamContext, inbox: &Arc<Inbox>) {
+        for name in names {
+            match name.parse::<IpAddr>() {
+                Ok(ip)
+                    if self.subscribed.len() < MAX_SUBSCRIPTIONS
+                        || self.subscribed.contains(&ip) =>
+                {
+                    if self.subscribed.insert(ip) {
+                        ctx.endpoints
+                            .subscribe(self.resource_type, ip, ctx.stream, inbox);
+                    }
+                    inbox.mark(self.resource_type, ip);
+                }
+                _ => self.invalid_names.push(name.clone()),
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, names: &[String], ctx: &StreamContext) {
+        let ips: Vec<IpAddr> = names.iter().filter_map(|n| n.parse().ok()).collect();
+        for ip in &ips {
+            self.subscribed.remove(ip);
+        }
+        ctx.endpoints
+            .unsubscribe(self.resource_type, ips, ctx.stream);
+        self.state.forget(names);
+    }
+
+    /// The delta of the changed addresses, when there is one to send.
+    fn pending(
+        &mut self,
+        ctx: &StreamContext,
+        inbox: &Inbox,
+    ) -> Option<(Vec<Resource>, Vec<String>)> {
+        if self.state.in_flight().is_some() {
+            return None;
+        }
+        let dirty = inbox.take(self.resource_type);
+        let invalid = std::mem::take(&mut self.invalid_names);
+        if dirty.is_empty() && invalid.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = dirty.iter().map(IpAddr::to_string).collect();
+        let (changed, mut removed) = self
+            .state
+            .delta_for(names.iter().map(String::as_str), |name| {
+                self.lookup(&ctx.endpoints, name.parse().ok()?)
+            });
+        removed.extend(invalid);
+        (!changed.is_empty() || !removed.is_empty()).then_some((changed, removed))
+    }
+
+    fn status(&self) -> TypeStatus {
+        let mut status = TypeStatus::of(&self.state, None, None);
+        status.subscribed = Some(self.subscribed.len());
+        status
+    }
 }
 
 /// The registry key of a stream's watch on its own pod, apart from the
@@ -171,6 +257,7 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         policy: TypeStatus::default(),
         bundle: TypeStatus::default(),
         endpoint: TypeStatus::default(),
+        service: TypeStatus::default(),
     });
     ctx.metrics.watch_streams.inc();
     info!(spiffe_id = %ctx.id, pod = ?ctx.hello.node.pod, labels = ?ctx.labels, "sidecar connected to the discovery stream");
@@ -180,7 +267,8 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         wants: ctx.hello.resource_types.iter().copied().collect(),
         policy: resume(ResourceType::Policy),
         bundle: resume(ResourceType::Bundle),
-        endpoint: resume(ResourceType::Endpoint),
+        endpoint: OnDemand::new(ResourceType::Endpoint, resume(ResourceType::Endpoint)),
+        service: OnDemand::new(ResourceType::Service, resume(ResourceType::Service)),
         inbox: Arc::new(Inbox::default()),
         own_pod: Arc::new(Inbox::default()),
         tx,
@@ -191,31 +279,39 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         policy_acked_version: None,
         policy_desired: Versions::new(),
         bundle_sent: false,
-        subscribed: BTreeSet::new(),
-        invalid_names: Vec::new(),
         status,
         ctx,
     };
     for ip in &stream.ctx.pod_ips {
         let key = own_pod_key(stream.ctx.stream);
-        stream.ctx.endpoints.subscribe(*ip, key, &stream.own_pod);
+        stream
+            .ctx
+            .endpoints
+            .subscribe(ResourceType::Endpoint, *ip, key, &stream.own_pod);
     }
     let initial = std::mem::take(&mut stream.ctx.hello.subscribe);
     if let Some(names) = initial.get(&ResourceType::Endpoint) {
-        stream.subscribe(names);
+        stream.endpoint.subscribe(names, &stream.ctx, &stream.inbox);
+    }
+    if let Some(names) = initial.get(&ResourceType::Service) {
+        stream.service.subscribe(names, &stream.ctx, &stream.inbox);
     }
     if let Err(reason) = stream.serve(&mut requests).await {
         debug!(spiffe_id = %stream.ctx.id, reason, "discovery stream ended");
     }
-    stream
-        .ctx
-        .endpoints
-        .unsubscribe(stream.subscribed.iter().copied(), stream.ctx.stream);
+    for on_demand in [&stream.endpoint, &stream.service] {
+        stream.ctx.endpoints.unsubscribe(
+            on_demand.resource_type,
+            on_demand.subscribed.iter().copied(),
+            stream.ctx.stream,
+        );
+    }
     let own = own_pod_key(stream.ctx.stream);
-    stream
-        .ctx
-        .endpoints
-        .unsubscribe(stream.ctx.pod_ips.iter().copied(), own);
+    stream.ctx.endpoints.unsubscribe(
+        ResourceType::Endpoint,
+        stream.ctx.pod_ips.iter().copied(),
+        own,
+    );
     stream.ctx.sidecars.remove(stream.ctx.stream);
     stream.ctx.metrics.watch_streams.dec();
     info!(spiffe_id = %stream.ctx.id, "sidecar left the discovery stream");
@@ -271,22 +367,16 @@ impl Stream {
             let (changed, removed) = self.bundle.delta_to([&self.ctx.bundle]).unwrap_or_default();
             self.send(ResourceType::Bundle, 0, changed, removed).await?;
         }
-        if self.wants.contains(&ResourceType::Endpoint) && self.endpoint.in_flight().is_none() {
-            let dirty = self.inbox.take();
-            let invalid = std::mem::take(&mut self.invalid_names);
-            if !dirty.is_empty() || !invalid.is_empty() {
-                let names: Vec<String> = dirty.iter().map(IpAddr::to_string).collect();
-                let endpoints = &self.ctx.endpoints;
-                let (changed, mut removed) = self
-                    .endpoint
-                    .delta_for(names.iter().map(String::as_str), |name| {
-                        endpoints.resource(name.parse().ok()?)
-                    });
-                removed.extend(invalid);
-                if !changed.is_empty() || !removed.is_empty() {
-                    self.send(ResourceType::Endpoint, 0, changed, removed)
-                        .await?;
-                }
+        for resource_type in [ResourceType::Endpoint, ResourceType::Service] {
+            if !self.wants.contains(&resource_type) {
+                continue;
+            }
+            let on_demand = match resource_type {
+                ResourceType::Service => &mut self.service,
+                _ => &mut self.endpoint,
+            };
+            if let Some((changed, removed)) = on_demand.pending(&self.ctx, &self.inbox) {
+                self.send(resource_type, 0, changed, removed).await?;
             }
         }
         self.update_status();
@@ -334,7 +424,8 @@ impl Stream {
         let state = match resource_type {
             ResourceType::Policy => &mut self.policy,
             ResourceType::Bundle => &mut self.bundle,
-            _ => &mut self.endpoint,
+            ResourceType::Service => &mut self.service.state,
+            _ => &mut self.endpoint.state,
         };
         state.sent(nonce, &resources, &removed);
         let count = resources.len() as u64;
@@ -381,8 +472,8 @@ impl Stream {
                                 .observe(accepted.elapsed().as_secs_f64());
                         }
                     }
-                } else if !self.bundle.ack(ack.nonce) {
-                    self.endpoint.ack(ack.nonce);
+                } else if !self.bundle.ack(ack.nonce) && !self.endpoint.state.ack(ack.nonce) {
+                    self.service.state.ack(ack.nonce);
                 }
             }
             ClientMessage::Nack(nack) => {
@@ -391,8 +482,10 @@ impl Stream {
                     Some(ResourceType::Policy)
                 } else if self.bundle.nack(nack.nonce, nack.error.clone()) {
                     Some(ResourceType::Bundle)
-                } else if self.endpoint.nack(nack.nonce, nack.error.clone()) {
+                } else if self.endpoint.state.nack(nack.nonce, nack.error.clone()) {
                     Some(ResourceType::Endpoint)
+                } else if self.service.state.nack(nack.nonce, nack.error.clone()) {
+                    Some(ResourceType::Service)
                 } else {
                     None
                 };
@@ -408,18 +501,19 @@ impl Stream {
             ClientMessage::Subscribe(Names {
                 resource_type: ResourceType::Endpoint,
                 names,
-            }) => self.subscribe(&names),
+            }) => self.endpoint.subscribe(&names, &self.ctx, &self.inbox),
+            ClientMessage::Subscribe(Names {
+                resource_type: ResourceType::Service,
+                names,
+            }) => self.service.subscribe(&names, &self.ctx, &self.inbox),
             ClientMessage::Unsubscribe(Names {
                 resource_type: ResourceType::Endpoint,
                 names,
-            }) => {
-                let ips: Vec<IpAddr> = names.iter().filter_map(|n| n.parse().ok()).collect();
-                for ip in &ips {
-                    self.subscribed.remove(ip);
-                }
-                self.ctx.endpoints.unsubscribe(ips, self.ctx.stream);
-                self.endpoint.forget(&names);
-            }
+            }) => self.endpoint.unsubscribe(&names, &self.ctx),
+            ClientMessage::Unsubscribe(Names {
+                resource_type: ResourceType::Service,
+                names,
+            }) => self.service.unsubscribe(&names, &self.ctx),
             // Hello again, other types' subscriptions, unknown messages.
             _ => {}
         }
@@ -428,7 +522,7 @@ impl Stream {
     /// The pod's labels changed (or not): re-select policies when they did.
     /// A pod that left the table keeps its last labels.
     fn refresh_labels(&mut self) {
-        self.own_pod.take();
+        self.own_pod.take(ResourceType::Endpoint);
         let workload = match &self.ctx.hello.node.pod {
             Some(pod) => format!("{}/{pod}", self.ctx.namespace),
             None => return,
@@ -446,25 +540,6 @@ impl Stream {
         }
     }
 
-    fn subscribe(&mut self, names: &[String]) {
-        for name in names {
-            match name.parse::<IpAddr>() {
-                Ok(ip)
-                    if self.subscribed.len() < MAX_SUBSCRIPTIONS
-                        || self.subscribed.contains(&ip) =>
-                {
-                    if self.subscribed.insert(ip) {
-                        self.ctx
-                            .endpoints
-                            .subscribe(ip, self.ctx.stream, &self.inbox);
-                    }
-                    self.inbox.mark(ip);
-                }
-                _ => self.invalid_names.push(name.clone()),
-            }
-        }
-    }
-
     fn update_status(&self) {
         let mut status = self.status.lock().expect("not poisoned");
         status.policy = TypeStatus::of(
@@ -478,8 +553,8 @@ impl Stream {
         )]
         .into();
         status.bundle = TypeStatus::of(&self.bundle, None, Some(&bundle_desired));
-        status.endpoint = TypeStatus::of(&self.endpoint, None, None);
-        status.endpoint.subscribed = Some(self.subscribed.len());
+        status.endpoint = self.endpoint.status();
+        status.service = self.service.status();
     }
 }
 

@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::{Value, json};
 
-mod annotations;
+pub(crate) mod annotations;
 mod probes;
 mod sidecar;
 #[cfg(test)]

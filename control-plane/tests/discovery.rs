@@ -46,6 +46,7 @@ fn pod(i: usize, version: &str) -> Endpoint {
             ("app".to_owned(), format!("app-{}", i % 100)),
             ("version".to_owned(), version.to_owned()),
         ]),
+        opaque_ports: Vec::new(),
     }
 }
 

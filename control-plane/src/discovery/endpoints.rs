@@ -1,15 +1,17 @@
-//! The endpoint registry: every meshed address the control plane knows
-//! (static entries, meshed pods from Kubernetes, registered workloads), and
-//! which discovery streams subscribed to which address. A change to an
-//! address reaches only the streams that subscribed to it: the cost of a
-//! pod event does not grow with the mesh or with the number of sidecars.
+//! The address registry: every meshed address the control plane knows
+//! (static entries, meshed pods from Kubernetes, registered workloads),
+//! every Service address (from Kubernetes or the directory) with its
+//! endpoints, and which discovery streams subscribed to which address. A
+//! change to an address reaches only the streams that subscribed to it
+//! (and a pod's change, the subscribers of the Services it backs): the cost
+//! of an event does not grow with the mesh or with the number of sidecars.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
-use ward_api::discovery::{EndpointBody, Resource};
+use ward_api::discovery::{EndpointBody, Resource, ResourceType, ServiceBody};
 use ward_identity::SpiffeId;
 
 use crate::k8s::endpoints::Endpoint;
@@ -22,23 +24,34 @@ pub struct EndpointEntry {
     pub spiffe_id: String,
 }
 
-/// Where a stream learns which of its addresses changed.
+/// Where a stream learns which of its addresses changed, by type.
 #[derive(Default)]
 pub struct Inbox {
-    dirty: Mutex<BTreeSet<IpAddr>>,
+    dirty: Mutex<BTreeSet<(ResourceType, IpAddr)>>,
     pub notify: Notify,
 }
 
 impl Inbox {
-    pub fn mark(&self, ip: IpAddr) {
-        self.dirty.lock().expect("not poisoned").insert(ip);
+    pub fn mark(&self, resource_type: ResourceType, ip: IpAddr) {
+        self.dirty
+            .lock()
+            .expect("not poisoned")
+            .insert((resource_type, ip));
         self.notify.notify_one();
     }
 
-    pub fn take(&self) -> BTreeSet<IpAddr> {
-        std::mem::take(&mut *self.dirty.lock().expect("not poisoned"))
+    /// The changed addresses of `resource_type`; others stay marked.
+    pub fn take(&self, resource_type: ResourceType) -> BTreeSet<IpAddr> {
+        let mut dirty = self.dirty.lock().expect("not poisoned");
+        let (taken, kept) = std::mem::take(&mut *dirty)
+            .into_iter()
+            .partition::<BTreeSet<_>, _>(|(t, _)| *t == resource_type);
+        *dirty = kept;
+        taken.into_iter().map(|(_, ip)| ip).collect()
     }
 }
+
+type Subscribers = HashMap<IpAddr, BTreeMap<u64, Arc<Inbox>>>;
 
 #[derive(Default)]
 struct Inner {
@@ -46,21 +59,73 @@ struct Inner {
     kubernetes: HashMap<IpAddr, EndpointBody>,
     /// Address → (body, registration generation).
     registered: HashMap<IpAddr, (EndpointBody, u64)>,
-    subscribers: HashMap<IpAddr, BTreeMap<u64, Arc<Inbox>>>,
+    /// Service address → its Service, endpoint identities not filled in.
+    services: HashMap<IpAddr, ServiceBody>,
+    /// Endpoint IP → the Service addresses it backs.
+    members: HashMap<IpAddr, BTreeSet<IpAddr>>,
+    subscribers: Subscribers,
+    service_subscribers: Subscribers,
     next_generation: u64,
 }
 
+fn notify(subscribers: &Subscribers, resource_type: ResourceType, ip: IpAddr) {
+    for inbox in subscribers.get(&ip).into_iter().flat_map(|s| s.values()) {
+        inbox.mark(resource_type, ip);
+    }
+}
+
 impl Inner {
+    /// The workload at `ip` changed: its subscribers hear of it, and so do
+    /// the subscribers of every Service it backs (its identity is in them).
     fn changed(&self, ip: IpAddr) {
-        for inbox in self
-            .subscribers
-            .get(&ip)
-            .into_iter()
-            .flat_map(|s| s.values())
-        {
-            inbox.mark(ip);
+        notify(&self.subscribers, ResourceType::Endpoint, ip);
+        for service_ip in self.members.get(&ip).into_iter().flatten() {
+            notify(
+                &self.service_subscribers,
+                ResourceType::Service,
+                *service_ip,
+            );
         }
     }
+
+    fn workload(&self, ip: IpAddr) -> Option<&EndpointBody> {
+        self.static_entries
+            .get(&ip)
+            .or_else(|| self.kubernetes.get(&ip))
+            .or_else(|| self.registered.get(&ip).map(|(b, _)| b))
+    }
+
+    fn set_service(&mut self, ip: IpAddr, body: Option<ServiceBody>) {
+        if self.services.get(&ip) == body.as_ref() {
+            return;
+        }
+        if let Some(old) = self.services.remove(&ip) {
+            for member in endpoint_ips(&old) {
+                if let Some(set) = self.members.get_mut(&member) {
+                    set.remove(&ip);
+                    if set.is_empty() {
+                        self.members.remove(&member);
+                    }
+                }
+            }
+        }
+        if let Some(body) = body {
+            for member in endpoint_ips(&body) {
+                self.members.entry(member).or_default().insert(ip);
+            }
+            self.services.insert(ip, body);
+        }
+        notify(&self.service_subscribers, ResourceType::Service, ip);
+    }
+}
+
+fn endpoint_ips(body: &ServiceBody) -> BTreeSet<IpAddr> {
+    body.ports
+        .values()
+        .flat_map(|p| &p.endpoints)
+        .filter_map(|e| e.address.parse::<SocketAddr>().ok())
+        .map(|a| a.ip())
+        .collect()
 }
 
 pub struct Endpoints {
@@ -96,12 +161,68 @@ impl Endpoints {
     /// pod, a pod over a registration. `None`: not meshed.
     pub fn resource(&self, ip: IpAddr) -> Option<Resource> {
         let inner = self.inner.lock().expect("not poisoned");
-        let body = inner
-            .static_entries
-            .get(&ip)
-            .or_else(|| inner.kubernetes.get(&ip))
-            .or_else(|| inner.registered.get(&ip).map(|(b, _)| b))?;
+        let body = inner.workload(ip)?;
         Some(Resource::new(ip.to_string(), body))
+    }
+
+    /// The Service at address `ip`, each endpoint with the identity its
+    /// workload must present (the port's, else the address's) and its
+    /// workload name; endpoints the mesh does not know have none
+    /// (plaintext). `None`: not a Service address.
+    pub fn service_resource(&self, ip: IpAddr) -> Option<Resource> {
+        let inner = self.inner.lock().expect("not poisoned");
+        let mut body = inner.services.get(&ip)?.clone();
+        for endpoint in body.ports.values_mut().flat_map(|p| &mut p.endpoints) {
+            let Ok(addr) = endpoint.address.parse::<SocketAddr>() else {
+                continue;
+            };
+            if let Some(workload) = inner.workload(addr.ip()) {
+                endpoint.spiffe_id = workload
+                    .ports
+                    .get(&addr.port())
+                    .or(workload.spiffe_id.as_ref())
+                    .cloned();
+                if endpoint.workload.is_none() {
+                    endpoint.workload = workload.workload.clone();
+                }
+            } else {
+                endpoint.spiffe_id = None;
+            }
+        }
+        Some(Resource::new(ip.to_string(), &body))
+    }
+
+    /// Applies what changed in the Service source: each Service address
+    /// with its Service now (`None`: gone). Endpoint identities are left
+    /// out: [`Endpoints::service_resource`] fills them from the workloads.
+    pub fn apply_services(&self, changes: impl IntoIterator<Item = (IpAddr, Option<ServiceBody>)>) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        for (ip, body) in changes {
+            inner.set_service(ip, body);
+        }
+    }
+
+    /// Replaces every Service address at once (a relist, or the directory
+    /// read again): addresses missing from `services` are gone.
+    pub fn replace_services(&self, services: BTreeMap<IpAddr, ServiceBody>) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        let gone: Vec<IpAddr> = inner
+            .services
+            .keys()
+            .filter(|ip| !services.contains_key(ip))
+            .copied()
+            .collect();
+        for ip in gone {
+            inner.set_service(ip, None);
+        }
+        for (ip, body) in services {
+            inner.set_service(ip, Some(body));
+        }
+    }
+
+    /// How many Service addresses are known.
+    pub fn service_count(&self) -> usize {
+        self.inner.lock().expect("not poisoned").services.len()
     }
 
     pub fn len(&self) -> usize {
@@ -161,23 +282,42 @@ impl Endpoints {
         }
     }
 
-    /// `stream` wants to hear of changes to `ip` in `inbox`.
-    pub fn subscribe(&self, ip: IpAddr, stream: u64, inbox: &Arc<Inbox>) {
+    /// `stream` wants to hear of changes to `ip` (a workload address, or
+    /// a Service address) in `inbox`.
+    pub fn subscribe(
+        &self,
+        resource_type: ResourceType,
+        ip: IpAddr,
+        stream: u64,
+        inbox: &Arc<Inbox>,
+    ) {
         let mut inner = self.inner.lock().expect("not poisoned");
-        inner
-            .subscribers
+        let subscribers = match resource_type {
+            ResourceType::Service => &mut inner.service_subscribers,
+            _ => &mut inner.subscribers,
+        };
+        subscribers
             .entry(ip)
             .or_default()
             .insert(stream, inbox.clone());
     }
 
-    pub fn unsubscribe(&self, ips: impl IntoIterator<Item = IpAddr>, stream: u64) {
+    pub fn unsubscribe(
+        &self,
+        resource_type: ResourceType,
+        ips: impl IntoIterator<Item = IpAddr>,
+        stream: u64,
+    ) {
         let mut inner = self.inner.lock().expect("not poisoned");
+        let subscribers = match resource_type {
+            ResourceType::Service => &mut inner.service_subscribers,
+            _ => &mut inner.subscribers,
+        };
         for ip in ips {
-            if let Some(subs) = inner.subscribers.get_mut(&ip) {
+            if let Some(subs) = subscribers.get_mut(&ip) {
                 subs.remove(&stream);
                 if subs.is_empty() {
-                    inner.subscribers.remove(&ip);
+                    subscribers.remove(&ip);
                 }
             }
         }
@@ -201,6 +341,7 @@ fn kubernetes_body(e: &Endpoint) -> EndpointBody {
     EndpointBody {
         spiffe_id: Some(e.spiffe_id.to_string()),
         ports: BTreeMap::new(),
+        opaque_ports: e.opaque_ports.clone(),
         workload: Some(format!("{}/{}", e.namespace, e.pod_name)),
         labels: e.labels.clone(),
     }

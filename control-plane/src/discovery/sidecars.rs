@@ -25,6 +25,7 @@ pub struct SidecarStatus {
     pub policy: TypeStatus,
     pub bundle: TypeStatus,
     pub endpoint: TypeStatus,
+    pub service: TypeStatus,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -24,6 +24,8 @@ pub struct Endpoint {
     pub namespace: String,
     pub pod_name: String,
     pub labels: BTreeMap<String, String>,
+    /// `ward.io/opaque-ports` of the pod (unparsable: none).
+    pub opaque_ports: Vec<u16>,
 }
 
 /// One published state of the table.
@@ -248,6 +250,19 @@ pub fn endpoints_of(pod: &Pod, trust_domain: &str) -> Vec<(IpAddr, Endpoint)> {
         namespace,
         pod_name: name.clone(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
+        opaque_ports: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::inject::annotations::ANNOTATION_OPAQUE_PORTS))
+            .and_then(|v| {
+                crate::inject::annotations::ports(
+                    Some(v),
+                    crate::inject::annotations::ANNOTATION_OPAQUE_PORTS,
+                )
+                .ok()
+            })
+            .unwrap_or_default(),
     };
     let mut ips: Vec<IpAddr> = status
         .pod_ips
