@@ -335,6 +335,10 @@ pub struct BundleBody {
 pub struct Registration {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Ports the workload serves opaque (its sidecar's `--opaque-ports`):
+    /// clients skip protocol detection for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opaque_ports: Vec<u16>,
 }
 
 /// The first (and only) line of a registration's response stream.

@@ -588,7 +588,7 @@ async fn register(
     };
     let guard = state
         .endpoints
-        .register(peer_addr.ip(), id, registration.labels);
+        .register(peer_addr.ip(), id, registration);
     info!(spiffe_id = %id, address = %peer_addr.ip(), "workload address registered");
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let answer = wire::encode_line(&Registered {

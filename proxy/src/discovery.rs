@@ -26,7 +26,11 @@ use crate::metrics::ProxyMetrics;
 use crate::policy::PolicyAuthorizer;
 
 /// The resource types this sidecar understands.
-pub const RESOURCE_TYPES: [ResourceType; 2] = [ResourceType::Policy, ResourceType::Endpoint];
+pub const RESOURCE_TYPES: [ResourceType; 3] = [
+    ResourceType::Policy,
+    ResourceType::Endpoint,
+    ResourceType::Service,
+];
 
 pub struct ProxyHandler {
     pub authorizer: Arc<PolicyAuthorizer>,
@@ -39,6 +43,7 @@ impl DiscoveryHandler for ProxyHandler {
         let result = match update.resource_type {
             ResourceType::Policy => self.apply_policies(update.system_version, state),
             ResourceType::Endpoint => self.destinations.apply(update),
+            ResourceType::Service => self.destinations.apply_services(update),
             // Not asked for; nothing to apply.
             _ => Ok(()),
         };
@@ -58,8 +63,10 @@ impl DiscoveryHandler for ProxyHandler {
     }
 
     fn forget(&self, resource_type: ResourceType, names: &[String]) {
-        if resource_type == ResourceType::Endpoint {
-            self.destinations.forget(names);
+        match resource_type {
+            ResourceType::Endpoint => self.destinations.forget(names),
+            ResourceType::Service => self.destinations.forget_services(names),
+            _ => {}
         }
     }
 
@@ -94,13 +101,13 @@ impl ProxyHandler {
 pub async fn keep_registered(
     client: ControlPlaneClient,
     svid: Arc<SvidCell>,
-    labels: BTreeMap<String, String>,
+    registration: Registration,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = tokio::select! {
-            r = register_once(&client, &svid, &labels) => r,
+            r = register_once(&client, &svid, &registration) => r,
             _ = shutdown.cancelled() => return,
         };
         if let Err(err) = result {
@@ -121,14 +128,12 @@ pub async fn keep_registered(
 async fn register_once(
     client: &ControlPlaneClient,
     svid: &Arc<SvidCell>,
-    labels: &BTreeMap<String, String>,
+    registration: &Registration,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(svid.is_ready(), "no certificate yet");
     let mut sender = client.connect(Some(svid)).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let line = encode_line(&Registration {
-        labels: labels.clone(),
-    });
+    let line = encode_line(registration);
     tx.try_send(Bytes::from(line)).expect("room for one line");
     let request = client.request(Method::POST, REGISTER_PATH, channel_body(rx));
     let response = client.send(&mut sender, request).await?;

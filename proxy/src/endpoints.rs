@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
+use ward_api::discovery::{ResourceType, ServiceBody};
 use ward_identity::SpiffeId;
+
+use crate::balance::PortBalancer;
 
 /// An endpoint is one `IP:PORT`, or every port of an `IP` (a pod).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,18 +118,61 @@ pub enum Known {
     Meshed {
         any_port: Option<SpiffeId>,
         ports: HashMap<u16, SpiffeId>,
+        /// Ports the workload declares opaque (no detection).
+        opaque_ports: Vec<u16>,
     },
     /// Not meshed (the control plane said so).
     Absent,
 }
 
+/// A Service address as discovery answered it.
+#[derive(Clone)]
+pub enum KnownService {
+    Present(Arc<ServiceRoutes>),
+    /// Not a Service address.
+    Absent,
+}
+
+/// A Service address's ports, each with its balancer.
+pub struct ServiceRoutes {
+    pub name: Arc<str>,
+    pub ports: HashMap<u16, Arc<PortBalancer>>,
+}
+
 /// Where an outbound connection goes, as far as the mesh is concerned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Resolved {
     /// Over mTLS to a sidecar that must present this identity.
     Meshed(SpiffeId),
+    /// A Service port: balanced over its endpoints.
+    Service(Arc<PortBalancer>),
+    /// A Service address, but not one of its ports.
+    NoSuchServicePort,
     /// Not in the mesh: plaintext (or refused when egress is locked down).
     Unmeshed,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resolved::Meshed(id) => write!(f, "Meshed({id})"),
+            Resolved::Service(b) => write!(f, "Service({}:{})", b.service, b.port),
+            Resolved::NoSuchServicePort => f.write_str("NoSuchServicePort"),
+            Resolved::Unmeshed => f.write_str("Unmeshed"),
+        }
+    }
+}
+
+impl PartialEq for Resolved {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Resolved::Meshed(a), Resolved::Meshed(b)) => a == b,
+            (Resolved::Service(a), Resolved::Service(b)) => Arc::ptr_eq(a, b),
+            (Resolved::NoSuchServicePort, Resolved::NoSuchServicePort)
+            | (Resolved::Unmeshed, Resolved::Unmeshed) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The destination was not known and discovery did not answer in time.
@@ -141,6 +187,7 @@ pub struct Destinations {
     pub static_table: EndpointTable,
     discovery: Option<Arc<ward_api::client::discovery::DiscoveryClient>>,
     known: ArcSwap<HashMap<IpAddr, Known>>,
+    services: ArcSwap<HashMap<IpAddr, KnownService>>,
     changes: tokio::sync::watch::Sender<u64>,
 }
 
@@ -151,6 +198,7 @@ impl Destinations {
             static_table,
             discovery: None,
             known: ArcSwap::default(),
+            services: ArcSwap::default(),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
@@ -183,10 +231,11 @@ impl Destinations {
             return Ok(resolved);
         }
         let mut changes = self.changes.subscribe();
-        discovery.subscribe(
-            ward_api::discovery::ResourceType::Endpoint,
-            &dest.ip().to_string(),
-        );
+        // Workload or Service: both are asked at once, and the answer is
+        // known when the address is a workload, or both have answered.
+        let name = dest.ip().to_string();
+        discovery.subscribe(ResourceType::Endpoint, &name);
+        discovery.subscribe(ResourceType::Service, &name);
         let answered = tokio::time::timeout(wait, async {
             loop {
                 if let Some(resolved) = self.lookup_known(dest) {
@@ -201,16 +250,89 @@ impl Destinations {
     }
 
     fn lookup_known(&self, dest: SocketAddr) -> Option<Resolved> {
+        let services = self.services.load();
+        let service = services.get(&dest.ip());
+        if let Some(KnownService::Present(routes)) = service {
+            return Some(match routes.ports.get(&dest.port()) {
+                Some(balancer) => Resolved::Service(balancer.clone()),
+                None => Resolved::NoSuchServicePort,
+            });
+        }
         let known = self.known.load();
         Some(match known.get(&dest.ip())? {
-            Known::Meshed { any_port, ports } => {
-                match ports.get(&dest.port()).or(any_port.as_ref()) {
-                    Some(id) => Resolved::Meshed(id.clone()),
-                    None => Resolved::Unmeshed,
-                }
-            }
+            Known::Meshed {
+                any_port, ports, ..
+            } => match ports.get(&dest.port()).or(any_port.as_ref()) {
+                Some(id) => Resolved::Meshed(id.clone()),
+                None => Resolved::Unmeshed,
+            },
+            // Not a workload; plaintext only once it is known not to be a
+            // Service either (with discovery, both are asked together).
+            Known::Absent if service.is_none() && self.discovery.is_some() => return None,
             Known::Absent => Resolved::Unmeshed,
         })
+    }
+
+    /// True when the workload at `dest` declares its port opaque.
+    pub fn declared_opaque(&self, dest: SocketAddr) -> bool {
+        matches!(
+            self.known.load().get(&dest.ip()),
+            Some(Known::Meshed { opaque_ports, .. }) if opaque_ports.contains(&dest.port())
+        )
+    }
+
+    /// Applies a Service update: all of it or, on any invalid entry,
+    /// nothing (NACKed). Endpoints that stay keep their state.
+    pub fn apply_services(&self, update: &ward_api::discovery::Update) -> Result<(), String> {
+        let current = self.services.load();
+        let mut changed = Vec::new();
+        for resource in &update.resources {
+            let ip: IpAddr = resource
+                .name
+                .parse()
+                .map_err(|_| format!("service {:?}: not an IP address", resource.name))?;
+            let body: ServiceBody = resource.decode()?;
+            let previous = match current.get(&ip) {
+                Some(KnownService::Present(routes)) => Some(routes.clone()),
+                _ => None,
+            };
+            let name: Arc<str> = Arc::from(body.service.as_str());
+            let mut ports = HashMap::new();
+            for (port, spec) in &body.ports {
+                let old = previous.as_ref().and_then(|p| p.ports.get(port));
+                let balancer =
+                    PortBalancer::from_resource(name.clone(), *port, spec, old.map(|b| &**b))?;
+                ports.insert(*port, Arc::new(balancer));
+            }
+            changed.push((
+                ip,
+                KnownService::Present(Arc::new(ServiceRoutes { name, ports })),
+            ));
+        }
+        for name in &update.removed {
+            if let Ok(ip) = name.parse() {
+                changed.push((ip, KnownService::Absent));
+            }
+        }
+        self.services.rcu(|services| {
+            let mut services = HashMap::clone(services);
+            services.extend(changed.iter().cloned());
+            services
+        });
+        self.changes.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    /// Drops Service addresses discovery no longer tracks for this proxy.
+    pub fn forget_services(&self, names: &[String]) {
+        let ips: Vec<IpAddr> = names.iter().filter_map(|n| n.parse().ok()).collect();
+        self.services.rcu(|services| {
+            let mut services = HashMap::clone(services);
+            for ip in &ips {
+                services.remove(ip);
+            }
+            services
+        });
     }
 
     /// How many addresses discovery answered (metrics, tests).
@@ -236,7 +358,14 @@ impl Destinations {
                 .iter()
                 .map(|(port, id)| Ok((*port, parse(id)?)))
                 .collect::<Result<_, String>>()?;
-            changed.push((ip, Known::Meshed { any_port, ports }));
+            changed.push((
+                ip,
+                Known::Meshed {
+                    any_port,
+                    ports,
+                    opaque_ports: body.opaque_ports.clone(),
+                },
+            ));
         }
         for name in &update.removed {
             // A name that is no address was never asked for by this proxy.

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod app;
 pub mod authz;
+pub mod balance;
 pub mod capture;
 pub mod config;
 pub mod counting;

@@ -45,9 +45,18 @@ pub struct ProxyMetrics {
     pub control_plane_connected: IntGauge,
     pub control_plane_last_update: Gauge,
     pub discovery_nacks: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub ejections: IntCounterVec,
+    service_labels: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-const PEER: [&str; 2] = ["peer_namespace", "peer_service_account"];
+/// Peer labels: the peer's identity and, outbound to a Service, the
+/// Service (`namespace/name`; empty otherwise).
+const PEER: [&str; 3] = ["peer_namespace", "peer_service_account", "dst_service"];
+
+/// Most distinct `dst_service` values one sidecar reports; later Services
+/// are reported as `other`, so the series stay bounded.
+pub const MAX_SERVICE_LABELS: usize = 500;
 
 struct Builder<'r>(&'r Registry);
 
@@ -161,6 +170,17 @@ impl ProxyMetrics {
                 "Discovery updates this sidecar refused (the previous state stayed in force), by resource type.",
                 &["resource_type"],
             ),
+            retries: b.counter(
+                "ward_outbound_retries_total",
+                "Requests and connections to a Service retried on another endpoint, by Service and reason.",
+                &["dst_service", "reason"],
+            ),
+            ejections: b.counter(
+                "ward_outbound_endpoint_ejections_total",
+                "Service endpoints ejected from balancing after repeated failures, by Service.",
+                &["dst_service"],
+            ),
+            service_labels: Default::default(),
             registry,
         }
     }
@@ -202,16 +222,46 @@ impl ProxyMetrics {
     /// Metric handles for one connection's peer, resolved once (response
     /// counters at their first use) so the per-request cost is atomic adds.
     pub fn peer(self: &Arc<Self>, direction: &'static str, peer: Option<&SpiffeId>) -> PeerMetrics {
+        self.service_peer(direction, peer, None)
+    }
+
+    /// [`Self::peer`] for traffic to a Service.
+    pub fn service_peer(
+        self: &Arc<Self>,
+        direction: &'static str,
+        peer: Option<&SpiffeId>,
+        service: Option<&str>,
+    ) -> PeerMetrics {
         let (ns, sa) = peer_labels(peer);
+        let service = service.map(|s| self.service_label(s)).unwrap_or_default();
         PeerMetrics {
-            requests: self.http_requests.with_label_values(&[direction, ns, sa]),
-            duration: self.http_duration.with_label_values(&[direction, ns, sa]),
+            requests: self
+                .http_requests
+                .with_label_values(&[direction, ns, sa, &service]),
+            duration: self
+                .http_duration
+                .with_label_values(&[direction, ns, sa, &service]),
             metrics: self.clone(),
             direction,
             namespace: ns.to_owned(),
             service_account: sa.to_owned(),
+            service,
             responses: Default::default(),
         }
+    }
+
+    /// The `dst_service` value for `service`: itself, or `other` once
+    /// [`MAX_SERVICE_LABELS`] distinct ones were reported.
+    pub fn service_label(&self, service: &str) -> String {
+        let mut seen = self.service_labels.lock().expect("not poisoned");
+        if seen.contains(service) {
+            return service.to_owned();
+        }
+        if seen.len() < MAX_SERVICE_LABELS {
+            seen.insert(service.to_owned());
+            return service.to_owned();
+        }
+        "other".to_owned()
     }
 }
 
@@ -245,6 +295,7 @@ pub struct PeerMetrics {
     direction: &'static str,
     namespace: String,
     service_account: String,
+    service: String,
     requests: IntCounter,
     duration: Histogram,
     /// The response counter of `COMMON_STATUS_CODES[i]`, resolved on first
@@ -253,8 +304,13 @@ pub struct PeerMetrics {
 }
 
 impl PeerMetrics {
-    fn labels(&self) -> [&str; 3] {
-        [self.direction, &self.namespace, &self.service_account]
+    fn labels(&self) -> [&str; 4] {
+        [
+            self.direction,
+            &self.namespace,
+            &self.service_account,
+            &self.service,
+        ]
     }
 
     fn response_counter(&self, status: http::StatusCode) -> IntCounter {
@@ -271,6 +327,7 @@ impl PeerMetrics {
             status.as_str(),
             &self.namespace,
             &self.service_account,
+            &self.service,
         ])
     }
 
@@ -298,6 +355,13 @@ impl PeerMetrics {
     pub fn request(&self) -> Instant {
         self.requests.inc();
         Instant::now()
+    }
+
+    /// Counts a request and its response at once, for requests whose peer
+    /// is known only once answered (balanced over a Service).
+    pub fn exchange(&self, status: http::StatusCode, started: Instant) -> Duration {
+        self.requests.inc();
+        self.response(status, started)
     }
 
     /// Counts the response to a request that started at `started`; returns

@@ -27,6 +27,8 @@ use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
 use crate::upstream::{Alpn, PoolSlot, Upstream, UpstreamError};
 
+mod service;
+
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
     /// Transparent mode: where the application connected before iptables.
@@ -40,7 +42,7 @@ pub struct Outbound {
     /// How long a connection to an address not known yet waits for
     /// discovery's answer before it is refused.
     pub discovery_timeout: std::time::Duration,
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     pub unmeshed: UnmeshedEgress,
     pub opaque_ports: Vec<u16>,
     pub pooled: bool,
@@ -104,6 +106,12 @@ impl Outbound {
             .await
         {
             Ok(Resolved::Meshed(id)) => id,
+            Ok(Resolved::Service(balancer)) => {
+                return self
+                    .service_connection(tcp, source, dest, balancer, shutdown)
+                    .await;
+            }
+            Ok(Resolved::NoSuchServicePort) => return self.refuse(source, "service_port_unknown"),
             Ok(Resolved::Unmeshed) => {
                 return match self.unmeshed {
                     UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
@@ -112,7 +120,9 @@ impl Outbound {
             }
             Err(Unknown) => return self.refuse(source, "destination_unknown"),
         };
-        let protocol = if self.opaque_ports.contains(&dest.port()) {
+        let protocol = if self.opaque_ports.contains(&dest.port())
+            || self.destinations.declared_opaque(dest)
+        {
             Protocol::Opaque
         } else {
             match detect::peek(&tcp, self.limits.detect_timeout).await {
@@ -171,7 +181,10 @@ impl Outbound {
     }
 
     /// An unmeshed destination: bytes pass through untouched.
-    async fn passthrough(&self, mut tcp: TcpStream, dest: SocketAddr) {
+    async fn passthrough<S>(&self, mut tcp: S, dest: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let Ok(Ok(mut upstream)) =
             tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(dest)).await
         else {

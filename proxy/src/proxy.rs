@@ -132,12 +132,12 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     let outbound = Arc::new(Outbound {
         destinations,
         discovery_timeout: args.discovery_timeout,
-        upstream: Upstream::new(
+        upstream: Arc::new(Upstream::new(
             identity.clone(),
             args.connect_timeout,
             max_header_bytes,
             metrics.clone(),
-        ),
+        )),
         unmeshed: args.unmeshed_egress,
         opaque_ports: args.opaque_ports.0.clone(),
         pooled: !args.no_pool,
@@ -254,7 +254,10 @@ fn start_discovery(
         tokio::spawn(crate::discovery::keep_registered(
             client()?,
             identity.svid.clone(),
-            labels,
+            ward_api::discovery::Registration {
+                labels,
+                opaque_ports: args.opaque_ports.0.clone(),
+            },
             shutdown.clone(),
         ));
     }

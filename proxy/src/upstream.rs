@@ -65,6 +65,8 @@ pub enum UpstreamError {
     Http(hyper::Error),
     #[error("the request cannot be expressed upstream (invalid authority)")]
     InvalidRequest,
+    #[error("the peer sidecar's application is unavailable")]
+    AppUnavailable,
 }
 
 impl UpstreamError {
@@ -73,7 +75,9 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             UpstreamError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Connect(_) => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Connect(_) | UpstreamError::AppUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             UpstreamError::Tls(_) | UpstreamError::Http(_) => StatusCode::BAD_GATEWAY,
             UpstreamError::InvalidRequest => StatusCode::BAD_REQUEST,
         }
@@ -86,6 +90,7 @@ impl UpstreamError {
             UpstreamError::Tls(_) => "upstream mTLS failed",
             UpstreamError::Http(_) => "upstream protocol error",
             UpstreamError::InvalidRequest => "invalid request authority",
+            UpstreamError::AppUnavailable => "application unavailable",
         }
     }
 }

@@ -172,6 +172,20 @@ impl Endpoints {
     pub fn service_resource(&self, ip: IpAddr) -> Option<Resource> {
         let inner = self.inner.lock().expect("not poisoned");
         let mut body = inner.services.get(&ip)?.clone();
+        for port in body.ports.values_mut() {
+            // A port its workloads declare opaque is opaque for clients
+            // too, unless the Service says what it is.
+            let declared_opaque = port.endpoints.iter().any(|e| {
+                e.address.parse::<SocketAddr>().ok().is_some_and(|a| {
+                    inner
+                        .workload(a.ip())
+                        .is_some_and(|w| w.opaque_ports.contains(&a.port()))
+                })
+            });
+            if declared_opaque && port.protocol.is_none() {
+                port.protocol = Some(ward_api::discovery::AppProtocol::Opaque);
+            }
+        }
         for endpoint in body.ports.values_mut().flat_map(|p| &mut p.endpoints) {
             let Ok(addr) = endpoint.address.parse::<SocketAddr>() else {
                 continue;
@@ -263,14 +277,15 @@ impl Endpoints {
         self: &Arc<Self>,
         ip: IpAddr,
         id: &SpiffeId,
-        labels: BTreeMap<String, String>,
+        registration: ward_api::discovery::Registration,
     ) -> Registration {
         let mut inner = self.inner.lock().expect("not poisoned");
         inner.next_generation += 1;
         let generation = inner.next_generation;
         let body = EndpointBody {
             spiffe_id: Some(id.to_string()),
-            labels,
+            labels: registration.labels,
+            opaque_ports: registration.opaque_ports,
             ..Default::default()
         };
         inner.registered.insert(ip, (body, generation));

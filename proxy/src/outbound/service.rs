@@ -1,0 +1,494 @@
+//! Outbound to a Service address: the connection is routed to the
+//! Service's endpoints, not passed through. HTTP is balanced per request,
+//! opaque TCP per connection; every meshed endpoint is reached over its own
+//! pooled mTLS connection and must present exactly its pod's identity.
+//!
+//! Retries: a request that did not reach an application (connection or
+//! handshake failure, the stream refused, a GOAWAY before it was processed,
+//! or the peer sidecar finding its application gone) goes to another
+//! endpoint, at most [`MAX_RETRIES`] times, when its body can be sent again
+//! (no body) or was never sent. Idempotent requests without a body are also
+//! retried after a connection broke mid-request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::Outbound;
+use crate::balance::{Endpoint, PortBalancer};
+use crate::counting::{ByteCounts, Counting};
+use crate::detect::{self, Peeked, Protocol};
+use crate::http::{self as h, Body};
+use crate::metrics::{OpenGuard, PeerMetrics};
+use crate::upstream::{Alpn, UpstreamError};
+use ward_api::discovery::AppProtocol;
+
+/// Further attempts of one request or connection, each on another endpoint.
+pub const MAX_RETRIES: usize = 2;
+
+/// Why one attempt failed, and whether the request can go elsewhere.
+struct Failed {
+    error: UpstreamError,
+    /// The request back, unsent.
+    unsent: Option<Request<Body>>,
+    /// The application did not process it (safe to send again if the body
+    /// can be rebuilt).
+    unprocessed: bool,
+}
+
+/// What one request's attempts came to.
+enum Outcome {
+    Response(Response<Incoming>, Arc<Endpoint>),
+    NoEndpoints,
+    Failed(UpstreamError, Option<Arc<Endpoint>>),
+}
+
+impl Outbound {
+    pub(super) async fn service_connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        source: SocketAddr,
+        dest: SocketAddr,
+        balancer: Arc<PortBalancer>,
+        shutdown: CancellationToken,
+    ) {
+        // Nothing behind the Service has a sidecar: kube-proxy's path, as
+        // for any unmeshed destination.
+        if !balancer.has_meshed() && !balancer.endpoints().is_empty() {
+            return match self.unmeshed {
+                crate::config::UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
+                crate::config::UnmeshedEgress::Deny => {
+                    self.refuse(source, "unmeshed_egress_denied")
+                }
+            };
+        }
+        let _open = OpenGuard::new(&self.metrics, "outbound");
+        let protocol = if balancer.protocol == Some(AppProtocol::Opaque) {
+            Protocol::Opaque
+        } else {
+            match detect::peek(&tcp, self.limits.detect_timeout).await {
+                Ok(Peeked::Protocol(p)) => p,
+                Ok(Peeked::Silent) => Protocol::Opaque,
+                Ok(Peeked::Closed) | Err(_) => return,
+            }
+        };
+        // Endpoints without a sidecar get this connection's bytes in
+        // plaintext, and only they: chosen once per connection.
+        let first = balancer.pick(&[], false);
+        if let Some(endpoint) = &first
+            && endpoint.identity.is_none()
+        {
+            return match self.unmeshed {
+                crate::config::UnmeshedEgress::Allow => self.passthrough(tcp, endpoint.addr).await,
+                crate::config::UnmeshedEgress::Deny => {
+                    self.refuse(source, "unmeshed_egress_denied")
+                }
+            };
+        }
+        let peer = Arc::new(self.metrics.service_peer(
+            "outbound",
+            balancer.common_identity().as_ref(),
+            Some(&balancer.service),
+        ));
+        peer.connection_opened();
+        let counts = Arc::new(ByteCounts::default());
+        let io = Counting::new(tcp, counts.clone());
+        let idle_timeout = self.limits.idle_timeout;
+        let serve = async {
+            match protocol {
+                Protocol::Http1 | Protocol::Http2 => {
+                    let (this, peer, balancer) = (self.clone(), peer.clone(), balancer.clone());
+                    let http2 = protocol == Protocol::Http2;
+                    h::serve_connection(io, http2, &self.limits, shutdown, "outbound", move |req| {
+                        let (this, balancer, peer) = (this.clone(), balancer.clone(), peer.clone());
+                        async move { this.service_request(&balancer, &peer, req).await }
+                    })
+                    .await
+                }
+                Protocol::Opaque | Protocol::Tls => {
+                    self.service_tunnel(io, &balancer, first).await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = serve => {}
+            _ = counts.idle_for(idle_timeout) => {
+                debug!(service = %balancer.service, "closing an idle outbound connection");
+            }
+        }
+        let (received, sent) = counts.totals();
+        peer.connection_closed(received, sent);
+    }
+
+    /// Opaque TCP: one endpoint per connection; a connect or handshake
+    /// failure (before any byte was relayed) moves on to another.
+    async fn service_tunnel(
+        &self,
+        mut tcp: Counting<TcpStream>,
+        balancer: &PortBalancer,
+        first: Option<Arc<Endpoint>>,
+    ) {
+        let started = Instant::now();
+        let mut tried = Vec::new();
+        let mut next = first;
+        for attempt in 0..=MAX_RETRIES {
+            let Some(endpoint) = next.take().or_else(|| balancer.pick(&tried, true)) else {
+                break;
+            };
+            tried.push(endpoint.addr);
+            let Some(expected) = &endpoint.identity else {
+                continue;
+            };
+            if attempt > 0 {
+                self.count_retry(balancer, "connect");
+            }
+            let in_flight = endpoint.start();
+            match self
+                .upstream
+                .connect_tls(endpoint.addr, expected, Alpn::Tcp)
+                .await
+            {
+                Ok(mut tls) => {
+                    in_flight.succeeded();
+                    let (sent, received) = tokio::io::copy_bidirectional(&mut tcp, &mut tls)
+                        .await
+                        .unwrap_or_default();
+                    info!(target: "ward::access", direction = "outbound", protocol = "tcp", service = &*balancer.service, endpoint = %endpoint.addr, peer = expected.as_str(), bytes_sent = sent, bytes_received = received, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+                    return;
+                }
+                Err(err) => {
+                    info!(target: "ward::access", direction = "outbound", protocol = "tcp", service = &*balancer.service, endpoint = %endpoint.addr, peer = expected.as_str(), error = %err, "upstream failed");
+                    self.endpoint_failed(balancer, &endpoint);
+                }
+            }
+        }
+        self.metrics
+            .refused
+            .with_label_values(&["outbound", "no_endpoints"])
+            .inc();
+        info!(target: "ward::access", direction = "outbound", protocol = "tcp", service = &*balancer.service, decision = "refused", reason = "no_endpoints", "connection closed");
+    }
+
+    async fn service_request(
+        &self,
+        balancer: &PortBalancer,
+        connection_peer: &PeerMetrics,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+        let outcome = match balancer.timeout {
+            Some(limit) => tokio::time::timeout(limit, self.service_attempts(balancer, req))
+                .await
+                .unwrap_or_else(|_| Outcome::Failed(UpstreamError::ConnectTimeout, None)),
+            None => self.service_attempts(balancer, req).await,
+        };
+        let (response, endpoint, error) = match outcome {
+            Outcome::Response(mut resp, endpoint) => {
+                h::strip_hop_by_hop(resp.headers_mut());
+                (resp.map(|b| b.boxed()), Some(endpoint), None)
+            }
+            Outcome::NoEndpoints => (
+                h::local_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no-endpoints",
+                    "no endpoints available\n",
+                ),
+                None,
+                Some("no usable endpoint".to_owned()),
+            ),
+            Outcome::Failed(UpstreamError::ConnectTimeout, None) if balancer.timeout.is_some() => (
+                h::local_response(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    "request timed out\n",
+                ),
+                None,
+                Some("request timeout".to_owned()),
+            ),
+            Outcome::Failed(err, endpoint) => (
+                h::local_response(err.status(), err.reason(), "upstream unavailable\n"),
+                endpoint,
+                Some(err.to_string()),
+            ),
+        };
+        let peer = endpoint
+            .as_ref()
+            .map(|e| self.endpoint_metrics(balancer, e));
+        let peer_metrics = peer.as_deref().unwrap_or(connection_peer);
+        let status = response.status();
+        let elapsed = peer_metrics.exchange(status, started);
+        let endpoint_addr = endpoint
+            .as_ref()
+            .map(|e| e.addr.to_string())
+            .unwrap_or_default();
+        let peer_id = endpoint
+            .as_ref()
+            .and_then(|e| e.identity.as_ref())
+            .map(|id| id.as_str())
+            .unwrap_or("");
+        match error {
+            None => {
+                info!(target: "ward::access", direction = "outbound", service = &*balancer.service, endpoint = endpoint_addr, peer = peer_id, %method, path, status = status.as_u16(), duration_us = elapsed.as_micros() as u64, "request")
+            }
+            Some(error) => {
+                info!(target: "ward::access", direction = "outbound", service = &*balancer.service, endpoint = endpoint_addr, peer = peer_id, %method, path, status = status.as_u16(), duration_us = elapsed.as_micros() as u64, error, "request")
+            }
+        }
+        response
+    }
+
+    /// The per-endpoint request metrics (its peer identity, the Service).
+    fn endpoint_metrics(&self, balancer: &PortBalancer, endpoint: &Endpoint) -> Arc<PeerMetrics> {
+        endpoint
+            .metrics
+            .get_or_init(|| {
+                Arc::new(self.metrics.service_peer(
+                    "outbound",
+                    endpoint.identity.as_ref(),
+                    Some(&balancer.service),
+                ))
+            })
+            .clone()
+    }
+
+    /// Sends the request to one endpoint after another until one answers
+    /// or retrying is no longer safe.
+    async fn service_attempts(&self, balancer: &PortBalancer, req: Request<Incoming>) -> Outcome {
+        if h::is_tunnel(req.method(), req.headers()) {
+            return self.service_tunnel_request(balancer, req).await;
+        }
+        let (mut parts, body) = req.into_parts();
+        let spoke_http1 = parts.version != Version::HTTP_2;
+        h::strip_hop_by_hop(&mut parts.headers);
+        let authority = match h::requested_authority(
+            &parts,
+            SocketAddr::from(([0, 0, 0, 0], balancer.port)),
+            &Default::default(),
+        ) {
+            Ok(authority) => authority,
+            Err(_) => return Outcome::Failed(UpstreamError::InvalidRequest, None),
+        };
+        parts.uri = h::absolute_uri(std::mem::take(&mut parts.uri), authority);
+        parts.version = Version::HTTP_2;
+        parts.headers.remove(header::HOST);
+        if spoke_http1 {
+            parts
+                .headers
+                .insert(h::PROTO_HEADER, HeaderValue::from_static("h1"));
+        }
+        // A request without a body can be rebuilt for another endpoint.
+        let replay = body.is_end_stream().then(|| parts.clone());
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let mut req = Some(Request::from_parts(parts, body.boxed()));
+        let mut tried = Vec::new();
+        let mut last: Option<(UpstreamError, Arc<Endpoint>)> = None;
+        for attempt in 0..=MAX_RETRIES {
+            let Some(endpoint) = balancer.pick(&tried, true) else {
+                break;
+            };
+            let Some(request) = req
+                .take()
+                .or_else(|| replay.clone().map(|p| Request::from_parts(p, h::empty())))
+            else {
+                break;
+            };
+            tried.push(endpoint.addr);
+            if attempt > 0 {
+                self.count_retry(balancer, "unprocessed");
+            }
+            let in_flight = endpoint.start();
+            match self.send_to_endpoint(&endpoint, request).await {
+                Ok(resp) if is_app_unavailable(&resp) && replay.is_some() => {
+                    // The peer sidecar could not reach its application:
+                    // nothing was processed, another replica may serve it.
+                    self.endpoint_failed(balancer, &endpoint);
+                    drop(in_flight);
+                    last = Some((UpstreamError::AppUnavailable, endpoint));
+                    if attempt == MAX_RETRIES || balancer.pick(&tried, true).is_none() {
+                        return Outcome::Response(resp, last.expect("set").1);
+                    }
+                }
+                Ok(resp) => {
+                    in_flight.succeeded();
+                    return Outcome::Response(resp, endpoint);
+                }
+                Err(failed) => {
+                    self.endpoint_failed(balancer, &endpoint);
+                    let retry = failed.unsent.is_some()
+                        || (replay.is_some() && (failed.unprocessed || idempotent));
+                    req = failed.unsent;
+                    last = Some((failed.error, endpoint));
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        match last {
+            Some((error, endpoint)) => Outcome::Failed(error, Some(endpoint)),
+            None => Outcome::NoEndpoints,
+        }
+    }
+
+    async fn send_to_endpoint(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let expected = endpoint.identity.as_ref().expect("meshed endpoints only");
+        let mut sender = match self
+            .upstream
+            .pooled_http2(&endpoint.pool, endpoint.addr, expected)
+            .await
+        {
+            Ok(sender) => sender,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    unsent: Some(req),
+                    unprocessed: true,
+                });
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(resp),
+            Err(mut err) => {
+                let unsent = err.take_message();
+                let error = err.into_error();
+                Err(Failed {
+                    unprocessed: unsent.is_some() || not_processed(&error),
+                    unsent,
+                    error: UpstreamError::Http(error),
+                })
+            }
+        }
+    }
+
+    /// WebSocket and CONNECT to a Service: one endpoint, its own HTTP/1.1
+    /// connection, then the upgraded streams are spliced.
+    async fn service_tunnel_request(
+        &self,
+        balancer: &PortBalancer,
+        mut req: Request<Incoming>,
+    ) -> Outcome {
+        let Some(endpoint) = balancer.pick(&[], true) else {
+            return Outcome::NoEndpoints;
+        };
+        let expected = endpoint.identity.clone().expect("meshed endpoints only");
+        let method = req.method().clone();
+        let downstream = hyper::upgrade::on(&mut req);
+        let (mut parts, body) = req.into_parts();
+        if parts.method != Method::CONNECT
+            && let Some(pq) = parts.uri.path_and_query()
+        {
+            parts.uri = http::Uri::from(pq.clone());
+        }
+        parts.version = Version::HTTP_11;
+        let mut sender = match self.upstream.http1(endpoint.addr, &expected).await {
+            Ok(sender) => sender,
+            Err(err) => {
+                self.endpoint_failed(balancer, &endpoint);
+                return Outcome::Failed(err, Some(endpoint));
+            }
+        };
+        match sender
+            .send_request(Request::from_parts(parts, body.boxed()))
+            .await
+        {
+            Ok(mut resp) => {
+                if h::is_upgrade_response(&method, &resp) {
+                    let upstream = hyper::upgrade::on(&mut resp);
+                    self.tracker
+                        .spawn(crate::tunnel::splice(downstream, upstream));
+                }
+                Outcome::Response(resp, endpoint)
+            }
+            Err(err) => Outcome::Failed(UpstreamError::Http(err), Some(endpoint)),
+        }
+    }
+
+    fn count_retry(&self, balancer: &PortBalancer, reason: &str) {
+        let service = self.metrics.service_label(&balancer.service);
+        self.metrics
+            .retries
+            .with_label_values(&[&service, reason])
+            .inc();
+    }
+
+    /// Counts a failure; an endpoint that fails repeatedly is ejected and
+    /// probed (TCP and mTLS handshake) with backoff until it answers.
+    fn endpoint_failed(&self, balancer: &PortBalancer, endpoint: &Arc<Endpoint>) {
+        if !endpoint.failed() {
+            return;
+        }
+        let service = self.metrics.service_label(&balancer.service);
+        self.metrics.ejections.with_label_values(&[&service]).inc();
+        info!(service = &*balancer.service, endpoint = %endpoint.addr, "endpoint ejected after repeated failures");
+        let weak = Arc::downgrade(endpoint);
+        let upstream = self.upstream.clone();
+        let service = balancer.service.clone();
+        tokio::spawn(async move {
+            loop {
+                let delay = match weak.upgrade() {
+                    Some(endpoint) => endpoint.probe_delay(),
+                    None => return,
+                };
+                tokio::time::sleep(delay).await;
+                // Gone from the Service meanwhile: nothing to probe.
+                let Some(endpoint) = weak.upgrade() else {
+                    return;
+                };
+                let ok = match &endpoint.identity {
+                    Some(id) => upstream
+                        .connect_tls(endpoint.addr, id, Alpn::H2)
+                        .await
+                        .is_ok(),
+                    None => TcpStream::connect(endpoint.addr).await.is_ok(),
+                };
+                endpoint.probed(ok);
+                if ok {
+                    info!(service = &*service, endpoint = %endpoint.addr, "endpoint re-admitted after a successful probe");
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// The peer sidecar's answer when its application refused the connection.
+fn is_app_unavailable(resp: &Response<Incoming>) -> bool {
+    resp.status() == StatusCode::SERVICE_UNAVAILABLE
+        && resp
+            .headers()
+            .get(h::ERROR_HEADER)
+            .is_some_and(|v| v == "application unavailable")
+}
+
+/// HTTP/2 told us the stream was never processed: REFUSED_STREAM, or a
+/// GOAWAY that did not include it.
+fn not_processed(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away();
+        }
+        source = err.source();
+    }
+    false
+}
