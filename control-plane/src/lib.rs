@@ -12,5 +12,6 @@ pub mod discovery;
 pub mod metrics;
 pub mod policy_store;
 pub mod server;
+pub mod services;
 mod serving;
 pub mod webhook;

@@ -61,8 +61,9 @@ pub struct Config {
     pub k8s: Option<K8sTokenConfig>,
     /// DNS names the serving certificate carries besides `localhost`.
     pub serving_dns_names: Vec<String>,
-    /// Directory of AuthorizationPolicy / PeerAuthentication YAML files,
-    /// watched for changes. `None`: no policies.
+    /// Directory of AuthorizationPolicy / PeerAuthentication YAML files
+    /// (and Kubernetes Service / EndpointSlice documents), watched for
+    /// changes. `None`: no policies.
     pub policy_dir: Option<PathBuf>,
     /// Policies in this namespace apply mesh-wide.
     pub root_namespace: String,
@@ -178,10 +179,11 @@ impl ControlPlane {
             metrics.clone(),
             !config.kubernetes_sources,
         ));
+        let endpoints = Arc::new(Endpoints::new(&config.static_endpoints)?);
         let dir_source = config
             .policy_dir
             .clone()
-            .map(|dir| DirSource::open(dir, &policies))
+            .map(|dir| DirSource::open(dir, &policies, endpoints.clone()))
             .transpose()?;
         let eval_options = ward_policy::EvalOptions {
             root_namespace: config.root_namespace.clone(),
@@ -198,7 +200,6 @@ impl ControlPlane {
             roots_pem: bundle_pem.clone(),
         };
         let bundle = wire::Resource::new(trust_domain.clone(), &bundle);
-        let endpoints = Arc::new(Endpoints::new(&config.static_endpoints)?);
         let sidecars = Arc::new(Sidecars::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
@@ -586,9 +587,7 @@ async fn register(
             );
         }
     };
-    let guard = state
-        .endpoints
-        .register(peer_addr.ip(), id, registration);
+    let guard = state.endpoints.register(peer_addr.ip(), id, registration);
     info!(spiffe_id = %id, address = %peer_addr.ip(), "workload address registered");
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let answer = wire::encode_line(&Registered {

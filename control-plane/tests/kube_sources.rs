@@ -21,7 +21,9 @@ use support::control_plane::{
 use tokio::sync::mpsc;
 use ward_api::client::ControlPlaneClient;
 use ward_api::client::discovery::{DiscoveryClient, DiscoveryConfig, DiscoveryHandler};
-use ward_api::discovery::{EndpointBody, Node, PolicyBody, Resource, ResourceType, Update};
+use ward_api::discovery::{
+    AppProtocol, EndpointBody, Node, PolicyBody, Resource, ResourceType, ServiceBody, Update,
+};
 use ward_control_plane::attest::Credential;
 use ward_control_plane::k8s::ApiClient;
 use ward_control_plane::server::ControlPlane;
@@ -32,8 +34,9 @@ const TD: &str = "cluster.local";
 const MESH_SELECTOR: &str = "labelSelector=security.ward.io%2FtlsMode%3Dward";
 
 /// The cluster the fake API server serves: objects by resource (`pods`,
-/// `authorizationpolicies`, `peerauthentications`), open watches, and
-/// resources whose list fails (a CRD not installed yet).
+/// `authorizationpolicies`, `peerauthentications`, `services`,
+/// `endpointslices`), open watches, and resources whose list fails (a CRD
+/// not installed yet).
 #[derive(Default)]
 struct Cluster {
     resource_version: u64,
@@ -44,8 +47,17 @@ struct Cluster {
 
 type Shared = Arc<Mutex<Cluster>>;
 
-const RESOURCES: [(&str, &str, &str); 3] = [
+/// Built-in kinds: their list items come without `apiVersion` and `kind`.
+const BUILT_IN: [&str; 3] = ["pods", "services", "endpointslices"];
+
+const RESOURCES: [(&str, &str, &str); 5] = [
     ("pods", "/api/v1/pods", "v1"),
+    ("services", "/api/v1/services", "v1"),
+    (
+        "endpointslices",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "discovery.k8s.io/v1",
+    ),
     (
         "authorizationpolicies",
         "/apis/security.ward.io/v1/authorizationpolicies",
@@ -148,8 +160,24 @@ impl Cluster {
             self.watches.entry(resource).or_default().push(tx);
             return Reply::Stream(rx);
         }
+        if *resource == "endpointslices"
+            && !req
+                .path_and_query
+                .contains("labelSelector=kubernetes.io%2Fservice-name")
+        {
+            return Reply::Json(
+                StatusCode::BAD_REQUEST,
+                status_failure(
+                    400,
+                    "BadRequest",
+                    "the test expects the service-name label selector",
+                ),
+            );
+        }
         let kind = match *resource {
             "pods" => "PodList",
+            "services" => "ServiceList",
+            "endpointslices" => "EndpointSliceList",
             "authorizationpolicies" => "AuthorizationPolicyList",
             _ => "PeerAuthenticationList",
         };
@@ -158,7 +186,7 @@ impl Cluster {
         let items = items
             .into_iter()
             .map(|mut o| {
-                if *resource == "pods" {
+                if BUILT_IN.contains(resource) {
                     let map = o.as_object_mut().unwrap();
                     map.remove("apiVersion");
                     map.remove("kind");
@@ -361,6 +389,10 @@ struct View {
     endpoints: BTreeMap<String, String>,
     /// Subscribed addresses the control plane said are not meshed.
     absent: BTreeSet<String>,
+    /// Subscribed Service addresses → the Service.
+    services: BTreeMap<String, ServiceBody>,
+    /// Subscribed addresses the control plane said are no Service.
+    no_service: BTreeSet<String>,
 }
 
 impl View {
@@ -400,6 +432,16 @@ impl DiscoveryHandler for Collector {
                     view.absent.insert(name.clone());
                 }
             }
+            ResourceType::Service => {
+                for r in &update.resources {
+                    view.services.insert(r.name.clone(), r.decode()?);
+                    view.no_service.remove(&r.name);
+                }
+                for name in &update.removed {
+                    view.services.remove(name);
+                    view.no_service.insert(name.clone());
+                }
+            }
             _ => {}
         }
         let _ = self.tx.send(view.clone());
@@ -415,6 +457,11 @@ struct Watch {
 /// Opens the discovery stream over mTLS as the sidecar of pod `shop/<pod>`
 /// does, subscribed to `addresses` (as if its app had connected to them).
 async fn open_watch(h: &Harness, pod: &str, addresses: &[&str]) -> Watch {
+    open_watch_with(h, pod, addresses, &[]).await
+}
+
+/// [`open_watch`], subscribed to the Service addresses `services` too.
+async fn open_watch_with(h: &Harness, pod: &str, addresses: &[&str], services: &[&str]) -> Watch {
     let client =
         ControlPlaneClient::from_bundle_pem(h.cp.api_addr().to_string(), TD, h.cp.bundle_pem())
             .unwrap();
@@ -427,12 +474,19 @@ async fn open_watch(h: &Harness, pod: &str, addresses: &[&str]) -> Watch {
             labels: BTreeMap::from([("app".to_owned(), "not-web".to_owned())]),
             proxy_version: "test".into(),
         },
-        resource_types: vec![ResourceType::Policy, ResourceType::Endpoint],
+        resource_types: vec![
+            ResourceType::Policy,
+            ResourceType::Endpoint,
+            ResourceType::Service,
+        ],
         max_subscriptions: 100,
         extra_hello: BTreeMap::new(),
     });
     for address in addresses {
         discovery.subscribe(ResourceType::Endpoint, address);
+    }
+    for address in services {
+        discovery.subscribe(ResourceType::Service, address);
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let handler = Arc::new(Collector {
@@ -794,5 +848,271 @@ async fn a_service_account_token_must_name_a_meshed_pod_the_cluster_has() {
         1.0
     );
     assert_calls_allowed_by_rbac(&h.api.requests());
+    h.cp.shutdown().await;
+}
+
+/// A Service as the API server returns it: `clusterIPs` with their
+/// families, `type: ClusterIP`, the defaults it fills in.
+fn k8s_service(name: &str, cluster_ips: &[&str], ports: Value, annotations: Value) -> Value {
+    let families: Vec<&str> = cluster_ips
+        .iter()
+        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-svc-{name}"),
+            "creationTimestamp": "2026-01-05T10:00:00Z", "annotations": annotations},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ips[0], "clusterIPs": cluster_ips,
+            "ipFamilies": families,
+            "ipFamilyPolicy": if cluster_ips.len() > 1 { "PreferDualStack" } else { "SingleStack" },
+            "selector": {"app": name},
+            "ports": ports,
+            "sessionAffinity": "None",
+            "internalTrafficPolicy": "Cluster",
+        },
+        "status": {"loadBalancer": {}}
+    })
+}
+
+/// An EndpointSlice as the EndpointSlice controller writes it.
+fn endpoint_slice(
+    name: &str,
+    service: &str,
+    address_type: &str,
+    ports: Value,
+    endpoints: Vec<Value>,
+) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+            "generateName": format!("{service}-"),
+            "creationTimestamp": "2026-01-05T10:00:01Z",
+            "labels": {"kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": service,
+                "uid": format!("uid-svc-{service}"), "controller": true, "blockOwnerDeletion": true}]},
+        "addressType": address_type,
+        "endpoints": endpoints,
+        "ports": ports,
+    })
+}
+
+/// One endpoint of a slice: the pod's address, its conditions (a pod
+/// shutting down is terminating, not ready, not serving).
+fn slice_endpoint(address: &str, pod: &str, ready: bool) -> Value {
+    json!({
+        "addresses": [address],
+        "conditions": {"ready": ready, "serving": ready, "terminating": !ready},
+        "nodeName": "node-1", "zone": "zone-a",
+        "targetRef": {"kind": "Pod", "namespace": "shop", "name": pod, "uid": format!("uid-{pod}")},
+    })
+}
+
+/// `shop/web`, dual-stack, with named target ports, appProtocols, a UDP
+/// port and a timeout.
+fn web_service() -> Value {
+    k8s_service(
+        "web",
+        &["10.96.0.10", "fd00:10:96::a"],
+        json!([
+            {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+            {"name": "grpc", "port": 9090, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+            {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
+        ]),
+        json!({"ward.io/timeout": "2s"}),
+    )
+}
+
+fn web_slice_ports() -> Value {
+    json!([
+        {"name": "http", "port": 8080, "protocol": "TCP", "appProtocol": "http"},
+        {"name": "grpc", "port": 9000, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+        {"name": "dns", "port": 53, "protocol": "UDP"},
+    ])
+}
+
+fn web_slice_v4(plain_ready: bool) -> Value {
+    endpoint_slice(
+        "web-7x2kq",
+        "web",
+        "IPv4",
+        web_slice_ports(),
+        vec![
+            slice_endpoint("198.18.0.10", "web-1", true),
+            slice_endpoint("198.18.0.11", "web-plain", plain_ready),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn services_and_endpoint_slices_flow_from_the_api_to_the_watch_stream() {
+    let mut cluster = Cluster::default();
+    cluster.apply("pods", pod("web-1", "198.18.0.10", "web", true));
+    cluster.apply("pods", pod("web-plain", "198.18.0.11", "web", false));
+    cluster.apply("services", web_service());
+    // Headless: nothing to publish.
+    let mut headless = k8s_service("db", &["None"], json!([{"port": 5432}]), json!({}));
+    headless["spec"]["ipFamilies"] = json!(["IPv4"]);
+    cluster.apply("services", headless);
+    cluster.apply("endpointslices", web_slice_v4(true));
+    cluster.apply(
+        "endpointslices",
+        endpoint_slice(
+            "web-9fz1m",
+            "web",
+            "IPv6",
+            web_slice_ports(),
+            vec![slice_endpoint("fd00::10", "web-1", true)],
+        ),
+    );
+    let h = Harness::start(cluster).await;
+    h.wait_ready().await;
+    let subscribed = ["10.96.0.10", "fd00:10:96::a", "10.96.0.99"];
+    let mut stream = open_watch_with(&h, "web-1", &[], &subscribed).await;
+
+    let first = update_where(&mut stream, |v| {
+        v.services.len() == 2 && v.no_service.contains("10.96.0.99")
+    })
+    .await;
+    let web = &first.services["10.96.0.10"];
+    assert_eq!(web.service, "shop/web");
+    assert_eq!(
+        web.ports.keys().copied().collect::<Vec<_>>(),
+        vec![80, 9090]
+    );
+    let http = &web.ports[&80];
+    assert_eq!(
+        (http.name.as_deref(), http.protocol, http.timeout_ms),
+        (Some("http"), Some(AppProtocol::Http1), Some(2000))
+    );
+    // Named target ports resolved from the slice; the meshed pod's
+    // identity filled in, the plain one's not (plaintext).
+    let endpoints: Vec<(&str, Option<&str>, Option<&str>, bool)> = http
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.address.as_str(),
+                e.spiffe_id.as_deref(),
+                e.workload.as_deref(),
+                e.ready,
+            )
+        })
+        .collect();
+    let web_id = web_id();
+    assert_eq!(
+        endpoints,
+        vec![
+            (
+                "198.18.0.10:8080",
+                Some(web_id.as_str()),
+                Some("shop/web-1"),
+                true
+            ),
+            ("198.18.0.11:8080", None, Some("shop/web-plain"), true),
+        ]
+    );
+    let grpc = &web.ports[&9090];
+    assert_eq!(grpc.protocol, Some(AppProtocol::Http2));
+    assert_eq!(
+        grpc.endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect::<Vec<_>>(),
+        vec!["198.18.0.10:9000", "198.18.0.11:9000"]
+    );
+    // The IPv6 address: the IPv6 slice's endpoints.
+    let v6 = &first.services["fd00:10:96::a"];
+    assert_eq!(v6.service, "shop/web");
+    assert_eq!(
+        v6.ports[&80]
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect::<Vec<_>>(),
+        vec!["[fd00::10]:8080"]
+    );
+
+    // The watchers asked for every Service, and the slices of Services.
+    let paths: Vec<String> = h
+        .api
+        .requests()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.starts_with("/api/v1/services?") && p.contains("watch=true"))
+    );
+    assert!(paths.iter().any(|p| {
+        p.starts_with("/apis/discovery.k8s.io/v1/endpointslices?") && p.contains("watch=true")
+    }));
+
+    // The plain pod is shutting down: MODIFIED slice.
+    h.cluster().apply("endpointslices", web_slice_v4(false));
+    let update = update_where(&mut stream, |v| {
+        v.services
+            .get("10.96.0.10")
+            .is_some_and(|w| !w.ports[&80].endpoints[1].ready)
+    })
+    .await;
+    let plain = &update.services["10.96.0.10"].ports[&80].endpoints[1];
+    assert_eq!(
+        (plain.ready, plain.serving, plain.terminating),
+        (false, false, true)
+    );
+    // The IPv6 address did not change.
+    assert_eq!(
+        update.services["fd00:10:96::a"],
+        first.services["fd00:10:96::a"]
+    );
+
+    // The Service is deleted: both addresses are gone.
+    h.cluster().delete("services", "shop", "web");
+    let update = update_where(&mut stream, |v| v.services.is_empty()).await;
+    assert!(
+        update.no_service.contains("10.96.0.10") && update.no_service.contains("fd00:10:96::a"),
+        "{update:?}"
+    );
+    assert_eq!(h.cp.endpoints().service_count(), 0);
+    assert_calls_allowed_by_rbac(&h.api.requests());
+    h.cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_is_distributed_until_the_endpoint_slices_are_listed() {
+    let mut cluster = Cluster::default();
+    cluster.apply("pods", pod("web-1", "198.18.0.10", "web", true));
+    cluster.apply("services", web_service());
+    cluster.apply("endpointslices", web_slice_v4(true));
+    // The list of EndpointSlices fails (as when RBAC does not allow it).
+    cluster.missing.push("endpointslices");
+    let h = Harness::start(cluster).await;
+    let mut stream = open_watch_with(&h, "web-1", &[], &["10.96.0.10"]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, body) = h.admin("/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        stream.rx.try_recv().is_err(),
+        "nothing may be pushed before sync"
+    );
+    assert_eq!(h.cp.endpoints().service_count(), 0);
+    let metrics = h.admin("/metrics").await.1;
+    assert!(
+        metric_value(
+            &metrics,
+            "ward_cp_kubernetes_watch_errors_total{resource=\"endpointslices\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+
+    // The list works: the Service arrives whole, endpoints included.
+    h.cluster().missing.clear();
+    let first = update_where(&mut stream, |v| v.services.contains_key("10.96.0.10")).await;
+    assert_eq!(first.services["10.96.0.10"].ports[&80].endpoints.len(), 2);
+    h.wait_ready().await;
     h.cp.shutdown().await;
 }

@@ -1,24 +1,28 @@
 //! The Kubernetes source: the only code here that talks to the API server.
 //!
-//! Three kube-runtime watchers, each relisting by itself after a dropped
+//! Five kube-runtime watchers, each relisting by itself after a dropped
 //! watch or a 410 Gone (with backoff while the API server is away):
 //! - meshed Pods (label `security.ward.io/tlsMode=ward`) → the endpoint
 //!   table → the endpoints of every watch stream;
 //! - `AuthorizationPolicy` and `PeerAuthentication` (`security.ward.io/v1`)
 //!   → the [`PolicyCatalog`] → the policy store, the same store and the
-//!   same streams as the directory source.
+//!   same streams as the directory source;
+//! - Services and EndpointSlices (those labelled
+//!   `kubernetes.io/service-name`) → the [`ServiceCatalog`] → the Service
+//!   addresses of the address registry.
 //!
-//! Nothing is distributed until all three initial lists are in (the store
+//! Nothing is distributed until all five initial lists are in (the store
 //! is marked synced only then), so a control plane that has not read the
 //! cluster's policies never hands out an empty, allow-everything set. Each
 //! policy resource gets an `Accepted` condition in its `status`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::stream::{self, Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -36,6 +40,7 @@ use crate::discovery::Endpoints;
 use crate::inject::{MESH_LABEL, MESH_LABEL_VALUE};
 use crate::metrics::Metrics;
 use crate::policy_store::{PolicySource, PolicyStore};
+use crate::services::{SERVICE_NAME_LABEL, ServiceCatalog, ServiceChanges};
 use ward_policy::PolicySet;
 
 /// Field manager of the status patches.
@@ -64,34 +69,45 @@ impl PolicySource for KubernetesSource {
         tokio::select! {
             _ = watch_pods(&client, pods, trust_domain, &endpoints, &metrics, &gate) => {}
             _ = watch_policies(&client, &metrics, &store, &gate) => {}
+            _ = watch_services(&client, &endpoints, &metrics, &gate) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     }
 }
 
-/// Marks the store synced once both the pods and the policies have listed.
+/// What the store waits for before it is synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Listed {
+    Pods,
+    Policies,
+    /// Services and EndpointSlices, both.
+    Services,
+}
+
+/// Marks the store synced once the pods, the policies and the Services
+/// have listed.
 struct SyncGate {
     store: Arc<PolicyStore>,
-    pending: Mutex<(bool, bool)>,
+    pending: Mutex<BTreeSet<Listed>>,
 }
 
 impl SyncGate {
     fn new(store: Arc<PolicyStore>) -> Self {
         SyncGate {
             store,
-            pending: Mutex::new((true, true)),
+            pending: Mutex::new(BTreeSet::from([
+                Listed::Pods,
+                Listed::Policies,
+                Listed::Services,
+            ])),
         }
     }
 
-    fn done(&self, pods: bool) {
+    fn done(&self, listed: Listed) {
         let mut pending = self.pending.lock().expect("not poisoned");
-        if pods {
-            pending.0 = false;
-        } else {
-            pending.1 = false;
-        }
-        if !pending.0 && !pending.1 && !self.store.is_synced() {
-            info!("Kubernetes sources synced: distributing policies and endpoints");
+        pending.remove(&listed);
+        if pending.is_empty() && !self.store.is_synced() {
+            info!("Kubernetes sources synced: distributing policies, endpoints and Services");
             self.store.mark_synced();
         }
     }
@@ -145,7 +161,7 @@ async fn watch_pods(
         }
         if relisted {
             info!(endpoints = table.len(), "meshed pods listed");
-            gate.done(true);
+            gate.done(Listed::Pods);
         }
     }
 }
@@ -163,6 +179,87 @@ async fn next_batch<S: Stream + Unpin>(events: &mut S) -> Option<Vec<S::Item>> {
         }
     }
     Some(batch)
+}
+
+/// An event of either watcher of [`watch_services`] (boxed: a Service
+/// is large).
+enum ServiceEvent {
+    Service(Box<Result<watcher::Event<Service>, watcher::Error>>),
+    Slice(Box<Result<watcher::Event<EndpointSlice>, watcher::Error>>),
+}
+
+/// Services and EndpointSlices into one [`ServiceCatalog`], on one task.
+/// Nothing is published before both have listed (then the whole catalog at
+/// once); after that, each batch of events publishes the Service addresses
+/// it changed, and only their subscribers hear of it.
+async fn watch_services(
+    client: &kube::Client,
+    endpoints: &Endpoints,
+    metrics: &Metrics,
+    gate: &SyncGate,
+) {
+    let services = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(|event| ServiceEvent::Service(Box::new(event)))
+    .boxed();
+    // Slices that belong to no Service are of no use: not even listed.
+    let slices = watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        watcher::Config::default().labels(SERVICE_NAME_LABEL),
+    )
+    .default_backoff()
+    .map(|event| ServiceEvent::Slice(Box::new(event)))
+    .boxed();
+    let mut events = stream::select(services, slices);
+    let mut catalog = ServiceCatalog::default();
+    let mut service_adapter = WatcherAdapter::default();
+    let mut slice_adapter = WatcherAdapter::default();
+    let (mut services_listed, mut slices_listed, mut published) = (false, false, false);
+    while let Some(batch) = next_batch(&mut events).await {
+        let mut changes = ServiceChanges::new();
+        for event in batch {
+            match event {
+                ServiceEvent::Service(event) => match *event {
+                    Err(err) => watch_failed(metrics, "services", &err),
+                    Ok(event) => {
+                        if let Some(event) = service_adapter.push(event.into()) {
+                            services_listed |= matches!(event, WatchEvent::Restarted(_));
+                            changes.extend(catalog.apply_service(event));
+                        }
+                    }
+                },
+                ServiceEvent::Slice(event) => match *event {
+                    Err(err) => watch_failed(metrics, "endpointslices", &err),
+                    Ok(event) => {
+                        if let Some(event) = slice_adapter.push(event.into()) {
+                            slices_listed |= matches!(event, WatchEvent::Restarted(_));
+                            changes.extend(catalog.apply_slice(event));
+                        }
+                    }
+                },
+            }
+        }
+        if !(services_listed && slices_listed) {
+            continue;
+        }
+        if !published {
+            published = true;
+            let snapshot = catalog.snapshot();
+            info!(
+                services = catalog.service_count(),
+                addresses = snapshot.len(),
+                "Services and EndpointSlices listed"
+            );
+            endpoints.replace_services(snapshot);
+            gate.done(Listed::Services);
+        } else if !changes.is_empty() {
+            debug!(addresses = changes.len(), "Service addresses changed");
+            endpoints.apply_services(changes);
+        }
+    }
 }
 
 /// One watched policy kind.
@@ -230,7 +327,7 @@ async fn watch_policies(
         if dirty && kinds.iter().all(|k| k.listed) {
             dirty = false;
             publish(&kinds, store);
-            gate.done(false);
+            gate.done(Listed::Policies);
         }
         // Statuses after the policies are out: a slow API server delays
         // the reports, not the enforcement.
