@@ -5,12 +5,14 @@
 //! accept connections (logs go to stderr), and exit 0 after draining on
 //! SIGTERM/SIGINT. Clients exit 0 when every check passed, 1 when a check
 //! failed or an error occurred, 3 on `--timeout-ms` (2 is clap's usage
-//! error).
+//! error). `load` is the exception: it prints a JSON summary and exits 0
+//! whatever the requests' outcome (see `load.rs`).
 #![forbid(unsafe_code)]
 
 mod clients;
 mod grpc;
 mod http_server;
+mod load;
 mod tcp;
 mod util;
 
@@ -135,6 +137,39 @@ enum Command {
         #[arg(long)]
         expect_banner: Option<String>,
     },
+    /// N idempotent GETs over C keep-alive connections (or h2c streams); prints a JSON summary, exits 0.
+    Load {
+        /// Address to connect to (host:port; names resolve through /etc/hosts, DNS).
+        #[arg(long)]
+        connect: String,
+        /// Host header / :authority (default: the --connect address).
+        #[arg(long)]
+        authority: Option<String>,
+        /// Total number of requests.
+        #[arg(long)]
+        requests: u64,
+        /// Requests in flight at once: HTTP/1.1 connections, or HTTP/2 streams.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// With --http2: connections the streams are spread over.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Open a new connection after this many requests on one (0: never).
+        #[arg(long, default_value_t = 0)]
+        requests_per_connection: u64,
+        /// Request path.
+        #[arg(long, default_value = "/echo")]
+        path: String,
+        /// h2c with prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
+        /// Per request (connect included): past it the request is an error.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Each worker starts a request at most every N ms (0: back to back).
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+    },
     /// Streams N generated pattern bytes as a POST body; prints the server's JSON.
     Upload {
         #[command(flatten)]
@@ -197,6 +232,41 @@ async fn run(command: Command) -> ExitCode {
                 "banner",
                 tcp::run_banner(&s.listen, banner, drain(&s)).await,
             );
+        }
+        Command::Load {
+            connect,
+            authority,
+            requests,
+            concurrency,
+            connections,
+            requests_per_connection,
+            path,
+            http2,
+            timeout_ms,
+            interval_ms,
+        } => {
+            let opts = load::LoadOpts {
+                connect,
+                authority,
+                requests,
+                concurrency,
+                connections,
+                requests_per_connection,
+                path,
+                http2,
+                timeout: Duration::from_millis(timeout_ms),
+                interval: (interval_ms > 0).then(|| Duration::from_millis(interval_ms)),
+            };
+            return match load::run(opts).await {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ward-testapp load: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::GrpcClient {
             client,

@@ -13,7 +13,14 @@
 //!
 //! Layout: the bridge namespace holds `br0` at 198.18.0.1/16 and
 //! `ward-control-plane` on 198.18.0.1:15012 (admin :15014); pods get
-//! 198.18.0.2, .3, … in order. Each sidecar is started with an
+//! 198.18.0.2, .3, … in order, and route Service cluster IPs
+//! (`netns::SERVICE_CIDR`, 198.19.0.0/16) via 198.18.0.1: with a
+//! `kube_proxy::KubeProxy` on [`Mesh::network`], the bridge namespace is the
+//! node that translates them (`support/kube_proxy.rs`). The route is in
+//! place before `ward-proxy init`, which leaves routes alone: a meshed
+//! client's connection to a cluster IP is redirected to its sidecar first.
+//!
+//! Each sidecar is started with an
 //! `--endpoint IP=SPIFFE_ID` for every sidecar pod known when it starts,
 //! because the proxy reads its endpoint table only at start: either declare
 //! the pods up front ([`Mesh::planned`], which also fixes their addresses in
