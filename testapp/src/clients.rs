@@ -393,6 +393,7 @@ pub async fn tcp(
 /// `banner-client`: reads the banner before saying anything, then
 /// `HELO x` / `QUIT`. Prints the transcript (`S: ` / `C: ` lines).
 pub async fn banner(addr: &str, expect_banner: Option<&str>, stage: &Stage) -> Result<bool> {
+    let started = std::time::Instant::now();
     let stream = connect(addr, stage).await?;
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
@@ -411,6 +412,8 @@ pub async fn banner(addr: &str, expect_banner: Option<&str>, stage: &Stage) -> R
 
     stage.set("banner (server speaks first)");
     let banner = read_reply(&mut reader).await?;
+    // From connect() to the banner: what a server-first protocol waits.
+    println!("T: banner after {} ms", started.elapsed().as_millis());
     if let Some(expected) = expect_banner {
         ok &= banner == expected;
     }

@@ -64,9 +64,13 @@ pub fn prerequisites() -> bool {
         && ward_testkit::require_tool("curl")
 }
 
-/// `spiffe://cluster.local/ns/default/sa/<sa>`.
+/// `spiffe://cluster.local/ns/default/sa/<sa>`, or for `<ns>/<sa>`
+/// `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
 pub fn spiffe_id(sa: &str) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}")
+    match sa.split_once('/') {
+        Some((ns, sa)) => format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}"),
+        None => format!("spiffe://{TRUST_DOMAIN}/ns/default/sa/{sa}"),
+    }
 }
 
 #[path = "bins.rs"]
