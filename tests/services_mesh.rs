@@ -397,7 +397,25 @@ fn replicas_that_die_turn_unready_or_scale_away_lose_no_request() {
     );
     assert!(metric_sum(&metrics, "ward_outbound_retries_total", &service) >= 1.0);
     let after = load(&cart.client, &target, 300, &[]);
-    assert_eq!(after["ok"], 300, "{after}");
+    let log = cart.client.proxy_log();
+    let unusual: Vec<&str> = log.lines().filter(|l| !l.contains("status=200")).collect();
+    let m = cart.mesh.metrics(&cart.client);
+    let m: Vec<&str> = m
+        .lines()
+        .filter(|l| {
+            l.contains("refused")
+                || l.contains("opened")
+                || l.contains("retries")
+                || l.contains("ejections")
+        })
+        .collect();
+    assert_eq!(
+        after["ok"],
+        300,
+        "{after}\n{}\n{}",
+        unusual[unusual.len().saturating_sub(30)..].join("\n"),
+        m.join("\n")
+    );
     assert!(!names(&after).contains_key("cart-2"), "{after}");
 
     // Kubernetes removes the dead pod; cart-3 turns not ready: it gets no

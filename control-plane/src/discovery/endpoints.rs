@@ -59,6 +59,10 @@ struct Inner {
     kubernetes: HashMap<IpAddr, EndpointBody>,
     /// Address → (body, registration generation).
     registered: HashMap<IpAddr, (EndpointBody, u64)>,
+    /// Addresses whose registration ended, with when: a sidecar that died
+    /// still owns its address, so clients keep demanding its identity
+    /// (and fail over) instead of sending it plaintext.
+    departed: HashMap<IpAddr, (EndpointBody, std::time::Instant)>,
     /// Service address → its Service, endpoint identities not filled in.
     services: HashMap<IpAddr, ServiceBody>,
     /// Endpoint IP → the Service addresses it backs.
@@ -67,6 +71,12 @@ struct Inner {
     service_subscribers: Subscribers,
     next_generation: u64,
 }
+
+/// How long the address of a sidecar whose registration ended stays its
+/// own (a restart re-registers well within it).
+pub const DEPARTED_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Most departed registrations remembered.
+pub const MAX_DEPARTED: usize = 65_536;
 
 fn notify(subscribers: &Subscribers, resource_type: ResourceType, ip: IpAddr) {
     for inbox in subscribers.get(&ip).into_iter().flat_map(|s| s.values()) {
@@ -93,6 +103,25 @@ impl Inner {
             .get(&ip)
             .or_else(|| self.kubernetes.get(&ip))
             .or_else(|| self.registered.get(&ip).map(|(b, _)| b))
+            .or_else(|| self.departed.get(&ip).map(|(b, _)| b))
+    }
+
+    /// Keeps a departed registration for [`DEPARTED_TTL`], at most
+    /// [`MAX_DEPARTED`] of them (the oldest go first).
+    fn depart(&mut self, ip: IpAddr, body: EndpointBody) {
+        let now = std::time::Instant::now();
+        self.departed
+            .retain(|_, (_, at)| now.duration_since(*at) < DEPARTED_TTL);
+        if self.departed.len() >= MAX_DEPARTED
+            && let Some(oldest) = self
+                .departed
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(ip, _)| *ip)
+        {
+            self.departed.remove(&oldest);
+        }
+        self.departed.insert(ip, (body, now));
     }
 
     fn set_service(&mut self, ip: IpAddr, body: Option<ServiceBody>) {
@@ -288,6 +317,7 @@ impl Endpoints {
             opaque_ports: registration.opaque_ports,
             ..Default::default()
         };
+        inner.departed.remove(&ip);
         inner.registered.insert(ip, (body, generation));
         inner.changed(ip);
         Registration {
@@ -376,8 +406,13 @@ impl Drop for Registration {
             .get(&self.ip)
             .is_some_and(|(_, g)| *g == self.generation)
         {
-            inner.registered.remove(&self.ip);
+            if let Some((body, _)) = inner.registered.remove(&self.ip) {
+                inner.depart(self.ip, body);
+            }
             inner.changed(self.ip);
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -45,7 +45,7 @@ struct Failed {
 
 /// What one request's attempts came to.
 enum Outcome {
-    Response(Response<Incoming>, Arc<Endpoint>),
+    Response(Response<Body>, Arc<Endpoint>),
     NoEndpoints,
     Failed(UpstreamError, Option<Arc<Endpoint>>),
 }
@@ -193,7 +193,7 @@ impl Outbound {
         let (response, endpoint, error) = match outcome {
             Outcome::Response(mut resp, endpoint) => {
                 h::strip_hop_by_hop(resp.headers_mut());
-                (resp.map(|b| b.boxed()), Some(endpoint), None)
+                (resp, Some(endpoint), None)
             }
             Outcome::NoEndpoints => (
                 h::local_response(
@@ -321,12 +321,29 @@ impl Outbound {
                     drop(in_flight);
                     last = Some((UpstreamError::AppUnavailable, endpoint));
                     if attempt == MAX_RETRIES || balancer.pick(&tried, true).is_none() {
-                        return Outcome::Response(resp, last.expect("set").1);
+                        return Outcome::Response(resp.map(|b| b.boxed()), last.expect("set").1);
+                    }
+                }
+                // A small answer to a request that may go elsewhere is read
+                // whole first: a replica dying mid-body is then retried
+                // rather than handed to the application truncated.
+                Ok(resp) if replay.is_some() && idempotent && small_body(&resp) => {
+                    let (parts, body) = resp.into_parts();
+                    match body.collect().await {
+                        Ok(body) => {
+                            in_flight.succeeded();
+                            let body = h::full(body.to_bytes());
+                            return Outcome::Response(Response::from_parts(parts, body), endpoint);
+                        }
+                        Err(err) => {
+                            self.endpoint_failed(balancer, &endpoint);
+                            last = Some((UpstreamError::Http(err), endpoint));
+                        }
                     }
                 }
                 Ok(resp) => {
                     in_flight.succeeded();
-                    return Outcome::Response(resp, endpoint);
+                    return Outcome::Response(resp.map(|b| b.boxed()), endpoint);
                 }
                 Err(failed) => {
                     self.endpoint_failed(balancer, &endpoint);
@@ -417,7 +434,7 @@ impl Outbound {
                     self.tracker
                         .spawn(crate::tunnel::splice(downstream, upstream));
                 }
-                Outcome::Response(resp, endpoint)
+                Outcome::Response(resp.map(|b| b.boxed()), endpoint)
             }
             Err(err) => Outcome::Failed(UpstreamError::Http(err), Some(endpoint)),
         }
@@ -469,6 +486,19 @@ impl Outbound {
             }
         });
     }
+}
+
+/// Largest response body read whole before it is passed on (see
+/// `service_attempts`); larger or unsized bodies stream.
+const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
+
+fn small_body(resp: &Response<Incoming>) -> bool {
+    resp.body().is_end_stream()
+        || resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n <= BUFFERED_BODY_BYTES)
 }
 
 /// The peer sidecar's answer when its application refused the connection.
