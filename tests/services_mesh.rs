@@ -588,6 +588,51 @@ fn grpc_tcp_and_a_server_first_protocol_work_through_a_service() {
 }
 
 #[test]
+fn a_service_timeout_answers_504_and_shorter_requests_pass() {
+    if !prerequisites() {
+        return;
+    }
+    let mesh = Mesh::with_policy_dir(
+        "ward-svc-timeout",
+        &[("slow", "slow"), ("client", "client")],
+    );
+    let server = replica(&mesh, "slow", "slow", PodOptions::default());
+    let client = mesh.add_pod("client", "client", &[], PodOptions::default());
+    let yaml = service_yaml(
+        "default",
+        "slow",
+        &http_port(),
+        &[(&server, true)],
+        &[("ward.io/timeout", "500ms")],
+    );
+    mesh.apply_policy("slow-service.yaml", &yaml, &[]);
+    let request = |ms: u32| {
+        let url = format!("http://{CLUSTER_IP}/slow?ms={ms}");
+        let out = client.exec(&[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--max-time",
+            "5",
+            &url,
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    assert!(request(50).starts_with("http/1.1 200"));
+    let started = Instant::now();
+    let headers = request(3000);
+    assert!(headers.starts_with("http/1.1 504"), "{headers}");
+    assert!(headers.contains("x-ward-error: timeout"), "{headers}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not bounded by the timeout"
+    );
+}
+
+#[test]
 fn an_unmeshed_client_reaches_the_service_through_the_node_only_in_permissive() {
     if !prerequisites() {
         return;
