@@ -59,10 +59,16 @@ fn banner_client_transcript() {
         &["--expect-banner", "220 mail.ward.test ready"],
     );
     assert!(out.status.success());
-    assert_eq!(
-        stdout(&out),
-        "S: 220 mail.ward.test ready\nC: HELO x\nS: 250 HELO x\nC: QUIT\nS: 221 bye\n"
+    let transcript = stdout(&out);
+    // The banner's timing line (`T: banner after N ms`) follows it.
+    let (banner, rest) = transcript.split_once('\n').unwrap();
+    let (timing, rest) = rest.split_once('\n').unwrap();
+    assert_eq!(banner, "S: 220 mail.ward.test ready");
+    assert!(
+        timing.starts_with("T: banner after ") && timing.ends_with(" ms"),
+        "{timing}"
     );
+    assert_eq!(rest, "C: HELO x\nS: 250 HELO x\nC: QUIT\nS: 221 bye\n");
     let out = client_of(
         &server,
         "banner-client",
