@@ -160,6 +160,32 @@ fn names(summary: &Value) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
+/// 1,500 paced requests from `client` in the background (about 1.5 s).
+fn steady_load(client: &MeshPod, target: &str) -> std::process::Child {
+    let testapp = &bins().testapp;
+    let argv = [
+        testapp.as_str(),
+        "load",
+        "--connect",
+        target,
+        "--requests",
+        "1500",
+        "--concurrency",
+        "4",
+        "--interval-ms",
+        "2",
+    ];
+    let mut command = client.pod().command_as(mesh::APP_UID, &argv);
+    command.stdout(std::process::Stdio::piped());
+    command.spawn().expect("start the load")
+}
+
+/// The summary of a [`steady_load`] once it finished.
+fn finish(load: std::process::Child) -> Value {
+    let out = load.wait_with_output().expect("the load finishes");
+    json(&String::from_utf8_lossy(&out.stdout))
+}
+
 /// Repeats small loads until `done` holds for one (an update is pushed
 /// asynchronously); panics after 10 s.
 fn until_load(client: &MeshPod, target: &str, what: &str, done: impl Fn(&Value) -> bool) {
@@ -357,23 +383,7 @@ fn replicas_that_die_turn_unready_or_scale_away_lose_no_request() {
 
     // Killed under steady load: requests that meet the dead replica go to
     // another one, and it is ejected.
-    let mut background = cart.client.pod().command_as(
-        mesh::APP_UID,
-        &[
-            &bins().testapp,
-            "load",
-            "--connect",
-            &target,
-            "--requests",
-            "1500",
-            "--concurrency",
-            "4",
-            "--interval-ms",
-            "2",
-        ],
-    );
-    background.stdout(std::process::Stdio::piped());
-    let running = background.spawn().expect("start the load");
+    let running = steady_load(&cart.client, &target);
     std::thread::sleep(Duration::from_millis(500));
     let victim = cart.replicas[1].proxy_pid();
     let status = Command::new("kill")
@@ -381,8 +391,7 @@ fn replicas_that_die_turn_unready_or_scale_away_lose_no_request() {
         .status()
         .expect("run kill");
     assert!(status.success());
-    let out = running.wait_with_output().expect("the load finishes");
-    let summary = json(&String::from_utf8_lossy(&out.stdout));
+    let summary = finish(running);
     assert_eq!(
         summary["ok"],
         1500,
@@ -439,27 +448,10 @@ fn replicas_that_die_turn_unready_or_scale_away_lose_no_request() {
     until_load(&cart.client, &target, "cart-3 serves again", |s| {
         names(s).contains_key("cart-3")
     });
-    let mut background = cart.client.pod().command_as(
-        mesh::APP_UID,
-        &[
-            &bins().testapp,
-            "load",
-            "--connect",
-            &target,
-            "--requests",
-            "1500",
-            "--concurrency",
-            "4",
-            "--interval-ms",
-            "2",
-        ],
-    );
-    background.stdout(std::process::Stdio::piped());
-    let running = background.spawn().expect("start the load");
+    let running = steady_load(&cart.client, &target);
     std::thread::sleep(Duration::from_millis(300));
     cart.write(&[(&live[0], true)]);
-    let out = running.wait_with_output().expect("the load finishes");
-    let summary = json(&String::from_utf8_lossy(&out.stdout));
+    let summary = finish(running);
     assert_eq!(
         summary["ok"], 1500,
         "a request failed while scaling down: {summary}"
