@@ -354,9 +354,96 @@ fn deploy_base_applies_and_the_control_plane_runs_with_its_own_service_account()
     );
     cp.ready().expect("still ready");
 
+    // ---- a missing RBAC rule fails for real: the same ClusterRole without
+    // its EndpointSlice rule, bound to another ServiceAccount, keeps a
+    // second control plane unready, and it says why.
+    let mut role: serde_json::Value =
+        serde_json::from_str(&c.kubectl_ok(&["get", "clusterrole", SERVICE_ACCOUNT, "-o", "json"]))
+            .unwrap();
+    let rules = role["rules"].as_array().unwrap().clone();
+    let kept: Vec<_> = rules
+        .into_iter()
+        .filter(|r| r["resources"] != serde_json::json!(["endpointslices"]))
+        .collect();
+    assert_eq!(kept.len() + 1, role["rules"].as_array().unwrap().len());
+    role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "ward-without-endpointslices"},
+        "rules": kept,
+    });
+    c.apply(&role.to_string());
+    c.kubectl_ok(&["-n", NAMESPACE, "create", "serviceaccount", "ward-partial"]);
+    c.kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        "ward-without-endpointslices",
+        "--clusterrole=ward-without-endpointslices",
+        &format!("--serviceaccount={NAMESPACE}:ward-partial"),
+    ]);
+    let partial = service_account_kubeconfig(&c, NAMESPACE, "ward-partial");
+    let mut unready = ControlPlane::start(c.dir(), "ward-partial", &partial);
+    c.wait_until(
+        "the control plane without the EndpointSlice rule logs the denial",
+        secs(30),
+        || {
+            let log = unready.log();
+            if log.contains("endpointslices") && log.contains("forbidden") {
+                Ok(())
+            } else {
+                Err(format!("log so far:\n{log}"))
+            }
+        },
+    );
+    // Past the time the complete one needed to become ready, many times.
+    std::thread::sleep(secs(3));
+    let not_ready = unready
+        .ready()
+        .expect_err("ready without the EndpointSlice rule");
+    assert!(not_ready.starts_with("503"), "{not_ready}");
+    eprintln!(
+        "without the EndpointSlice rule: /ready {not_ready}; log: {}",
+        unready
+            .log()
+            .lines()
+            .find(|l| l.contains("forbidden"))
+            .unwrap_or_default()
+    );
+    drop(unready);
+
     eprintln!(
         "test: cluster startup {:.1} s, total {:.1} s",
         c.startup.as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
+}
+
+/// The harness cleans up after a failing test: the processes are gone and
+/// the directory removed, and the panic message carries the log tails.
+#[test]
+fn a_failing_test_leaves_no_process_and_no_directory_behind() {
+    let mut seen = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let Some(c) = Cluster::start() else { return };
+        seen = Some((c.pids(), c.dir().to_owned()));
+        c.fail("a deliberate failure");
+    }));
+    let Some((pids, dir)) = seen else { return }; // skipped
+    let panic = result.expect_err("Cluster::fail panics");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(message.starts_with("a deliberate failure"), "{message}");
+    for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        assert!(
+            message.contains(&format!("---- last lines of {name} (")),
+            "{message}"
+        );
+    }
+    assert_eq!(pids.len(), 3);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived its cluster"
+        );
+    }
+    assert!(!dir.exists(), "{} outlived its cluster", dir.display());
 }

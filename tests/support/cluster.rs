@@ -319,6 +319,7 @@ impl Cluster {
                 p("controller-manager.key")
             ),
         );
+        let etcd_ready = began.elapsed();
         cluster.wait_until(
             "kube-apiserver /readyz",
             Duration::from_secs(90),
@@ -327,7 +328,9 @@ impl Cluster {
                 (_, out, err) => Err(format!("{}{}", out.trim(), err.trim())),
             },
         );
-
+        let api_ready = began.elapsed();
+        // Only now: started before the bootstrap RBAC roles exist, it exits
+        // ("cannot get configmaps ... extension-apiserver-authentication").
         let kcm_kubeconfig = p("controller-manager.kubeconfig");
         cluster.spawn(
             "kube-controller-manager",
@@ -348,6 +351,7 @@ impl Cluster {
                 &format!("--cluster-signing-key-file={}", p("ca.key")),
             ],
         );
+
         // The service-account controller runs: the controllers started.
         cluster.wait_until(
             "kube-controller-manager: serviceaccount default/default",
@@ -360,12 +364,21 @@ impl Cluster {
         );
         cluster.startup = began.elapsed();
         eprintln!(
-            "cluster: {} ready in {:.1} s (etcd, kube-apiserver, kube-controller-manager; dir {})",
+            "cluster: {} ready in {:.1} s (etcd healthy at {:.1} s, kube-apiserver /readyz at {:.1} s, \
+             kube-controller-manager's first ServiceAccount at {:.1} s; dir {})",
             cluster.api,
+            cluster.startup.as_secs_f64(),
+            etcd_ready.as_secs_f64(),
+            api_ready.as_secs_f64(),
             cluster.startup.as_secs_f64(),
             cluster.dir.path().display()
         );
         Some(cluster)
+    }
+
+    /// The process ids of etcd, kube-apiserver and kube-controller-manager.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes.iter().map(|p| p.child.id()).collect()
     }
 
     /// The cluster's own directory (certificates, logs, kubeconfigs).
