@@ -303,9 +303,12 @@ async fn a_sidecar_sending_fields_this_control_plane_does_not_know_is_served() {
             && endpoints.contains_key(&pod_ip(1).to_string())
     })
     .await;
-    let report = cp.sidecars().report();
-    assert_eq!(report.sidecars.len(), 1);
-    assert_eq!(report.sidecars[0].policy.state(), "in_sync");
+    // The sidecar counts a policy before its ack reaches the control plane.
+    eventually("the control plane to see the sidecar in sync", || {
+        let report = cp.sidecars().report();
+        report.sidecars.len() == 1 && report.sidecars[0].policy.state() == "in_sync"
+    })
+    .await;
     cp.shutdown().await;
 }
 
