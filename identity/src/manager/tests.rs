@@ -59,6 +59,9 @@ struct FlakyIssuer {
     inner: LocalIssuer,
     calls: Mutex<u32>,
     fail: &'static [u32],
+    /// The certificate the workload served when each failing call came
+    /// (`None`: none yet).
+    served_at_failures: Arc<Mutex<Vec<Option<CertificateDer<'static>>>>>,
 }
 
 impl SvidIssuer for FlakyIssuer {
@@ -74,6 +77,8 @@ impl SvidIssuer for FlakyIssuer {
             *calls
         };
         if self.fail.contains(&call) {
+            let served = current.certified_key().map(|key| key.cert[0].clone());
+            self.served_at_failures.lock().unwrap().push(served);
             return Err(format!("control plane unreachable (call {call})"));
         }
         self.inner.issue(id, csr, current).await
@@ -83,6 +88,7 @@ impl SvidIssuer for FlakyIssuer {
 #[tokio::test]
 async fn failures_back_off_and_keep_the_current_certificate() {
     let (_stop_tx, stop) = watch::channel(false);
+    let served_at_failures = Arc::new(Mutex::new(Vec::new()));
     let issuer = FlakyIssuer {
         inner: LocalIssuer {
             ca: local_ca(),
@@ -92,6 +98,7 @@ async fn failures_back_off_and_keep_the_current_certificate() {
         // First attempt fails (not ready yet), then succeeds; the first
         // renewal fails twice before succeeding.
         fail: &[1, 3, 4],
+        served_at_failures: served_at_failures.clone(),
     };
     let policy = RotationPolicy {
         min_backoff: Duration::from_millis(100),
@@ -103,18 +110,19 @@ async fn failures_back_off_and_keep_the_current_certificate() {
         .unwrap();
     assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 1);
     let first_cert = handle.svid().certified_key().unwrap().cert[0].clone();
-    // While renewals fail, the first certificate is still served.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    let during = handle.svid().certified_key().unwrap().cert[0].clone();
     let renewed = tokio::time::timeout(Duration::from_secs(5), handle.renewed_after(first))
         .await
         .unwrap();
     assert!(renewed > first);
     assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 3);
-    // `during` is either still the first certificate or already the renewed one.
     let now = handle.svid().certified_key().unwrap().cert[0].clone();
-    assert!(during == first_cert || during == now);
     assert_ne!(now, first_cert);
+    // What was served while the two renewals failed, as the issuer saw it
+    // at each failing call: the first certificate, not nothing.
+    assert_eq!(
+        *served_at_failures.lock().unwrap(),
+        vec![None, Some(first_cert.clone()), Some(first_cert)]
+    );
 }
 
 #[tokio::test]
