@@ -105,15 +105,13 @@ fn http2_streams_are_multiplexed_through_the_sidecars() {
         return;
     }
     let (_mesh, _b, a) = client_server("ward-dp-h2mux", HTTP_APP, PodOptions::default());
-    // 100 concurrent streams of 500 ms each on one client connection
-    // (nghttp2's own client): serialised they would take 50 s.
-    let url = format!("http://{B}:8080/slow?ms=500");
-    let started = Instant::now();
+    // 100 streams on one client connection (nghttp2's own client), each
+    // answered by the app only once all 100 are in it at the same time:
+    // a path that serialised or capped them would get 504s.
+    let url = format!("http://{B}:8080/together?n=100");
     let out = a.exec(&["nghttp", "-ns", "-m", "100", &url]);
-    let elapsed = started.elapsed();
     let stats = assert_ok(out, "nghttp");
     assert_eq!(stats.matches(" 200 ").count(), 100, "{stats}");
-    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
 }
 
 #[test]
@@ -258,7 +256,6 @@ fn server_first_protocol_on_an_opaque_port() {
     let opts = PodOptions::default().opaque_ports(&[2525]);
     let (_mesh, b, a) = client_server("ward-dp-opaque", app, opts);
     let target = format!("{B}:2525");
-    let started = Instant::now();
     let out = a.testapp(&[
         "banner-client",
         "--connect",
@@ -270,20 +267,29 @@ fn server_first_protocol_on_an_opaque_port() {
     ]);
     let transcript = assert_ok(out, "banner-client");
     assert!(transcript.contains("S: 221 bye"), "{transcript}");
-    // No sniffing delay worth the name on an opaque port.
-    assert!(started.elapsed() < Duration::from_secs(3));
-    // It went through the server's sidecar over mTLS, which knew the client.
-    let log = wait_for_log(&b, &spiffe_id("client"));
+    // No sniffing on an opaque port: sniffing a server-first protocol
+    // would hold the connection for the detection timeout (5 s), past the
+    // client's own 5 s limit above.
+    // It went through the server's sidecar over mTLS, which knew the client
+    // and treated the connection as TCP.
+    let client = spiffe_id("client");
+    let log = wait_for_log(&b, "connection closed");
+    let line = log
+        .lines()
+        .find(|l| l.contains("connection closed") && l.contains(&client))
+        .unwrap_or_else(|| panic!("no access-log line for {client}:\n{log}"));
     assert!(
-        log.contains("protocol=\"tcp\"") || log.contains("tcp"),
-        "{log}"
+        line.contains("direction=\"inbound\"")
+            && line.contains("protocol=\"tcp\"")
+            && line.contains("decision=\"allow\""),
+        "{line}"
     );
 }
 
-/// Polls `check` every 50 ms for up to 2 s; panics with `what` if it never
-/// holds.
+/// Polls `check` every 50 ms; panics with `what` if it never holds (the
+/// deadline is generous: it only bounds how long a failing test hangs).
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !check() {
         assert!(Instant::now() < deadline, "never happened: {what}");
         std::thread::sleep(Duration::from_millis(50));
@@ -293,7 +299,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 /// The sidecar's log once it mentions `needle` (access logs are written when
 /// connections close, which may be just after the client returned).
 fn wait_for_log(pod: &MeshPod, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let log = pod.proxy_log();
         if log.contains(needle) {
@@ -608,7 +614,15 @@ fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
         let out = slow.output().expect("run curl");
         (out, Instant::now())
     });
-    std::thread::sleep(Duration::from_millis(1000));
+    // Signal only once the slow request is in the server's sidecar.
+    eventually("the slow request counted by the server's sidecar", || {
+        let metrics = mesh.metrics(&b);
+        mesh::metric_sum(
+            &metrics,
+            "ward_http_requests_total",
+            &[("direction", "inbound")],
+        ) >= 1.0
+    });
 
     b.proxy().terminate();
     let signalled = Instant::now();

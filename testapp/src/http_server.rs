@@ -102,6 +102,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, app: &App) -> Response
         (_, "/sink") => text(StatusCode::METHOD_NOT_ALLOWED, "POST /sink"),
         (&Method::GET, "/source") => source(&req),
         (&Method::GET, "/slow") => slow(&req).await,
+        (&Method::GET, "/together") => together(&req).await,
         (&Method::GET, "/ws") => websocket(req),
         (&Method::GET, p) if p.starts_with("/status/") => status(&p["/status/".len()..]),
         _ => text(StatusCode::NOT_FOUND, "not found"),
@@ -236,6 +237,34 @@ async fn slow(req: &Request<Incoming>) -> Response<ResBody> {
         .min(MAX_SLOW_MS);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     text(StatusCode::OK, "slow done")
+}
+
+/// How long `/together` waits for the others before giving up.
+const TOGETHER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `/together` requests that arrived since the app started.
+fn together_arrivals() -> &'static watch::Sender<u64> {
+    static ARRIVALS: std::sync::OnceLock<watch::Sender<u64>> = std::sync::OnceLock::new();
+    ARRIVALS.get_or_init(|| watch::channel(0).0)
+}
+
+/// `GET /together?n=N`: answers only once N `/together` requests are in
+/// the app at the same time (counted since it started), 200 `together N`;
+/// 504 if they are not within a minute. Proves concurrency without a clock.
+async fn together(req: &Request<Incoming>) -> Response<ResBody> {
+    let Some(n) = util::query_param(req.uri(), "n").and_then(|v| v.parse::<u64>().ok()) else {
+        return text(StatusCode::BAD_REQUEST, "expected /together?n=N");
+    };
+    let arrivals = together_arrivals();
+    let mut seen = arrivals.subscribe();
+    arrivals.send_modify(|count| *count += 1);
+    match tokio::time::timeout(TOGETHER_TIMEOUT, seen.wait_for(|count| *count >= n)).await {
+        Ok(Ok(_)) => text(StatusCode::OK, &format!("together {n}")),
+        _ => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            &format!("only {} of {n} together", *arrivals.borrow()),
+        ),
+    }
 }
 
 fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
