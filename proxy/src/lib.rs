@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod policy;
 pub mod probe;
 pub mod proxy;
+pub mod request_path;
 pub mod rewind;
 pub mod tunnel;
 pub mod upstream;
