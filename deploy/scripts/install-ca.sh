@@ -45,7 +45,8 @@ else
         --from-file=ca.pem="$work/data/ca/ca.pem" \
         --from-file=ca-key.pem="$work/data/ca/ca-key.pem" \
         --dry-run=client -o yaml | kubectl apply -f -
-    cp "$bundle" "$work/ca.pem"
+    # Only when rotating is the bundle another file (old and new roots).
+    [ "$bundle" = "$work/ca.pem" ] || cp "$bundle" "$work/ca.pem"
 fi
 
 namespaces=("$ns" "${extra_namespaces[@]}")
