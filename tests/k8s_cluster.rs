@@ -22,7 +22,13 @@ const SERVICE_ACCOUNT: &str = "ward-control-plane";
 struct ControlPlane {
     child: Child,
     log: std::path::PathBuf,
+    /// The admin listener (`/metrics`, `/ready`), `127.0.0.1:<port>`.
     admin: String,
+    /// The API listener sidecars enrol with.
+    #[allow(dead_code)] // used by the tests that run sidecars
+    listen: String,
+    /// The injector webhook listener (HTTPS).
+    webhook: String,
 }
 
 impl Drop for ControlPlane {
@@ -39,19 +45,30 @@ impl ControlPlane {
     fn start(dir: &Path, name: &str, kubeconfig: &Path) -> ControlPlane {
         let data = dir.join(format!("{name}-data"));
         bins::ca_init(&data, "cluster.local");
+        Self::start_with(dir, name, kubeconfig, &data, &[])
+    }
+
+    /// The same with the CA already in `data` and more arguments.
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        kubeconfig: &Path,
+        data: &Path,
+        extra: &[&str],
+    ) -> ControlPlane {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let admin = format!("127.0.0.1:{}", cluster::free_port());
+        let listen = format!("127.0.0.1:{}", cluster::free_port());
+        let webhook = format!("127.0.0.1:{}", cluster::free_port());
         let child = Command::new(&bins::bins().control_plane)
             .args(["--kubernetes", "--k8s-token-review", "--data-dir"])
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{}", cluster::free_port())])
+            .arg(data)
+            .args(["--listen", &listen])
             .args(["--admin-listen", &admin])
-            .args([
-                "--webhook-listen",
-                &format!("127.0.0.1:{}", cluster::free_port()),
-            ])
+            .args(["--webhook-listen", &webhook])
             .args(["--log-level", "info"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             // kube-rs prefers the in-cluster configuration when these are set.
             .env_remove("KUBERNETES_SERVICE_HOST")
@@ -61,7 +78,13 @@ impl ControlPlane {
             .stderr(out)
             .spawn()
             .expect("start ward-control-plane");
-        ControlPlane { child, log, admin }
+        ControlPlane {
+            child,
+            log,
+            admin,
+            listen,
+            webhook,
+        }
     }
 
     fn log(&self) -> String {
@@ -453,4 +476,441 @@ fn a_failing_test_leaves_no_process_and_no_directory_behind() {
         );
     }
     assert!(!dir.exists(), "{} outlived its cluster", dir.display());
+}
+
+/// A cluster with Ward installed as `docs/kubernetes.md` says, except where
+/// the harness cannot do what a cluster does: `deploy/base` applied, the CA
+/// made and distributed by `deploy/scripts/install-ca.sh` (Secret
+/// `ward-ca`, the `ward-ca-bundle` ConfigMaps, the webhook's `caBundle`),
+/// and `ward-control-plane` started as a process on loopback with the
+/// Secret's CA and its own ServiceAccount's token. The Deployment is scaled
+/// to 0 (its replicas are this process) and, as the API server on loopback
+/// cannot reach a Service, the webhook's `clientConfig.service` is replaced
+/// by `url: https://127.0.0.1:<port>/...`; the serving certificate holds
+/// 127.0.0.1 and chains to the `caBundle` install-ca.sh wrote.
+struct Meshed {
+    cp: ControlPlane,
+    data: std::path::PathBuf,
+    cp_kubeconfig: std::path::PathBuf,
+    cp_args: Vec<String>,
+    // Last: dropped after the control plane.
+    c: Cluster,
+}
+
+impl Meshed {
+    /// `namespaces`: manifests applied before install-ca.sh (the labelled
+    /// namespaces that get the trust bundle). `cp_args`: more arguments for
+    /// the control plane.
+    fn start(namespaces: &str, cp_args: &[&str]) -> Option<Meshed> {
+        let c = Cluster::start()?;
+        c.kubectl_ok(&["apply", "-k", "deploy/base"]);
+        c.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/authorizationpolicies.security.ward.io",
+            "crd/peerauthentications.security.ward.io",
+        ]);
+        c.kubectl_ok(&[
+            "-n",
+            NAMESPACE,
+            "scale",
+            "deployment/ward-control-plane",
+            "--replicas=0",
+        ]);
+        if !namespaces.is_empty() {
+            c.apply(namespaces);
+        }
+        // install-ca.sh as an operator runs it: ward and kubectl on PATH.
+        let ward_dir = Path::new(&bins::bins().ward).parent().unwrap().to_owned();
+        let path = std::env::join_paths([c.bin.clone(), ward_dir].into_iter().chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ))
+        .unwrap();
+        let out = Command::new("bash")
+            .arg("deploy/scripts/install-ca.sh")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PATH", path)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .output()
+            .expect("run install-ca.sh");
+        if let (false, o, e) = text(&out) {
+            c.fail(&format!("deploy/scripts/install-ca.sh: {e}{o}"));
+        }
+        // The control plane's data directory holds the Secret's CA, as the
+        // Deployment's volume mount does.
+        let data = c.dir().join("ward-data");
+        let ca_dir = data.join("ca");
+        std::fs::create_dir_all(&ca_dir).unwrap();
+        for (key, file) in [("ca\\.pem", "ca.pem"), ("ca-key\\.pem", "ca-key.pem")] {
+            let b64 = c.kubectl_ok(&[
+                "-n",
+                NAMESPACE,
+                "get",
+                "secret",
+                "ward-ca",
+                "-o",
+                &format!("jsonpath={{.data.{key}}}"),
+            ]);
+            let out = Command::new("base64")
+                .arg("-d")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write;
+                    child.stdin.take().unwrap().write_all(b64.as_bytes())?;
+                    child.wait_with_output()
+                })
+                .expect("base64 -d");
+            assert!(out.status.success() && !out.stdout.is_empty(), "{key}");
+            std::fs::write(ca_dir.join(file), &out.stdout).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ca_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            ca_dir.join("ca-key.pem"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+
+        let cp_kubeconfig = service_account_kubeconfig(&c, NAMESPACE, SERVICE_ACCOUNT);
+        let cp_args: Vec<String> = cp_args.iter().map(|s| s.to_string()).collect();
+        let cp = Self::start_control_plane(&c, &data, &cp_kubeconfig, &cp_args);
+        let mut m = Meshed {
+            cp,
+            data,
+            cp_kubeconfig,
+            cp_args,
+            c,
+        };
+        m.wait_ready();
+        Some(m)
+    }
+
+    fn start_control_plane(
+        c: &Cluster,
+        data: &Path,
+        kubeconfig: &Path,
+        args: &[String],
+    ) -> ControlPlane {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cp = ControlPlane::start_with(c.dir(), "ward-control-plane", kubeconfig, data, &args);
+        // The webhook entries call this control plane.
+        let url = |path: &str| format!("https://{}{path}", cp.webhook);
+        let patch = serde_json::json!([
+            {"op": "remove", "path": "/webhooks/0/clientConfig/service"},
+            {"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url("/inject/namespace-enabled")},
+            {"op": "remove", "path": "/webhooks/1/clientConfig/service"},
+            {"op": "add", "path": "/webhooks/1/clientConfig/url", "value": url("/inject")},
+        ]);
+        let has_service = c.kubectl_ok(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            "ward-injector",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.service.name}",
+        ]);
+        let patch = if has_service.is_empty() {
+            // Already a URL (a restarted control plane): replace it.
+            serde_json::json!([
+                {"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": url("/inject/namespace-enabled")},
+                {"op": "replace", "path": "/webhooks/1/clientConfig/url", "value": url("/inject")},
+            ])
+        } else {
+            patch
+        };
+        c.kubectl_ok(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "ward-injector",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ]);
+        cp
+    }
+
+    fn wait_ready(&mut self) {
+        let (c, cp) = (&self.c, &mut self.cp);
+        c.wait_until("ward-control-plane /ready", Duration::from_secs(60), || {
+            cp.ready().map_err(|e| {
+                format!(
+                    "{e}\n---- ward-control-plane log:\n{}",
+                    bins::tail(&cp.log, 30)
+                )
+            })
+        });
+    }
+
+    /// Stops the control plane (the webhook goes down with it).
+    fn stop_control_plane(&mut self) {
+        let _ = self.cp.child.kill();
+        let _ = self.cp.child.wait();
+    }
+
+    /// A new control plane process on the same CA (new ports, the webhook
+    /// re-pointed).
+    fn restart_control_plane(&mut self) {
+        self.stop_control_plane();
+        self.cp =
+            Self::start_control_plane(&self.c, &self.data, &self.cp_kubeconfig, &self.cp_args);
+        self.wait_ready();
+    }
+
+    /// `kubectl get pods -o json` items matching `args`.
+    fn pods(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut all = vec!["get", "pods", "-o", "json"];
+        all.extend_from_slice(args);
+        let list: serde_json::Value = serde_json::from_str(&self.c.kubectl_ok(&all)).unwrap();
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The names of a pod's `initContainers` and `containers`.
+fn container_names(pod: &serde_json::Value) -> (Vec<String>, Vec<String>) {
+    let names = |key: &str| {
+        pod["spec"][key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (names("initContainers"), names("containers"))
+}
+
+/// An environment variable's `value` in a container of `pod`.
+fn env_value<'a>(pod: &'a serde_json::Value, container: &str, name: &str) -> Option<&'a str> {
+    ["initContainers", "containers"]
+        .iter()
+        .filter_map(|k| pod["spec"][k].as_array())
+        .flatten()
+        .find(|c| c["name"] == container)?["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+}
+
+/// Asserts the admitted pod carries the sidecar as the injector writes it.
+fn assert_injected(pod: &serde_json::Value, control_plane: &str) {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let (init, _) = container_names(pod);
+    assert_eq!(init, ["ward-init", "ward-proxy"], "pod {name}: {pod:#}");
+    let proxy = &pod["spec"]["initContainers"][1];
+    assert_eq!(proxy["restartPolicy"], "Always", "native sidecar: {name}");
+    assert_eq!(proxy["command"], serde_json::json!(["ward-proxy", "run"]));
+    assert_eq!(
+        pod["spec"]["initContainers"][0]["command"],
+        serde_json::json!(["ward-proxy", "init"])
+    );
+    assert_eq!(
+        env_value(pod, "ward-proxy", "WARD_CONTROL_PLANE"),
+        Some(control_plane),
+        "{name}"
+    );
+    assert_eq!(
+        pod["metadata"]["labels"]["security.ward.io/tlsMode"], "ward",
+        "{name}"
+    );
+    assert!(
+        pod["metadata"]["annotations"]["ward.io/status"].is_string(),
+        "{name}: no ward.io/status"
+    );
+    let token = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "ward-token")
+        .unwrap_or_else(|| panic!("{name}: no ward-token volume"));
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"], "ward",
+        "{name}"
+    );
+}
+
+const OPTED_OUT: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: opted-out
+  namespace: shop
+  annotations: {ward.io/inject: "false"}
+spec:
+  containers: [{name: app, image: registry.example/shop/cart:1.0}]
+"#;
+
+const ANNOTATED_ELSEWHERE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: elsewhere}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: annotated
+  namespace: elsewhere
+  annotations: {ward.io/inject: "true"}
+spec:
+  containers: [{name: app, image: registry.example/shop/cart:1.0}]
+"#;
+
+fn plain_pod(name: &str, ns: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  containers: [{{name: app, image: registry.example/shop/cart:1.0}}]\n"
+    )
+}
+
+/// The shop manifests' first document: the labelled namespace.
+fn shop_namespace() -> String {
+    let app = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/shop/app.yaml"),
+    )
+    .unwrap();
+    let ns = app
+        .split("\n---\n")
+        .find(|d| d.contains("kind: Namespace"))
+        .expect("shop namespace")
+        .to_owned();
+    assert!(ns.contains("ward.io/inject: enabled"), "{ns}");
+    ns
+}
+
+#[test]
+fn the_api_server_calls_the_injector_webhook_for_deployment_pods() {
+    let began = Instant::now();
+    const INJECTED_CP: &str = "198.18.0.1:15012";
+    let Some(mut m) = Meshed::start(&shop_namespace(), &["--inject-control-plane", INJECTED_CP])
+    else {
+        return;
+    };
+    let secs = Duration::from_secs;
+
+    // ---- a Deployment: kube-controller-manager makes the ReplicaSet and
+    // its pods, the API server calls the webhook for each.
+    c_apply_file(&m.c, "deploy/examples/shop/app.yaml");
+    m.c.wait_until(
+        "the shop Deployments' ReplicaSets create 3 pods",
+        secs(60),
+        || {
+            let pods = m.pods(&["-n", "shop"]);
+            if pods.len() == 3 {
+                Ok(())
+            } else {
+                let events = m.c.kubectl_ok(&["-n", "shop", "get", "events"]);
+                Err(format!("{} pods; events:\n{events}", pods.len()))
+            }
+        },
+    );
+    for pod in m.pods(&["-n", "shop"]) {
+        assert_injected(&pod, INJECTED_CP);
+        let owner = &pod["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            owner["kind"], "ReplicaSet",
+            "created by the ReplicaSet controller"
+        );
+        let (_, containers) = container_names(&pod);
+        let app = pod["metadata"]["labels"]["app"].as_str().unwrap();
+        assert_eq!(containers, [app], "the app container is left as it was");
+    }
+    let cart = &m.pods(&["-n", "shop", "-l", "app=cart"])[0];
+    // The app's probes now go through the sidecar's admin port.
+    assert_eq!(
+        cart["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"],
+        15020
+    );
+    // ---- opted out by annotation: admitted as it is
+    m.c.apply(OPTED_OUT);
+    let pod = &m.pods(&["-n", "shop", "--field-selector", "metadata.name=opted-out"])[0];
+    assert_eq!(container_names(pod), (vec![], vec!["app".to_owned()]));
+    assert!(pod["metadata"]["annotations"]["ward.io/status"].is_null());
+
+    // ---- another namespace: only the annotated pod is meshed (the second
+    // webhook entry)
+    m.c.apply(ANNOTATED_ELSEWHERE);
+    m.c.apply(&plain_pod("plain", "elsewhere"));
+    assert_injected(
+        &m.pods(&[
+            "-n",
+            "elsewhere",
+            "--field-selector",
+            "metadata.name=annotated",
+        ])[0],
+        INJECTED_CP,
+    );
+    let plain = &m.pods(&["-n", "elsewhere", "--field-selector", "metadata.name=plain"])[0];
+    assert_eq!(container_names(plain), (vec![], vec!["app".to_owned()]));
+
+    // ---- the webhook down: creation in the injected namespace is refused
+    // (failurePolicy Fail), elsewhere it goes on unmeshed (Ignore)
+    m.stop_control_plane();
+    let (ok, out, err) = text(&m.c.kubectl_as(
+        &m.c.kubeconfig,
+        &["apply", "-f", "-"],
+        Some(&plain_pod("while-down", "shop")),
+    ));
+    assert!(
+        !ok,
+        "a pod was created in shop with the webhook down: {out}"
+    );
+    assert!(
+        err.contains(r#"failed calling webhook "namespace.inject.ward.io""#),
+        "{err}"
+    );
+    eprintln!("webhook down, refused as documented: {}", err.trim());
+    m.c.apply(&plain_pod("plain-while-down", "elsewhere"));
+    let plain = &m.pods(&[
+        "-n",
+        "elsewhere",
+        "--field-selector",
+        "metadata.name=plain-while-down",
+    ])[0];
+    assert_eq!(container_names(plain), (vec![], vec!["app".to_owned()]));
+    // A ReplicaSet cannot create its pod either; it says why.
+    m.c.kubectl_ok(&["-n", "shop", "scale", "deployment/frontend", "--replicas=2"]);
+    m.c.wait_until("the ReplicaSet reports FailedCreate", secs(30), || {
+        let events = m.c.kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "events",
+            "--field-selector",
+            "reason=FailedCreate",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        if events.contains("namespace.inject.ward.io") {
+            Ok(())
+        } else {
+            Err(events)
+        }
+    });
+    assert_eq!(m.pods(&["-n", "shop", "-l", "app=frontend"]).len(), 1);
+
+    // ---- back up: the ReplicaSet controller's retry creates it, injected
+    m.restart_control_plane();
+    m.c.wait_until("the second frontend pod, injected", secs(90), || {
+        let pods = m.pods(&["-n", "shop", "-l", "app=frontend"]);
+        match pods.len() {
+            2 => Ok(()),
+            n => Err(format!("{n} frontend pods")),
+        }
+    });
+    for pod in m.pods(&["-n", "shop", "-l", "app=frontend"]) {
+        assert_injected(&pod, INJECTED_CP);
+    }
+    eprintln!(
+        "test: cluster startup {:.1} s, total {:.1} s",
+        m.c.startup.as_secs_f64(),
+        began.elapsed().as_secs_f64()
+    );
+}
+
+/// `kubectl apply -f FILE` (relative to the repository).
+fn c_apply_file(c: &Cluster, file: &str) -> String {
+    c.kubectl_ok(&["apply", "-f", file])
 }
