@@ -190,6 +190,9 @@ pub struct Cluster {
     control_plane: Option<Proc>,
     pub api: SocketAddr,
     pub admin: SocketAddr,
+    /// Extra environment of the control plane (`WARD_*` settings), kept
+    /// for restarts.
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
 
@@ -197,6 +200,16 @@ impl Cluster {
     /// `ward ca init`, then the control plane with a (possibly empty) policy
     /// directory holding `policies` (file name, YAML); returns once `/ready`.
     pub fn start(policies: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with_env(policies, &[])
+    }
+
+    /// [`Cluster::start`] with `env` (e.g. `("WARD_SVID_TTL", "20s")`) in
+    /// the control plane's environment, now and after restarts.
+    pub fn start_with_env(policies: &[(&str, &str)], env: &[(&str, &str)]) -> Cluster {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let dir = tempfile::Builder::new()
             .prefix("ward-obs-")
             .tempdir()
@@ -208,11 +221,12 @@ impl Cluster {
             std::fs::write(policy_dir.join(name), yaml).unwrap();
         }
         let (api, admin) = (free_addr(), free_addr());
-        let control_plane = spawn_control_plane(dir.path(), api, admin);
+        let control_plane = spawn_control_plane(dir.path(), api, admin, &env);
         Cluster {
             control_plane: Some(control_plane),
             api,
             admin,
+            env,
             dir,
         }
     }
@@ -229,7 +243,12 @@ impl Cluster {
     /// Starts it again on the same ports and data directory (same CA).
     pub fn start_control_plane(&mut self) {
         if self.control_plane.is_none() {
-            self.control_plane = Some(spawn_control_plane(self.dir.path(), self.api, self.admin));
+            self.control_plane = Some(spawn_control_plane(
+                self.dir.path(),
+                self.api,
+                self.admin,
+                &self.env,
+            ));
         }
     }
 
@@ -365,6 +384,12 @@ impl Cluster {
             inbound,
             outbound,
         };
+        if spec.unready {
+            wait_until(READY_TIMEOUT, "the proxy's admin listener", || {
+                http_get(admin, "/live").is_ok()
+            });
+            return workload;
+        }
         let deadline = Instant::now() + READY_TIMEOUT;
         while !matches!(http_get(admin, "/ready"), Ok((200, _))) {
             assert!(
@@ -397,6 +422,9 @@ pub struct WorkloadSpec<'a> {
     pub calls: Option<&'a Workload>,
     /// More `ward-proxy run` arguments.
     pub proxy_args: &'a [&'a str],
+    /// Return once the proxy runs, without waiting for `/ready` (e.g. while
+    /// the control plane is down).
+    pub unready: bool,
 }
 
 /// One proxy (and its application).
@@ -602,10 +630,16 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Starts `ward-control-plane` on `api`/`admin` with the data and policy
 /// directories under `dir`, and waits until it is ready.
-fn spawn_control_plane(dir: &Path, api: SocketAddr, admin: SocketAddr) -> Proc {
+fn spawn_control_plane(
+    dir: &Path,
+    api: SocketAddr,
+    admin: SocketAddr,
+    env: &[(String, String)],
+) -> Proc {
     let bins = bins();
     let mut command = Command::new(&bins.control_plane);
     command
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--trust-domain", TRUST_DOMAIN])
