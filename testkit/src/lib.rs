@@ -2,16 +2,31 @@
 //!
 //! A test that needs something the machine may lack (root, iptables, an
 //! external tool) asks here first. When it is missing the test prints
-//! `skipped: <reason>` and returns, unless `WARD_TEST_STRICT=1` is set (as in
+//! `skipped: <reason>` and returns, unless `WARD_TEST_STRICT` is true (`1`, as in
 //! CI), where a missing prerequisite fails the test instead.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// True when `WARD_TEST_STRICT=1`: no test may skip.
+/// True when `WARD_TEST_STRICT` is set to a true value (`1`, `true`, `yes`,
+/// `on`, any case): no test may skip. Unset, empty, `0`, `false`, `no` or
+/// `off` is lenient; any other value panics rather than guess.
 pub fn strict() -> bool {
-    std::env::var("WARD_TEST_STRICT").is_ok_and(|v| v == "1")
+    match std::env::var("WARD_TEST_STRICT") {
+        Ok(value) => parse_strict(&value).unwrap_or_else(|e| panic!("{e}")),
+        Err(_) => false,
+    }
+}
+
+fn parse_strict(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "WARD_TEST_STRICT={value:?}: expected 1/true/yes/on (strict) or 0/false/no/off (lenient)"
+        )),
+    }
 }
 
 /// Returns true when `available`; otherwise reports the skip (or panics in
@@ -21,7 +36,7 @@ pub fn prerequisite(available: bool, reason: &str) -> bool {
         return true;
     }
     if strict() {
-        panic!("WARD_TEST_STRICT=1 and a prerequisite is missing: {reason}");
+        panic!("WARD_TEST_STRICT is set and a prerequisite is missing: {reason}");
     }
     eprintln!("skipped: {reason}");
     false
@@ -61,4 +76,23 @@ macro_rules! require_tool {
             return;
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_strict;
+
+    #[test]
+    fn strict_accepts_the_usual_true_and_false_values_and_nothing_else() {
+        for on in ["1", "true", "TRUE", "Yes", "on", " 1 "] {
+            assert_eq!(parse_strict(on), Ok(true), "{on:?}");
+        }
+        for off in ["", "0", "false", "No", "OFF"] {
+            assert_eq!(parse_strict(off), Ok(false), "{off:?}");
+        }
+        for bad in ["2", "ture", "strict", "y"] {
+            let err = parse_strict(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
 }
