@@ -45,6 +45,7 @@ pub struct ProxyMetrics {
     pub control_plane_connected: IntGauge,
     pub control_plane_last_update: Gauge,
     pub discovery_nacks: IntCounterVec,
+    pub policy_file_rejections: IntCounter,
     pub retries: IntCounterVec,
     pub ejections: IntCounterVec,
     service_labels: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -169,6 +170,10 @@ impl ProxyMetrics {
                 "ward_discovery_nacks_total",
                 "Discovery updates this sidecar refused (the previous state stayed in force), by resource type.",
                 &["resource_type"],
+            ),
+            policy_file_rejections: b.plain_counter(
+                "ward_policy_file_rejections_total",
+                "Changes to local policy files (--policy) that did not load; the policies in force stayed.",
             ),
             retries: b.counter(
                 "ward_outbound_retries_total",

@@ -1,7 +1,8 @@
 //! Enforcement of AuthorizationPolicy and PeerAuthentication: the compiled
 //! policies for this workload behind an ArcSwap (one atomic load per
-//! decision), swapped whole when a new set arrives. Open TCP connections
-//! are re-evaluated on every change and closed when no longer allowed.
+//! decision), swapped whole when a new set arrives. Open TCP connections,
+//! tunnels and plaintext connections are re-evaluated on every change and
+//! closed when no longer allowed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -42,26 +43,40 @@ pub struct PolicyAuthorizer {
     /// arrived (fail closed); with local files the set is there at start.
     default_mtls: MtlsMode,
     metrics: Arc<ProxyMetrics>,
-    tcp: Mutex<HashMap<u64, TrackedTcp>>,
-    next_tcp: AtomicU64,
+    tracked: Mutex<HashMap<u64, Tracked>>,
+    next_id: AtomicU64,
 }
 
-struct TrackedTcp {
+/// What an open connection is checked against again when the policy set
+/// (and with it the mTLS mode) changes. A plaintext connection is also
+/// closed when its port became STRICT.
+pub enum Recheck {
+    /// Opaque TCP, or a CONNECT tunnel: the connection's TCP decision.
+    Tcp,
+    /// An upgraded tunnel: the request that opened it.
+    Request(Box<http::request::Parts>),
+    /// An HTTP connection (decided per request): only the mTLS mode.
+    Mode,
+}
+
+struct Tracked {
     conn: Arc<ConnInfo>,
+    recheck: Recheck,
     close: CancellationToken,
 }
 
-/// Keeps a TCP connection registered for re-evaluation while it lives.
-pub struct TcpRegistration {
+/// Keeps a connection registered for re-evaluation while it lives;
+/// `close` is cancelled when a change no longer allows it.
+pub struct Registration {
     authorizer: Arc<PolicyAuthorizer>,
     id: u64,
     pub close: CancellationToken,
 }
 
-impl Drop for TcpRegistration {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.authorizer
-            .tcp
+            .tracked
             .lock()
             .expect("not poisoned")
             .remove(&self.id);
@@ -79,8 +94,8 @@ impl PolicyAuthorizer {
             selector,
             default_mtls,
             metrics,
-            tcp: Mutex::new(HashMap::new()),
-            next_tcp: AtomicU64::new(0),
+            tracked: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         }
     }
 
@@ -92,7 +107,7 @@ impl PolicyAuthorizer {
         self.state.load().as_ref().map(|s| s.version)
     }
 
-    /// Puts a new set in force and re-checks every open TCP connection.
+    /// Puts a new set in force and re-checks every tracked connection.
     pub fn update(&self, version: u64, set: PolicySet) {
         let s = &self.selector;
         let workload = set.for_workload(&s.namespace, &s.labels, &s.options);
@@ -104,7 +119,7 @@ impl PolicyAuthorizer {
         })));
         self.metrics.policy_version.set(version as i64);
         info!(version, policies = count, "policy set in force");
-        self.reevaluate_tcp();
+        self.reevaluate();
     }
 
     /// The mTLS mode for an inbound port: PeerAuthentication when the set
@@ -128,36 +143,57 @@ impl PolicyAuthorizer {
         }
     }
 
-    pub fn track_tcp(self: &Arc<Self>, conn: Arc<ConnInfo>) -> TcpRegistration {
-        let id = self.next_tcp.fetch_add(1, Ordering::Relaxed);
+    pub fn track(self: &Arc<Self>, conn: Arc<ConnInfo>, recheck: Recheck) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let close = CancellationToken::new();
-        self.tcp.lock().expect("not poisoned").insert(
+        self.tracked.lock().expect("not poisoned").insert(
             id,
-            TrackedTcp {
+            Tracked {
                 conn,
+                recheck,
                 close: close.clone(),
             },
         );
-        TcpRegistration {
+        Registration {
             authorizer: self.clone(),
             id,
             close,
         }
     }
 
-    fn reevaluate_tcp(&self) {
-        let tracked = self.tcp.lock().expect("not poisoned");
-        for conn in tracked.values() {
-            let verdict = self.decide_tcp(&conn.conn);
-            if !verdict.allowed && !conn.close.is_cancelled() {
+    fn reevaluate(&self) {
+        let tracked = self.tracked.lock().expect("not poisoned");
+        for t in tracked.values() {
+            if t.close.is_cancelled() {
+                continue;
+            }
+            let verdict = self.recheck(t);
+            if !verdict.allowed {
                 let (ns, name) = verdict.policy_labels();
                 self.metrics
                     .authz_terminations
                     .with_label_values(&[ns, name])
                     .inc();
-                info!(target: "ward::access", direction = "inbound", protocol = "tcp", peer = ?conn.conn.peer_id.as_ref().map(|p| p.as_str()), decision = "deny", policy = %verdict.policy_display(), reason = verdict.reason, "open connection closed by a policy change");
-                conn.close.cancel();
+                let kind = match t.recheck {
+                    Recheck::Tcp => "tcp",
+                    Recheck::Request(_) => "tunnel",
+                    Recheck::Mode => "http",
+                };
+                info!(target: "ward::access", direction = "inbound", protocol = kind, peer = ?t.conn.peer_id.as_ref().map(|p| p.as_str()), source = %t.conn.source, decision = "deny", policy = %verdict.policy_display(), reason = verdict.reason, "open connection closed by a policy change");
+                t.close.cancel();
             }
+        }
+    }
+
+    fn recheck(&self, t: &Tracked) -> Verdict {
+        if t.conn.peer_id.is_none() && self.mtls_mode(t.conn.destination.port()) == MtlsMode::Strict
+        {
+            return Verdict::deny("plaintext in strict mode");
+        }
+        match &t.recheck {
+            Recheck::Tcp => self.decide_tcp(&t.conn),
+            Recheck::Request(parts) => Authorizer::request(self, &t.conn, parts),
+            Recheck::Mode => Verdict::allow("mode allows plaintext"),
         }
     }
 
@@ -264,12 +300,15 @@ impl Authorizer for PolicyAuthorizer {
 
 /// Local policy files (no control plane): loaded at start, reloaded when
 /// they change. An invalid change is logged and ignored.
-pub async fn watch_files(
+pub fn watch_files(
     paths: Vec<std::path::PathBuf>,
     authorizer: Arc<PolicyAuthorizer>,
     shutdown: CancellationToken,
-) {
-    let fingerprint = |paths: &[std::path::PathBuf]| -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>, u64)> {
+) -> impl std::future::Future<Output = ()> {
+    // What each file holds (hashed): a rewrite within one mtime tick, or
+    // of the same length, still counts as a change.
+    let fingerprint = |paths: &[std::path::PathBuf]| -> Vec<(std::path::PathBuf, Option<u64>)> {
+        use std::hash::{Hash, Hasher};
         let mut out = Vec::new();
         for p in paths {
             let entries: Vec<std::path::PathBuf> = if p.is_dir() {
@@ -280,32 +319,41 @@ pub async fn watch_files(
                 vec![p.clone()]
             };
             for e in entries {
-                let meta = std::fs::metadata(&e).ok();
-                out.push((e, meta.as_ref().and_then(|m| m.modified().ok()), meta.map(|m| m.len()).unwrap_or(0)));
+                let hash = std::fs::read(&e).ok().map(|bytes| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    bytes.hash(&mut h);
+                    h.finish()
+                });
+                out.push((e, hash));
             }
         }
         out.sort();
         out
     };
+    // Taken now, not when the task first runs: a change written right after
+    // this call is never mistaken for the starting state.
     let mut seen = fingerprint(&paths);
-    let mut version = authorizer.version().unwrap_or(0);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let now = fingerprint(&paths);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        match PolicySet::load_paths(&paths) {
-            Ok(set) => {
-                version += 1;
-                authorizer.update(version, set);
+    async move {
+        let mut version = authorizer.version().unwrap_or(0);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                _ = shutdown.cancelled() => return,
             }
-            Err(err) => {
-                warn!(error = %err, "policy files changed but do not load; keeping the policies in force")
+            let now = fingerprint(&paths);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match PolicySet::load_paths(&paths) {
+                Ok(set) => {
+                    version += 1;
+                    authorizer.update(version, set);
+                }
+                Err(err) => {
+                    authorizer.metrics.policy_file_rejections.inc();
+                    warn!(error = %err, "policy files changed but do not load; keeping the policies in force")
+                }
             }
         }
     }
@@ -356,16 +404,26 @@ mod tests {
             shutdown.clone(),
         ));
 
-        // Same length, new contents: the fingerprint has the mtime too.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        std::fs::write(&file, policy("PUT, GET")).unwrap();
+        // Same length, new contents, possibly within the same mtime tick.
+        std::fs::write(&file, policy("PUT")).unwrap();
         assert!(
             wait_for_version(&authorizer, 2).await,
             "the change was not loaded"
         );
-        // An invalid change keeps the set in force.
+        // An invalid change is seen, refused and counted; the set stays.
         std::fs::write(&file, "kind: AuthorizationPolicy\nspec: {action: MAYBE}\n").unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let rejections = &authorizer.metrics.policy_file_rejections;
+        for _ in 0..600 {
+            if rejections.get() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            rejections.get(),
+            1,
+            "the watcher never saw the invalid change"
+        );
         assert_eq!(authorizer.version(), Some(2));
         shutdown.cancel();
     }
