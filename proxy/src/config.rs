@@ -1,6 +1,7 @@
 //! `ward-proxy run` settings: every flag has a `WARD_*` environment variable
 //! as fallback; this file is the one place they are named and documented.
 
+use crate::request_path::PathNormalization;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -180,6 +181,10 @@ pub struct RunArgs {
     /// both directions; a long-poll that stays silent longer is cut too).
     #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// How inbound request paths are normalized before they are authorized
+    /// and forwarded (Istio's `meshConfig.pathNormalization`).
+    #[arg(long, env = "WARD_PATH_NORMALIZATION", value_enum, default_value_t = PathNormalization::Base)]
+    pub path_normalization: PathNormalization,
     /// Largest request or response header block accepted.
     #[arg(long, env = "WARD_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,

@@ -39,7 +39,9 @@ impl ByteCounts {
         )
     }
 
-    fn touch(&self) {
+    /// Marks activity now (also for application data that is not counted
+    /// as bytes here, such as HTTP message frames).
+    pub fn touch(&self) {
         self.last_activity_ms.store(now_ms(), Ordering::Relaxed);
     }
 

@@ -3,8 +3,11 @@
 //! authorize (per connection for TCP, per request for HTTP) and forward to
 //! the application on loopback.
 
+mod canonical;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
@@ -14,9 +17,9 @@ use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 use ward_identity::tls;
 
@@ -28,6 +31,8 @@ use crate::detect::{self, Peeked, Protocol};
 use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
+use crate::policy::Recheck;
+use crate::request_path::PathNormalization;
 use crate::rewind::{self, Rewind};
 use crate::upstream::Alpn;
 
@@ -68,9 +73,9 @@ pub struct Inbound {
     pub limits: Limits,
     /// Addresses of the proxy's own listeners, to refuse loops.
     pub self_addrs: Vec<SocketAddr>,
-    /// The proxy's connection tracker: upgraded tunnels outlive the HTTP
-    /// connection task that set them up, and drain must wait for them too.
-    pub tracker: TaskTracker,
+    /// How request paths are normalized before they are authorized and
+    /// forwarded.
+    pub path_normalization: PathNormalization,
 }
 
 /// What every request on one inbound HTTP connection shares.
@@ -87,6 +92,12 @@ struct HttpConn {
     /// The first request's decision and its `ward_authorization_decisions_total`
     /// counter: most connections get the same decision on every request.
     first_decision: OnceLock<(Verdict, IntCounter)>,
+    /// Application data moved (message frames and tunnel bytes, not HTTP/2
+    /// PINGs or SETTINGS): the idle timeout's clock.
+    activity: Arc<ByteCounts>,
+    /// Upgraded tunnels of this connection: run inside its task, so they
+    /// keep its connection slot, idle timeout and policy tracking.
+    tunnels: Mutex<JoinSet<()>>,
 }
 
 /// A fixed label for a failed TLS handshake, for metrics and logs.
@@ -274,36 +285,67 @@ impl Inbound {
         let peer = Arc::new(self.metrics.peer("inbound", conn.peer_id.as_ref()));
         peer.connection_opened();
         let conn = Arc::new(conn);
+        let http = matches!(protocol, Protocol::Http1 | Protocol::Http2);
+        // Re-checked on every policy change: TCP against the policy, and a
+        // plaintext connection against its port's mTLS mode.
+        let recheck = match (http, conn.peer_id.is_some()) {
+            (false, _) => Some(Recheck::Tcp),
+            (true, false) => Some(Recheck::Mode),
+            (true, true) => None,
+        };
+        let tracked = match (&self.policy, recheck) {
+            (Some(policy), Some(recheck)) => Some(policy.track(conn.clone(), recheck)),
+            _ => None,
+        };
+        let closed_by_policy = async {
+            match &tracked {
+                Some(t) => t.close.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        // HTTP idles on application data only; TCP on any byte.
+        let activity = if http {
+            Arc::new(ByteCounts::default())
+        } else {
+            counts.clone()
+        };
         let serve = async {
-            match protocol {
-                Protocol::Http1 | Protocol::Http2 => {
-                    let http = Arc::new(HttpConn {
-                        verdict: self.authz.connection(&conn, AuthzProtocol::Http),
-                        conn: conn.clone(),
-                        app,
-                        peer: peer.clone(),
-                        authority: Default::default(),
-                        host: Default::default(),
-                        first_decision: OnceLock::new(),
-                    });
-                    let this = self.clone();
-                    let http2 = protocol == Protocol::Http2;
-                    h::serve_connection(io, http2, &self.limits, shutdown, "inbound", move |req| {
-                        let (this, http) = (this.clone(), http.clone());
-                        async move { this.request(&http, req).await }
-                    })
-                    .await
-                }
-                _ => {
-                    let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
-                    self.serve_tcp(io, conn.clone(), verdict).await
-                }
+            if http {
+                let http = Arc::new(HttpConn {
+                    verdict: self.authz.connection(&conn, AuthzProtocol::Http),
+                    conn: conn.clone(),
+                    app,
+                    peer: peer.clone(),
+                    authority: Default::default(),
+                    host: Default::default(),
+                    first_decision: OnceLock::new(),
+                    activity: activity.clone(),
+                    tunnels: Mutex::new(JoinSet::new()),
+                });
+                let this = self.clone();
+                let http2 = protocol == Protocol::Http2;
+                let conn_http = http.clone();
+                h::serve_connection(io, http2, &self.limits, shutdown, "inbound", move |req| {
+                    let (this, http) = (this.clone(), conn_http.clone());
+                    async move { this.request(&http, req).await }
+                })
+                .await;
+                // An upgraded HTTP/1.1 connection ends here and lives on as
+                // its tunnel.
+                let mut tunnels = std::mem::take(&mut *http.tunnels.lock().expect("not poisoned"));
+                while tunnels.join_next().await.is_some() {}
+            } else {
+                let verdict = self.authz.connection(&conn, AuthzProtocol::Tcp);
+                self.serve_tcp(io, conn.clone(), verdict).await
             }
         };
         tokio::select! {
             _ = serve => {}
-            _ = counts.idle_for(self.limits.idle_timeout) => {
+            _ = activity.idle_for(self.limits.idle_timeout) => {
                 debug!(source = %conn.source, "closing an idle inbound connection");
+            }
+            _ = closed_by_policy => {
+                debug!(source = %conn.source, "closing an inbound connection a policy change no longer allows");
             }
         }
         let (received, sent) = counts.totals();
@@ -359,34 +401,49 @@ impl Inbound {
             }
         };
         let _ = app.set_nodelay(true);
-        // Registered so a policy change can close it.
-        let tracked = self.policy.as_ref().map(|p| p.track_tcp(conn.clone()));
-        let closed_by_policy = async {
-            match &tracked {
-                Some(t) => t.close.cancelled().await,
-                None => std::future::pending().await,
-            }
-        };
-        let (received, sent) = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut io, &mut app) => r.unwrap_or_default(),
-            _ = closed_by_policy => (0, 0),
-        };
+        // A policy change that denies it ends the whole task (see `serve`).
+        let (received, sent) = tokio::io::copy_bidirectional(&mut io, &mut app)
+            .await
+            .unwrap_or_default();
         info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "allow", policy = %verdict.policy_display(), bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
     }
 
     async fn request(&self, http: &HttpConn, req: Request<Incoming>) -> Response<Body> {
+        http.activity.touch();
         let started = http.peer.request();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
+        let destination = http.conn.destination;
+        let shaped = canonical::canonicalize(
+            &mut parts,
+            destination,
+            self.path_normalization,
+            &http.authority,
+        );
         let (method, uri) = (parts.method.clone(), parts.uri.clone());
-        let verdict = if http.verdict.allowed {
-            self.authz.request(&http.conn, &parts)
-        } else {
-            http.verdict.clone()
+        let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
+        let shape = match shaped {
+            Ok(shape) => shape,
+            Err(bad) => {
+                let response =
+                    h::local_response(StatusCode::BAD_REQUEST, bad.reason(), "bad request\n");
+                let elapsed = http.peer.response(response.status(), started);
+                info!(target: "ward::access", direction = "inbound", ?peer, %method, path = uri.path(), status = 400, decision = "refused", reason = %bad, duration_us = elapsed.as_micros() as u64, "request");
+                return response;
+            }
+        };
+        let verdict = match (http.verdict.allowed, shape) {
+            (false, _) => http.verdict.clone(),
+            // A CONNECT tunnel carries arbitrary bytes: it is allowed only
+            // where opaque TCP would be.
+            (true, canonical::Shape::Connect) => {
+                self.authz.connection(&http.conn, AuthzProtocol::Tcp)
+            }
+            (true, _) => self.authz.request(&http.conn, &parts),
         };
         self.count_request_decision(http, &verdict);
-        let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
         let response = if verdict.allowed {
-            self.forward(http, parts, body).await
+            let body = self.watched_body(http, body);
+            self.forward(http, parts, body, shape).await
         } else {
             h::forbidden()
         };
@@ -396,11 +453,32 @@ impl Inbound {
         response
     }
 
+    /// The request body as forwarded: its frames keep the connection from
+    /// idling, and a malformed body (bad chunking) is remembered, so the
+    /// client hears 400 rather than a 502 blaming the application.
+    fn watched_body(&self, http: &HttpConn, body: Incoming) -> WatchedBody {
+        let activity = http.activity.clone();
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let body = body
+            .map_frame(move |frame| {
+                activity.touch();
+                frame
+            })
+            .map_err(move |err| {
+                flag.store(true, Ordering::Relaxed);
+                err
+            })
+            .boxed();
+        WatchedBody { body, failed }
+    }
+
     async fn forward(
         &self,
         http: &HttpConn,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: WatchedBody,
+        shape: canonical::Shape,
     ) -> Response<Body> {
         let (conn, app) = (&http.conn, &http.app);
         let downstream_http1 = parts.version != Version::HTTP_2;
@@ -408,7 +486,8 @@ impl Inbound {
             .headers
             .get(header::TE)
             .is_some_and(|te| te.as_bytes() == b"trailers");
-        // Only the proxy says who the peer is.
+        // Only the proxy says who the peer is (hop-by-hop headers are gone
+        // already, so nothing the client sent can remove this).
         parts.headers.remove(&h::XFCC);
         if let Some(value) = &conn.peer_header {
             parts.headers.insert(h::XFCC, value.clone());
@@ -420,7 +499,7 @@ impl Inbound {
             Some(b"h2") => true,
             _ => parts.version == Version::HTTP_2,
         };
-        let tunnel = h::is_tunnel(&parts.method, &parts.headers);
+        let tunnel = shape != canonical::Shape::Plain;
         let method = parts.method.clone();
         let use_http2 = client_h2 && !tunnel && app.speaks_h2().await;
         if !use_http2 {
@@ -437,25 +516,29 @@ impl Inbound {
                 parts.headers.insert(header::HOST, host);
             }
         }
-        if !tunnel {
-            h::strip_hop_by_hop(&mut parts.headers);
-        }
-        // In absolute form: the legacy client needs a scheme and authority;
-        // the connector ignores them and dials the application.
-        parts.uri = match h::requested_authority(&parts, conn.destination, &http.authority) {
-            Ok(authority) if parts.method == http::Method::CONNECT => {
-                h::absolute_uri(Uri::default(), authority)
-            }
-            Ok(authority) => h::absolute_uri(std::mem::take(&mut parts.uri), authority),
-            Err(_) => {
-                return h::local_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid request target",
-                    "invalid request target\n",
-                );
-            }
+        // A tunnel is re-checked on policy changes as what it was allowed as.
+        let recheck = match shape {
+            canonical::Shape::Plain => None,
+            canonical::Shape::Connect => Some(Recheck::Tcp),
+            canonical::Shape::Upgrade => Some(Recheck::Request(Box::new(copy_head(&parts)))),
         };
-        let mut req = Request::from_parts(parts, body.boxed());
+        if shape == canonical::Shape::Connect {
+            // The legacy client needs an absolute URI; the connector
+            // ignores it and dials the application.
+            let authority = parts.uri.authority().cloned();
+            match authority {
+                Some(authority) => parts.uri = h::absolute_uri(Uri::default(), authority),
+                None => {
+                    return h::local_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid request target",
+                        "invalid request target\n",
+                    );
+                }
+            }
+        }
+        let WatchedBody { body, failed } = body;
+        let mut req = Request::from_parts(parts, body);
         let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
         let client = if use_http2 { &app.http2 } else { &app.http1 };
         match client.request(req).await {
@@ -464,16 +547,28 @@ impl Inbound {
                     && h::is_upgrade_response(&method, &resp)
                 {
                     let upstream = hyper::upgrade::on(&mut resp);
-                    self.tracker
-                        .spawn(crate::tunnel::splice(downstream, upstream));
+                    self.spawn_tunnel(http, downstream, upstream, recheck);
                 } else {
                     h::strip_hop_by_hop(resp.headers_mut());
                     if downstream_http1 && accepts_trailers {
                         h::declare_grpc_trailers(resp.headers_mut());
                     }
                 }
-                resp.map(|b| b.boxed())
+                let activity = http.activity.clone();
+                activity.touch();
+                resp.map(|b| {
+                    b.map_frame(move |frame| {
+                        activity.touch();
+                        frame
+                    })
+                    .boxed()
+                })
             }
+            Err(_) if failed.load(Ordering::Relaxed) => h::local_response(
+                StatusCode::BAD_REQUEST,
+                "invalid request body",
+                "invalid request body\n",
+            ),
             Err(err) if err.is_connect() => h::local_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application unavailable",
@@ -489,4 +584,54 @@ impl Inbound {
             }
         }
     }
+
+    /// Runs a tunnel inside its connection's task: it counts against the
+    /// connection cap, idles on its own bytes, and ends when a policy or
+    /// mode change no longer allows what opened it.
+    fn spawn_tunnel(
+        &self,
+        http: &HttpConn,
+        downstream: hyper::upgrade::OnUpgrade,
+        upstream: hyper::upgrade::OnUpgrade,
+        recheck: Option<Recheck>,
+    ) {
+        let tracked = match (&self.policy, recheck) {
+            (Some(policy), Some(recheck)) => Some(policy.track(http.conn.clone(), recheck)),
+            _ => None,
+        };
+        let activity = http.activity.clone();
+        http.tunnels
+            .lock()
+            .expect("not poisoned")
+            .spawn(async move {
+                let closed = async {
+                    match &tracked {
+                        Some(t) => t.close.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = crate::tunnel::splice_counted(downstream, upstream, Some(activity)) => {}
+                    _ = closed => debug!("tunnel closed by a policy change"),
+                }
+            });
+    }
+}
+
+/// A request body being forwarded, and whether the client's side of it
+/// turned out malformed.
+struct WatchedBody {
+    body: Body,
+    failed: Arc<AtomicBool>,
+}
+
+/// The request line and headers of `parts` (not its extensions), kept to
+/// authorize a tunnel's request again later.
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut copy = Request::new(()).into_parts().0;
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }

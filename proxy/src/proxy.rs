@@ -127,7 +127,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         limits,
         self_addrs: self_addrs.clone(),
-        tracker: tracker.clone(),
+        path_normalization: args.path_normalization,
     });
     let outbound = Arc::new(Outbound {
         destinations,
