@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -607,24 +608,20 @@ async fn drain_finishes_in_flight_requests_and_stops_accepting() {
     let entry = outbound.outbound_addrs[0];
 
     let slow = start_slow_request(entry, &app).await;
-    let started = Instant::now();
     let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        TcpStream::connect(inbound_addr).await.is_err(),
-        "the draining inbound still accepts connections"
-    );
+    within(30, "the draining inbound to stop accepting", async {
+        while TcpStream::connect(inbound_addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 
     let reply = within(5, "slow request", slow).await.unwrap().unwrap();
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["path"], "/slow");
     let drained = within(6, "drain", drain).await.unwrap();
+    // Finished before its 5 s limit: it waited for the request, no longer.
     assert!(drained, "drain ran out of time");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        started.elapsed()
-    );
 
     // New requests through the outbound now fail fast instead of hanging.
     let reply = within(5, "after drain", http1(entry, get("/")))
@@ -775,27 +772,26 @@ async fn drain_waits_for_open_tunnels() {
 
     let admin = inbound.admin_addr;
     let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The WebSocket is a connection like any other: drain waits for it.
+    // Draining has begun once /ready says so.
+    within(30, "/ready to say draining", async {
+        while admin_get(admin, "/ready").await.text() != "draining\n" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The WebSocket is a connection like any other: drain waits for it,
+    // and it keeps working meanwhile.
+    ws.write_all(b"still there").await.unwrap();
+    assert_eq!(read_n(&mut ws, 11).await, b"still there");
     assert!(
         !drain.is_finished(),
         "drain returned with a tunnel still open"
     );
-    let ready = admin_get(admin, "/ready").await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(ready.text(), "draining\n");
-    ws.write_all(b"still there").await.unwrap();
-    assert_eq!(read_n(&mut ws, 11).await, b"still there");
 
-    let closed = Instant::now();
     drop(ws);
+    // Done before its 5 s limit: it ended with the tunnel, not by timing out.
     let drained = within(6, "drain", drain).await.unwrap();
     assert!(drained, "drain ran out of time after the tunnel closed");
-    assert!(
-        closed.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        closed.elapsed()
-    );
     outbound.drain(Duration::from_secs(2)).await;
 }
 
@@ -812,9 +808,15 @@ async fn request_during_peer_drain_is_retried_on_a_new_connection() {
         outbound,
     } = Mesh::new(app.addr, &[], &[]).await;
     let entry = outbound.outbound_addrs[0];
+    let inbound_addr = inbound.inbound_addrs[0];
     let slow = start_slow_request(entry, &app).await;
     let drain = tokio::spawn(inbound.drain(Duration::from_secs(5)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    within(30, "the draining inbound to stop accepting", async {
+        while TcpStream::connect(inbound_addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     for i in 0..3 {
         let reply = within(5, "request during drain", http1(entry, get("/during")))
             .await
@@ -872,12 +874,12 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
         let sender = within(5, "h2c", h2c_sender::<Full<Bytes>>(mesh.entry()))
             .await
             .unwrap();
-        let started = Instant::now();
         let tasks: Vec<_> = (0..3)
             .map(|i| {
                 let mut sender = sender.clone();
                 tokio::spawn(async move {
-                    let req = get(&format!("http://app.test/slow?ms=300&i={i}"));
+                    // Each answered only once all three are in the app.
+                    let req = get(&format!("http://app.test/together?n=3&i={i}"));
                     sender.send_request(req).await.map(|r| r.status())
                 })
             })
@@ -890,12 +892,7 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
             assert_eq!(status, StatusCode::OK, "{flags:?}");
         }
         // Multiplexed end to end, in both modes (HTTP/2 clients keep
-        // HTTP/2 upstream): the three run side by side.
-        let elapsed = started.elapsed();
-        assert!(
-            elapsed < Duration::from_millis(850),
-            "{flags:?}: {elapsed:?}"
-        );
+        // HTTP/2 upstream): the three were in the app side by side.
 
         // An upgrade still works.
         let (mut ws, head) = upgrade_to_echo(mesh.entry()).await;
@@ -963,9 +960,17 @@ async fn identity_files_are_reloaded_and_bad_files_ignored() {
     };
     assert_eq!(request_as(SERVER_ID).await, StatusCode::OK);
 
-    // A file that does not load is ignored: the current identity stays.
+    // A file that does not load is seen, refused (counted as a failed
+    // renewal) and ignored: the current identity stays.
+    let failures = || inbound.identity.stats.failures.load(Ordering::Relaxed);
+    let failures_before = failures();
     std::fs::write(&server.cert, "not a certificate").unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    within(30, "the watcher to refuse the bad file", async {
+        while failures() == failures_before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     assert_eq!(request_as(SERVER_ID).await, StatusCode::OK);
     assert_eq!(
         inbound.identity.svid.current_id().unwrap().as_str(),

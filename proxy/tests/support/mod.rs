@@ -614,6 +614,8 @@ pub struct AppState {
     pub seen: Mutex<Vec<Seen>>,
     /// Requests whose handler started (counted before the body is read).
     pub started: AtomicUsize,
+    /// `/together` requests that arrived so far.
+    pub together: tokio::sync::watch::Sender<usize>,
 }
 
 impl AppState {
@@ -671,7 +673,8 @@ type AppBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// number of body bytes (counted as they stream; only the first 64 KiB are
 /// kept, and returned as `body`) as JSON.
 /// With `x-big-response-header: N` the response carries an `x-big`
-/// header of N bytes. `/slow?ms=N`: waits N ms first. `/download?n=N`: answers N bytes of
+/// header of N bytes. `/together?n=N`: answers once N of them are in the app at once.
+/// `/slow?ms=N`: waits N ms first. `/download?n=N`: answers N bytes of
 /// filler, generated as they are sent. `Upgrade:` requests get 101 and `CONNECT`
 /// gets 200, after which bytes are echoed back; on the client's half-close
 /// the app writes `bye <n>` and closes.
@@ -795,6 +798,23 @@ async fn echo(
     if seen.path == "/slow" {
         let ms = query_param(req.uri(), "ms").unwrap_or(1500);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if seen.path == "/together" {
+        // Answered once `n` of them are in the app at the same time (a
+        // path that serialised them would never get there).
+        let n = query_param(req.uri(), "n").unwrap_or(1) as usize;
+        let mut arrivals = state.together.subscribe();
+        state.together.send_modify(|count| *count += 1);
+        if tokio::time::timeout(Duration::from_secs(60), arrivals.wait_for(|c| *c >= n))
+            .await
+            .is_err()
+        {
+            let resp = Response::builder()
+                .status(StatusCode::GATEWAY_TIMEOUT)
+                .body(Full::new(Bytes::from("not together")).boxed())
+                .unwrap();
+            return Ok(resp);
+        }
     }
     let mut body = req.into_body();
     let mut sample = Vec::new();
