@@ -353,6 +353,25 @@ impl Harness {
     }
 
     /// The status patches the control plane sent, as (name, status).
+    /// Waits until the API server was asked `count` times for a path
+    /// starting with `prefix`.
+    async fn wait_for_requests(&self, prefix: &str, count: usize) {
+        let asked = || {
+            self.api
+                .requests()
+                .iter()
+                .filter(|r| r.path_and_query.starts_with(prefix))
+                .count()
+        };
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while asked() < count {
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("asked {} times for {prefix}, not {count}", asked()));
+    }
+
     fn status_patches(&self) -> Vec<(String, Value)> {
         self.api
             .requests()
@@ -611,11 +630,6 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
         ),
         1.0
     );
-    // The status updates came back as watch events; they changed nothing
-    // and were not written again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.status_patches().len(), 2, "{:?}", h.status_patches());
-
     // A new policy is pushed.
     h.cluster().apply(
         "authorizationpolicies",
@@ -623,6 +637,20 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     );
     let update = update_where(&mut stream, |u| u.policies.contains("deny-delete")).await;
     assert!(update.version > first.version);
+    // The first two status updates came back as watch events before the
+    // new policy's (one watch, in order): they changed nothing and were
+    // not written again. Only the new policy's status was written since.
+    h.status_where("deny-delete", |_| true).await;
+    let written: Vec<String> = h.status_patches().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        {
+            let mut sorted = written.clone();
+            sorted.sort();
+            sorted
+        },
+        ["allow-get", "bad", "deny-delete"],
+        "{written:?}"
+    );
 
     // The sidecar's pod is relabelled: its policies are selected again from
     // the pod's new labels (the stream stays up), and again when it is back.
@@ -715,7 +743,10 @@ async fn nothing_is_distributed_until_every_resource_is_listed() {
     // Not ready, and a proxy that connects gets nothing: an empty policy
     // set now would allow what deny-all-get denies.
     let mut stream = open_watch(&h, "web-1", &["198.18.0.10"]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The control plane tried the missing list, and tried again: it is
+    // waiting for it, not past it.
+    h.wait_for_requests("/apis/security.ward.io/v1/peerauthentications?", 2)
+        .await;
     let (code, body) = h.admin("/ready").await;
     assert_eq!(code, 503, "{body}");
     assert!(
@@ -1092,7 +1123,8 @@ async fn nothing_is_distributed_until_the_endpoint_slices_are_listed() {
     cluster.missing.push("endpointslices");
     let h = Harness::start(cluster).await;
     let mut stream = open_watch_with(&h, "web-1", &[], &["10.96.0.10"]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.wait_for_requests("/apis/discovery.k8s.io/v1/endpointslices?", 2)
+        .await;
     let (code, body) = h.admin("/ready").await;
     assert_eq!(code, 503, "{body}");
     assert!(
