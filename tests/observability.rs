@@ -72,6 +72,7 @@ const DENY_POLICY: &str = "deny-intruder";
 fn prerequisites() -> bool {
     ward_testkit::require_tool("prometheus")
         && ward_testkit::require_tool("promtool")
+        && ward_testkit::require_tool("openssl")
         && ward_testkit::require_tool("curl")
 }
 
@@ -204,7 +205,12 @@ fn promtool_accepts_the_metrics_under_traffic() {
         promtool_check_metrics(&metrics, &format!("the {} sidecar", workload.name));
     }
     let cp = mesh.cluster.metrics();
-    assert!(cp.contains("ward_ca_certificates_issued_total 3"), "{cp}");
+    // One certificate per sidecar: backend, frontend and intruder.
+    assert_eq!(
+        metric_sum(&cp, "ward_ca_certificates_issued_total", &[]),
+        3.0,
+        "{cp}"
+    );
     promtool_check_metrics(&cp, "the control plane");
 }
 
@@ -1079,19 +1085,35 @@ fn prometheus_scrapes_requests_denials_and_tls() {
     eprintln!("inbound latency p50/p90/p99 (s): {quantiles:?}");
     assert!(quantiles[0] > 0.0 && quantiles[0] <= quantiles[1] && quantiles[1] <= quantiles[2]);
     assert!(quantiles[2] < 1.0, "{quantiles:?}");
-    // With these proxies healthy, no alert is firing except the expected
-    // absence of any: the rules load and evaluate.
-    let (status, body) = explicit::http_get(prometheus.addr, "/api/v1/rules").unwrap();
-    assert_eq!(status, 200, "{body}");
-    let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let mut loaded = 0;
-    for group in rules["data"]["groups"].as_array().unwrap() {
-        for rule in group["rules"].as_array().unwrap() {
-            loaded += 1;
-            assert_ne!(rule["health"], "err", "{rule}");
+    // Every rule loads and evaluates (health "ok", not merely "not err"),
+    // and with these proxies healthy none is pending or firing.
+    let rules = || -> Vec<serde_json::Value> {
+        let (status, body) = explicit::http_get(prometheus.addr, "/api/v1/rules").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let rules: serde_json::Value = serde_json::from_str(&body).unwrap();
+        rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|group| group["rules"].as_array().unwrap().clone())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let evaluated = loop {
+        let rules = rules();
+        if rules.iter().all(|rule| rule["health"] == "ok") {
+            break rules;
         }
+        assert!(
+            Instant::now() < deadline,
+            "rules not all evaluated ok: {rules:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(evaluated.len(), alert_exprs().len());
+    for rule in &evaluated {
+        assert_eq!(rule["state"], "inactive", "{rule:#}");
     }
-    assert_eq!(loaded, alert_exprs().len());
 }
 
 #[test]
@@ -1111,5 +1133,35 @@ fn certificate_metrics_track_the_svid() {
         expiry > now && expiry < now + 25.0 * 3600.0,
         "expiry {expiry}, now {now} (SVID TTL 24h)"
     );
-    assert!(metric_sum(&metrics, "ward_certificate_renewals_total", &[]) >= 1.0);
+    // The gauge is the notAfter of the certificate the inbound presents
+    // (to the second: openssl's -checkend is relative to its own clock).
+    let pem = explicit::served_certificate(workload.inbound.unwrap());
+    let expires_within = |secs: f64| {
+        let mut openssl = Command::new("openssl")
+            .args([
+                "x509",
+                "-noout",
+                "-checkend",
+                &format!("{}", secs.max(0.0) as u64),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = openssl.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{pem}-----END CERTIFICATE-----\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        // -checkend exits 1 when the certificate expires within the time.
+        !openssl.wait().unwrap().success()
+    };
+    let left = expiry - now;
+    assert!(!expires_within(left - 5.0), "expires before the gauge says");
+    assert!(expires_within(left + 5.0), "expires after the gauge says");
+    // The first certificate only: no renewal yet.
+    assert_eq!(
+        metric_sum(&metrics, "ward_certificate_renewals_total", &[]),
+        1.0
+    );
 }

@@ -11,31 +11,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use explicit::{Cluster, Workload, WorkloadSpec, http_get, metric_sum, wait_until};
+use explicit::{
+    Cluster, Workload, WorkloadSpec, http_get, metric_sum, served_certificate, wait_until,
+};
 
 fn prerequisites() -> bool {
     ward_testkit::require_tool("curl") && ward_testkit::require_tool("openssl")
-}
-
-/// The leaf certificate `addr` presents (PEM), as `openssl s_client` saw
-/// it. The inbound then refuses the handshake (no client certificate), but
-/// the server's certificate has been sent by then.
-fn served_certificate(addr: SocketAddr) -> String {
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl s_client");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let begin = text.find("-----BEGIN CERTIFICATE-----");
-    let end = text.find("-----END CERTIFICATE-----");
-    match (begin, end) {
-        (Some(b), Some(e)) => text[b..e].to_owned(),
-        _ => panic!(
-            "no server certificate from {addr}:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
 }
 
 /// The status curl got for `GET /echo` through `outbound` ("000": none).

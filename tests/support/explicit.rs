@@ -513,6 +513,27 @@ impl Workload {
     }
 }
 
+/// The leaf certificate `addr` presents (PEM), as `openssl s_client` saw
+/// it. The inbound then refuses the handshake (no client certificate), but
+/// the server's certificate has been sent by then.
+pub fn served_certificate(addr: SocketAddr) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let begin = text.find("-----BEGIN CERTIFICATE-----");
+    let end = text.find("-----END CERTIFICATE-----");
+    match (begin, end) {
+        (Some(b), Some(e)) => text[b..e].to_owned(),
+        _ => panic!(
+            "no server certificate from {addr}:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
 /// `/metrics` of an admin listener (panics unless 200).
 pub fn scrape(admin: SocketAddr) -> String {
     match http_get(admin, "/metrics") {
