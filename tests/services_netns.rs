@@ -19,7 +19,6 @@ mod mesh;
 mod netns;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
 use kube_proxy::KubeProxy;
 use mesh::{Mesh, PodOptions, assert_ok, bins};
@@ -190,7 +189,6 @@ fn a_cluster_ip_balances_over_its_ready_endpoints_and_refuses_without_any() {
     assert!(!rules.contains(":KUBE-SVC-"), "{rules}");
     assert!(!rules.contains(":KUBE-SEP-"), "{rules}");
     assert!(rules.contains("shop/cart:80 has no endpoints"), "{rules}");
-    let started = Instant::now();
     let summary = load(
         &client,
         &[
@@ -202,15 +200,11 @@ fn a_cluster_ip_balances_over_its_ready_endpoints_and_refuses_without_any() {
             "2",
         ],
     );
-    let elapsed = started.elapsed();
     assert_eq!(summary["errors"], 20, "{summary}");
     assert_eq!(summary["ok"], 0, "{summary}");
     let sample = summary["error_samples"][0].as_str().unwrap();
+    // Refused at once by the node (REJECT), not timed out.
     assert!(sample.contains("Connection refused"), "{summary}");
-    assert!(
-        elapsed < Duration::from_secs(2),
-        "took {elapsed:?}: {summary}"
-    );
     let (code, _) = curl(&client, &["--max-time", "5", "http://cart/echo"]);
     assert_eq!(code, Some(7), "curl: couldn't connect");
 
