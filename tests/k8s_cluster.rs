@@ -7,6 +7,12 @@
 mod bins;
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/node_agent.rs"]
+mod node_agent;
+#[path = "support/pcap.rs"]
+mod pcap;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -28,6 +34,8 @@ struct ControlPlane {
     listen: String,
     /// The injector webhook listener (HTTPS).
     webhook: String,
+    /// The network namespace it runs in (the cluster's).
+    netns: Option<String>,
 }
 
 impl Drop for ControlPlane {
@@ -41,26 +49,32 @@ impl ControlPlane {
     /// `ward-control-plane --kubernetes` on loopback, with `kubeconfig`'s
     /// credentials, a fresh CA in `dir/<name>-data`, logging to
     /// `dir/<name>.log`.
-    fn start(dir: &Path, name: &str, kubeconfig: &Path) -> ControlPlane {
-        let data = dir.join(format!("{name}-data"));
+    fn start(c: &Cluster, name: &str, kubeconfig: &Path) -> ControlPlane {
+        let data = c.dir().join(format!("{name}-data"));
         bins::ca_init(&data, "cluster.local");
-        Self::start_with(dir, name, kubeconfig, &data, &[])
+        Self::start_with(c, name, kubeconfig, &data, &[], None)
     }
 
-    /// The same with the CA already in `data` and more arguments.
+    /// The same with the CA already in `data`, more arguments, in the
+    /// cluster's namespace, the API listener on `listen` (else a free
+    /// loopback port).
     fn start_with(
-        dir: &Path,
+        c: &Cluster,
         name: &str,
         kubeconfig: &Path,
         data: &Path,
         extra: &[&str],
+        listen: Option<&str>,
     ) -> ControlPlane {
-        let log = dir.join(format!("{name}.log"));
+        let log = c.dir().join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let admin = format!("127.0.0.1:{}", cluster::free_port());
-        let listen = format!("127.0.0.1:{}", cluster::free_port());
+        let listen = listen
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("127.0.0.1:{}", cluster::free_port()));
         let webhook = format!("127.0.0.1:{}", cluster::free_port());
-        let child = Command::new(&bins::bins().control_plane)
+        let child = c
+            .command(&bins::bins().control_plane)
             .args(["--kubernetes", "--k8s-token-review", "--data-dir"])
             .arg(data)
             .args(["--listen", &listen])
@@ -83,6 +97,7 @@ impl ControlPlane {
             admin,
             listen,
             webhook,
+            netns: c.netns.clone(),
         }
     }
 
@@ -95,7 +110,7 @@ impl ControlPlane {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Err(format!("ward-control-plane exited ({status})"));
         }
-        match http_get(&self.admin, "/ready")? {
+        match cluster::http_get_in(self.netns.as_deref(), &self.admin, "/ready")? {
             (200, _) => Ok(()),
             (code, body) => Err(format!("{code} {}", body.trim())),
         }
@@ -283,7 +298,7 @@ fn deploy_base_applies_and_the_control_plane_runs_with_its_own_service_account()
 
     // ---- ward-control-plane with those credentials becomes ready
     let cp_began = Instant::now();
-    let mut cp = ControlPlane::start(c.dir(), "ward-control-plane", &kubeconfig);
+    let mut cp = ControlPlane::start(&c, "ward-control-plane", &kubeconfig);
     c.wait_until("ward-control-plane /ready", secs(60), || {
         cp.ready().map_err(|e| {
             format!(
@@ -404,7 +419,7 @@ fn deploy_base_applies_and_the_control_plane_runs_with_its_own_service_account()
         &format!("--serviceaccount={NAMESPACE}:ward-partial"),
     ]);
     let partial = service_account_kubeconfig(&c, NAMESPACE, "ward-partial");
-    let mut unready = ControlPlane::start(c.dir(), "ward-partial", &partial);
+    let mut unready = ControlPlane::start(&c, "ward-partial", &partial);
     c.wait_until(
         "the control plane without the EndpointSlice rule logs the denial",
         secs(30),
@@ -492,6 +507,7 @@ struct Meshed {
     data: std::path::PathBuf,
     cp_kubeconfig: std::path::PathBuf,
     cp_args: Vec<String>,
+    listen: Option<String>,
     // Last: dropped after the control plane.
     c: Cluster,
 }
@@ -501,7 +517,11 @@ impl Meshed {
     /// namespaces that get the trust bundle). `cp_args`: more arguments for
     /// the control plane.
     fn start(namespaces: &str, cp_args: &[&str]) -> Option<Meshed> {
-        let c = Cluster::start()?;
+        Some(Self::on(Cluster::start()?, namespaces, cp_args, None))
+    }
+
+    /// The same on cluster `c`, the control plane's API on `listen`.
+    fn on(c: Cluster, namespaces: &str, cp_args: &[&str], listen: Option<&str>) -> Meshed {
         c.kubectl_ok(&["apply", "-k", "deploy/base"]);
         c.kubectl_ok(&[
             "wait",
@@ -526,7 +546,8 @@ impl Meshed {
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
         ))
         .unwrap();
-        let out = Command::new("bash")
+        let out = c
+            .command("bash")
             .arg("deploy/scripts/install-ca.sh")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env("PATH", path)
@@ -575,16 +596,18 @@ impl Meshed {
 
         let cp_kubeconfig = service_account_kubeconfig(&c, NAMESPACE, SERVICE_ACCOUNT);
         let cp_args: Vec<String> = cp_args.iter().map(|s| s.to_string()).collect();
-        let cp = Self::start_control_plane(&c, &data, &cp_kubeconfig, &cp_args);
+        let listen = listen.map(str::to_owned);
+        let cp = Self::start_control_plane(&c, &data, &cp_kubeconfig, &cp_args, listen.as_deref());
         let mut m = Meshed {
             cp,
             data,
             cp_kubeconfig,
             cp_args,
+            listen,
             c,
         };
         m.wait_ready();
-        Some(m)
+        m
     }
 
     fn start_control_plane(
@@ -592,9 +615,10 @@ impl Meshed {
         data: &Path,
         kubeconfig: &Path,
         args: &[String],
+        listen: Option<&str>,
     ) -> ControlPlane {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let cp = ControlPlane::start_with(c.dir(), "ward-control-plane", kubeconfig, data, &args);
+        let cp = ControlPlane::start_with(c, "ward-control-plane", kubeconfig, data, &args, listen);
         // The webhook entries call this control plane.
         let url = |path: &str| format!("https://{}{path}", cp.webhook);
         let patch = serde_json::json!([
@@ -652,8 +676,13 @@ impl Meshed {
     /// re-pointed).
     fn restart_control_plane(&mut self) {
         self.stop_control_plane();
-        self.cp =
-            Self::start_control_plane(&self.c, &self.data, &self.cp_kubeconfig, &self.cp_args);
+        self.cp = Self::start_control_plane(
+            &self.c,
+            &self.data,
+            &self.cp_kubeconfig,
+            &self.cp_args,
+            self.listen.as_deref(),
+        );
         self.wait_ready();
     }
 
@@ -1268,6 +1297,487 @@ fn token_flow(check_renewal: bool) {
     eprintln!(
         "test: cluster startup {:.1} s, total {:.1} s",
         m.c.startup.as_secs_f64(),
+        began.elapsed().as_secs_f64()
+    );
+}
+
+/// `curl` from pod `netns` (as root: the app's user, captured by the
+/// sidecar): the HTTP status code.
+fn curl_from(netns: &str, headers: &[&str], url: &str) -> u16 {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, "curl", "-s", "-o", "/dev/null"])
+        .args(["--max-time", "5", "-w", "%{http_code}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().expect("curl");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The shop example on a real cluster: kube-scheduler binds the pods, the
+/// node agent runs them (init containers with `ward-proxy init`'s iptables
+/// rules, the native sidecar, the app), kube-proxy programs the Services,
+/// traffic crosses the bridge in mTLS only, a policy applied with kubectl is
+/// in force within a second, and Prometheus finds the sidecars through
+/// Kubernetes service discovery.
+#[test]
+fn shop_runs_meshed_on_a_real_cluster() {
+    let began = Instant::now();
+    let secs = Duration::from_secs;
+    if !(ward_testkit::require_root()
+        && [
+            "ip",
+            "iptables",
+            "sysctl",
+            "curl",
+            "tcpdump",
+            "prometheus",
+            "python3",
+        ]
+        .iter()
+        .all(|t| ward_testkit::require_tool(t))
+        && ward_testkit::prerequisite(
+            Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
+            "the br_netfilter kernel module is not loaded",
+        ))
+    {
+        return;
+    }
+    // The node: the bridge's namespace, where the whole control plane runs
+    // on its own loopback (the API server calls the webhook there) and at
+    // 198.18.0.1 (the pods reach the control plane there).
+    let network = std::sync::Arc::new(netns::Network::new("wk8s"));
+    network.set_bridge_address("198.18.0.1/16");
+    network.set_hairpin(true);
+    for kv in [
+        "net.ipv4.ip_forward=1",
+        "net.bridge.bridge-nf-call-iptables=1",
+    ] {
+        let out = network.exec(&["sysctl", "-w", kv]);
+        assert!(out.status.success(), "sysctl -w {kv}");
+    }
+    let Some(mut c) = Cluster::start_in(Some(network.name()), true) else {
+        return;
+    };
+    let agent_dir = tempfile::Builder::new()
+        .prefix("ward-node-")
+        .tempdir()
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(agent_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let started = Instant::now();
+    let mut m = Meshed::on(
+        {
+            let kubeconfig = c.write_kubeconfig(
+                "kube-proxy.kubeconfig",
+                &format!(
+                    "client-certificate: {}\n    client-key: {}",
+                    c.dir().join("kube-proxy.crt").display(),
+                    c.dir().join("kube-proxy.key").display()
+                ),
+            );
+            let exe = c.bin.join("kube-proxy");
+            let (health, metrics) = (cluster::free_port(), cluster::free_port());
+            c.spawn_process(
+                "kube-proxy",
+                &exe,
+                &[
+                    &format!("--kubeconfig={}", kubeconfig.display()),
+                    "--hostname-override=ward-node",
+                    "--proxy-mode=iptables",
+                    "--cluster-cidr=198.18.0.0/16",
+                    &format!("--healthz-bind-address=127.0.0.1:{health}"),
+                    &format!("--metrics-bind-address=127.0.0.1:{metrics}"),
+                    // Global sysctls: left alone.
+                    "--conntrack-max-per-core=0",
+                    "--conntrack-tcp-timeout-established=0",
+                    "--conntrack-tcp-timeout-close-wait=0",
+                ],
+            );
+            c
+        },
+        &shop_namespace(),
+        &["--inject-control-plane", "198.18.0.1:15012"],
+        Some("198.18.0.1:15012"),
+    );
+    eprintln!(
+        "{:.1} s: Ward installed (cluster startup {:.1} s)",
+        began.elapsed().as_secs_f64(),
+        m.c.startup.as_secs_f64()
+    );
+    // ---- the node: images are the project's binaries
+    let b = bins::bins();
+    let cart_root = agent_dir.path().join("cart-root");
+    std::fs::create_dir_all(cart_root.join("cart")).unwrap();
+    std::fs::write(cart_root.join("healthz"), "ok\n").unwrap();
+    std::fs::write(cart_root.join("cart/items"), "two apples\n").unwrap();
+    let cart_root_s = cart_root.to_str().unwrap();
+    let images = node_agent::Images::default()
+        .add(
+            agent_dir.path(),
+            "ghcr.io/ward-mesh/ward:",
+            &[
+                ("ward-proxy", &b.proxy),
+                ("ward-control-plane", &b.control_plane),
+                ("ward", &b.ward),
+            ],
+            &[],
+        )
+        // testapp has no /healthz (the cart's readiness path): a static
+        // file server answers it.
+        .add(
+            agent_dir.path(),
+            "registry.example/shop/cart:",
+            &[],
+            &[
+                "python3",
+                "-m",
+                "http.server",
+                "8080",
+                "--directory",
+                cart_root_s,
+            ],
+        )
+        .add(
+            agent_dir.path(),
+            "registry.example/shop/frontend:",
+            &[("ward-testapp", &b.testapp)],
+            &[
+                "ward-testapp",
+                "http",
+                "--listen",
+                "0.0.0.0:3000",
+                "--name",
+                "frontend",
+            ],
+        );
+    let agent =
+        node_agent::NodeAgent::start(&m.c, network.clone(), images, "ward-node", agent_dir.path());
+    let fail = |c: &Cluster, what: &str| -> ! {
+        c.fail(&format!(
+            "{what}\n{}\n---- control plane:\n{}",
+            node_agent::logs(agent_dir.path()),
+            bins::tail(&m.cp.log, 20)
+        ))
+    };
+
+    // ---- the shop, scheduled, run, ready
+    c_apply_file(&m.c, "deploy/examples/shop/app.yaml");
+    let applied = Instant::now();
+    let wait = text(&m.c.kubectl(&[
+        "-n",
+        "shop",
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app in (cart,frontend)",
+        "--timeout=180s",
+    ]));
+    if !wait.0 {
+        let pods = m.c.kubectl_ok(&["-n", "shop", "get", "pods", "-o", "wide"]);
+        fail(
+            &m.c,
+            &format!("shop pods not Ready: {}{}\n{pods}", wait.1, wait.2),
+        );
+    }
+    eprintln!(
+        "{:.1} s: 3 shop pods Ready {:.1} s after kubectl apply",
+        began.elapsed().as_secs_f64(),
+        applied.elapsed().as_secs_f64()
+    );
+    let pods = m.pods(&["-n", "shop"]);
+    assert_eq!(pods.len(), 3);
+    for pod in &pods {
+        assert_injected(pod, "198.18.0.1:15012");
+        assert_eq!(
+            pod["spec"]["nodeName"], "ward-node",
+            "bound by kube-scheduler"
+        );
+        assert_eq!(pod["status"]["phase"], "Running");
+        let ip = pod["status"]["podIP"].as_str().unwrap();
+        assert!(ip.starts_with("198.18.1."), "{ip}");
+        let init = &pod["status"]["initContainerStatuses"];
+        assert_eq!(
+            init[0]["state"]["terminated"]["exitCode"], 0,
+            "ward-init: {init}"
+        );
+        assert_eq!(init[1]["ready"], true, "ward-proxy: {init}");
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let (netns, _) = agent.pod("shop", name).expect("running on the node");
+        // The real init container's rules are in the pod.
+        let rules = Command::new("ip")
+            .args(["netns", "exec", &netns, "iptables-save", "-t", "nat"])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&rules.stdout);
+        assert!(
+            rules.contains("15006") && rules.contains("15001") && rules.contains("1337"),
+            "{rules}"
+        );
+    }
+    // The sidecars got SVIDs through TokenReview of their bound tokens.
+    let cp_log = m.cp.log();
+    for sa in ["cart", "frontend"] {
+        assert!(
+            cp_log.contains(&format!("spiffe://cluster.local/ns/shop/sa/{sa}")),
+            "{cp_log}"
+        );
+    }
+    // The EndpointSlice controller saw the ready pods, kube-proxy the
+    // Service.
+    m.c.wait_until("cart's EndpointSlice holds both pods", secs(30), || {
+        let got = m.c.kubectl_ok(&[
+            "-n",
+            "shop",
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=cart",
+            "-o",
+            "jsonpath={.items[*].endpoints[*].addresses[*]}",
+        ]);
+        match got.split_whitespace().count() {
+            2 => Ok(()),
+            _ => Err(got),
+        }
+    });
+    let cart_ip = m.c.kubectl_ok(&[
+        "-n",
+        "shop",
+        "get",
+        "service",
+        "cart",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    m.c.wait_until("kube-proxy's rules for shop/cart", secs(30), || {
+        let out = network.exec(&["iptables-save", "-t", "nat"]);
+        let rules = String::from_utf8_lossy(&out.stdout);
+        if rules.contains(&format!("-d {cart_ip}/32")) && rules.contains("shop/cart:http") {
+            Ok(())
+        } else {
+            Err(rules.into_owned())
+        }
+    });
+    network.set_hosts(
+        "services",
+        &[netns::HostsEntry::new(
+            &cart_ip,
+            &["cart.shop.svc.cluster.local", "cart.shop.svc", "cart.shop"],
+        )],
+    );
+
+    // ---- frontend → cart through the Service, mTLS on the wire
+    let frontend = m.pods(&["-n", "shop", "-l", "app=frontend"]);
+    let frontend_name = frontend[0]["metadata"]["name"].as_str().unwrap();
+    let (frontend_ns, frontend_ip) = agent.pod("shop", frontend_name).unwrap();
+    let url = "http://cart.shop.svc.cluster.local/cart/items";
+    let pcap_file = agent_dir.path().join("br0.pcap");
+    let mut tcpdump = network.spawn(&[
+        "sh",
+        "-c",
+        &format!(
+            "exec tcpdump -i br0 -n -U --immediate-mode -s 0 -Z root -w {} 'tcp port 8080' 2>&1",
+            pcap_file.display()
+        ),
+    ]);
+    tcpdump.wait_for_line_starting("tcpdump: listening on br0");
+    for _ in 0..4 {
+        let code = curl_from(&frontend_ns, &["x-marker: ward-wire-marker"], url);
+        if code != 200 {
+            fail(&m.c, &format!("frontend → cart: {code}"));
+        }
+    }
+    tcpdump.terminate();
+    assert!(tcpdump.wait_timeout(secs(5)).is_some());
+    let segments = pcap::pcap_tcp_segments(&std::fs::read(&pcap_file).unwrap());
+    let client: std::net::Ipv4Addr = frontend_ip.parse().unwrap();
+    let data: Vec<&pcap::Segment> = segments
+        .iter()
+        .filter(|s| s.src.0 == client.octets() && s.dst.1 == 8080 && !s.payload.is_empty())
+        .collect();
+    assert!(
+        !data.is_empty(),
+        "no frontend → cart:8080 data on the bridge"
+    );
+    assert_eq!(data[0].payload[0], 0x16, "a TLS handshake first");
+    assert!(
+        !segments
+            .iter()
+            .any(|s| pcap::contains(&s.payload, b"ward-wire-marker")),
+        "the request crossed the bridge in plaintext"
+    );
+    eprintln!(
+        "{:.1} s: frontend → cart over mTLS ({} data segments, no plaintext)",
+        began.elapsed().as_secs_f64(),
+        data.len()
+    );
+
+    // ---- the shop's policies, applied with kubectl, in force within a
+    // second: cart only takes frontend's requests with x-shop-tenant: acme
+    assert_eq!(curl_from(&frontend_ns, &[], url), 200);
+    let applied = Instant::now();
+    m.c.kubectl_ok(&["apply", "-f", "deploy/examples/shop/policies.yaml"]);
+    let in_force = loop {
+        let code = curl_from(&frontend_ns, &[], url);
+        if code == 403 {
+            break applied.elapsed();
+        }
+        if applied.elapsed() > secs(10) {
+            fail(
+                &m.c,
+                &format!("the policy is not in force after 10 s (still {code})"),
+            );
+        }
+    };
+    eprintln!(
+        "policy in force {:.3} s after kubectl apply returned",
+        in_force.as_secs_f64()
+    );
+    assert_eq!(curl_from(&frontend_ns, &["x-shop-tenant: acme"], url), 200);
+    assert!(
+        in_force < Duration::from_millis(1500),
+        "the policy took {:.3} s to be in force (claim: within a second)",
+        in_force.as_secs_f64()
+    );
+    m.c.wait_until(
+        "the policy's Accepted condition in kubectl get",
+        secs(10),
+        || {
+            let got = m.c.kubectl_ok(&[
+                "-n",
+                "shop",
+                "get",
+                "authorizationpolicy",
+                "cart-allow-frontend",
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Accepted")].status}"#,
+            ]);
+            if got == "True" { Ok(()) } else { Err(got) }
+        },
+    );
+    eprintln!(
+        "kubectl get authorizationpolicies:\n{}",
+        m.c.kubectl_ok(&["-n", "shop", "get", "authorizationpolicies"])
+    );
+
+    // ---- a deleted pod: the node agent stops it, the ReplicaSet replaces it
+    let cart = m.pods(&["-n", "shop", "-l", "app=cart"]);
+    let victim = cart[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    m.c.kubectl_ok(&["-n", "shop", "delete", "pod", &victim, "--timeout=60s"]);
+    assert!(agent.pod("shop", &victim).is_none());
+    let wait = text(&m.c.kubectl(&[
+        "-n",
+        "shop",
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=cart",
+        "--timeout=120s",
+    ]));
+    assert!(wait.0, "{wait:?}");
+    eprintln!(
+        "{:.1} s: a deleted cart pod was stopped and replaced",
+        began.elapsed().as_secs_f64()
+    );
+
+    // ---- Prometheus finds the sidecars through the API server. Debian's
+    // prometheus is built without the Kubernetes discovery (its
+    // kubernetes_sd_configs is "field not found"): build-k8s.sh builds one
+    // from the Go module proxy next to the Kubernetes binaries.
+    let prometheus = m.c.bin.join("prometheus");
+    if !ward_testkit::prerequisite(
+        prometheus.is_file(),
+        &format!(
+            "{} (Prometheus with Kubernetes service discovery, from tests/cluster/build-k8s.sh)",
+            prometheus.display()
+        ),
+    ) {
+        return;
+    }
+    let prom_dir = agent_dir.path().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability");
+    std::fs::copy(root.join("alerts.yml"), prom_dir.join("alerts.yml")).unwrap();
+    let d = m.c.dir().to_owned();
+    let sd = format!(
+        "api_server: {}\n        tls_config: {{ca_file: {}, cert_file: {}, key_file: {}}}\n",
+        m.c.api,
+        d.join("ca.crt").display(),
+        d.join("admin.crt").display(),
+        d.join("admin.key").display()
+    );
+    let config = std::fs::read_to_string(root.join("prometheus-scrape.yml"))
+        .unwrap()
+        .replace("scrape_interval: 30s", "scrape_interval: 1s")
+        .replace(
+            "      - role: pod\n",
+            &format!("      - role: pod\n        {sd}"),
+        )
+        .replace(
+            "      - role: endpoints\n",
+            &format!("      - role: endpoints\n        {sd}"),
+        );
+    assert_eq!(config.matches("api_server:").count(), 2, "{config}");
+    std::fs::write(prom_dir.join("prometheus.yml"), &config).unwrap();
+    let prom = format!("127.0.0.1:{}", cluster::free_port());
+    m.c.spawn_process(
+        "prometheus",
+        &prometheus,
+        &[
+            &format!(
+                "--config.file={}",
+                prom_dir.join("prometheus.yml").display()
+            ),
+            &format!("--storage.tsdb.path={}", prom_dir.join("data").display()),
+            &format!("--web.listen-address={prom}"),
+        ],
+    );
+    let prom_began = Instant::now();
+    m.c.wait_until("Prometheus scrapes the three sidecars", secs(60), || {
+        let (_, body) = m.c.http_get(&prom, "/api/v1/targets?state=active")?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        let up: Vec<String> = v["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|t| t["labels"]["job"] == "ward-proxies" && t["health"] == "up")
+            .map(|t| t["labels"]["pod"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if up.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("up: {up:?}; {body}"))
+        }
+    });
+    let (_, body) =
+        m.c.http_get(
+            &prom,
+            "/api/v1/query?query=ward_certificate_renewals_total%7Bnamespace%3D%22shop%22%7D",
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
+    assert_eq!(series.len(), 3, "{body}");
+    eprintln!(
+        "{:.1} s: Prometheus discovered and scraped the 3 sidecars in {:.1} s",
+        began.elapsed().as_secs_f64(),
+        prom_began.elapsed().as_secs_f64()
+    );
+
+    drop(agent);
+    eprintln!(
+        "test: cluster startup {:.1} s, Ward installed at {:.1} s, total {:.1} s",
+        m.c.startup.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         began.elapsed().as_secs_f64()
     );
 }

@@ -121,6 +121,9 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// How long `start` took, binaries found to ready.
     pub startup: Duration,
+    /// The network namespace everything runs in (`ip netns exec`), or the
+    /// host's ([`Cluster::start_in`]).
+    pub netns: Option<String>,
     processes: Vec<Process>,
     // Last: removed after the processes are stopped.
     dir: tempfile::TempDir,
@@ -222,6 +225,27 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     Ok((status, body))
 }
 
+/// A plain-HTTP GET from network namespace `netns` (curl), or from the
+/// host ([`http_get`]) when `None`.
+pub fn http_get_in(netns: Option<&str>, addr: &str, path: &str) -> Result<(u16, String), String> {
+    let Some(ns) = netns else {
+        return http_get(addr, path);
+    };
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5"])
+        .args(["-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    let (ok, out, err) = text(&out);
+    if !ok {
+        return Err(format!("curl http://{addr}{path}: {}", err.trim()));
+    }
+    let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+    let code = code.trim().parse().map_err(|_| format!("curl: {out}"))?;
+    Ok((code, body.to_owned()))
+}
+
 /// Output as text: (success, stdout, stderr).
 pub fn text(out: &Output) -> (bool, String, String) {
     (
@@ -235,13 +259,25 @@ impl Cluster {
     /// Starts a cluster, or returns `None` after a skip (a panic under
     /// `WARD_TEST_STRICT=1`) when the binaries are unavailable.
     pub fn start() -> Option<Cluster> {
+        Self::start_in(None, false)
+    }
+
+    /// [`Cluster::start`] with every process (and every `kubectl`) in the
+    /// network namespace `netns` (a node: its loopback, not the host's),
+    /// and with kube-scheduler when `scheduler`.
+    pub fn start_in(netns: Option<&str>, scheduler: bool) -> Option<Cluster> {
         let bin = k8s_bin()?;
+        if scheduler && !bin.join("kube-scheduler").is_file() {
+            ward_testkit::prerequisite(false, "kube-scheduler missing in the Kubernetes binaries");
+            return None;
+        }
         let began = Instant::now();
         let dir = tempfile::Builder::new()
             .prefix("ward-k8s-")
             .tempdir()
             .expect("temporary directory");
-        let [etcd_port, peer_port, api_port, kcm_port] = free_ports(4)[..] else {
+        // Free on the host; a fresh namespace's loopback has nothing bound.
+        let [etcd_port, peer_port, api_port, kcm_port, sched_port] = free_ports(5)[..] else {
             unreachable!()
         };
         let api = format!("https://{HOST}:{api_port}");
@@ -251,6 +287,7 @@ impl Cluster {
             ca_file: dir.path().join("ca.crt"),
             kubeconfig: dir.path().join("admin.kubeconfig"),
             startup: Duration::ZERO,
+            netns: netns.map(str::to_owned),
             processes: Vec::new(),
             dir,
         };
@@ -275,11 +312,11 @@ impl Cluster {
             ],
         );
         let etcd_addr = format!("{HOST}:{etcd_port}");
-        cluster.wait_until("etcd /health", Duration::from_secs(30), || match http_get(
-            &etcd_addr, "/health",
-        )? {
-            (200, body) if body.contains("\"health\":\"true\"") => Ok(()),
-            other => Err(format!("{other:?}")),
+        cluster.wait_until("etcd /health", Duration::from_secs(30), || {
+            match cluster.http_get(&etcd_addr, "/health")? {
+                (200, body) if body.contains("\"health\":\"true\"") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
         });
 
         cluster.spawn(
@@ -352,6 +389,30 @@ impl Cluster {
             ],
         );
 
+        if scheduler {
+            let kubeconfig = p("scheduler.kubeconfig");
+            cluster.write_kubeconfig(
+                "scheduler.kubeconfig",
+                &format!(
+                    "client-certificate: {}\n    client-key: {}",
+                    p("scheduler.crt"),
+                    p("scheduler.key")
+                ),
+            );
+            cluster.spawn(
+                "kube-scheduler",
+                &[
+                    &format!("--kubeconfig={kubeconfig}"),
+                    &format!("--authentication-kubeconfig={kubeconfig}"),
+                    &format!("--authorization-kubeconfig={kubeconfig}"),
+                    &format!("--bind-address={HOST}"),
+                    &format!("--secure-port={sched_port}"),
+                    &format!("--cert-dir={}", p("scheduler-certs")),
+                    "--leader-elect=false",
+                ],
+            );
+        }
+
         // The service-account controller runs: the controllers started.
         cluster.wait_until(
             "kube-controller-manager: serviceaccount default/default",
@@ -422,6 +483,21 @@ impl Cluster {
                 &[][..],
                 ExtendedKeyUsagePurpose::ClientAuth,
             ),
+            (
+                "scheduler",
+                "system:kube-scheduler",
+                None,
+                &[][..],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
+            // Bound to system:node-proxier by the bootstrap RBAC.
+            (
+                "kube-proxy",
+                "system:kube-proxy",
+                None,
+                &[][..],
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ),
         ];
         for (file, cn, org, sans, usage) in leaves {
             let (cert, key) = pki.leaf(cn, org, sans, usage);
@@ -455,20 +531,27 @@ impl Cluster {
         self.write_kubeconfig(name, &format!("token: {token}"))
     }
 
-    fn spawn(&mut self, name: &str, args: &[&str]) {
+    /// Starts `exe` (in the cluster's namespace) as one of the cluster's
+    /// processes: logged to `dir/<name>.log`, killed on drop.
+    pub fn spawn_process(&mut self, name: &str, exe: &Path, args: &[&str]) {
         let log = self.dir.path().join(format!("{name}.log"));
         let out = File::create(&log).expect("log file");
-        let exe = self.bin.join(name);
+        let exe = exe.to_owned();
         // setpriv: the process is killed when the thread that started it
         // ends, even if this test binary is killed before Drop runs.
         let mut cmd = if ward_testkit::which("setpriv").is_some() {
             let mut cmd = Command::new("setpriv");
-            cmd.args(["--pdeathsig", "KILL", "--"]).arg(&exe);
+            cmd.args(["--pdeathsig", "KILL", "--"]);
             cmd
         } else {
-            Command::new(&exe)
+            Command::new("env")
         };
+        // `ip netns exec` execs the command: the pid is still the process.
+        if let Some(ns) = &self.netns {
+            cmd.args(["ip", "netns", "exec", ns]);
+        }
         let child = cmd
+            .arg(&exe)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -480,6 +563,29 @@ impl Cluster {
             child,
             log,
         });
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str]) {
+        let exe = self.bin.join(name);
+        self.spawn_process(name, &exe, args);
+    }
+
+    /// `program` as a command in the cluster's namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(program);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
+    /// A plain-HTTP GET from the cluster's namespace (curl inside a
+    /// namespace; [`http_get`] on the host).
+    pub fn http_get(&self, addr: &str, path: &str) -> Result<(u16, String), String> {
+        http_get_in(self.netns.as_deref(), addr, path)
     }
 
     /// Panics with `what`, the reason and every process's log tail.
@@ -552,7 +658,8 @@ impl Cluster {
 
     /// `kubectl ARGS` with `kubeconfig`, `stdin` written to its input.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(self.bin.join("kubectl"))
+        let mut child = self
+            .command(self.bin.join("kubectl"))
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
