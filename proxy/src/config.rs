@@ -177,8 +177,9 @@ pub struct RunArgs {
     /// Time allowed for a client to send a request's headers (slowloris).
     #[arg(long, env = "WARD_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
-    /// Close connections on which no byte moved for this long (HTTP and TCP,
-    /// both directions; a long-poll that stays silent longer is cut too).
+    /// Close connections on which no application data moved for this long
+    /// (TCP and tunnel bytes, HTTP request and response frames, both
+    /// directions; HTTP/2 PINGs do not count; a silent long-poll is cut too).
     #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// How inbound request paths are normalized before they are authorized
