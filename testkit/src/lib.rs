@@ -38,8 +38,57 @@ pub fn prerequisite(available: bool, reason: &str) -> bool {
     if strict() {
         panic!("WARD_TEST_STRICT is set and a prerequisite is missing: {reason}");
     }
-    eprintln!("skipped: {reason}");
+    report_skip(reason);
     false
+}
+
+/// Makes a skip visible in a plain `cargo test`, which captures what tests
+/// print and reports a skipped test as `ok`: one line written straight to
+/// the terminal's stderr (not captured), and a line in this run's skip list,
+/// `target/ward-test-skips/<cargo pid>.txt`, whose count the line repeats.
+fn report_skip(reason: &str) {
+    use std::io::Write as _;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_owned();
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_default();
+    let entry = format!("{binary} {test}: {reason}\n");
+    let summary = match skip_list() {
+        Some(list) => {
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&list)
+                .and_then(|mut f| f.write_all(entry.as_bytes()));
+            let count = std::fs::read_to_string(&list)
+                .map(|text| text.lines().count())
+                .unwrap_or(0);
+            match appended {
+                Ok(()) => format!(
+                    " ({count} skipped so far in this run, listed in {})",
+                    list.display()
+                ),
+                Err(_) => String::new(),
+            }
+        }
+        None => String::new(),
+    };
+    let line = format!("skipped: {test}: {reason}{summary}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `target/ward-test-skips/<pid of the cargo that runs the tests>.txt`,
+/// from the test binary's place (`target/<profile>/deps/<binary>`).
+fn skip_list() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let target = exe.parent()?.parent()?.parent()?;
+    let dir = target.join("ward-test-skips");
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir.join(format!("{}.txt", std::os::unix::process::parent_id())))
 }
 
 /// Where an executable lives on `PATH`, if anywhere.
