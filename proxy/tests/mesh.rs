@@ -456,7 +456,6 @@ async fn outbound_refuses_an_inbound_with_the_wrong_identity() {
         &[],
     )
     .await;
-    let started = Instant::now();
     let reply = within(10, "request", http1(outbound.outbound_addrs[0], get("/")))
         .await
         .unwrap();
