@@ -6,7 +6,7 @@ pub mod attest;
 pub mod data_dir;
 pub mod inject;
 pub mod k8s;
-mod listener;
+pub mod listener;
 pub use ward_logging as logging;
 pub mod discovery;
 pub mod metrics;

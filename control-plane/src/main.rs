@@ -10,6 +10,7 @@ use clap::Parser;
 use ward_control_plane::attest::K8sTokenConfig;
 use ward_control_plane::inject::{self, InjectConfig};
 use ward_control_plane::k8s::ApiClient;
+use ward_control_plane::listener::Limits;
 use ward_control_plane::logging::{self, LogFormat};
 use ward_control_plane::server::{Config, ControlPlane};
 
@@ -84,6 +85,23 @@ struct Args {
     /// Default `WARD_LOG_LEVEL` of injected sidecars (`ward.io/log-level` overrides).
     #[arg(long, env = "WARD_PROXY_LOG_LEVEL", default_value = "info", value_parser = ["trace", "debug", "info", "warn", "error"])]
     proxy_log_level: String,
+    /// Open connections per listener; more are closed at once (counted in
+    /// ward_cp_connections_refused_total). The webhook takes at most 512.
+    #[arg(long, env = "WARD_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections, value_parser = positive_count)]
+    max_connections: usize,
+    /// Connections per source address without a verified client
+    /// certificate (still handshaking, enrolling, webhook, admin).
+    #[arg(long, env = "WARD_MAX_UNAUTHENTICATED_PER_SOURCE", default_value_t = Limits::default().max_unauthenticated_per_source, value_parser = positive_count)]
+    max_unauthenticated_per_source: usize,
+    /// Longest a client may take for the TLS handshake.
+    #[arg(long, env = "WARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    handshake_timeout: Duration,
+    /// Longest a client may take to send an HTTP/1 request's headers.
+    #[arg(long, env = "WARD_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "90s", value_parser = positive_duration)]
+    idle_timeout: Duration,
     #[arg(long, env = "WARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[arg(long, env = "WARD_LOG_LEVEL", default_value = "info")]
@@ -108,6 +126,13 @@ async fn main() -> anyhow::Result<()> {
     config.listen = args.listen;
     config.admin_listen = Some(args.admin_listen);
     config.svid_ttl = args.svid_ttl;
+    config.limits = Limits {
+        max_connections: args.max_connections,
+        max_unauthenticated_per_source: args.max_unauthenticated_per_source,
+        handshake_timeout: args.handshake_timeout,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+    };
     config.policy_dir = args.policy_dir;
     config.root_namespace = args.root_namespace;
     config.webhook_listen = args.webhook_listen;
@@ -146,6 +171,24 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     control_plane.shutdown().await;
     Ok(())
+}
+
+/// A count above zero.
+fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be more than zero".into()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// A duration above zero (a zero timeout would close every connection).
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 async fn shutdown_signal() {

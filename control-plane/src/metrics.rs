@@ -24,6 +24,8 @@ pub struct Metrics {
     pub discovery_bytes_sent: IntCounterVec,
     pub discovery_nacks: IntCounterVec,
     pub discovery_sidecars: IntGaugeVec,
+    /// Connections refused, timed out and open, per listener.
+    pub listeners: std::sync::Arc<crate::listener::ListenerMetrics>,
 }
 
 impl Metrics {
@@ -196,7 +198,10 @@ impl Metrics {
                 .register(collector)
                 .expect("metric registered once");
         }
+        let listeners = std::sync::Arc::new(crate::listener::ListenerMetrics::new());
+        listeners.register(&registry);
         Metrics {
+            listeners,
             registry,
             certificates_issued,
             certificate_refusals,

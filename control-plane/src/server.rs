@@ -33,7 +33,7 @@ use crate::discovery::{EndpointEntry, Endpoints, LineReader, Sidecars, StreamCon
 use crate::inject::InjectConfig;
 use crate::k8s::ApiClient;
 use crate::k8s::kube_sources::KubernetesSource;
-use crate::listener;
+use crate::listener::{self, Conn, Limits, Settings};
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
@@ -88,6 +88,8 @@ pub struct Config {
     /// The audience TokenReview asks the API server to confirm
     /// ([`DEFAULT_AUDIENCE`] unless configured).
     pub token_review_audience: String,
+    /// Connection caps and timeouts of every listener.
+    pub limits: Limits,
 }
 
 impl Config {
@@ -113,6 +115,7 @@ impl Config {
             kubernetes_sources: false,
             token_review: false,
             token_review_audience: DEFAULT_AUDIENCE.to_owned(),
+            limits: Limits::default(),
         }
     }
 }
@@ -236,11 +239,16 @@ impl ControlPlane {
         let api_state = state.clone();
         tasks.spawn(listener::accept_loop(
             api,
-            "api",
-            shutdown_rx.clone(),
-            move |tcp, peer, shutdown| {
-                serve_api_connection(tcp, peer, acceptor.clone(), api_state.clone(), shutdown)
+            Settings {
+                what: "api",
+                limits: config.limits,
+                max_streams: API_MAX_STREAMS,
+                stream_window: 256 * 1024,
+                connection_window: 1024 * 1024,
+                metrics: metrics.listeners.clone(),
             },
+            shutdown_rx.clone(),
+            move |tcp, conn| serve_api_connection(tcp, conn, acceptor.clone(), api_state.clone()),
         ));
         let webhook = match config.webhook_listen {
             Some(listen) => {
@@ -252,6 +260,8 @@ impl ControlPlane {
                         inject,
                         // Shares the certificate cell: renewals apply to both.
                         tls: serving.server_config(),
+                        limits: config.limits,
+                        metrics: metrics.listeners.clone(),
                     })
                     .await?,
                 )
@@ -270,15 +280,22 @@ impl ControlPlane {
                 let state = state.clone();
                 tasks.spawn(listener::accept_loop(
                     admin,
-                    "admin",
+                    Settings {
+                        what: "admin",
+                        limits: config.limits,
+                        max_streams: 8,
+                        stream_window: 64 * 1024,
+                        connection_window: 64 * 1024,
+                        metrics: metrics.listeners.clone(),
+                    },
                     shutdown_rx,
-                    move |tcp, peer, shutdown| {
+                    move |tcp, conn| {
                         let state = state.clone();
                         let service = service_fn(move |req: Request<Incoming>| {
                             let state = state.clone();
                             async move { Ok::<_, Infallible>(admin_route(&state, &req)) }
                         });
-                        listener::serve_http(tcp, service, shutdown, peer, "admin")
+                        conn.serve_http(tcp, service)
                     },
                 ));
                 Some(local)
@@ -381,22 +398,31 @@ fn service_account_verifier(
     }
 }
 
+/// Concurrent HTTP/2 streams per API connection: a sidecar needs two (its
+/// discovery stream and a renewal).
+const API_MAX_STREAMS: u32 = 16;
+/// Longest a client may take to send a unary request's whole body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One API connection: TLS (the client's SVID, when it presents one, is
 /// its identity for renewals and the watch stream), then HTTP.
 async fn serve_api_connection(
     tcp: TcpStream,
-    peer_addr: SocketAddr,
+    mut conn: Conn,
     acceptor: TlsAcceptor,
     state: Arc<State>,
-    shutdown: watch::Receiver<bool>,
 ) {
-    let Some(tls) = listener::handshake(&acceptor, tcp, peer_addr, "api").await else {
+    let Some(tls) = conn.handshake(&acceptor, tcp).await else {
         return;
     };
-    let conn = tls.get_ref().1;
-    let peer_id = ward_identity::tls::peer_spiffe_id(conn);
+    let peer_addr = conn.peer;
+    let session = tls.get_ref().1;
+    let peer_id = ward_identity::tls::peer_spiffe_id(session);
+    if peer_id.is_some() {
+        conn.authenticated();
+    }
     // Streams opened with this certificate end when it does.
-    let peer_expiry = conn
+    let peer_expiry = session
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|leaf| ward_identity::svid::not_after_of(leaf).ok());
@@ -410,7 +436,7 @@ async fn serve_api_connection(
         };
         async move { Ok::<_, Infallible>(route(&state, caller, req).await) }
     });
-    listener::serve_http(tls, service, shutdown, peer_addr, "api").await;
+    conn.serve_http(tls, service).await;
 }
 
 /// Who is calling: the client certificate's identity and expiry (none
@@ -642,12 +668,17 @@ async fn issue_svid(
         warn!(reason, %message, "certificate request refused");
         error(status, reason, message)
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(err) => {
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+    let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!("the request body took longer than {BODY_TIMEOUT:?}"),
+            );
+        }
+        Ok(Err(err)) => {
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_unreadable",

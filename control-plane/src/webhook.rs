@@ -14,6 +14,17 @@
 //! denied (`allowed: false`, code 403, the reason in `status.message`): the
 //! mesh fails closed rather than start a pod with settings it did not ask
 //! for. A body that is not an AdmissionReview is answered 400.
+//!
+//! Memory stays bounded however many clients send however large bodies:
+//! at most [`MAX_STREAMS`] requests per connection, [`MAX_CONNECTIONS`]
+//! connections, small HTTP/2 windows, every body counted against a shared
+//! [`BODY_BUDGET`] *while* it streams in, and at most [`MAX_REVIEWS`]
+//! bodies parsed at once. A body that finds the budget spent is answered
+//! 503 at once rather than waiting (waiting bodies would hold what they
+//! have and starve the rest); its first [`SMALL_BODY`] bytes may use a
+//! [`RESERVE`] the rest may not, so ordinary pods (a few KiB) are admitted
+//! while large bodies crowd the budget. A body not received within
+//! [`BODY_TIMEOUT`] is answered 503 too.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,14 +35,14 @@ use anyhow::Context;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -40,12 +51,26 @@ use crate::inject::{
     self, ANNOTATION_INJECT, InjectConfig, InjectOutcome, NAMESPACE_ENABLED, NAMESPACE_LABEL,
     SkipReason,
 };
-use crate::listener;
+use crate::listener::{self, Limits, ListenerMetrics, Settings};
 
 pub const INJECT_PATH: &str = "/inject";
 pub const INJECT_NAMESPACE_ENABLED_PATH: &str = "/inject/namespace-enabled";
 /// The API server caps objects at 3 MiB; leave room for the envelope.
 const MAX_BODY_BYTES: usize = 8 << 20;
+/// Body bytes held by all requests at once (counted in KiB permits).
+pub const BODY_BUDGET: usize = 64 << 20;
+/// Part of the budget only the first [`SMALL_BODY`] bytes of a body may use.
+pub const RESERVE: usize = 4 << 20;
+pub const SMALL_BODY: usize = 256 << 10;
+/// The API server gives a webhook 10 s by default: a body slower than that
+/// is answered for nobody.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Concurrent HTTP/2 streams per connection (bodies are large).
+pub const MAX_STREAMS: u32 = 4;
+/// Connections at most (API servers are few; fewer if `WARD_MAX_CONNECTIONS` says so).
+pub const MAX_CONNECTIONS: usize = 512;
+/// AdmissionReviews parsed at once (a parsed pod is several times its JSON).
+pub const MAX_REVIEWS: usize = 2;
 
 pub struct WebhookConfig {
     /// 0.0.0.0:15017 in a deployment.
@@ -55,6 +80,15 @@ pub struct WebhookConfig {
     /// (`ward-control-plane.ward-system.svc`) under the `caBundle` of the
     /// MutatingWebhookConfiguration.
     pub tls: Arc<rustls::ServerConfig>,
+    pub limits: Limits,
+    pub metrics: Arc<ListenerMetrics>,
+}
+
+/// What every request shares: the injection settings and the memory bounds.
+struct Shared {
+    inject: InjectConfig,
+    budget: Arc<Semaphore>,
+    reviews: Semaphore,
 }
 
 /// A running injector. Call `shutdown` to stop it.
@@ -73,23 +107,36 @@ impl Webhook {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let acceptor = TlsAcceptor::from(config.tls);
-        let inject = Arc::new(config.inject);
+        let shared = Arc::new(Shared {
+            inject: config.inject,
+            budget: Arc::new(Semaphore::new(BODY_BUDGET / 1024)),
+            reviews: Semaphore::new(MAX_REVIEWS),
+        });
+        let mut limits = config.limits;
+        limits.max_connections = limits.max_connections.min(MAX_CONNECTIONS);
+        let settings = Settings {
+            what: "webhook",
+            limits,
+            max_streams: MAX_STREAMS,
+            stream_window: 64 * 1024,
+            connection_window: 128 * 1024,
+            metrics: config.metrics,
+        };
         tasks.spawn(listener::accept_loop(
             listener,
-            "webhook",
+            settings,
             shutdown_rx,
-            move |tcp, peer, shutdown| {
-                let (acceptor, inject) = (acceptor.clone(), inject.clone());
+            move |tcp, conn| {
+                let (acceptor, shared) = (acceptor.clone(), shared.clone());
                 async move {
-                    let Some(tls) = listener::handshake(&acceptor, tcp, peer, "webhook").await
-                    else {
+                    let Some(tls) = conn.handshake(&acceptor, tcp).await else {
                         return;
                     };
                     let service = service_fn(move |req| {
-                        let inject = inject.clone();
-                        async move { Ok::<_, Infallible>(route(&inject, req).await) }
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(route(&shared, req).await) }
                     });
-                    listener::serve_http(tls, service, shutdown, peer, "webhook").await;
+                    conn.serve_http(tls, service).await;
                 }
             },
         ));
@@ -122,7 +169,7 @@ pub async fn serve_webhook(
     Ok(())
 }
 
-async fn route(config: &InjectConfig, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let namespace_enabled = match (req.method(), req.uri().path()) {
         (&Method::POST, INJECT_PATH) => false,
         (&Method::POST, INJECT_NAMESPACE_ENABLED_PATH) => true,
@@ -131,19 +178,35 @@ async fn route(config: &InjectConfig, req: Request<Incoming>) -> Response<Full<B
         }
         _ => return reply(StatusCode::NOT_FOUND, "not found\n".into()),
     };
-    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(err) => {
+    let read = read_body(req.into_body(), &shared.budget);
+    let (body, _held) = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(read)) => read,
+        Ok(Err(BodyError::TooLarge)) => {
             return reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body unreadable or over {MAX_BODY_BYTES} bytes: {err}\n"),
+                format!("body over {MAX_BODY_BYTES} bytes\n"),
+            );
+        }
+        Ok(Err(BodyError::Busy)) => {
+            warn!("answering 503: AdmissionReview bodies hold the whole memory budget");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many large AdmissionReviews in flight; retry\n".into(),
+            );
+        }
+        Ok(Err(BodyError::Read(err))) => {
+            return reply(StatusCode::BAD_REQUEST, format!("body unreadable: {err}\n"));
+        }
+        Err(_) => {
+            warn!("an AdmissionReview body was not received within {BODY_TIMEOUT:?}");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("body not received within {BODY_TIMEOUT:?}\n"),
             );
         }
     };
-    match review(&body, namespace_enabled, config) {
+    let _parsing = shared.reviews.acquire().await.expect("never closed");
+    match review(&body, namespace_enabled, &shared.inject) {
         Ok(answer) => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(answer.to_string())))
@@ -153,6 +216,54 @@ async fn route(config: &InjectConfig, req: Request<Incoming>) -> Response<Full<B
             reply(StatusCode::BAD_REQUEST, format!("{message}\n"))
         }
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Busy,
+    Read(hyper::Error),
+}
+
+/// Reads a body up to [`MAX_BODY_BYTES`], taking budget for each frame as
+/// it arrives (`Busy` when there is none left for it): the budget is held
+/// until the returned permit is dropped.
+async fn read_body(
+    mut body: Incoming,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), BodyError> {
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyError::Read)?.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_BODY_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        // KiB permits for what the buffer will hold after this frame.
+        let need = (buf.len() + data.len()).div_ceil(1024);
+        let have = held.as_ref().map_or(0, |p| p.num_permits());
+        if need > have {
+            let more = need - have;
+            let reserve = match buf.len() + data.len() > SMALL_BODY {
+                true => RESERVE / 1024,
+                false => 0,
+            };
+            if budget.available_permits() < more + reserve {
+                return Err(BodyError::Busy);
+            }
+            let more = budget
+                .clone()
+                .try_acquire_many_owned(more as u32)
+                .map_err(|_| BodyError::Busy)?;
+            match held.as_mut() {
+                Some(permit) => permit.merge(more),
+                None => held = Some(more),
+            }
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -56,6 +56,8 @@ async fn start() -> Harness {
         listen: "127.0.0.1:0".parse().unwrap(),
         inject: InjectConfig::new("example.org"),
         tls: Arc::new(server),
+        limits: Default::default(),
+        metrics: Default::default(),
     })
     .await
     .unwrap();

@@ -5,3 +5,4 @@
 
 pub mod apiserver;
 pub mod control_plane;
+pub mod flood;
