@@ -180,6 +180,7 @@ async fn silent_connections_fill_the_api_cap_then_time_out_and_renewals_and_watc
             jitter: 0.0,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(1),
+            ..RotationPolicy::default()
         },
         stop,
     );

@@ -1,8 +1,12 @@
 //! The workload side of identity: generate a key in memory, send a CSR to
 //! the control plane, install the SVID, and renew it at half its lifetime
 //! (with jitter, so a fleet started together does not renew together).
-//! Failed attempts back off exponentially while the current certificate
-//! keeps serving; the private key never leaves this process.
+//! Failed attempts back off exponentially (jittered, and never longer than
+//! an eighth of what is left of the current certificate) while it keeps
+//! serving; an attempt that does not finish within
+//! [`RotationPolicy::attempt_timeout`] is abandoned and retried, so a
+//! renewal that started during an outage cannot hang past it. The private
+//! key never leaves this process.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -76,6 +80,8 @@ pub struct RotationPolicy {
     pub jitter: f64,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Longest one issuance may take before it is abandoned and retried.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RotationPolicy {
@@ -84,7 +90,9 @@ impl Default for RotationPolicy {
             renew_at: 0.5,
             jitter: 0.05,
             min_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(30),
+            // Back within seconds of the control plane's return.
+            max_backoff: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -175,7 +183,17 @@ pub fn spawn<I: SvidIssuer>(
     tokio::spawn(async move {
         let mut backoff = policy.min_backoff;
         loop {
-            let wait = match obtain(&id, &issuer, &svid, &bundles).await {
+            let attempt = tokio::time::timeout(
+                policy.attempt_timeout,
+                obtain(&id, &issuer, &svid, &bundles),
+            );
+            let result = attempt.await.unwrap_or_else(|_| {
+                Err(format!(
+                    "no answer within {:?}; abandoned",
+                    policy.attempt_timeout
+                ))
+            });
+            let wait = match result {
                 Ok(not_after) => {
                     stats.renewals.fetch_add(1, Ordering::Relaxed);
                     backoff = policy.min_backoff;
@@ -186,7 +204,7 @@ pub fn spawn<I: SvidIssuer>(
                 }
                 Err(err) => {
                     stats.failures.fetch_add(1, Ordering::Relaxed);
-                    let wait = backoff;
+                    let wait = retry_delay(backoff, svid.not_after());
                     backoff = (backoff * 2).min(policy.max_backoff);
                     warn!(spiffe_id = %id, %err, retry_in = ?wait, "obtaining an X.509-SVID failed; keeping the current one");
                     wait
@@ -231,6 +249,21 @@ async fn obtain<I: SvidIssuer>(
     }
     bundles.store(Arc::new(next_bundles));
     Ok(verified.not_after)
+}
+
+/// The wait before retrying: `backoff` with jitter (50 to 100 %, so a fleet
+/// does not come back at once), and at most an eighth of what is left of
+/// the current certificate, so there are several attempts before it
+/// expires.
+fn retry_delay(backoff: Duration, not_after: Option<OffsetDateTime>) -> Duration {
+    let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+    let left = not_after
+        .map(|t| (t - OffsetDateTime::now_utc()).max(time::Duration::ZERO))
+        .and_then(|d| Duration::try_from(d).ok());
+    match left {
+        Some(left) => jittered.min(left / 8),
+        None => jittered,
+    }
 }
 
 /// Time until renewal: `renew_at` of the remaining lifetime, ± jitter.

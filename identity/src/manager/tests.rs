@@ -151,3 +151,55 @@ async fn a_certificate_for_another_identity_is_never_installed() {
     assert!(!handle.is_ready());
     assert!(handle.stats().failures.load(Ordering::Relaxed) >= 1);
 }
+
+/// An issuer whose second call (the first renewal) never answers.
+struct HangsOnce {
+    inner: LocalIssuer,
+    calls: Mutex<u32>,
+}
+
+impl SvidIssuer for HangsOnce {
+    async fn issue(
+        &self,
+        id: &SpiffeId,
+        csr: String,
+        current: &Arc<SvidCell>,
+    ) -> Result<IssuedChain, String> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls
+        };
+        if call == 2 {
+            std::future::pending::<()>().await;
+        }
+        self.inner.issue(id, csr, current).await
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_that_never_answers_is_abandoned_and_retried() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let issuer = HangsOnce {
+        inner: LocalIssuer {
+            ca: local_ca(),
+            ttl: Duration::from_secs(4),
+        },
+        calls: Mutex::new(0),
+    };
+    let policy = RotationPolicy {
+        attempt_timeout: Duration::from_millis(500),
+        min_backoff: Duration::from_millis(100),
+        ..RotationPolicy::default()
+    };
+    let handle = spawn(workload(), issuer, policy, stop);
+    let first = handle.ready().await;
+    // Renewal at ~2 s, abandoned 0.5 s later, retried 0.05-0.1 s after:
+    // well before the first certificate expires (4 s). Without the attempt
+    // timeout the manager would wait forever.
+    let renewed = tokio::time::timeout(Duration::from_secs(4), handle.renewed_after(first))
+        .await
+        .expect("the hung renewal is abandoned and the next attempt succeeds");
+    assert!(renewed > first);
+    assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 1);
+}
