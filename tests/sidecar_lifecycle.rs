@@ -170,3 +170,76 @@ fn a_sidecar_started_while_the_control_plane_is_down_sends_no_plaintext_and_reco
     });
     assert_eq!(frontend.curl("/echo"), 200);
 }
+
+fn expiry(w: &Workload) -> f64 {
+    metric_sum(
+        &w.metrics(),
+        "ward_certificate_expiry_timestamp_seconds",
+        &[],
+    )
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// What docs/proxy.md promises for a certificate that expires while the
+/// control plane is away: open connections end with it, the sidecar is not
+/// ready and serves nothing (nothing in plaintext either). Enrolled with a
+/// single-use join token, it cannot prove who it is any more once the
+/// certificate is gone: it stays out of service, saying why, even after
+/// the control plane is back (a service-account token would re-attest).
+#[test]
+fn a_certificate_that_expires_during_an_outage_fails_closed() {
+    if !prerequisites() {
+        return;
+    }
+    let mut cluster = Cluster::start_with_env(&[], &[("WARD_SVID_TTL", "15s")]);
+    let backend = cluster.serving("backend", &["http", "--name", "backend"]);
+    let frontend = cluster.calling("frontend", &backend);
+    let outbound = frontend.outbound.unwrap().to_string();
+    // A pooled mTLS connection is open from here on.
+    assert_eq!(status_through(&outbound), "200");
+
+    cluster.stop_control_plane();
+    let expires = expiry(&backend).max(expiry(&frontend));
+    wait_until(Duration::from_secs(60), "both certificates expired", || {
+        unix_now() > expires + 1.0
+    });
+    for w in [&backend, &frontend] {
+        let (status, body) = http_get(w.admin, "/ready").unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "certificate expired\n"),
+            "{}",
+            w.name
+        );
+    }
+    // The connection opened before expiry was closed with the certificates:
+    // the request needs a new handshake, which the expired ones fail.
+    assert_ne!(status_through(&outbound), "200");
+    assert!(
+        backend
+            .proxy_log()
+            .contains("a certificate it was authenticated with expired"),
+        "{}",
+        backend.proxy_log()
+    );
+
+    cluster.start_control_plane();
+    wait_until(
+        Duration::from_secs(60),
+        "the renewal attempt to say why it cannot",
+        || {
+            frontend
+                .proxy_log()
+                .contains("no valid SVID is left to renew with")
+        },
+    );
+    let (status, _) = http_get(frontend.admin, "/ready").unwrap();
+    assert_eq!(status, 503);
+    assert_ne!(status_through(&outbound), "200");
+}

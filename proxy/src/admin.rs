@@ -102,6 +102,8 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
                 } else if !self.identity.is_ready() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
+                } else if self.identity.is_expired() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "certificate expired\n")
                 } else if self.policy.as_ref().is_some_and(|p| !p.has_policy()) {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,

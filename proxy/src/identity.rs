@@ -35,8 +35,18 @@ pub struct WorkloadIdentity {
 }
 
 impl WorkloadIdentity {
+    /// A certificate is installed.
     pub fn is_ready(&self) -> bool {
         self.svid.is_ready()
+    }
+
+    /// The installed certificate's notAfter has passed: renewals failed
+    /// until then (e.g. a long control-plane outage). Peers refuse it, so
+    /// the workload must not be reported ready; renewal keeps trying.
+    pub fn is_expired(&self) -> bool {
+        self.svid
+            .not_after()
+            .is_some_and(|not_after| not_after <= time::OffsetDateTime::now_utc())
     }
 }
 

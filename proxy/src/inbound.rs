@@ -76,6 +76,8 @@ pub struct Inbound {
     /// How request paths are normalized before they are authorized and
     /// forwarded.
     pub path_normalization: PathNormalization,
+    /// The workload's own certificate: a connection ends when it expires.
+    pub svid: Arc<ward_identity::tls::SvidCell>,
 }
 
 /// What every request on one inbound HTTP connection shares.
@@ -232,6 +234,19 @@ impl Inbound {
             )
         };
         let conn = ConnInfo::new(peer_id, source, destination);
+        // A connection lives no longer than either certificate it was
+        // authenticated with: TLS checks validity only at the handshake,
+        // and pooled HTTP/2 connections can live for days.
+        let peer_expiry = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| ward_identity::svid::not_after_of(leaf).ok());
+        let expires = [peer_expiry, self.svid.not_after()]
+            .into_iter()
+            .flatten()
+            .min();
         let protocol = match alpn {
             Some(Alpn::H2) => Protocol::Http2,
             Some(Alpn::Http1) => Protocol::Http1,
@@ -246,12 +261,15 @@ impl Inbound {
                         _ => Protocol::Opaque,
                     };
                     let io = Rewind::new(prefix, tls);
-                    return self.serve(io, counts, conn, protocol, app, shutdown).await;
+                    return self
+                        .serve(io, counts, conn, expires, protocol, app, shutdown)
+                        .await;
                 }
                 Err(_) => return,
             },
         };
-        self.serve(tls, counts, conn, protocol, app, shutdown).await;
+        self.serve(tls, counts, conn, expires, protocol, app, shutdown)
+            .await;
     }
 
     /// Serves a plaintext connection: its peer has no identity.
@@ -267,15 +285,20 @@ impl Inbound {
         let counts = Arc::new(ByteCounts::default());
         let io = Counting::new(tcp, counts.clone());
         let conn = ConnInfo::new(None, source, destination);
-        self.serve(io, counts, conn, protocol, app, shutdown).await;
+        self.serve(io, counts, conn, None, protocol, app, shutdown)
+            .await;
     }
 
-    /// Serves a connection whose peer is known, counting it for that peer.
+    /// Serves a connection whose peer is known, counting it for that peer,
+    /// until it ends, idles, a policy change denies it or `expires` (the
+    /// earlier notAfter of the certificates of an mTLS connection) passes.
+    #[allow(clippy::too_many_arguments)]
     async fn serve<I>(
         self: Arc<Self>,
         io: I,
         counts: Arc<ByteCounts>,
         conn: ConnInfo,
+        expires: Option<time::OffsetDateTime>,
         protocol: Protocol,
         app: AppPort,
         shutdown: CancellationToken,
@@ -346,6 +369,9 @@ impl Inbound {
             }
             _ = closed_by_policy => {
                 debug!(source = %conn.source, "closing an inbound connection a policy change no longer allows");
+            }
+            _ = until(expires) => {
+                info!(source = %conn.source, peer = ?conn.peer_id, "closing an inbound connection: a certificate it was authenticated with expired");
             }
         }
         let (received, sent) = counts.totals();
@@ -634,4 +660,13 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     copy.version = parts.version;
     copy.headers = parts.headers.clone();
     copy
+}
+
+/// Resolves at `deadline` (never for `None`).
+async fn until(deadline: Option<time::OffsetDateTime>) {
+    let Some(deadline) = deadline else {
+        return std::future::pending().await;
+    };
+    let left = deadline - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(left.try_into().unwrap_or(Duration::ZERO)).await;
 }

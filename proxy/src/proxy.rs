@@ -128,6 +128,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         limits,
         self_addrs: self_addrs.clone(),
         path_normalization: args.path_normalization,
+        svid: identity.svid.clone(),
     });
     let outbound = Arc::new(Outbound {
         destinations,
