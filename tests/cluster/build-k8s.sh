@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Builds a pinned Kubernetes control plane (kube-apiserver,
-# kube-controller-manager, kube-scheduler, kube-proxy, kubectl), etcd and helm
-# from the Go module proxy, and caches the binaries outside the repository.
+# kube-controller-manager, kube-scheduler, kube-proxy, kubectl), etcd, helm and
+# Prometheus (Debian's is built without Kubernetes service discovery) from the
+# Go module proxy, and caches the binaries outside the repository.
 #
 # Usage:
 #   BIN=$(tests/cluster/build-k8s.sh | tail -1)   # build if needed, print the bin dir
 #   tests/cluster/build-k8s.sh --pin-k8s v1.34.5  # maintainer: regenerate k8s/go.mod
 #   tests/cluster/build-k8s.sh --pin-etcd v3.6.17 # maintainer: bump etcd/go.mod
 #   tests/cluster/build-k8s.sh --pin-helm v4.3.3  # maintainer: bump helm/go.mod
+#   tests/cluster/build-k8s.sh --pin-prometheus v0.316.1 # maintainer: bump prometheus/go.mod
 #
-# The versions are those required by the three small modules beside this
-# script (k8s/, etcd/, helm/ with their go.sum): they are the only place the
+# The versions are those required by the four small modules beside this
+# script (k8s/, etcd/, helm/, prometheus/ with their go.sum): they are the only place the
 # versions are written. The last line on stdout is the bin directory; progress
 # goes to stderr.
 #
@@ -18,7 +20,10 @@
 #   components/k8s-<v>/bin/   kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl
 #   components/etcd-<v>/bin/  etcd
 #   components/helm-<v>/bin/  helm
-#   k8s-<v>_etcd-<v>_helm-<v>/bin/   symlinks to all seven: the printed directory
+#   components/prometheus-<v>/bin/  prometheus (Kubernetes discovery only)
+#   k8s-<v>_etcd-<v>_helm-<v>_prometheus-<v>/bin/   symlinks to all eight: the printed directory
+#     (prometheus as prometheus-k8s-sd: .ci/run puts this directory first on
+#     PATH, and the other tests keep Debian's prometheus)
 # Each directory is built in a temporary directory inside the cache and renamed
 # into place only once complete, so an interrupted build leaves no half cache.
 # When the printed directory is complete the script runs no go command at all.
@@ -30,7 +35,7 @@ K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubec
 # Kubernetes' own release build (hack/lib/golang.sh) uses these tags for
 # non-debug binaries and builds the server binaries and kubectl with CGO off.
 K8S_TAGS=selinux,notest,grpcnotrace
-MIN_GO_MINOR=26 # etcd 3.6.16 and helm 4.3 declare go 1.26.0
+MIN_GO_MINOR=26 # etcd 3.6.16 and helm 4.3 declare go 1.26.0 (prometheus v0.316.0: 1.26.7)
 
 log() { printf 'build-k8s: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -49,13 +54,16 @@ K8S_VERSION=$(modver "$HERE/k8s/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(modver "$HERE/etcd/go.mod" go.etcd.io/etcd/server/v3)
 HELM_MODULE=$(helm_module)
 HELM_VERSION=$(modver "$HERE/helm/go.mod" "$HELM_MODULE")
-[[ -n $K8S_VERSION && -n $ETCD_VERSION && -n $HELM_MODULE && -n $HELM_VERSION ]] ||
-    die "cannot read the pinned versions from $HERE/{k8s,etcd,helm}/go.mod"
+PROM_MODULE=github.com/prometheus/prometheus
+PROM_VERSION=$(modver "$HERE/prometheus/go.mod" "$PROM_MODULE")
+[[ -n $K8S_VERSION && -n $ETCD_VERSION && -n $HELM_MODULE && -n $HELM_VERSION && -n $PROM_VERSION ]] ||
+    die "cannot read the pinned versions from $HERE/{k8s,etcd,helm,prometheus}/go.mod"
 
 K8S_DIR=$CACHE/components/k8s-$K8S_VERSION
 ETCD_DIR=$CACHE/components/etcd-$ETCD_VERSION
 HELM_DIR=$CACHE/components/helm-$HELM_VERSION
-BIN_DIR=$CACHE/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}/bin
+PROM_DIR=$CACHE/components/prometheus-$PROM_VERSION
+BIN_DIR=$CACHE/k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_prometheus-${PROM_VERSION}/bin
 
 have_bins() { # have_bins DIR NAME...: every NAME is an executable in DIR/bin
     local dir=$1 name
@@ -142,13 +150,14 @@ case "${1:-}" in
     --pin-k8s) pin_k8s "${2:?--pin-k8s VERSION}"; exit 0 ;;
     --pin-etcd) pin_simple etcd go.etcd.io/etcd/server/v3 "${2:?--pin-etcd VERSION}"; exit 0 ;;
     --pin-helm) pin_simple helm "$HELM_MODULE" "${2:?--pin-helm VERSION}"; exit 0 ;;
+    --pin-prometheus) pin_simple prometheus "$PROM_MODULE" "${2:?--pin-prometheus VERSION}"; exit 0 ;;
     "") ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
 esac
 
 # ---------------------------------------------------------------- fast path
-if have_bins "$(dirname "$BIN_DIR")" "${K8S_CMDS[@]}" etcd helm; then
+if have_bins "$(dirname "$BIN_DIR")" "${K8S_CMDS[@]}" etcd helm prometheus-k8s-sd; then
     echo "$BIN_DIR"
     exit 0
 fi
@@ -296,12 +305,31 @@ build_helm() {
     publish "$tmp" "$HELM_DIR"
 }
 
+build_prometheus() {
+    local tmp v=$PROM_VERSION rel
+    new_tmp
+    tmp=$TMP
+    # Module v0.316.0 is Prometheus 3.16.0 (the v3 releases are tagged v0.3xx.y).
+    rel=${v#v0.}
+    rel=${rel:0:1}.${rel:1}
+    # Only the Kubernetes discovery (the tags of plugins/*.go); the web UI's
+    # assets are not embedded (the tests use the HTTP API). Prometheus'
+    # Makefile sets the version through common/version the same way.
+    gobuild prometheus "$HERE/prometheus" "$tmp/bin/prometheus" "$PROM_MODULE/cmd/prometheus" \
+        "-s -w -X github.com/prometheus/common/version.Version=$rel -X github.com/prometheus/common/version.Revision=module-$v -X github.com/prometheus/common/version.Branch=module" \
+        remove_all_sd,enable_kubernetes_sd
+    expect prometheus "version $rel" "$tmp/bin/prometheus" --version
+    printf '%s %s\n%s\n' "$PROM_MODULE" "$v" "$(go version)" >"$tmp/VERSION"
+    publish "$tmp" "$PROM_DIR"
+}
+
 log "cache: $CACHE"
-log "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION ($(go env GOVERSION))"
+log "versions: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION, prometheus $PROM_VERSION ($(go env GOVERSION))"
 T0=$(now)
 if have_bins "$K8S_DIR" "${K8S_CMDS[@]}"; then log "kubernetes $K8S_VERSION: cached"; else build_k8s; fi
 if have_bins "$ETCD_DIR" etcd; then log "etcd $ETCD_VERSION: cached"; else build_etcd; fi
 if have_bins "$HELM_DIR" helm; then log "helm $HELM_VERSION: cached"; else build_helm; fi
+if have_bins "$PROM_DIR" prometheus; then log "prometheus $PROM_VERSION: cached"; else build_prometheus; fi
 
 # The printed directory: relative symlinks to the component binaries.
 new_tmp
@@ -309,7 +337,8 @@ tmp=$TMP
 for c in "${K8S_CMDS[@]}"; do ln -s "../../components/k8s-$K8S_VERSION/bin/$c" "$tmp/bin/$c"; done
 ln -s "../../components/etcd-$ETCD_VERSION/bin/etcd" "$tmp/bin/etcd"
 ln -s "../../components/helm-$HELM_VERSION/bin/helm" "$tmp/bin/helm"
+ln -s "../../components/prometheus-$PROM_VERSION/bin/prometheus" "$tmp/bin/prometheus-k8s-sd"
 publish "$tmp" "$(dirname "$BIN_DIR")"
-have_bins "$(dirname "$BIN_DIR")" "${K8S_CMDS[@]}" etcd helm || die "internal: $BIN_DIR is incomplete"
+have_bins "$(dirname "$BIN_DIR")" "${K8S_CMDS[@]}" etcd helm prometheus-k8s-sd || die "internal: $BIN_DIR is incomplete"
 log "done in $(elapsed "$T0")s; cache size $(du -sh "$CACHE" | cut -f1)"
 echo "$BIN_DIR"
