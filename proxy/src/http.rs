@@ -228,6 +228,9 @@ pub async fn serve_connection<I, F, Fut>(
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32)
+            // One client connection holds at most one pooled upstream
+            // connection's worth of streams.
+            .max_concurrent_streams(crate::upstream::pool::H2_MAX_STREAMS)
             .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
             .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW)
             .keep_alive_interval(std::time::Duration::from_secs(30));

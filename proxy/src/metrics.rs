@@ -48,6 +48,7 @@ pub struct ProxyMetrics {
     pub policy_file_rejections: IntCounter,
     pub retries: IntCounterVec,
     pub ejections: IntCounterVec,
+    pub upstream_pool_connections: IntCounter,
     service_labels: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -184,6 +185,10 @@ impl ProxyMetrics {
                 "ward_outbound_endpoint_ejections_total",
                 "Service endpoints ejected from balancing after repeated failures, by Service.",
                 &["dst_service"],
+            ),
+            upstream_pool_connections: b.plain_counter(
+                "ward_outbound_pool_connections_opened_total",
+                "HTTP/2 connections opened to peer sidecars for the shared pool (another is opened when every one is at its stream limit).",
             ),
             service_labels: Default::default(),
             registry,

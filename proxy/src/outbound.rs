@@ -273,26 +273,33 @@ impl Outbound {
                 let mut req = Request::from_parts(parts, req_body);
                 let mut retried = false;
                 loop {
-                    let mut sender = match &route.link {
-                        Link::Owned(slot) => self.owned_http2(slot, route).await?,
-                        Link::Pooled(slot) => {
-                            self.upstream
-                                .pooled_http2(slot, route.dest, &route.expected)
-                                .await?
+                    let sent = match &route.link {
+                        Link::Owned(slot) => {
+                            let mut sender = self.owned_http2(slot, route).await?;
+                            sender
+                                .try_send_request(req)
+                                .await
+                                .map(|resp| resp.map(|b| b.boxed()))
+                                .map_err(|mut err| (err.take_message(), err.into_error()))
                         }
+                        Link::Pooled(pool) => self
+                            .upstream
+                            .pooled_stream(pool, route.dest, &route.expected)
+                            .await?
+                            .send(req)
+                            .await
+                            .map_err(|failed| (failed.unsent, failed.error)),
                     };
-                    match sender.try_send_request(req).await {
+                    match sent {
                         Ok(resp) => break Ok(resp),
                         // The connection closed (the peer's GOAWAY while it
                         // drains) before the request went out: it is handed
                         // back unsent, so once more on a fresh connection.
-                        Err(mut err) => match err.take_message() {
-                            Some(unsent) if !retried => {
-                                retried = true;
-                                req = unsent;
-                            }
-                            _ => break Err(err.into_error()),
-                        },
+                        Err((Some(unsent), _)) if !retried => {
+                            retried = true;
+                            req = unsent;
+                        }
+                        Err((_, err)) => break Err(err),
                     }
                 }
             }
@@ -320,13 +327,13 @@ impl Outbound {
                 let pending = self
                     .owned_http1_send(slot, route, Request::from_parts(parts, req_body))
                     .await?;
-                pending.await
+                pending.await.map(|resp| resp.map(|b| b.boxed()))
             }
         };
         match response {
             Ok(mut resp) => {
                 h::strip_hop_by_hop(resp.headers_mut());
-                Ok(resp.map(|b| b.boxed()))
+                Ok(resp)
             }
             Err(err) => Err(UpstreamError::Http(err)),
         }

@@ -1,7 +1,9 @@
 //! The outbound side's connections to other sidecars: TCP, then mTLS with
-//! the destination's expected SPIFFE ID verified, then HTTP/2 (pooled, one
-//! multiplexed connection per destination), HTTP/1.1, or an opaque tunnel
-//! chosen by ALPN.
+//! the destination's expected SPIFFE ID verified, then HTTP/2 (pooled:
+//! multiplexed connections per destination, more as streams run out; see
+//! [`pool`]), HTTP/1.1, or an opaque tunnel chosen by ALPN.
+
+pub mod pool;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -67,6 +69,8 @@ pub enum UpstreamError {
     InvalidRequest,
     #[error("the peer sidecar's application is unavailable")]
     AppUnavailable,
+    #[error("every pooled connection to the destination is at its stream limit")]
+    PoolExhausted,
 }
 
 impl UpstreamError {
@@ -75,9 +79,9 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             UpstreamError::ConnectTimeout => StatusCode::GATEWAY_TIMEOUT,
-            UpstreamError::Connect(_) | UpstreamError::AppUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            UpstreamError::Connect(_)
+            | UpstreamError::AppUnavailable
+            | UpstreamError::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Tls(_) | UpstreamError::Http(_) => StatusCode::BAD_GATEWAY,
             UpstreamError::InvalidRequest => StatusCode::BAD_REQUEST,
         }
@@ -91,12 +95,13 @@ impl UpstreamError {
             UpstreamError::Http(_) => "upstream protocol error",
             UpstreamError::InvalidRequest => "invalid request authority",
             UpstreamError::AppUnavailable => "application unavailable",
+            UpstreamError::PoolExhausted => "upstream pool exhausted",
         }
     }
 }
 
-/// The shared HTTP/2 connection to one destination (empty until first use).
-pub type PoolSlot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+/// The pooled HTTP/2 connections to one destination (none until first use).
+pub type PoolSlot = Arc<pool::Pool>;
 
 pub struct Upstream {
     identity: WorkloadIdentity,
@@ -181,11 +186,14 @@ impl Upstream {
     }
 
     /// A new HTTP/2 connection to `dest`, driven by a background task.
-    pub async fn http2(
+    pub async fn http2<B>(
         &self,
         dest: SocketAddr,
         expected: &SpiffeId,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
+    ) -> Result<http2::SendRequest<B>, UpstreamError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    {
         let tls = self.connect_tls(dest, expected, Alpn::H2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -234,22 +242,31 @@ impl Upstream {
             .clone()
     }
 
-    /// The shared HTTP/2 connection in `slot`, opened on first use and
-    /// reopened when it closed. One connect at a time per destination.
-    pub async fn pooled_http2(
+    /// A stream on one of `pool`'s connections to `dest`: a free one on an
+    /// open connection, else a new connection while the pool has room
+    /// (one connect at a time per destination), else the first stream
+    /// freed, waiting at most the connect timeout.
+    pub async fn pooled_stream(
         &self,
-        slot: &PoolSlot,
+        pool: &PoolSlot,
         dest: SocketAddr,
         expected: &SpiffeId,
-    ) -> Result<http2::SendRequest<Body>, UpstreamError> {
-        let mut slot = slot.lock().await;
-        if let Some(sender) = slot.as_ref()
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
-        }
+    ) -> Result<pool::Stream, UpstreamError> {
+        let capacity = tokio::time::timeout(self.connect_timeout, pool.reserve())
+            .await
+            .map_err(|_| UpstreamError::PoolExhausted)?;
+        let capacity = match pool.free_stream(capacity) {
+            Ok(stream) => return Ok(stream),
+            Err(capacity) => capacity,
+        };
+        let _connecting = pool.connecting.lock().await;
+        // Another request may have opened a connection meanwhile.
+        let capacity = match pool.free_stream(capacity) {
+            Ok(stream) => return Ok(stream),
+            Err(capacity) => capacity,
+        };
         let sender = self.http2(dest, expected).await?;
-        *slot = Some(sender.clone());
-        Ok(sender)
+        self.metrics.upstream_pool_connections.inc();
+        Ok(pool.add(sender, capacity))
     }
 }

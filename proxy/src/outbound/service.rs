@@ -321,7 +321,7 @@ impl Outbound {
                     drop(in_flight);
                     last = Some((UpstreamError::AppUnavailable, endpoint));
                     if attempt == MAX_RETRIES || balancer.pick(&tried, true).is_none() {
-                        return Outcome::Response(resp.map(|b| b.boxed()), last.expect("set").1);
+                        return Outcome::Response(resp, last.expect("set").1);
                     }
                 }
                 // A small answer to a request that may go elsewhere is read
@@ -343,7 +343,7 @@ impl Outbound {
                 }
                 Ok(resp) => {
                     in_flight.succeeded();
-                    return Outcome::Response(resp.map(|b| b.boxed()), endpoint);
+                    return Outcome::Response(resp, endpoint);
                 }
                 Err(failed) => {
                     self.endpoint_failed(balancer, &endpoint);
@@ -367,14 +367,14 @@ impl Outbound {
         &self,
         endpoint: &Endpoint,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, Failed> {
+    ) -> Result<Response<Body>, Failed> {
         let expected = endpoint.identity.as_ref().expect("meshed endpoints only");
-        let mut sender = match self
+        let stream = match self
             .upstream
-            .pooled_http2(&endpoint.pool, endpoint.addr, expected)
+            .pooled_stream(&endpoint.pool, endpoint.addr, expected)
             .await
         {
-            Ok(sender) => sender,
+            Ok(stream) => stream,
             Err(error) => {
                 return Err(Failed {
                     error,
@@ -383,18 +383,11 @@ impl Outbound {
                 });
             }
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(mut err) => {
-                let unsent = err.take_message();
-                let error = err.into_error();
-                Err(Failed {
-                    unprocessed: unsent.is_some() || not_processed(&error),
-                    unsent,
-                    error: UpstreamError::Http(error),
-                })
-            }
-        }
+        stream.send(req).await.map_err(|failed| Failed {
+            unprocessed: failed.unsent.is_some() || not_processed(&failed.error),
+            unsent: failed.unsent,
+            error: UpstreamError::Http(failed.error),
+        })
     }
 
     /// WebSocket and CONNECT to a Service: one endpoint, its own HTTP/1.1
@@ -492,7 +485,7 @@ impl Outbound {
 /// `service_attempts`); larger or unsized bodies stream.
 const BUFFERED_BODY_BYTES: u64 = 64 * 1024;
 
-fn small_body(resp: &Response<Incoming>) -> bool {
+fn small_body(resp: &Response<Body>) -> bool {
     resp.body().is_end_stream()
         || resp
             .headers()
@@ -502,7 +495,7 @@ fn small_body(resp: &Response<Incoming>) -> bool {
 }
 
 /// The peer sidecar's answer when its application refused the connection.
-fn is_app_unavailable(resp: &Response<Incoming>) -> bool {
+fn is_app_unavailable(resp: &Response<Body>) -> bool {
     resp.status() == StatusCode::SERVICE_UNAVAILABLE
         && resp
             .headers()
