@@ -7,6 +7,7 @@ use crate::matcher::StrMatch;
 use crate::model::*;
 use crate::path::normalize_path;
 use ipnet::IpNet;
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use ward_identity::SpiffeId;
@@ -20,41 +21,60 @@ pub enum Protocol {
 
 /// Request headers, looked up by lower-case name.
 pub trait HeaderLookup {
-    /// Calls `f` with each value of header `name` (given lower-case; match
-    /// case-insensitively) until it returns true; returns whether it did.
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool;
+    /// Header `name` (given lower-case; matched case-insensitively) as
+    /// Istio matches it: `None` when absent; a header sent several times is
+    /// one value, its lines joined with `,` (Envoy does the same), so
+    /// repeating a header can neither dodge a DENY nor split an ALLOW.
+    /// Bytes that are not UTF-8 become U+FFFD, which no literal matches.
+    fn joined(&self, name: &str) -> Option<Cow<'_, str>>;
+}
+
+/// Joins `values` with `,`; `None` when there is none.
+fn join_values<'a>(mut values: impl Iterator<Item = Cow<'a, str>>) -> Option<Cow<'a, str>> {
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(first);
+    };
+    let mut joined = format!("{first},{second}");
+    for value in values {
+        joined.push(',');
+        joined.push_str(&value);
+    }
+    Some(Cow::Owned(joined))
 }
 
 /// No headers (TCP, or tests).
 pub struct NoHeaders;
 
 impl HeaderLookup for NoHeaders {
-    fn any_value(&self, _: &str, _: &mut dyn FnMut(&str) -> bool) -> bool {
-        false
+    fn joined(&self, _: &str) -> Option<Cow<'_, str>> {
+        None
     }
 }
 
 impl HeaderLookup for http::HeaderMap {
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
-        // Values that are not visible ASCII are skipped (they match nothing).
-        self.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(f)
+    fn joined(&self, name: &str) -> Option<Cow<'_, str>> {
+        join_values(
+            self.get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes())),
+        )
     }
 }
 
 impl<K: AsRef<str>, V: AsRef<str>> HeaderLookup for [(K, V)] {
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
-        self.iter()
-            .filter(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
-            .any(|(_, v)| f(v.as_ref()))
+    fn joined(&self, name: &str) -> Option<Cow<'_, str>> {
+        join_values(
+            self.iter()
+                .filter(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+                .map(|(_, v)| Cow::Borrowed(v.as_ref())),
+        )
     }
 }
 
 impl<K: AsRef<str>, V: AsRef<str>> HeaderLookup for Vec<(K, V)> {
-    fn any_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
-        self.as_slice().any_value(name, f)
+    fn joined(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.as_slice().joined(name)
     }
 }
 
@@ -289,10 +309,11 @@ impl Condition {
                 TcpMode::Http => {
                     let values = str_vals(&self.values);
                     let not_values = str_vals(&self.not_values);
+                    let value = c.req.headers.joined(name);
                     let any = |set: &[StrMatch]| {
-                        c.req
-                            .headers
-                            .any_value(name, &mut |v| set.iter().any(|m| m.matches(v)))
+                        value
+                            .as_deref()
+                            .is_some_and(|v| set.iter().any(|m| m.matches(v)))
                     };
                     (values.is_empty() || any(values))
                         && (not_values.is_empty() || !any(not_values))
