@@ -17,6 +17,7 @@ pub struct Metrics {
     pub policy_sets: IntCounterVec,
     pub policy_version: IntGauge,
     pub policy_resources: IntGaugeVec,
+    pub policies_fail_closed: IntGaugeVec,
     pub kubernetes_watch_errors: IntCounterVec,
     pub status_updates: IntCounterVec,
     pub discovery_updates: IntCounterVec,
@@ -93,6 +94,14 @@ impl Metrics {
             &["kind", "state"],
         )
         .expect("valid metric");
+        let policies_fail_closed = IntGaugeVec::new(
+            Opts::new(
+                "ward_cp_policies_fail_closed",
+                "Invalid policy custom resources enforced as a fail-closed stand-in, by kind and effect (allow_nothing, deny_all, strict).",
+            ),
+            &["kind", "effect"],
+        )
+        .expect("valid metric");
         let kubernetes_watch_errors = IntCounterVec::new(
             Opts::new(
                 "ward_cp_kubernetes_watch_errors_total",
@@ -155,6 +164,11 @@ impl Metrics {
             for state in ["accepted", "rejected"] {
                 policy_resources.with_label_values(&[kind, state]).set(0);
             }
+            for effect in crate::k8s::catalog::FailClosed::ALL {
+                policies_fail_closed
+                    .with_label_values(&[kind, effect.as_str()])
+                    .set(0);
+            }
             kubernetes_watch_errors.with_label_values(&[kind]).reset();
         }
         kubernetes_watch_errors.with_label_values(&["pods"]).reset();
@@ -175,6 +189,7 @@ impl Metrics {
             Box::new(policy_sets.clone()),
             Box::new(policy_version.clone()),
             Box::new(policy_resources.clone()),
+            Box::new(policies_fail_closed.clone()),
             Box::new(kubernetes_watch_errors.clone()),
             Box::new(status_updates.clone()),
             Box::new(discovery_updates.clone()),
@@ -212,6 +227,7 @@ impl Metrics {
             policy_sets,
             policy_version,
             policy_resources,
+            policies_fail_closed,
             kubernetes_watch_errors,
             status_updates,
             discovery_updates,

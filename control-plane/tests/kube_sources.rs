@@ -565,7 +565,9 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     let watched = ["198.18.0.10", "198.18.0.11", "198.18.0.12", "198.18.0.13"];
     let mut stream = open_watch(&h, "web-1", &watched).await;
 
-    // First: the valid policy only, and of the addresses, the meshed pod.
+    // First: the valid policy, the invalid one as its fail-closed stand-in
+    // (an unknown action: a DENY of every request to app=web), and of the
+    // addresses, the meshed pod.
     let first = update_where(&mut stream, |v| watched.iter().all(|a| v.answered(a))).await;
     assert!(first.version > 0);
     assert!(
@@ -573,7 +575,8 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
         "{}",
         first.policies
     );
-    assert!(!first.policies.contains("name: bad"), "{}", first.policies);
+    assert!(first.policies.contains("name: bad"), "{}", first.policies);
+    assert!(!first.policies.contains("MAYBE"), "{}", first.policies);
     assert!(
         !first.policies.contains("managedFields"),
         "{}",
@@ -615,7 +618,15 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
         message.contains("AuthorizationPolicy shop/bad") && message.contains("action"),
         "{message}"
     );
+    assert!(message.contains("fail-closed"), "{message}");
     let metrics = h.admin("/metrics").await.1;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "ward_cp_policies_fail_closed{effect=\"deny_all\",kind=\"AuthorizationPolicy\"}"
+        ),
+        1.0
+    );
     assert_eq!(
         metric_value(
             &metrics,
@@ -670,8 +681,8 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     })
     .await;
 
-    // An invalid edit of an enforced policy changes nothing; the next
-    // change (a PeerAuthentication) still carries the old generation.
+    // An invalid edit of an enforced policy is enforced as its stand-in
+    // (not as the earlier generation, which may allow more than meant).
     h.cluster().apply(
         "authorizationpolicies",
         authorization_policy("allow-get", "ALOW", &["GET", "HEAD"]),
@@ -682,11 +693,12 @@ async fn policies_and_endpoints_flow_from_the_api_to_the_watch_stream() {
     assert!(update.policies.contains("name: allow-get"));
     assert!(!update.policies.contains("HEAD"), "{}", update.policies);
     assert!(!update.policies.contains("ALOW"), "{}", update.policies);
+    assert!(!update.policies.contains("GET"), "{}", update.policies);
     let stale = h
         .status_where("allow-get", |s| s["observedGeneration"] == 2)
         .await;
     let message = stale["conditions"][0]["message"].as_str().unwrap();
-    assert!(message.contains("generation 1 stays in force"), "{message}");
+    assert!(message.contains("fail-closed"), "{message}");
 
     // A pod leaves; a new one comes.
     h.cluster().delete("pods", "shop", "web-1");

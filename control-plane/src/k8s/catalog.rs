@@ -1,11 +1,19 @@
 //! Policy custom resources, validated one by one.
 //!
 //! In a cluster each `AuthorizationPolicy` / `PeerAuthentication` is its own
-//! object, so an invalid one is rejected alone: it is reported in its
-//! `status` and never enforced, and when it was an update, the last valid
-//! generation of the same resource stays in force (an invalid edit changes
-//! nothing). Everything else keeps working. The store then gets the
-//! accepted documents as one set, exactly as from a directory.
+//! object, so an invalid one is rejected alone and reported in its
+//! `status`. It still never *widens* access for the workloads it selects
+//! (the schema should have refused it; one stored anyway, by an older CRD
+//! or a skewed parser, fails closed): Ward enforces a stand-in in its place
+//! ([`fail_closed`]): an invalid ALLOW allows nothing, an invalid DENY (or
+//! CUSTOM, or an unknown action) denies every request, an invalid
+//! PeerAuthentication is STRICT, for the workloads its selector picks (the
+//! whole namespace when the selector itself is unusable). An invalid AUDIT
+//! or dry-run policy never decided anything and gets no stand-in. The
+//! stand-in replaces any earlier valid generation too: what the operator
+//! meant is unknown, so the earlier rules might allow more than intended.
+//! Everything else keeps working. The store then gets the enforced
+//! documents as one set, exactly as from a directory.
 //!
 //! Pure: events in, texts to offer and statuses to report out.
 
@@ -24,24 +32,60 @@ pub struct Verdict {
     pub generation: Option<i64>,
     /// `None`: accepted. `Some(reason)`: rejected, with the validation error.
     pub rejected: Option<String>,
-    /// Rejected, but an earlier generation is still enforced.
-    pub previous_in_force: Option<i64>,
+    /// Rejected, and enforced as this stand-in instead.
+    pub fail_closed: Option<FailClosed>,
+}
+
+/// What Ward enforces in place of a policy it cannot apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailClosed {
+    /// An ALLOW with no rules: the selected workloads allow only what
+    /// other ALLOW policies allow.
+    AllowNothing,
+    /// A DENY matching every request to the selected workloads.
+    DenyAll,
+    /// mTLS STRICT for the selected workloads.
+    Strict,
+}
+
+impl FailClosed {
+    pub const ALL: [FailClosed; 3] = [
+        FailClosed::AllowNothing,
+        FailClosed::DenyAll,
+        FailClosed::Strict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailClosed::AllowNothing => "allow_nothing",
+            FailClosed::DenyAll => "deny_all",
+            FailClosed::Strict => "strict",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            FailClosed::AllowNothing => "enforced fail-closed as an ALLOW that allows nothing",
+            FailClosed::DenyAll => "enforced fail-closed as a DENY of every request",
+            FailClosed::Strict => "enforced fail-closed as mTLS STRICT",
+        }
+    }
 }
 
 impl Verdict {
     /// The `status` object for the resource (`Accepted` condition, in the
     /// shape of `metav1.Condition`). `now` is RFC 3339.
     pub fn status(&self, now: &str) -> Value {
-        let (status, reason, message) = match (&self.rejected, self.previous_in_force) {
+        let (status, reason, message) = match (&self.rejected, self.fail_closed) {
             (None, _) => (
                 "True",
                 "Accepted",
                 "valid; distributed to the selected workloads".to_owned(),
             ),
-            (Some(err), Some(previous)) => (
+            (Some(err), Some(stand_in)) => (
                 "False",
                 "Invalid",
-                format!("invalid, not enforced; generation {previous} stays in force: {err}"),
+                format!("invalid, {} until fixed: {err}", stand_in.describe()),
             ),
             (Some(err), None) => ("False", "Invalid", format!("invalid, not enforced: {err}")),
         };
@@ -149,7 +193,7 @@ impl PolicyCatalog {
             Verdict {
                 generation,
                 rejected: None,
-                previous_in_force: None,
+                fail_closed: None,
             }
         } else {
             match PolicySet::parse_str(&text.label, &text.text) {
@@ -174,14 +218,28 @@ impl PolicyCatalog {
                     Verdict {
                         generation,
                         rejected: None,
-                        previous_in_force: None,
+                        fail_closed: None,
                     }
                 }
-                Err(err) => Verdict {
-                    generation,
-                    rejected: Some(err.to_string()),
-                    previous_in_force: self.in_force.get(&key).and_then(|f| f.generation),
-                },
+                Err(err) => {
+                    let stand_in = fail_closed(&key, &object);
+                    let effect = stand_in.as_ref().map(|(effect, _)| *effect);
+                    match stand_in {
+                        Some((_, in_force)) => {
+                            changed = self
+                                .in_force
+                                .get(&key)
+                                .is_none_or(|f| f.text.text != in_force.text.text);
+                            self.in_force.insert(key.clone(), in_force);
+                        }
+                        None => changed = self.in_force.remove(&key).is_some(),
+                    }
+                    Verdict {
+                        generation,
+                        rejected: Some(err.to_string()),
+                        fail_closed: effect,
+                    }
+                }
             }
         };
         if let Some(f) = self.in_force.get_mut(&key)
@@ -214,6 +272,19 @@ impl PolicyCatalog {
             .collect()
     }
 
+    /// Rejected resources enforced as a stand-in, by effect.
+    pub fn fail_closed_counts(&self) -> BTreeMap<FailClosed, usize> {
+        let mut counts = BTreeMap::new();
+        for effect in self
+            .resources
+            .values()
+            .filter_map(|r| r.verdict.fail_closed)
+        {
+            *counts.entry(effect).or_default() += 1;
+        }
+        counts
+    }
+
     /// (accepted, rejected) resources.
     pub fn counts(&self) -> (usize, usize) {
         let rejected = self
@@ -223,6 +294,85 @@ impl PolicyCatalog {
             .count();
         (self.resources.len() - rejected, rejected)
     }
+}
+
+/// The stand-in Ward enforces for an invalid resource (see the module
+/// docs), parsed; `None` when the resource never decided anything (AUDIT,
+/// dry-run).
+fn fail_closed(key: &ResourceKey, object: &Value) -> Option<(FailClosed, InForce)> {
+    let kind = object.get("kind").and_then(Value::as_str)?;
+    let spec = object.get("spec");
+    let dry_run = object
+        .pointer("/metadata/annotations/ward.io~1dry-run")
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let (effect, body) = match kind {
+        "AuthorizationPolicy" => {
+            if dry_run {
+                return None;
+            }
+            match spec.and_then(|s| s.get("action")).map(Value::as_str) {
+                None | Some(Some("ALLOW")) => {
+                    (FailClosed::AllowNothing, json!({"action": "ALLOW"}))
+                }
+                Some(Some("AUDIT")) => return None,
+                _ => (
+                    FailClosed::DenyAll,
+                    json!({"action": "DENY", "rules": [{}]}),
+                ),
+            }
+        }
+        "PeerAuthentication" => (FailClosed::Strict, json!({"mtls": {"mode": "STRICT"}})),
+        _ => return None,
+    };
+    let document = |selector: Option<&Value>| {
+        let mut spec = body.clone();
+        if let Some(selector) = selector {
+            spec["selector"] = json!({ "matchLabels": selector });
+        }
+        let doc = json!({
+            "apiVersion": "security.ward.io/v1",
+            "kind": kind,
+            "metadata": {"name": key.2, "namespace": key.1},
+            "spec": spec,
+        });
+        serde_yaml_ng::to_string(&doc).expect("JSON values serialize as YAML")
+    };
+    let label = format!("{} {}/{} (fail-closed stand-in)", key.0, key.1, key.2);
+    // The resource's own selector when it is usable, else the namespace
+    // (wider, which is the closed side for a stand-in).
+    let selector = spec.and_then(|s| s.pointer("/selector/matchLabels"));
+    let (text, set) = [selector, None]
+        .into_iter()
+        .filter_map(|selector| {
+            let text = document(selector);
+            PolicySet::parse_str(&label, &text)
+                .ok()
+                .map(|set| (text, set))
+        })
+        .next()?;
+    let doc = PolicyDoc {
+        kind: if kind == "PeerAuthentication" {
+            "PeerAuthentication"
+        } else {
+            "AuthorizationPolicy"
+        },
+        namespace: key.1.clone(),
+        name: key.2.clone(),
+        text: text.clone(),
+    };
+    let generation = object
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64);
+    Some((
+        effect,
+        InForce {
+            generation,
+            text: SourceText { label, text },
+            doc,
+            set,
+        },
+    ))
 }
 
 /// The resource as a policy document: what the operator wrote, without

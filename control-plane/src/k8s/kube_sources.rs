@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::WatchEvent;
-use super::catalog::{PolicyCatalog, Verdict};
+use super::catalog::{FailClosed, PolicyCatalog, Verdict};
 use super::endpoints::EndpointTable;
 use super::source::{
     POLICY_GROUP, POLICY_KINDS, POLICY_VERSION, ResourceKey, WatcherAdapter, WatcherEvent,
@@ -337,6 +337,14 @@ async fn watch_policies(
                 metrics
                     .policy_resources
                     .with_label_values(&[kind.kind, state])
+                    .set(count as i64);
+            }
+            let fail_closed = kind.catalog.fail_closed_counts();
+            for effect in FailClosed::ALL {
+                let count = fail_closed.get(&effect).copied().unwrap_or(0);
+                metrics
+                    .policies_fail_closed
+                    .with_label_values(&[kind.kind, effect.as_str()])
                     .set(count as i64);
             }
             report_status(client, metrics, kind).await;

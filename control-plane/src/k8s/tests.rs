@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use super::WatchEvent::{Applied, Deleted, Restarted};
-use super::catalog::PolicyCatalog;
+use super::catalog::{FailClosed, PolicyCatalog};
 use super::endpoints::EndpointTable;
 use super::source::{WatcherAdapter, WatcherEvent};
 
@@ -270,8 +270,11 @@ fn catalog_accepts_valid_resources_and_reports_them() {
 fn catalog_rejects_an_invalid_resource_alone() {
     let mut catalog = PolicyCatalog::default();
     catalog.apply(Applied(policy("allow-get", 1, "ALLOW")));
-    assert!(!catalog.apply(Applied(policy("bad", 1, "MAYBE"))));
-    assert_eq!(catalog.texts().len(), 1, "only the valid one is enforced");
+    // Enforced as its fail-closed stand-in (an unknown action: deny all).
+    assert!(catalog.apply(Applied(policy("bad", 1, "MAYBE"))));
+    let texts = catalog.texts();
+    assert_eq!(texts.len(), 2);
+    assert!(!texts.iter().any(|t| t.text.contains("MAYBE")));
     assert_eq!(catalog.counts(), (1, 1));
     let (_, verdict) = catalog
         .unreported()
@@ -281,31 +284,30 @@ fn catalog_rejects_an_invalid_resource_alone() {
     let reason = verdict.rejected.clone().unwrap();
     assert!(reason.contains("AuthorizationPolicy shop/bad"), "{reason}");
     assert!(reason.contains("action"), "{reason}");
-    assert_eq!(verdict.previous_in_force, None);
+    assert_eq!(verdict.fail_closed, Some(FailClosed::DenyAll));
     let status = verdict.status("2026-11-23T00:00:00Z");
     assert_eq!(status["conditions"][0]["status"], "False");
     assert_eq!(status["conditions"][0]["reason"], "Invalid");
+    let message = status["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.contains("DENY of every request"), "{message}");
+    // A status update of the rejected resource changes nothing enforced.
+    let mut reported = policy("bad", 1, "MAYBE");
+    reported["status"] = status;
+    assert!(!catalog.apply(Applied(reported)));
 }
 
 #[test]
-fn catalog_keeps_the_last_valid_generation_of_an_invalid_edit() {
+fn catalog_replaces_an_invalid_edit_with_its_fail_closed_stand_in() {
     let mut catalog = PolicyCatalog::default();
     catalog.apply(Applied(policy("deny-get", 1, "DENY")));
     let before = catalog.texts();
-    // An invalid edit changes nothing that is enforced...
-    assert!(!catalog.apply(Applied(policy("deny-get", 2, "DENNY"))));
-    assert_eq!(catalog.texts(), before);
+    // An invalid edit is enforced as its stand-in, not as the earlier
+    // generation (which may allow more than the operator now means).
+    assert!(catalog.apply(Applied(policy("deny-get", 2, "DENNY"))));
+    assert_ne!(catalog.texts(), before);
     let (_, verdict) = catalog.unreported().pop().unwrap();
     assert_eq!(verdict.generation, Some(2));
-    assert_eq!(verdict.previous_in_force, Some(1));
-    let message = verdict.status("t")["conditions"][0]["message"].clone();
-    assert!(
-        message
-            .as_str()
-            .unwrap()
-            .contains("generation 1 stays in force"),
-        "{message}"
-    );
+    assert_eq!(verdict.fail_closed, Some(FailClosed::DenyAll));
     // ...and fixing it takes effect.
     assert!(catalog.apply(Applied(policy("deny-get", 3, "ALLOW"))));
     assert!(catalog.texts()[0].text.contains("ALLOW"));
@@ -328,4 +330,118 @@ fn catalog_resync_and_delete() {
     let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
     assert!(!catalog.apply(Applied(other)));
     assert_eq!(catalog.counts(), (0, 0));
+}
+
+/// What `catalog` enforces for a workload `app=web` in `shop`, on a plain
+/// GET from a meshed peer: allowed?
+fn allows_get(catalog: &PolicyCatalog, app: &str) -> bool {
+    use ward_policy::{EvalOptions, NoHeaders, Protocol, RequestAttrs};
+    let set = ward_policy::PolicySet::merge(catalog.in_force().map(|(_, set)| set)).unwrap();
+    let options = EvalOptions {
+        root_namespace: "ward-system".into(),
+        trust_domain: "cluster.local".into(),
+    };
+    let labels = std::collections::BTreeMap::from([("app".to_owned(), app.to_owned())]);
+    let peer = ward_identity::SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/client").unwrap();
+    let workload = set.for_workload("shop", &labels, &options);
+    workload
+        .evaluate(&RequestAttrs {
+            protocol: Protocol::Http,
+            source_principal: Some(&peer),
+            source_ip: "10.0.0.1".parse().unwrap(),
+            destination_ip: "10.0.0.2".parse().unwrap(),
+            destination_port: 8080,
+            method: Some("GET"),
+            path: Some("/"),
+            host: Some("web"),
+            headers: &NoHeaders,
+        })
+        .allowed
+}
+
+fn selected(name: &str, spec: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "security.ward.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": "shop", "generation": 1},
+        "spec": spec})
+}
+
+#[test]
+fn an_invalid_allow_stored_anyway_allows_nothing() {
+    let mut catalog = PolicyCatalog::default();
+    assert!(allows_get(&catalog, "web"), "no policy: allowed");
+    // requestPrincipals: refused by the parser (and by the CRD schema).
+    let invalid = selected(
+        "jwt-only",
+        json!({"selector": {"matchLabels": {"app": "web"}}, "action": "ALLOW",
+            "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}),
+    );
+    assert!(catalog.apply(Applied(invalid)));
+    assert!(
+        !allows_get(&catalog, "web"),
+        "the invalid ALLOW opened nothing"
+    );
+    assert!(allows_get(&catalog, "other"), "only what it selects");
+    assert_eq!(
+        catalog.fail_closed_counts().get(&FailClosed::AllowNothing),
+        Some(&1)
+    );
+}
+
+#[test]
+fn an_invalid_deny_stored_anyway_denies_everything_it_could() {
+    let mut catalog = PolicyCatalog::default();
+    let allow_all = selected(
+        "allow-all",
+        json!({"selector": {"matchLabels": {"app": "web"}}, "rules": [{}]}),
+    );
+    catalog.apply(Applied(allow_all));
+    assert!(allows_get(&catalog, "web"));
+    let invalid = selected(
+        "deny-delete",
+        json!({"selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
+            "rules": [{"to": [{"operation": {"methods": ["DELETE"]}}],
+                "when": [{"key": "request.auth.claims[iss]", "values": ["x"]}]}]}),
+    );
+    assert!(catalog.apply(Applied(invalid)));
+    assert!(
+        !allows_get(&catalog, "web"),
+        "denies every request, not just DELETE"
+    );
+    assert!(allows_get(&catalog, "other"));
+    // CUSTOM (external authorization) could deny anything: the same.
+    let custom = selected(
+        "ext-authz",
+        json!({"selector": {"matchLabels": {"app": "other"}}, "action": "CUSTOM",
+            "provider": {"name": "opa"}, "rules": [{}]}),
+    );
+    assert!(catalog.apply(Applied(custom)));
+    assert!(!allows_get(&catalog, "other"));
+}
+
+#[test]
+fn an_unusable_selector_fails_closed_for_the_whole_namespace() {
+    let mut catalog = PolicyCatalog::default();
+    let invalid = selected(
+        "bad-selector",
+        json!({"selector": {"matchLabels": {"app": ["web"]}}, "action": "DENY", "rules": [{}]}),
+    );
+    assert!(catalog.apply(Applied(invalid)));
+    assert!(!allows_get(&catalog, "web"));
+    assert!(!allows_get(&catalog, "anything"));
+}
+
+#[test]
+fn an_invalid_audit_or_dry_run_policy_changes_no_decision() {
+    let mut catalog = PolicyCatalog::default();
+    let audit = selected(
+        "audit",
+        json!({"action": "AUDIT", "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}),
+    );
+    assert!(!catalog.apply(Applied(audit)));
+    let mut dry_run = selected("dry", json!({"action": "DENY", "rules": [{"bogus": 1}]}));
+    dry_run["metadata"]["annotations"] = json!({"ward.io/dry-run": "true"});
+    assert!(!catalog.apply(Applied(dry_run)));
+    assert!(allows_get(&catalog, "web"));
+    assert_eq!(catalog.counts(), (0, 2));
+    assert!(catalog.fail_closed_counts().is_empty());
 }
