@@ -14,6 +14,8 @@ pub struct AppProbe {
     pub http_get: Option<AppHttpGet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_socket: Option<AppTcpSocket>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<AppGrpc>,
     /// The original probe's `timeoutSeconds` (the kubelet's default is 1).
     pub timeout_seconds: i32,
 }
@@ -42,4 +44,15 @@ pub struct AppTcpSocket {
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+}
+
+/// A `grpc` probe: `grpc.health.v1.Health/Check` over plaintext HTTP/2,
+/// healthy when the answer is `SERVING`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppGrpc {
+    pub port: u16,
+    /// The `service` field of the health check request (empty: the server
+    /// as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }

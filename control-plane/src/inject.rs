@@ -14,7 +14,7 @@
 //!   own probes are `exec: ward-proxy probe ready|live` (run inside the
 //!   sidecar); `/metrics` and the listed `/app-health/...` paths answer any
 //!   source, everything else on 15020 is loopback only;
-//! - app `httpGet`/`tcpSocket` probes are rewritten to
+//! - app `httpGet`/`tcpSocket`/`grpc` probes are rewritten to
 //!   `GET /app-health/<container>/<livez|readyz|startupz>` on 15020 and the
 //!   original probes handed to the proxy as JSON in `WARD_APP_PROBES`;
 //! - without native sidecars the proxy is the first container and a
@@ -39,7 +39,7 @@ pub use annotations::{
     ANNOTATION_PROXY_CPU_LIMIT, ANNOTATION_PROXY_MEMORY, ANNOTATION_PROXY_MEMORY_LIMIT,
     ANNOTATION_REWRITE_APP_PROBES, ANNOTATION_STATUS, PodOptions,
 };
-pub use probes::{AppHeader, AppHttpGet, AppProbe, AppTcpSocket};
+pub use probes::{AppGrpc, AppHeader, AppHttpGet, AppProbe, AppTcpSocket};
 
 /// Namespace label that turns injection on for every pod in it.
 pub const NAMESPACE_LABEL: &str = "ward.io/inject";
@@ -249,13 +249,8 @@ fn plan(meta: &ObjectMeta, spec: &PodSpec, config: &InjectConfig) -> Result<Plan
     } else {
         probes::Rewrites::default()
     };
-    let mut exclude_inbound = options.exclude_inbound_ports.clone();
-    for port in &rewrites.uncaptured_ports {
-        if !exclude_inbound.contains(port) {
-            exclude_inbound.push(*port);
-        }
-    }
-    let init = sidecar::init_container(config, &options, &exclude_inbound);
+    // Only the operator's own exclusions: a probe never opens a port.
+    let init = sidecar::init_container(config, &options, &options.exclude_inbound_ports);
     let proxy = sidecar::proxy_container(config, &options, &rewrites.app_probes);
     let volumes = sidecar::volumes();
     let existing = meta.annotations.clone().unwrap_or_default();

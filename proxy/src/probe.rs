@@ -5,8 +5,9 @@
 //! admin port; `wait-ready` is the classic (non-native) sidecar's `postStart`
 //! hook, which holds the app containers back until the proxy is ready.
 //!
-//! Also the small HTTP/1.1 GET and TCP connect checks the admin port's
-//! `/app-health/...` paths run against the app (see [`crate::admin`]).
+//! Also the small HTTP/1.1 GET, TCP connect and gRPC health checks the
+//! admin port's `/app-health/...` paths run against the app (see
+//! [`crate::admin`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -216,6 +217,8 @@ async fn send_get(
         .await
         .map_err(|e| format!("GET {path} on {authority}: {e}"))
 }
+
+pub mod grpc_health;
 
 #[cfg(test)]
 mod tests;

@@ -88,6 +88,8 @@ pub struct PodOptions {
     pub drain_timeout: Option<&'static str>,
     /// Anything else for `ward-proxy run`.
     pub proxy_args: Vec<String>,
+    /// Environment for `ward-proxy init` (e.g. what the injector set).
+    pub init_env: Vec<(String, String)>,
 }
 
 impl PodOptions {
@@ -395,7 +397,12 @@ impl Mesh {
         };
         let endpoints = self.endpoints.lock().unwrap().clone();
         let pod = self.network.add_pod(name, &cidr);
-        assert_ok(pod.exec(&[&bins.proxy, "init"]), "ward-proxy init");
+        let init = pod
+            .command(&[&bins.proxy, "init"])
+            .envs(opts.init_env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run ward-proxy init");
+        assert_ok(init, "ward-proxy init");
 
         let token = self.join_token(&id);
         let bundle = self.bundle();

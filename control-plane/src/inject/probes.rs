@@ -4,10 +4,10 @@
 //! instead: `GET http://<pod>:15020/app-health/<container>/<livez|readyz|startupz>`.
 //! The proxy finds the original probe in `WARD_APP_PROBES` (a JSON object
 //! keyed by that path, see [`AppProbe`]), runs it against the app on
-//! loopback and answers 200 on success, 503 otherwise. `grpc` probes are not
-//! rewritten: their ports are excluded from inbound capture instead (a
-//! documented trade-off: that port then accepts plaintext). `exec` probes
-//! run inside the container and need nothing.
+//! loopback and answers 200 on success, 503 otherwise. `grpc` probes are
+//! rewritten the same way (the proxy runs `grpc.health.v1.Health/Check`),
+//! so no port is ever left out of capture for a probe. `exec` probes run
+//! inside the container and need nothing.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{ADMIN_PORT, InjectError};
 
-pub use ward_api::probes::{AppHeader, AppHttpGet, AppProbe, AppTcpSocket};
+pub use ward_api::probes::{AppGrpc, AppHeader, AppHttpGet, AppProbe, AppTcpSocket};
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct Rewrites {
@@ -24,8 +24,6 @@ pub(super) struct Rewrites {
     pub rewritten: Vec<(usize, &'static str, Probe)>,
     /// `/app-health/<container>/<kind>` → original probe.
     pub app_probes: BTreeMap<String, AppProbe>,
-    /// gRPC probe ports, excluded from inbound capture.
-    pub uncaptured_ports: Vec<u16>,
 }
 
 pub(super) fn rewrite(containers: &[Container]) -> Result<Rewrites, InjectError> {
@@ -56,6 +54,7 @@ pub(super) fn rewrite(containers: &[Container]) -> Result<Rewrites, InjectError>
                             .collect(),
                     }),
                     tcp_socket: None,
+                    grpc: None,
                     timeout_seconds: probe.timeout_seconds.unwrap_or(1),
                 }
             } else if let Some(tcp) = &probe.tcp_socket {
@@ -65,21 +64,27 @@ pub(super) fn rewrite(containers: &[Container]) -> Result<Rewrites, InjectError>
                         port: resolve_port(container, &tcp.port)?,
                         host: tcp.host.clone(),
                     }),
+                    grpc: None,
+                    timeout_seconds: probe.timeout_seconds.unwrap_or(1),
+                }
+            } else if let Some(grpc) = &probe.grpc {
+                let port = u16::try_from(grpc.port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| InjectError::Probe {
+                        container: container.name.clone(),
+                        message: format!("gRPC probe port {} is out of range", grpc.port),
+                    })?;
+                AppProbe {
+                    http_get: None,
+                    tcp_socket: None,
+                    grpc: Some(AppGrpc {
+                        port,
+                        service: grpc.service.clone().filter(|s| !s.is_empty()),
+                    }),
                     timeout_seconds: probe.timeout_seconds.unwrap_or(1),
                 }
             } else {
-                if let Some(grpc) = &probe.grpc {
-                    let port = u16::try_from(grpc.port)
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| InjectError::Probe {
-                            container: container.name.clone(),
-                            message: format!("gRPC probe port {} is out of range", grpc.port),
-                        })?;
-                    if !out.uncaptured_ports.contains(&port) {
-                        out.uncaptured_ports.push(port);
-                    }
-                }
                 continue;
             };
             let rewritten = Probe {
@@ -90,6 +95,7 @@ pub(super) fn rewrite(containers: &[Container]) -> Result<Rewrites, InjectError>
                     ..Default::default()
                 }),
                 tcp_socket: None,
+                grpc: None,
                 ..probe.clone()
             };
             out.rewritten.push((index, field, rewritten));

@@ -91,7 +91,12 @@ fn enabled() -> BTreeMap<String, String> {
 /// config: applies the webhook's JSON patch to the pod as JSON and checks it
 /// equals the typed injection, so both renderings agree.
 fn injected(annotations: &[(&str, &str)]) -> Pod {
-    let (pod, labels, config) = (&pod(annotations), &enabled(), &config());
+    injected_pod(&pod(annotations))
+}
+
+/// `injected` for a pod built by the test.
+fn injected_pod(pod: &Pod) -> Pod {
+    let (labels, config) = (&enabled(), &config());
     let InjectOutcome::Patch(patch) = inject_pod(pod, "shop", labels, config).unwrap() else {
         panic!("expected a patch")
     };
@@ -226,7 +231,7 @@ fn classic_sidecar_layout() {
 }
 
 #[test]
-fn probes_are_rewritten_and_grpc_ports_uncaptured() {
+fn probes_are_rewritten_and_grpc_ports_stay_captured() {
     let p = injected(&[]);
     let spec = p.spec.unwrap();
     let app = &spec.containers[0];
@@ -241,12 +246,15 @@ fn probes_are_rewritten_and_grpc_ports_uncaptured() {
         live.http_get.as_ref().unwrap().path.as_deref(),
         Some("/app-health/app/livez")
     );
-    assert!(app.startup_probe.as_ref().unwrap().grpc.is_some());
+    // The gRPC probe goes to the sidecar like the others.
+    let startup = app.startup_probe.as_ref().unwrap();
+    assert!(startup.grpc.is_none(), "{startup:?}");
+    let get = startup.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/app-health/app/startupz"));
+    assert_eq!(get.port, IntOrString::Int(15020));
     let inits = spec.init_containers.unwrap();
-    assert_eq!(
-        env(&inits[0], "WARD_EXCLUDE_INBOUND_PORTS").unwrap(),
-        "9090"
-    );
+    // No port leaves capture for a probe.
+    assert_eq!(env(&inits[0], "WARD_EXCLUDE_INBOUND_PORTS").unwrap(), "");
     let probes: BTreeMap<String, AppProbe> =
         serde_json::from_str(&env(&inits[1], "WARD_APP_PROBES").unwrap()).unwrap();
     let original = &probes["/app-health/app/readyz"];
@@ -260,6 +268,55 @@ fn probes_are_rewritten_and_grpc_ports_uncaptured() {
             .port,
         8080
     );
+    assert_eq!(
+        probes["/app-health/app/startupz"].grpc,
+        Some(AppGrpc {
+            port: 9090,
+            service: None
+        })
+    );
+}
+
+#[test]
+fn a_grpc_probe_on_the_serving_port_keeps_it_captured() {
+    for (annotations, excluded) in [
+        (&[][..], ""),
+        // The operator's own exclusions still apply, and only those.
+        (&[("ward.io/exclude-inbound-ports", "9100")][..], "9100"),
+    ] {
+        let mut pod = pod(annotations);
+        pod.spec.as_mut().unwrap().containers[0].readiness_probe = Some(Probe {
+            grpc: Some(GRPCAction {
+                port: 8080,
+                service: Some("shop.Cart".into()),
+            }),
+            timeout_seconds: Some(3),
+            ..Default::default()
+        });
+        let spec = injected_pod(&pod).spec.unwrap();
+        let ready = spec.containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(
+            ready.http_get.as_ref().unwrap().path.as_deref(),
+            Some("/app-health/app/readyz")
+        );
+        assert!(ready.grpc.is_none());
+        let inits = spec.init_containers.unwrap();
+        assert_eq!(
+            env(&inits[0], "WARD_EXCLUDE_INBOUND_PORTS").unwrap(),
+            excluded
+        );
+        let probes: BTreeMap<String, AppProbe> =
+            serde_json::from_str(&env(&inits[1], "WARD_APP_PROBES").unwrap()).unwrap();
+        let original = &probes["/app-health/app/readyz"];
+        assert_eq!(
+            original.grpc,
+            Some(AppGrpc {
+                port: 8080,
+                service: Some("shop.Cart".into())
+            })
+        );
+        assert_eq!(original.timeout_seconds, 3);
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The app's own probes, run by the proxy for the kubelet. Under STRICT
 //! mTLS the kubelet's plaintext probe to an app port would be refused by the
-//! inbound proxy, so the injector rewrites every `httpGet` and `tcpSocket`
-//! probe of an app container to `GET /app-health/<container>/<livez|readyz|startupz>`
+//! inbound proxy, so the injector rewrites every `httpGet`, `tcpSocket` and
+//! `grpc` probe of an app container to `GET /app-health/<container>/<livez|readyz|startupz>`
 //! on the admin port and hands the originals to the proxy as JSON in
 //! `WARD_APP_PROBES` (the format of [`ward_api::probes::AppProbe`],
 //! keyed by that path). The admin port answers exactly those paths, from
@@ -15,14 +15,15 @@
 //! without the mesh. Limitations: the target is `127.0.0.1` unless the pod
 //! spec named a `host` (an app bound only to the pod IP fails its probes);
 //! an `HTTPS` probe is checked with a TCP connect only (no TLS handshake,
-//! no HTTP status).
+//! no HTTP status). A `grpc` probe is `grpc.health.v1.Health/Check` over
+//! plaintext HTTP/2, healthy on `SERVING` (the kubelet's rule).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ward_api::probes::AppProbe;
 
-use crate::probe::{http_get, tcp_connect};
+use crate::probe::{grpc_health, http_get, tcp_connect};
 
 /// Every rewritten probe path starts with this.
 pub const PATH_PREFIX: &str = "/app-health/";
@@ -57,8 +58,8 @@ impl AppProbes {
                     ));
                 }
             }
-            match (&probe.http_get, &probe.tcp_socket) {
-                (Some(get), None) => {
+            match (&probe.http_get, &probe.tcp_socket, &probe.grpc) {
+                (Some(get), None, None) => {
                     if !["HTTP", "HTTPS"]
                         .iter()
                         .any(|s| get.scheme.eq_ignore_ascii_case(s))
@@ -72,9 +73,12 @@ impl AppProbes {
                         return Err(bad("port 0"));
                     }
                 }
-                (None, Some(tcp)) if tcp.port != 0 => {}
-                (None, Some(_)) => return Err(bad("port 0")),
-                _ => return Err(bad("expected exactly one of httpGet and tcpSocket")),
+                (None, Some(tcp), None) if tcp.port != 0 => {}
+                (None, None, Some(grpc)) if grpc.port != 0 => {}
+                (None, Some(_), None) | (None, None, Some(_)) => return Err(bad("port 0")),
+                _ => {
+                    return Err(bad("expected exactly one of httpGet, tcpSocket and grpc"));
+                }
             }
         }
         Ok(AppProbes(probes))
@@ -129,7 +133,9 @@ pub async fn run(probe: &AppProbe) -> Result<(), String> {
             timeout,
         )
         .await
+    } else if let Some(grpc) = &probe.grpc {
+        grpc_health::check("127.0.0.1", grpc.port, grpc.service.as_deref(), timeout).await
     } else {
-        Err("neither httpGet nor tcpSocket".into())
+        Err("none of httpGet, tcpSocket and grpc".into())
     }
 }
