@@ -1199,9 +1199,24 @@ fn token_flow(check_renewal: bool) {
     eprintln!("{:.1} s: the pod is deleted", began.elapsed().as_secs_f64());
     // ---- the pod is deleted: the API server refuses its token...
     m.c.kubectl_ok(&["-n", "shop", "delete", "pod", "cart-0", "--wait=true"]);
-    let review = token_review(&m.c, token, audience);
-    // `authenticated` is left out when false.
-    assert_ne!(review["authenticated"], true, "{review:#}");
+    // kube-apiserver caches successful token authentications for 10 s
+    // (--token-auth-cache: success TTL 10 s), so a TokenReview of a token it
+    // just authenticated may still succeed that long after the deletion.
+    let deleted = Instant::now();
+    let mut review = serde_json::Value::Null;
+    m.c.wait_until(
+        "the API server's TokenReview refuses the deleted pod's token",
+        secs(30),
+        || {
+            review = token_review(&m.c, token, audience);
+            // `authenticated` is left out when false.
+            if review["authenticated"] == true {
+                Err(format!("{review}"))
+            } else {
+                Ok(())
+            }
+        },
+    );
     assert!(
         review["error"]
             .as_str()
@@ -1210,8 +1225,9 @@ fn token_flow(check_renewal: bool) {
         "{review:#}"
     );
     eprintln!(
-        "{:.1} s: TokenReview after the pod's deletion: {}",
+        "{:.1} s: TokenReview {:.1} s after the pod's deletion: {}",
         began.elapsed().as_secs_f64(),
+        deleted.elapsed().as_secs_f64(),
         review["error"]
     );
     // ...and so does the control plane: a sidecar enrolling with it now
