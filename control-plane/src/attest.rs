@@ -56,6 +56,8 @@ pub enum AttestError {
         bound: SpiffeId,
         requested: SpiffeId,
     },
+    #[error("{0} is reserved for the control plane and is never issued to workloads")]
+    ReservedIdentity(SpiffeId),
     #[error("join token record {path} is corrupt: {reason}")]
     TokenRecordCorrupt { path: PathBuf, reason: String },
     #[error("join token store: {context}: {source}")]
@@ -168,6 +170,7 @@ impl AttestError {
             Self::PodUnknown { .. } => "pod_unknown",
             Self::PodServiceAccountMismatch { .. } => "pod_service_account_mismatch",
             Self::TokenRecordCorrupt { .. } => "token_store_corrupt",
+            Self::ReservedIdentity(_) => "reserved_identity",
             Self::Io { .. } => "io_error",
             Self::JwtMalformed(_) => "jwt_malformed",
             Self::JwtBadSignature => "jwt_invalid_signature",
@@ -199,6 +202,7 @@ impl AttestError {
             | Self::TokenExpired
             | Self::TokenIdMismatch { .. }
             | Self::TokenRecordCorrupt { .. }
+            | Self::ReservedIdentity(_)
             | Self::Io { .. } => METHOD_JOIN_TOKEN,
             Self::JwtMalformed(_)
             | Self::JwtBadSignature
@@ -339,4 +343,11 @@ impl Attestor {
             }
         }
     }
+}
+
+/// The control plane's own identity (`ns/ward-system/sa/ward-control-plane`,
+/// in any trust domain): every sidecar trusts its holder as the control
+/// plane, so it is never issued to a workload, whatever credential asks.
+pub fn is_reserved(id: &SpiffeId) -> bool {
+    ward_api::control_plane_id(id.trust_domain()).is_ok_and(|reserved| reserved == *id)
 }

@@ -73,6 +73,9 @@ impl JoinTokenStore {
     /// Creates a token bound to `id`, valid for `ttl`. The token is returned
     /// once and cannot be recovered from the store afterwards.
     pub fn create(&self, id: &SpiffeId, ttl: Duration) -> Result<String, AttestError> {
+        if super::is_reserved(id) {
+            return Err(AttestError::ReservedIdentity(id.clone()));
+        }
         let token = new_token();
         let now = unix_secs(SystemTime::now());
         let record = TokenRecord {
