@@ -709,6 +709,17 @@ async fn issue_svid(
             );
         }
     };
+    // Before attesting: whatever the credential says, this one is never
+    // issued (nor a join token burnt on it).
+    if crate::attest::is_reserved(&requested) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "reserved_identity",
+            format!(
+                "{requested} is the control plane's own identity; it is never issued to workloads"
+            ),
+        );
+    }
     // Validate the CSR before attesting, so a bad CSR never burns a join token.
     if let Err(err) = state.ca.check_csr(&request.csr, &requested) {
         return refuse(
@@ -742,9 +753,15 @@ async fn issue_svid(
                 );
             }
         },
-        // Renewal: the caller proves its identity with its current SVID.
+        // Renewal: the caller proves its identity with its current SVID
+        // and, in Kubernetes, the pod it runs in must still be there.
         None => match peer_id {
-            Some(current) if *current == requested => requested,
+            Some(current) if *current == requested => {
+                if let Err(message) = renewal_subject(state, &requested, request.pod.as_deref()) {
+                    return refuse(StatusCode::FORBIDDEN, "renewal_pod_unknown", message);
+                }
+                requested
+            }
             Some(current) => {
                 return refuse(
                     StatusCode::FORBIDDEN,
@@ -783,6 +800,24 @@ async fn issue_svid(
             format!("signing refused: {err}"),
         ),
     }
+}
+
+/// In Kubernetes, what a renewal over mTLS must still prove: the pod it
+/// names exists (meshed, in the reflector's view) in the SVID's namespace
+/// and runs as its service account, so a deleted pod's key renews nothing.
+/// Sidecars with a service-account token send it on renewal too, which
+/// checks the pod's UID as well (the credential path).
+fn renewal_subject(state: &State, id: &SpiffeId, pod: Option<&str>) -> Result<(), String> {
+    let Some(pods) = &state.attestor.pods else {
+        return Ok(());
+    };
+    let (Some(namespace), Some(sa)) = (id.namespace(), id.service_account()) else {
+        return Err(format!(
+            "{id} is not of the form spiffe://<td>/ns/<ns>/sa/<sa>"
+        ));
+    };
+    let pod = pod.ok_or("in Kubernetes a renewal must name the sidecar's pod (\"pod\")")?;
+    pods.labels_of(namespace, pod, sa).map(|_| ())
 }
 
 fn admin_route(state: &State, req: &Request<Incoming>) -> Response<ApiBody> {

@@ -894,6 +894,77 @@ async fn a_service_account_token_must_name_a_meshed_pod_the_cluster_has() {
     h.cp.shutdown().await;
 }
 
+/// Renewal re-checks the attestation's subject (#15): once the pod is
+/// deleted, neither its SVID (mTLS renewal) nor its token renews it.
+#[tokio::test]
+async fn a_deleted_pods_identity_is_not_renewed() {
+    let mut cluster = Cluster::default();
+    cluster.apply("pods", pod("web-1", "198.18.0.10", "web", true));
+    cluster.objects.entry("authorizationpolicies").or_default();
+    cluster.objects.entry("peerauthentications").or_default();
+    let h = Harness::start_with(cluster, true).await;
+    h.wait_ready().await;
+    let client = api_client(&h.cp, TD);
+    let id = SpiffeId::for_service_account(TD, "shop", "web").unwrap();
+    let token = || {
+        Some(Credential::ServiceAccountToken(
+            "token:web:web-1:uid-web-1".into(),
+        ))
+    };
+    let (key, request) = keyed_svid_request(&id, token(), Some("web-1"));
+    let answer = client.request_svid(&request, None).await.expect("enrolled");
+    let svid = svid_cell(&answer, &key, TD);
+
+    // While the pod runs: renewal over mTLS naming it works; not naming
+    // a pod, or naming another one, does not.
+    client
+        .request_svid(&svid_request(&id, None, Some("web-1")), Some(&svid))
+        .await
+        .expect("renewed while the pod runs");
+    for pod in [None, Some("web-9")] {
+        let err = client
+            .request_svid(&svid_request(&id, None, pod), Some(&svid))
+            .await
+            .unwrap_err();
+        let (status, code, message) = refusal(err);
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "renewal_pod_unknown"),
+            "{message}"
+        );
+    }
+
+    // The pod is deleted: once the control plane's view has it gone, the
+    // stolen-key renewal and the token both fail.
+    h.cluster().delete("pods", "shop", "web-1");
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let renewal = svid_request(&id, None, Some("web-1"));
+            match client.request_svid(&renewal, Some(&svid)).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(err) => return refusal(err),
+            }
+        }
+    })
+    .await
+    .expect("renewals refused once the pod is gone");
+    assert_eq!(refused.0, StatusCode::FORBIDDEN);
+    assert_eq!(refused.1, "renewal_pod_unknown");
+    assert!(
+        refused.2.contains("no meshed pod shop/web-1"),
+        "{}",
+        refused.2
+    );
+    let err = client
+        .request_svid(&svid_request(&id, token(), Some("web-1")), Some(&svid))
+        .await
+        .unwrap_err();
+    let (status, _, message) = refusal(err);
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    assert!(message.contains("not a meshed pod"), "{message}");
+    h.cp.shutdown().await;
+}
+
 /// A Service as the API server returns it: `clusterIPs` with their
 /// families, `type: ClusterIP`, the defaults it fills in.
 fn k8s_service(name: &str, cluster_ips: &[&str], ports: Value, annotations: Value) -> Value {

@@ -68,10 +68,14 @@ impl ward_identity::manager::SvidIssuer for ControlPlaneIssuer {
             && current
                 .not_after()
                 .is_some_and(|t| t > time::OffsetDateTime::now_utc());
-        let credential = if renewing {
-            None
-        } else {
-            Some(self.credential.get()?)
+        // A service-account token is sent on renewal too, so the control
+        // plane re-checks the pod behind it (a deleted pod's key renews
+        // nothing); a join token only once. Unreadable on renewal: renew
+        // over mTLS alone.
+        let credential = match (&self.credential, renewing) {
+            (CredentialSource::ServiceAccountTokenFile(_), true) => self.credential.get().ok(),
+            (_, true) => None,
+            (_, false) => Some(self.credential.get()?),
         };
         let request = SvidRequest {
             spiffe_id: id.to_string(),
