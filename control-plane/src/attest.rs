@@ -58,6 +58,8 @@ pub enum AttestError {
     },
     #[error("{0} is reserved for the control plane and is never issued to workloads")]
     ReservedIdentity(SpiffeId),
+    #[error("a join token lives more than zero and at most {max:?}")]
+    TokenTtl { max: std::time::Duration },
     #[error("join token record {path} is corrupt: {reason}")]
     TokenRecordCorrupt { path: PathBuf, reason: String },
     #[error("join token store: {context}: {source}")]
@@ -171,6 +173,7 @@ impl AttestError {
             Self::PodServiceAccountMismatch { .. } => "pod_service_account_mismatch",
             Self::TokenRecordCorrupt { .. } => "token_store_corrupt",
             Self::ReservedIdentity(_) => "reserved_identity",
+            Self::TokenTtl { .. } => "token_ttl",
             Self::Io { .. } => "io_error",
             Self::JwtMalformed(_) => "jwt_malformed",
             Self::JwtBadSignature => "jwt_invalid_signature",
@@ -203,6 +206,7 @@ impl AttestError {
             | Self::TokenIdMismatch { .. }
             | Self::TokenRecordCorrupt { .. }
             | Self::ReservedIdentity(_)
+            | Self::TokenTtl { .. }
             | Self::Io { .. } => METHOD_JOIN_TOKEN,
             Self::JwtMalformed(_)
             | Self::JwtBadSignature

@@ -30,6 +30,10 @@ pub enum DataDirError {
     NoCa(PathBuf),
     #[error("{0}: a CA already exists; refusing to overwrite it")]
     CaExists(PathBuf),
+    #[error(
+        "{path}: mode {mode:04o} lets others read or write it (or it is not a regular file); the CA key must be 0600 (or 0400) and owned by the control plane's user"
+    )]
+    InsecureKey { path: PathBuf, mode: u32 },
     #[error("CA in {path}: {message}")]
     Ca { path: PathBuf, message: String },
     #[error("CA in {path} is for trust domain {found:?}, but {wanted:?} was configured")]
@@ -81,6 +85,7 @@ impl DataDir {
         if !self.has_ca() {
             return Err(DataDirError::NoCa(self.root.clone()));
         }
+        check_private(&self.key_path())?;
         let cert = read(&self.cert_path())?;
         let key = read(&self.key_path())?;
         let ca = CertificateAuthority::from_pem(&cert, &key).map_err(|e| DataDirError::Ca {
@@ -156,6 +161,24 @@ fn read(path: &Path) -> Result<String, DataDirError> {
     })
 }
 
+/// The key file must be a regular file (not a symlink) that only its owner
+/// can read or write: anything else is refused rather than used.
+fn check_private(path: &Path) -> Result<(), DataDirError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::symlink_metadata(path).map_err(|source| DataDirError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if !meta.file_type().is_file() || mode & 0o077 != 0 {
+        return Err(DataDirError::InsecureKey {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -173,15 +196,77 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
         path: path.to_owned(),
         source,
     };
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err)?;
-    file.write_all(contents).map_err(io_err)?;
-    file.sync_all().map_err(io_err)?;
-    fs::rename(&tmp, path).map_err(io_err)
+    // A fresh name opened with O_EXCL: never an existing file (with its own
+    // mode) nor a symlink planted there (O_EXCL does not follow it).
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    let tmp = PathBuf::from(name);
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        io_err(source)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_ca_key_others_can_read_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        data.init_ca("example.org").unwrap();
+        data.load_ca(Some("example.org")).expect("0600 loads");
+        let key = data.key_path();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(err) = data.load_ca(Some("example.org")) else {
+            panic!("a 0644 CA key was loaded");
+        };
+        assert!(
+            matches!(err, DataDirError::InsecureKey { mode: 0o644, .. }),
+            "{err}"
+        );
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o400)).unwrap();
+        data.load_ca(Some("example.org")).expect("0400 loads");
+    }
+
+    #[test]
+    fn a_symlinked_ca_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        data.init_ca("example.org").unwrap();
+        let key = data.key_path();
+        let elsewhere = dir.path().join("elsewhere.pem");
+        fs::rename(&key, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
+        assert!(matches!(
+            data.load_ca(None),
+            Err(DataDirError::InsecureKey { .. })
+        ));
+    }
+
+    #[test]
+    fn writes_are_private_and_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("key.pem");
+        // A file that was world-readable keeps nothing of its mode.
+        fs::write(&target, "old").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&target, b"new").unwrap();
+        let meta = fs::metadata(&target).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

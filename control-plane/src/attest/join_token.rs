@@ -34,6 +34,9 @@ mod tests;
 const PENDING: &str = "pending";
 const USED: &str = "used";
 const TMP: &str = "tmp";
+/// Longest a join token may be valid: it is a bearer secret for a
+/// one-time enrolment, not a standing credential.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Random bytes per token: 256 bits, far beyond guessing.
 const TOKEN_BYTES: usize = 32;
 
@@ -75,6 +78,9 @@ impl JoinTokenStore {
     pub fn create(&self, id: &SpiffeId, ttl: Duration) -> Result<String, AttestError> {
         if super::is_reserved(id) {
             return Err(AttestError::ReservedIdentity(id.clone()));
+        }
+        if ttl > MAX_TTL || ttl.is_zero() {
+            return Err(AttestError::TokenTtl { max: MAX_TTL });
         }
         let token = new_token();
         let now = unix_secs(SystemTime::now());

@@ -189,3 +189,22 @@ fn every_error_has_a_fixed_label_and_method() {
     assert_eq!(methods[..4], ["join_token"; 4]);
     assert!(methods[4..].iter().all(|m| *m == "k8s_sa_token"));
 }
+
+#[test]
+fn join_token_lifetimes_are_capped_and_the_reserved_identity_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = JoinTokenStore::open(&dir.path().join("join-tokens")).unwrap();
+    let web = id("spiffe://example.org/ns/shop/sa/web");
+    store.create(&web, join_token::MAX_TTL).expect("at the cap");
+    for ttl in [join_token::MAX_TTL + Duration::from_secs(1), Duration::ZERO] {
+        assert!(matches!(
+            store.create(&web, ttl),
+            Err(AttestError::TokenTtl { .. })
+        ));
+    }
+    let reserved = id("spiffe://example.org/ns/ward-system/sa/ward-control-plane");
+    assert!(matches!(
+        store.create(&reserved, Duration::from_secs(60)),
+        Err(AttestError::ReservedIdentity(_))
+    ));
+}
