@@ -1051,10 +1051,8 @@ fn a_pod_bound_token_is_attested_by_token_review_and_dies_with_its_pod() {
 }
 
 /// The same, then the sidecar that was running when its pod was deleted:
-/// its next renewal (mTLS with its current SVID, no token) must be
-/// refused. PENDING #15 ("renewal re-checks the pod"): until the control
-/// plane re-checks the pod on renewal this test fails, on purpose: today
-/// the deleted pod's sidecar keeps getting new SVIDs.
+/// its next renewal must be refused (the control plane re-checks the pod on
+/// renewal, #15; this test failed before that landed).
 #[test]
 fn a_deleted_pods_identity_is_not_renewed() {
     token_flow(true);
@@ -1278,9 +1276,7 @@ fn token_flow(check_renewal: bool) {
     );
     // ---- ...and the running sidecar's identity is not renewed: its next
     // renewal (mTLS with its current SVID) is refused.
-    // NOTE (#13/#15): this needs the control plane to re-check the pod on
-    // renewal ("renewal re-checks the pod", #15). Without it the renewal
-    // succeeds and this assertion fails, by design.
+    // (#15: renewal re-checks the pod; without it the renewal succeeds.)
     let renewals = metric(&sidecar.metrics(), "ward_certificate_renewals_total");
     let failures = metric(
         &sidecar.metrics(),
