@@ -121,7 +121,19 @@ fn resolve_port(container: &Container, port: &IntOrString) -> Result<u16, Inject
             .iter()
             .flatten()
             .find(|p| p.name.as_deref() == Some(name.as_str()))
-            .and_then(|p| u16::try_from(p.container_port).ok())
-            .ok_or_else(|| err(format!("probe port {name:?} names no container port"))),
+            .ok_or_else(|| err(format!("probe port {name:?} names no container port")))
+            .and_then(|p| {
+                // The sidecar refuses a probe on port 0 (WARD_APP_PROBES):
+                // refuse it here, as for a numbered port.
+                u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        err(format!(
+                            "probe port {name:?} names container port {}, out of range",
+                            p.container_port
+                        ))
+                    })
+            }),
     }
 }

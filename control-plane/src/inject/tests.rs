@@ -400,6 +400,26 @@ fn name_clashes_are_errors() {
     ));
 }
 
+/// Found by fuzzing (fuzz/fuzz_targets/probe_annotations.rs): a named probe
+/// port whose container port is 0 was written to `WARD_APP_PROBES`, which the
+/// sidecar refuses at start.
+#[test]
+fn probe_naming_a_port_out_of_range_is_an_error() {
+    for bad in [0, 70000] {
+        let mut p = pod(&[]);
+        p.spec.as_mut().unwrap().containers[0].ports = Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: bad,
+            ..Default::default()
+        }]);
+        let err = inject_pod(&p, "shop", &enabled(), &config()).unwrap_err();
+        assert!(
+            matches!(err, InjectError::Probe { .. }) && err.to_string().contains("out of range"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn probe_naming_a_missing_port_is_an_error() {
     let mut p = pod(&[]);
