@@ -91,9 +91,10 @@ fn http1_and_http2_reach_the_app_unmodified_with_the_client_identity() {
             xfcc.as_str(),
             "{echo}"
         );
-        // The app sees the connection from its own sidecar, on loopback.
+        // The app sees the connection from its own sidecar, which reaches
+        // it on the pod address from 127.0.0.6 (docs/proxy.md, Inbound).
         assert!(
-            echo["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            echo["peer"].as_str().unwrap().starts_with("127.0.0.6:"),
             "{echo}"
         );
     }

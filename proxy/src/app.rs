@@ -1,6 +1,14 @@
 //! The inbound side's connections to the local application: pooled HTTP/1.1
-//! and HTTP/2 (prior knowledge) clients per application port, always to
-//! loopback (never the pod address, which iptables would capture again).
+//! and HTTP/2 (prior knowledge) clients per application port.
+//!
+//! Where the application is reached (as Istio does since 1.10): on the
+//! address the client connected to, i.e. the pod's own address, so a
+//! service the pod binds to loopback only stays private to the pod. The
+//! connection leaves from [`INBOUND_SOURCE_V4`], which the capture rules let
+//! through instead of redirecting it back into the proxy. Loopback instead
+//! when the pod opts in (`--inbound-to-loopback`), in explicit mode (the
+//! `--inbound LISTEN=APP_PORT` contract), and for IPv6 destinations (there
+//! is no loopback source address to tell those connections apart).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +24,35 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::http::Body;
+
+/// The source address of the proxy's connections to the application on the
+/// pod address: `ward-proxy init` returns traffic from it on `lo` before
+/// the rule that sends the proxy's calls to its own pod address inbound
+/// (Istio's `127.0.0.6`).
+pub const INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
+
+/// A TCP connection to the application at `addr` within `timeout`; from
+/// [`INBOUND_SOURCE_V4`] unless `addr` is loopback.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let attempt = async {
+        match addr {
+            SocketAddr::V4(v4) if !v4.ip().is_loopback() => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(IpAddr::V4(INBOUND_SOURCE_V4), 0))?;
+                socket.connect(addr).await
+            }
+            _ => TcpStream::connect(addr).await,
+        }
+    };
+    let tcp = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect to the application timed out",
+        )
+    })??;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
 
 /// Connects every request to one fixed address, whatever the URI says, so
 /// the URI can keep the client's original authority.
@@ -36,18 +73,7 @@ impl tower::Service<Uri> for FixedConnector {
 
     fn call(&mut self, _: Uri) -> Self::Future {
         let (addr, timeout) = (self.addr, self.timeout);
-        Box::pin(async move {
-            let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect to the application timed out",
-                    )
-                })??;
-            let _ = tcp.set_nodelay(true);
-            Ok(TokioIo::new(tcp))
-        })
+        Box::pin(async move { Ok(TokioIo::new(connect(addr, timeout).await?)) })
     }
 }
 
@@ -84,7 +110,7 @@ async fn probe_h2(addr: SocketAddr) -> Option<bool> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
     let attempt = async {
-        let mut tcp = TcpStream::connect(addr).await.ok()?;
+        let mut tcp = connect(addr, Duration::from_secs(2)).await.ok()?;
         let mut hello = crate::detect::H2_PREFACE.to_vec();
         hello.extend_from_slice(&SETTINGS);
         tcp.write_all(&hello).await.ok()?;
@@ -105,23 +131,28 @@ pub struct AppClients {
     connect_timeout: Duration,
     /// Largest response header block accepted from the application.
     max_header_bytes: u32,
+    /// Reach the application on loopback rather than the pod address.
+    to_loopback: bool,
 }
 
 impl AppClients {
-    pub fn new(connect_timeout: Duration, max_header_bytes: u32) -> Self {
+    pub fn new(connect_timeout: Duration, max_header_bytes: u32, to_loopback: bool) -> Self {
         AppClients {
             ports: RwLock::new(HashMap::new()),
             connect_timeout,
             max_header_bytes,
+            to_loopback,
         }
     }
 
-    /// The loopback address of the application behind `port`, in the
-    /// family the client used.
-    pub fn app_addr(destination: SocketAddr) -> SocketAddr {
-        let ip = match destination.ip() {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    /// Where the application behind `destination` (the address the client
+    /// connected to) is reached: that address itself for IPv4, else
+    /// loopback in the family the client used.
+    pub fn app_addr(&self, destination: SocketAddr) -> SocketAddr {
+        let ip = match destination.ip().to_canonical() {
+            IpAddr::V4(v4) if !self.to_loopback => IpAddr::V4(v4),
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         };
         SocketAddr::new(ip, destination.port())
     }

@@ -19,9 +19,11 @@
 //! the proxy handled it as outbound and must now see it as inbound, so it goes
 //! through `WARD_INBOUND` (same exclusions as traffic from the network). Every
 //! other connection through `lo` is left alone: the application talking to
-//! itself needs no mTLS. Consequence for the proxy: it must forward inbound
-//! traffic to the application over 127.0.0.1 / ::1, never over the pod
-//! address, or that connection would be redirected back into itself.
+//! itself needs no mTLS. The proxy's inbound leg to the application also
+//! goes to the pod address (so loopback-only services stay private), from
+//! the source address 127.0.0.6 ([`crate::app::INBOUND_SOURCE_V4`]): the
+//! first IPv4 rule returns it, or it would be redirected back into the
+//! proxy.
 //!
 //! How rules are applied ([`apply`]): Ward's chains are declared and filled
 //! by one `iptables-restore --noflush` per family, which is atomic and, since
@@ -224,6 +226,11 @@ fn output_rules(config: &CaptureConfig, family: Family) -> Vec<Rule> {
     let loopback = family.loopback();
     let owners = proxy_owners(config);
     let mut rules = Vec::new();
+    // The inbound's own connection to the app on the pod address.
+    if family == Family::V4 {
+        let source = format!("{}/32", crate::app::INBOUND_SOURCE_V4);
+        rules.push(rule(&["-s", &source, "-o", "lo", "-j", "RETURN"]));
+    }
     // The proxy calling the pod's own address: treat it as inbound.
     for (flag, id) in &owners {
         rules.push(rule(&[

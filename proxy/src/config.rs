@@ -67,6 +67,13 @@ pub struct RunArgs {
     /// Where iptables sends outbound connections (transparent mode).
     #[arg(long, env = "WARD_OUTBOUND_CAPTURE", default_value = "0.0.0.0:15001")]
     pub outbound_capture: SocketAddr,
+    /// Forward inbound connections to the application on 127.0.0.1 instead
+    /// of the pod's own address (the connection's original destination), so
+    /// services bound only to loopback in the pod are reachable by mesh
+    /// peers. A per-pod opt-in (`ward.io/inbound-to-loopback`); transparent
+    /// mode only, explicit mode always uses loopback.
+    #[arg(long, env = "WARD_INBOUND_TO_LOOPBACK", value_parser = BoolishValueParser::new())]
+    pub inbound_to_loopback: bool,
     /// Admin listener: `/metrics` and the `--app-probes` paths from
     /// anywhere, `/ready` and `/live` from localhost only.
     #[arg(long, env = "WARD_ADMIN", default_value = "0.0.0.0:15020")]

@@ -44,7 +44,8 @@ const OPAQUE_DETECT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Where an inbound connection goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Target {
-    /// Transparent mode: the original destination's port on loopback.
+    /// Transparent mode: the original destination (the pod address, or its
+    /// port on loopback with `--inbound-to-loopback`).
     Original,
     /// Explicit mode: this application port on loopback.
     AppPort(u16),
@@ -134,7 +135,7 @@ impl Inbound {
                 Err(reason) => return self.refuse(source, reason),
             },
         };
-        let app = self.apps.for_addr(AppClients::app_addr(destination));
+        let app = self.apps.for_addr(self.apps.app_addr(destination));
         let opaque = self.opaque_ports.contains(&destination.port());
         let mode = match &self.policy {
             Some(policy) => policy.mtls_mode(destination.port()),
@@ -414,10 +415,10 @@ impl Inbound {
             info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "deny", policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, "connection denied");
             return;
         }
-        let app_addr = AppClients::app_addr(conn.destination);
-        let connect = TcpStream::connect(app_addr);
-        let mut app = match tokio::time::timeout(self.limits.connect_timeout, connect).await {
-            Ok(Ok(app)) => app,
+        let app_addr = self.apps.app_addr(conn.destination);
+        let connect = crate::app::connect(app_addr, self.limits.connect_timeout);
+        let mut app = match connect.await {
+            Ok(app) => app,
             _ => {
                 self.metrics
                     .refused

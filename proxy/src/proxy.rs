@@ -123,7 +123,12 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         opaque_ports: args.opaque_ports.0.clone(),
         authz,
         policy: policy.clone(),
-        apps: AppClients::new(args.connect_timeout, max_header_bytes),
+        // Explicit mode's `--inbound LISTEN=APP_PORT` names a loopback port.
+        apps: AppClients::new(
+            args.connect_timeout,
+            max_header_bytes,
+            args.inbound_to_loopback || args.is_explicit(),
+        ),
         metrics: metrics.clone(),
         limits,
         self_addrs: self_addrs.clone(),

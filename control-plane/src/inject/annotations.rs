@@ -19,6 +19,9 @@ pub const ANNOTATION_PROXY_CPU_LIMIT: &str = "ward.io/proxy-cpu-limit";
 pub const ANNOTATION_PROXY_MEMORY_LIMIT: &str = "ward.io/proxy-memory-limit";
 pub const ANNOTATION_LOG_LEVEL: &str = "ward.io/log-level";
 pub const ANNOTATION_REWRITE_APP_PROBES: &str = "ward.io/rewrite-app-probes";
+/// Opt-in: the sidecar forwards inbound traffic to 127.0.0.1 rather than
+/// the pod address, exposing loopback-only services to mesh peers.
+pub const ANNOTATION_INBOUND_TO_LOOPBACK: &str = "ward.io/inbound-to-loopback";
 
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
@@ -34,6 +37,7 @@ pub struct PodOptions {
     pub resources: ProxyResources,
     pub log_level: String,
     pub rewrite_app_probes: bool,
+    pub inbound_to_loopback: bool,
 }
 
 impl PodOptions {
@@ -87,6 +91,11 @@ impl PodOptions {
                 ANNOTATION_REWRITE_APP_PROBES,
             )?
             .unwrap_or(true),
+            inbound_to_loopback: boolean(
+                get(ANNOTATION_INBOUND_TO_LOOPBACK),
+                ANNOTATION_INBOUND_TO_LOOPBACK,
+            )?
+            .unwrap_or(false),
         })
     }
 }

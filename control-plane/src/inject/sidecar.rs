@@ -175,6 +175,9 @@ pub fn proxy_container(
         env("WARD_LOG_LEVEL", options.log_level.clone()),
         env("WARD_OPAQUE_PORTS", join(&options.opaque_ports)),
     ];
+    if options.inbound_to_loopback {
+        env_vars.push(env("WARD_INBOUND_TO_LOOPBACK", "true".to_owned()));
+    }
     if !app_probes.is_empty() {
         env_vars.push(env(
             "WARD_APP_PROBES",

@@ -434,3 +434,26 @@ fn probe_naming_a_missing_port_is_an_error() {
         Ok(InjectOutcome::Patch(_))
     ));
 }
+
+#[test]
+fn inbound_to_loopback_is_an_explicit_opt_in() {
+    let proxy_env = |annotations: &[(&str, &str)]| {
+        let spec = injected(annotations).spec.unwrap();
+        env(
+            &spec.init_containers.unwrap()[1],
+            "WARD_INBOUND_TO_LOOPBACK",
+        )
+    };
+    assert_eq!(proxy_env(&[]), None, "the pod address by default");
+    assert_eq!(proxy_env(&[("ward.io/inbound-to-loopback", "false")]), None);
+    assert_eq!(
+        proxy_env(&[("ward.io/inbound-to-loopback", "true")]).as_deref(),
+        Some("true")
+    );
+    let mut bad = pod(&[("ward.io/inbound-to-loopback", "yes")]);
+    bad.metadata.name = Some("p".into());
+    assert!(matches!(
+        inject_pod(&bad, "shop", &enabled(), &config()),
+        Err(InjectError::Annotation { .. })
+    ));
+}

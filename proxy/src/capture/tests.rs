@@ -18,6 +18,7 @@ fn default_ipv4_rules_follow_istio_init() {
             "-A WARD_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
             "-A WARD_INBOUND -p tcp --dport 15020 -j RETURN",
             "-A WARD_INBOUND -p tcp -j WARD_IN_REDIRECT",
+            "-A WARD_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN",
             "-A WARD_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --uid-owner 1337 -j WARD_INBOUND",
             "-A WARD_OUTPUT -o lo -j RETURN",
             "-A WARD_OUTPUT -m owner --uid-owner 1337 -j RETURN",
