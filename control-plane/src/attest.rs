@@ -25,6 +25,7 @@ use ward_identity::{SpiffeId, SpiffeIdError};
 
 mod join_token;
 mod k8s_token;
+pub mod limiter;
 mod pods;
 mod token_review;
 

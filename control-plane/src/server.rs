@@ -123,6 +123,7 @@ impl Config {
 struct State {
     ca: Arc<CertificateAuthority>,
     attestor: Attestor,
+    attest_failures: crate::attest::limiter::FailureLimiter,
     metrics: Arc<Metrics>,
     svid_ttl: Duration,
     policies: Arc<PolicyStore>,
@@ -208,6 +209,7 @@ impl ControlPlane {
         let state = Arc::new(State {
             ca: Arc::new(ca),
             attestor,
+            attest_failures: Default::default(),
             metrics: metrics.clone(),
             svid_ttl: config.svid_ttl,
             policies: policies.clone(),
@@ -450,7 +452,7 @@ struct Caller {
 async fn route(state: &Arc<State>, caller: Caller, req: Request<Incoming>) -> Response<ApiBody> {
     let (peer_id, peer_addr) = (caller.id.as_ref(), caller.addr);
     match (req.method(), req.uri().path()) {
-        (&Method::POST, SVID_PATH) => issue_svid(state, peer_id, req).await,
+        (&Method::POST, SVID_PATH) => issue_svid(state, peer_id, peer_addr, req).await,
         (&Method::POST, DISCOVERY_PATH) => discovery_stream(state, &caller, req).await,
         (&Method::POST, REGISTER_PATH) => register(state, peer_id, peer_addr, req).await,
         (&Method::GET, BUNDLE_PATH) => json(
@@ -657,6 +659,7 @@ fn line_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<ApiBody> {
 async fn issue_svid(
     state: &State,
     peer_id: Option<&SpiffeId>,
+    peer_addr: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<ApiBody> {
     let refuse = |status, reason: &'static str, message: String| {
@@ -728,6 +731,17 @@ async fn issue_svid(
             format!("CSR refused: {err}"),
         );
     }
+    if request.credential.is_some() && state.attest_failures.is_limited(peer_addr.ip()) {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "attestation_rate_limited",
+            format!(
+                "more than {} failed attestations from this address in {:?}; retry later",
+                crate::attest::limiter::MAX_FAILURES,
+                crate::attest::limiter::WINDOW
+            ),
+        );
+    }
     let attested = match &request.credential {
         Some(credential) => match state
             .attestor
@@ -741,6 +755,7 @@ async fn issue_svid(
         {
             Ok(id) => id,
             Err(err) => {
+                state.attest_failures.failed(peer_addr.ip());
                 state
                     .metrics
                     .attestation_failures

@@ -109,3 +109,42 @@ async fn the_control_planes_identity_is_never_issued_to_a_workload() {
     );
     cp.shutdown().await;
 }
+
+/// Failed attestations are rate limited per source: past the budget, a
+/// request with a credential is refused before attestation (no token check,
+/// no TokenReview call), while renewals over mTLS are not affected.
+#[tokio::test]
+async fn failed_attestations_are_rate_limited_per_source() {
+    use ward_control_plane::attest::limiter::MAX_FAILURES;
+    let data = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(loopback_config(TD, data.path()))
+        .await
+        .unwrap();
+    let client = api_client(&cp, TD);
+    let web = SpiffeId::for_service_account(TD, "shop", "web").unwrap();
+    let bogus = || svid_request(&web, Some(Credential::JoinToken("wjt_bogus".into())), None);
+    for _ in 0..MAX_FAILURES {
+        let (status, code, _) = refusal(client.request_svid(&bogus(), None).await.unwrap_err());
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "attestation_failed")
+        );
+    }
+    let (status, code, _) = refusal(client.request_svid(&bogus(), None).await.unwrap_err());
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "attestation_rate_limited")
+    );
+    // Even a valid token waits for the window: the source is limited.
+    let token = support::control_plane::join_token(data.path(), &web, Duration::from_secs(60));
+    let valid = svid_request(&web, Some(Credential::JoinToken(token)), None);
+    let (status, _, _) = refusal(client.request_svid(&valid, None).await.unwrap_err());
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let metrics = metrics(&cp).await;
+    assert_eq!(
+        support::control_plane::attestation_failures(&metrics, "join_token", "token_unknown"),
+        f64::from(MAX_FAILURES),
+        "nothing attested once limited"
+    );
+    cp.shutdown().await;
+}
