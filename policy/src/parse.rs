@@ -914,6 +914,24 @@ fn header_line(yaml: &str, doc: usize) -> Option<usize> {
     None
 }
 
+/// How many documents of `yaml` may be deserialized: all of them, or up to
+/// and including the first that is not well-formed YAML. After a document
+/// with an unknown alias (`*x`) serde_yaml_ng's document iterator resumes
+/// in the middle of it, and deserializing that "next document" panics
+/// (found by fuzzing: fuzz/fuzz_targets/policy_parse.rs). Walking every
+/// document whole, with no types involved, finds the first broken one
+/// without touching what follows it.
+fn sound_documents(yaml: &str) -> usize {
+    let mut count = 0;
+    for document in serde_yaml_ng::Deserializer::from_str(yaml) {
+        count += 1;
+        if Option::<IgnoredAny>::deserialize(document).is_err() {
+            break;
+        }
+    }
+    count
+}
+
 /// Parses every document of one file. Any error rejects the whole file.
 pub(crate) fn parse_file(file: &str, yaml: &str) -> Result<Parsed, Vec<ConfigError>> {
     let file_arc: Arc<str> = file.into();
@@ -921,7 +939,8 @@ pub(crate) fn parse_file(file: &str, yaml: &str) -> Result<Parsed, Vec<ConfigErr
     let mut errors = Vec::new();
     let headers = serde_yaml_ng::Deserializer::from_str(yaml);
     let bodies = serde_yaml_ng::Deserializer::from_str(yaml);
-    for (doc, (h, b)) in headers.zip(bodies).enumerate() {
+    let documents = sound_documents(yaml);
+    for (doc, (h, b)) in headers.zip(bodies).take(documents).enumerate() {
         let header: Option<Header> = match serde_path_to_error::deserialize(h) {
             Ok(h) => h,
             Err(e) => {

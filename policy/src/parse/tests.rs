@@ -137,3 +137,29 @@ fn valid_documents_parse() {
     assert_eq!(p.peer[0].port_level.get(&8080), Some(&MtlsMode::Disable));
     assert_eq!(p.peer[0].port_level.get(&9090), Some(&MtlsMode::Unset));
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/policy_parse.rs): after a document
+/// with an unknown alias, serde_yaml_ng's document iterator resumed inside
+/// it and the next "document" panicked the parser ("unexpected end of
+/// mapping"). Now the broken document is reported and nothing after it is
+/// read.
+#[test]
+fn an_unknown_alias_is_an_error_not_a_panic() {
+    let good = format!("{HEAD}spec: {{}}\n");
+    for yaml in [
+        "apiVd; /Euene: *p\n".to_owned(),
+        "kind: *p\n".to_owned(),
+        "a: [*p, 1]\nb: 2\n".to_owned(),
+        // A data error before the alias.
+        "kind: Foo\nx: *p\ny: 1\n---\nkind: AuthorizationPolicy\n".to_owned(),
+        format!("{good}---\n{HEAD}spec:\n  rules: [*r]\n---\n{good}"),
+    ] {
+        let e = err(&yaml);
+        assert!(!e.is_empty(), "{yaml}");
+    }
+    // An alias to an anchor of the same document is fine.
+    let anchored = format!(
+        "{HEAD}spec:\n  rules:\n  - from:\n    - source: &s {{namespaces: [a]}}\n    - source: *s\n"
+    );
+    assert!(parse_file("f.yaml", &anchored).is_ok());
+}
