@@ -1793,3 +1793,143 @@ fn shop_runs_meshed_on_a_real_cluster() {
         began.elapsed().as_secs_f64()
     );
 }
+
+/// A child process killed on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// #20: until the control plane has listed every resource it serves (here
+/// the policy CRDs are not installed yet), a sidecar that already holds its
+/// certificate has no policy set: it is not ready and refuses requests
+/// (fail closed, never "no policy, allow all"); once the lists succeed it
+/// gets its policies and serves.
+#[test]
+fn a_sidecar_refuses_requests_until_its_first_policy_set() {
+    let Some(c) = Cluster::start() else { return };
+    let secs = Duration::from_secs;
+    let data = c.dir().join("cp-data");
+    bins::ca_init(&data, "cluster.local");
+    let mut cp = ControlPlane::start_with(&c, "cp", &c.kubeconfig, &data, &[], None);
+    c.wait_until(
+        "the control plane answering, not ready",
+        secs(60),
+        || match cp.ready() {
+            Err(e) if e.starts_with("503") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+
+    // The sidecar's pod, as the control plane must see it in Kubernetes
+    // (never scheduled here: the process below plays it).
+    c.kubectl_ok(&["-n", "default", "create", "serviceaccount", "web"]);
+    c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\n  labels: {app: web, security.ward.io/tlsMode: ward}\nspec:\n  serviceAccountName: web\n  containers:\n  - {name: app, image: ward-testapp}\n",
+    );
+
+    // An app and its sidecar, enrolled with a join token.
+    let app_port = cluster::free_port();
+    let _app = Killed(
+        Command::new(&bins::bins().testapp)
+            .args(["http", "--listen", &format!("127.0.0.1:{app_port}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the app"),
+    );
+    let spiffe_id = "spiffe://cluster.local/ns/default/sa/web";
+    let token = bins::join_token(&data, spiffe_id);
+    let inbound = format!("127.0.0.1:{}", cluster::free_port());
+    let admin = format!("127.0.0.1:{}", cluster::free_port());
+    let proxy_log = c.dir().join("web-proxy.log");
+    let log_file = std::fs::File::create(&proxy_log).unwrap();
+    let _proxy = Killed(
+        Command::new(&bins::bins().proxy)
+            .arg("run")
+            .args(["--admin", &admin, "--control-plane", &cp.listen, "--ca"])
+            .arg(data.join("ca/ca.pem"))
+            .args(["--spiffe-id", spiffe_id, "--pod-name", "web"])
+            .args(["--inbound", &format!("{inbound}={app_port}")])
+            .env("WARD_JOIN_TOKEN", token)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start ward-proxy"),
+    );
+    let sidecar_ready = || http_get(&admin, "/ready");
+    c.wait_until(
+        "the sidecar holding a certificate but no policy",
+        secs(60),
+        || match sidecar_ready() {
+            Ok((503, body)) if body == "no policy from the control plane yet\n" => Ok(()),
+            other => Err(format!(
+                "{other:?}\n{}",
+                std::fs::read_to_string(&proxy_log).unwrap_or_default()
+            )),
+        },
+    );
+
+    // A mesh client with a valid certificate is refused.
+    let (cert, key) = (c.dir().join("client.crt"), c.dir().join("client.key"));
+    let issued = bins::ward(&[
+        "ca",
+        "issue",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--spiffe-id",
+        "spiffe://cluster.local/ns/default/sa/client",
+        "--ttl",
+        "1h",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    bins::assert_ok(issued, "ward ca issue");
+    let status = || {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "10",
+            ])
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .arg(format!("https://{inbound}/echo"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(), "403", "served before any policy set");
+
+    // The CRDs arrive: the lists succeed, the (empty) policy set is sent,
+    // and the same request is served.
+    c.kubectl_ok(&["apply", "-f", "deploy/base/crds"]);
+    c.wait_until(
+        "the sidecar ready with its first policy set",
+        secs(120),
+        || match sidecar_ready() {
+            Ok((200, _)) => Ok(()),
+            other => {
+                let log = cp.log();
+                let tail: Vec<&str> = log.lines().rev().take(12).collect();
+                let proxy = std::fs::read_to_string(&proxy_log).unwrap_or_default();
+                Err(format!(
+                    "{other:?}\ncontrol plane, newest first:\n{}\nsidecar:\n{proxy}",
+                    tail.join("\n")
+                ))
+            }
+        },
+    );
+    assert_eq!(status(), "200");
+}
