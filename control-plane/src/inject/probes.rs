@@ -35,11 +35,31 @@ pub(super) fn rewrite(containers: &[Container]) -> Result<Rewrites, InjectError>
             ("startupProbe", "startupz", &container.startup_probe),
         ] {
             let Some(probe) = probe else { continue };
+            // What the sidecar accepts in WARD_APP_PROBES (it refuses to
+            // start otherwise): checked here, before the API server's own
+            // validation, which runs after this webhook.
+            let err = |message: String| InjectError::Probe {
+                container: container.name.clone(),
+                message,
+            };
+            if container.name.is_empty() || container.name.contains('/') {
+                return Err(err(format!(
+                    "container name {:?} cannot name a probe path",
+                    container.name
+                )));
+            }
             let path = format!("/app-health/{}/{kind}", container.name);
             let original = if let Some(get) = &probe.http_get {
+                let scheme = get.scheme.clone().unwrap_or_else(|| "HTTP".into());
+                if !["HTTP", "HTTPS"]
+                    .iter()
+                    .any(|s| scheme.eq_ignore_ascii_case(s))
+                {
+                    return Err(err(format!("probe scheme {scheme:?} is not HTTP or HTTPS")));
+                }
                 AppProbe {
                     http_get: Some(AppHttpGet {
-                        scheme: get.scheme.clone().unwrap_or_else(|| "HTTP".into()),
+                        scheme,
                         port: resolve_port(container, &get.port)?,
                         path: get.path.clone().unwrap_or_else(|| "/".into()),
                         host: get.host.clone(),

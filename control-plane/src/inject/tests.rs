@@ -420,6 +420,45 @@ fn probe_naming_a_port_out_of_range_is_an_error() {
     }
 }
 
+/// Found by fuzzing (fuzz/fuzz_targets/probe_annotations.rs): a probe of a
+/// container with an empty name, or with a scheme other than HTTP/HTTPS,
+/// was written to `WARD_APP_PROBES`, which the sidecar refuses at start.
+#[test]
+fn probes_the_sidecar_would_refuse_are_errors() {
+    let mut unnamed = pod(&[]);
+    unnamed.spec.as_mut().unwrap().containers[0].name = String::new();
+    let mut slashed = pod(&[]);
+    slashed.spec.as_mut().unwrap().containers[0].name = "a/b".into();
+    let mut scheme = pod(&[]);
+    let c = &mut scheme.spec.as_mut().unwrap().containers[0];
+    c.readiness_probe
+        .as_mut()
+        .unwrap()
+        .http_get
+        .as_mut()
+        .unwrap()
+        .scheme = Some("FTP".into());
+    for p in [unnamed, slashed, scheme] {
+        assert!(matches!(
+            inject_pod(&p, "shop", &enabled(), &config()),
+            Err(InjectError::Probe { .. })
+        ));
+    }
+    let mut lower = pod(&[]);
+    let c = &mut lower.spec.as_mut().unwrap().containers[0];
+    c.readiness_probe
+        .as_mut()
+        .unwrap()
+        .http_get
+        .as_mut()
+        .unwrap()
+        .scheme = Some("https".into());
+    assert!(matches!(
+        inject_pod(&lower, "shop", &enabled(), &config()),
+        Ok(InjectOutcome::Patch(_))
+    ));
+}
+
 #[test]
 fn probe_naming_a_missing_port_is_an_error() {
     let mut p = pod(&[]);
