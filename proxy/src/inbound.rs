@@ -333,6 +333,9 @@ impl Inbound {
         } else {
             counts.clone()
         };
+        // Cancelled by a drain, or when a certificate of this connection
+        // expires: HTTP connections then close gracefully.
+        let closing = shutdown.child_token();
         let serve = async {
             if http {
                 let http = Arc::new(HttpConn {
@@ -349,10 +352,17 @@ impl Inbound {
                 let this = self.clone();
                 let http2 = protocol == Protocol::Http2;
                 let conn_http = http.clone();
-                h::serve_connection(io, http2, &self.limits, shutdown, "inbound", move |req| {
-                    let (this, http) = (this.clone(), conn_http.clone());
-                    async move { this.request(&http, req).await }
-                })
+                h::serve_connection(
+                    io,
+                    http2,
+                    &self.limits,
+                    closing.clone(),
+                    "inbound",
+                    move |req| {
+                        let (this, http) = (this.clone(), conn_http.clone());
+                        async move { this.request(&http, req).await }
+                    },
+                )
                 .await;
                 // An upgraded HTTP/1.1 connection ends here and lives on as
                 // its tunnel.
@@ -363,8 +373,9 @@ impl Inbound {
                 self.serve_tcp(io, conn.clone(), verdict).await
             }
         };
+        tokio::pin!(serve);
         tokio::select! {
-            _ = serve => {}
+            _ = &mut serve => {}
             _ = activity.idle_for(self.limits.idle_timeout) => {
                 debug!(source = %conn.source, "closing an idle inbound connection");
             }
@@ -373,6 +384,12 @@ impl Inbound {
             }
             _ = until(expires) => {
                 info!(source = %conn.source, peer = ?conn.peer_id, "closing an inbound connection: a certificate it was authenticated with expired");
+                // Gracefully, as a drain does (HTTP/2 GOAWAY, HTTP/1.1 after
+                // the request in flight): requests already sent finish, new
+                // ones go over a new connection with the renewed
+                // certificates. Opaque TCP ends at once.
+                closing.cancel();
+                let _ = tokio::time::timeout(EXPIRY_GRACE, &mut serve).await;
             }
         }
         let (received, sent) = counts.totals();
@@ -662,6 +679,10 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     copy.headers = parts.headers.clone();
     copy
 }
+
+/// How long requests in flight on a connection whose certificate expired
+/// may take to finish.
+const EXPIRY_GRACE: Duration = Duration::from_secs(10);
 
 /// Resolves at `deadline` (never for `None`).
 async fn until(deadline: Option<time::OffsetDateTime>) {

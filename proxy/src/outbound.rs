@@ -9,6 +9,7 @@ use std::time::Instant;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use tokio::net::TcpStream;
@@ -270,6 +271,9 @@ impl Outbound {
                         .headers
                         .insert(h::PROTO_HEADER, HeaderValue::from_static("h1"));
                 }
+                // A request without a body can be rebuilt if the peer
+                // refuses its stream unprocessed (GOAWAY, REFUSED_STREAM).
+                let replay = req_body.is_end_stream().then(|| parts.clone());
                 let mut req = Request::from_parts(parts, req_body);
                 let mut retried = false;
                 loop {
@@ -298,6 +302,14 @@ impl Outbound {
                         Err((Some(unsent), _)) if !retried => {
                             retried = true;
                             req = unsent;
+                        }
+                        // Sent, but refused by a peer closing the connection
+                        // before it processed the stream: safe to send again.
+                        Err((None, err))
+                            if !retried && replay.is_some() && service::not_processed(&err) =>
+                        {
+                            retried = true;
+                            req = Request::from_parts(replay.clone().expect("checked"), h::empty());
                         }
                         Err((_, err)) => break Err(err),
                     }

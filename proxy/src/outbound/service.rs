@@ -505,7 +505,7 @@ fn is_app_unavailable(resp: &Response<Body>) -> bool {
 
 /// HTTP/2 told us the stream was never processed: REFUSED_STREAM, or a
 /// GOAWAY that did not include it.
-fn not_processed(error: &hyper::Error) -> bool {
+pub(super) fn not_processed(error: &hyper::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
