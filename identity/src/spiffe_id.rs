@@ -93,12 +93,20 @@ impl SpiffeId {
         })
     }
 
-    /// Builds `spiffe://<td>/ns/<namespace>/sa/<service_account>`.
+    /// Builds `spiffe://<td>/ns/<namespace>/sa/<service_account>`. Each
+    /// part is one segment: a `/` in any of them is refused, so a namespace
+    /// such as `prod/sa/x` cannot build an ID under `/ns/prod/...`.
     pub fn for_service_account(
         trust_domain: &str,
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, SpiffeIdError> {
+        if [trust_domain, namespace, service_account]
+            .iter()
+            .any(|part| part.contains('/'))
+        {
+            return Err(SpiffeIdError::BadPathSegmentChar('/'));
+        }
         Self::parse(&format!(
             "{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
         ))

@@ -133,3 +133,23 @@ fn namespace_and_service_account_only_for_that_shape() {
     }
     assert!(SpiffeId::for_service_account("cluster.local", "bad ns", "x").is_err());
 }
+
+/// Found by fuzzing (fuzz/fuzz_targets/attest_token.rs): a service-account
+/// token whose namespace claim held a `/` was turned into an ID with more
+/// segments (`/ns/prod/sa/x/sa/y`), which prefix principals such as
+/// `cluster.local/ns/prod/*` match. Each part is one segment.
+#[test]
+fn service_account_parts_are_single_segments() {
+    for (td, ns, sa) in [
+        ("cluster.local", "prod/sa/x", "y"),
+        ("cluster.local", "prod", "x/sa/y"),
+        ("cluster.local/ns", "prod", "x"),
+    ] {
+        assert_eq!(
+            SpiffeId::for_service_account(td, ns, sa),
+            Err(SpiffeIdError::BadPathSegmentChar('/')),
+            "{td} {ns} {sa}"
+        );
+    }
+    assert!(SpiffeId::for_service_account("cluster.local", "prod", "x.y-z").is_ok());
+}
