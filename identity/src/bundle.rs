@@ -80,6 +80,20 @@ impl TrustBundles {
         Ok(self)
     }
 
+    /// Adds every root of `other` (already checked when it was added there),
+    /// keeping the roots already here.
+    pub fn extend(&mut self, other: &TrustBundles) {
+        for (trust_domain, theirs) in &other.domains {
+            let ours = self.domains.entry(trust_domain.clone()).or_default();
+            for (root, anchor) in theirs.roots.iter().zip(&theirs.anchors) {
+                if !ours.roots.contains(root) {
+                    ours.roots.push(root.clone());
+                    ours.anchors.push(anchor.clone());
+                }
+            }
+        }
+    }
+
     /// Forgets a trust domain; returns whether it was known.
     pub fn remove(&mut self, trust_domain: &str) -> bool {
         self.domains.remove(trust_domain).is_some()

@@ -8,6 +8,7 @@ pub mod manager;
 pub mod spiffe_id;
 pub mod svid;
 pub mod tls;
+pub mod trust;
 
 #[cfg(test)]
 mod testutil;
@@ -20,6 +21,7 @@ pub use ca::{
 pub use spiffe_id::{SpiffeId, SpiffeIdError};
 pub use svid::{Role, SvidError, VerifiedSvid, verify_chain};
 pub use tls::{SharedBundles, SvidCell};
+pub use trust::{Source, Trust};
 
 /// Formats a time as RFC 3339 in UTC with whole seconds, e.g. `2026-11-23T23:22:47Z`.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {

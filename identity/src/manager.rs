@@ -6,7 +6,9 @@
 //! serving; an attempt that does not finish within
 //! [`RotationPolicy::attempt_timeout`] is abandoned and retried, so a
 //! renewal that started during an outage cannot hang past it. The private
-//! key never leaves this process.
+//! key never leaves this process. The bundle returned with a certificate is
+//! one source of the workload's [`Trust`]: it widens what is trusted, and
+//! never narrows it on its own.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use crate::SpiffeId;
 use crate::bundle::TrustBundles;
 use crate::ca;
 use crate::tls::{SharedBundles, SvidCell};
+use crate::trust::{Source, Trust};
 
 /// What the control plane answers to a CSR.
 #[derive(Debug, Clone)]
@@ -109,7 +112,7 @@ pub struct RotationStats {
 pub struct IdentityHandle {
     id: SpiffeId,
     svid: Arc<SvidCell>,
-    bundles: SharedBundles,
+    trust: Arc<Trust>,
     installed: watch::Receiver<Option<OffsetDateTime>>,
     stats: Arc<RotationStats>,
 }
@@ -123,8 +126,13 @@ impl IdentityHandle {
         &self.svid
     }
 
+    /// The trusted roots (the union of every [`Trust`] source).
     pub fn bundles(&self) -> &SharedBundles {
-        &self.bundles
+        self.trust.shared()
+    }
+
+    pub fn trust(&self) -> &Arc<Trust> {
+        &self.trust
     }
 
     /// True once the first SVID has been installed.
@@ -162,21 +170,33 @@ impl IdentityHandle {
     }
 }
 
-/// Starts the manager task. It runs until `shutdown` turns true.
+/// Starts the manager task with no trust but what issuance returns. It runs
+/// until `shutdown` turns true.
 pub fn spawn<I: SvidIssuer>(
     id: SpiffeId,
     issuer: I,
     policy: RotationPolicy,
+    shutdown: watch::Receiver<bool>,
+) -> IdentityHandle {
+    spawn_with_trust(id, issuer, policy, Trust::new(TrustBundles::new()), shutdown)
+}
+
+/// Starts the manager task; each issued certificate's bundle goes to
+/// `trust` as its [`Source::Issued`].
+pub fn spawn_with_trust<I: SvidIssuer>(
+    id: SpiffeId,
+    issuer: I,
+    policy: RotationPolicy,
+    trust: Arc<Trust>,
     mut shutdown: watch::Receiver<bool>,
 ) -> IdentityHandle {
     let svid = Arc::new(SvidCell::new());
-    let bundles: SharedBundles = Arc::new(arc_swap::ArcSwap::from_pointee(TrustBundles::new()));
     let (installed_tx, installed) = watch::channel(None);
     let stats = Arc::new(RotationStats::default());
     let handle = IdentityHandle {
         id: id.clone(),
         svid: svid.clone(),
-        bundles: bundles.clone(),
+        trust: trust.clone(),
         installed,
         stats: stats.clone(),
     };
@@ -185,7 +205,7 @@ pub fn spawn<I: SvidIssuer>(
         loop {
             let attempt = tokio::time::timeout(
                 policy.attempt_timeout,
-                obtain(&id, &issuer, &svid, &bundles),
+                obtain(&id, &issuer, &svid, &trust),
             );
             let result = attempt.await.unwrap_or_else(|_| {
                 Err(format!(
@@ -224,7 +244,7 @@ async fn obtain<I: SvidIssuer>(
     id: &SpiffeId,
     issuer: &I,
     svid: &Arc<SvidCell>,
-    bundles: &SharedBundles,
+    trust: &Trust,
 ) -> Result<OffsetDateTime, String> {
     let key = ca::generate_key();
     let csr = ca::build_csr(&key, id).map_err(|e| format!("building the CSR: {e}"))?;
@@ -233,10 +253,10 @@ async fn obtain<I: SvidIssuer>(
         CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| format!("certificate chain from the control plane: {e}"))?;
-    let mut next_bundles = TrustBundles::clone(&bundles.load());
-    next_bundles
-        .set_pem(&issued.trust_domain, &issued.bundle_pem)
-        .map_err(|e| format!("trust bundle from the control plane: {e}"))?;
+    let bundle_error = |e| format!("trust bundle from the control plane: {e}");
+    let next_bundles = trust
+        .preview_domain(Source::Issued, &issued.trust_domain, &issued.bundle_pem)
+        .map_err(bundle_error)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let verified = svid
         .install(chain, key, &next_bundles)
@@ -247,7 +267,9 @@ async fn obtain<I: SvidIssuer>(
             verified.spiffe_id
         ));
     }
-    bundles.store(Arc::new(next_bundles));
+    trust
+        .replace_domain(Source::Issued, &issued.trust_domain, &issued.bundle_pem)
+        .map_err(bundle_error)?;
     Ok(verified.not_after)
 }
 
