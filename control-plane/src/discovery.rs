@@ -28,6 +28,7 @@ use ward_policy::{EvalOptions, PolicySet};
 
 use crate::metrics::Metrics;
 use crate::policy_store::PolicySnapshot;
+use crate::trust_bundles::BundleSet;
 
 pub mod endpoints;
 pub mod sidecars;
@@ -107,8 +108,10 @@ pub struct StreamContext {
     pub policies: watch::Receiver<Arc<PolicySnapshot>>,
     /// True once the policy and endpoint sources have read their state.
     pub synced: watch::Receiver<bool>,
-    /// The trust bundle resource ([`ward_api::discovery::BundleBody`]).
-    pub bundle: Resource,
+    /// The trust bundles, one resource per trust domain
+    /// ([`ward_api::discovery::BundleBody`]); a change is pushed to every
+    /// stream.
+    pub bundles: watch::Receiver<Arc<BundleSet>>,
     pub endpoints: Arc<Endpoints>,
     pub sidecars: Arc<Sidecars>,
     pub metrics: Arc<Metrics>,
@@ -130,6 +133,7 @@ struct Stream {
     policy_desired: Versions,
     bundle: TypeState,
     bundle_sent: bool,
+    bundle_dirty: bool,
     endpoint: OnDemand,
     service: OnDemand,
     /// News of subscribed addresses, both types.
@@ -279,6 +283,7 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         policy_acked_version: None,
         policy_desired: Versions::new(),
         bundle_sent: false,
+        bundle_dirty: true,
         status,
         ctx,
     };
@@ -329,6 +334,11 @@ impl Stream {
                     self.policy_dirty = true;
                     continue;
                 }
+                changed = self.ctx.bundles.changed() => {
+                    changed.map_err(|_| "trust bundles gone")?;
+                    self.bundle_dirty = true;
+                    continue;
+                }
                 _ = self.inbox.notify.notified() => continue,
                 _ = own_pod.notify.notified() => None,
                 _ = self.tx.closed() => return Err("response stream closed"),
@@ -360,12 +370,21 @@ impl Stream {
             self.send_policies().await?;
         }
         if self.wants.contains(&ResourceType::Bundle)
-            && !self.bundle_sent
+            && self.bundle_dirty
             && self.bundle.in_flight().is_none()
         {
-            self.bundle_sent = true;
-            let (changed, removed) = self.bundle.delta_to([&self.ctx.bundle]).unwrap_or_default();
-            self.send(ResourceType::Bundle, 0, changed, removed).await?;
+            self.bundle_dirty = false;
+            let bundles = self.ctx.bundles.borrow_and_update().clone();
+            // The first update is sent even when the sidecar resumed with
+            // these very bundles: it completes its initial state.
+            let delta = match self.bundle.delta_to(&bundles.resources) {
+                None if self.bundle_sent => None,
+                delta => Some(delta.unwrap_or_default()),
+            };
+            if let Some((changed, removed)) = delta {
+                self.bundle_sent = true;
+                self.send(ResourceType::Bundle, 0, changed, removed).await?;
+            }
         }
         for resource_type in [ResourceType::Endpoint, ResourceType::Service] {
             if !self.wants.contains(&resource_type) {
@@ -547,11 +566,14 @@ impl Stream {
             self.policy_acked_version,
             Some(&self.policy_desired),
         );
-        let bundle_desired: Versions = [(
-            self.ctx.bundle.name.clone(),
-            self.ctx.bundle.version.clone(),
-        )]
-        .into();
+        let bundle_desired: Versions = self
+            .ctx
+            .bundles
+            .borrow()
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
         status.bundle = TypeStatus::of(&self.bundle, None, Some(&bundle_desired));
         status.endpoint = self.endpoint.status();
         status.service = self.service.status();

@@ -14,4 +14,5 @@ pub mod policy_store;
 pub mod server;
 pub mod services;
 mod serving;
+pub mod trust_bundles;
 pub mod webhook;

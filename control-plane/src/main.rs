@@ -58,6 +58,11 @@ struct Args {
     #[arg(long, env = "WARD_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
     /// Namespace whose policies apply mesh-wide.
+    /// Directory of `<trust domain>.pem` files (a mounted ConfigMap): roots
+    /// distributed beside the CA's own, for a CA rotation or federation
+    /// (watched).
+    #[arg(long, env = "WARD_TRUST_BUNDLE_DIR")]
+    trust_bundle_dir: Option<PathBuf>,
     #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "ward-system")]
     root_namespace: String,
     /// JSON endpoint table added to the registered proxies:
@@ -179,6 +184,7 @@ fn positive_count(text: &str) -> Result<usize, String> {
         Ok(0) => Err("must be more than zero".into()),
         Ok(n) => Ok(n),
         Err(err) => Err(err.to_string()),
+    config.trust_bundle_dir = args.trust_bundle_dir;
     }
 }
 

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub certificate_refusals: IntCounterVec,
     pub attestation_failures: IntCounterVec,
     pub ca_expiry: Gauge,
+    pub trust_bundle_reloads: IntCounterVec,
     pub watch_streams: IntGauge,
     pub push_latency: Histogram,
     pub policy_sets: IntCounterVec,
@@ -55,6 +56,17 @@ impl Metrics {
         .expect("valid metric");
         let ca_expiry = Gauge::new(
             "ward_ca_certificate_expiry_timestamp_seconds",
+        let trust_bundle_reloads = IntCounterVec::new(
+            Opts::new(
+                "ward_ca_trust_bundle_reloads_total",
+                "Re-reads of --trust-bundle-dir, by result (ok, rejected: the last good bundles stay).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["ok", "rejected"] {
+            trust_bundle_reloads.with_label_values(&[result]).reset();
+        }
             "When the CA certificate expires (Unix time).",
         )
         .expect("valid metric");
@@ -216,6 +228,7 @@ impl Metrics {
         let listeners = std::sync::Arc::new(crate::listener::ListenerMetrics::new());
         listeners.register(&registry);
         Metrics {
+            Box::new(trust_bundle_reloads.clone()),
             listeners,
             registry,
             certificates_issued,
@@ -230,6 +243,7 @@ impl Metrics {
             policies_fail_closed,
             kubernetes_watch_errors,
             status_updates,
+            trust_bundle_reloads,
             discovery_updates,
             discovery_resources_sent,
             discovery_bytes_sent,

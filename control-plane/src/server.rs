@@ -38,7 +38,8 @@ use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
 use crate::webhook::{Webhook, WebhookConfig};
-use ward_api::discovery::{self as wire, BundleBody, ClientMessage, Registered, Registration};
+use crate::trust_bundles::{self, BundleSet};
+use ward_api::discovery::{self as wire, ClientMessage, Registered, Registration};
 use ward_api::error::{ErrorBody, codes};
 use ward_api::svid::{BundleResponse, SvidRequest, SvidResponse};
 use ward_api::{BUNDLE_PATH, DISCOVERY_PATH, MAX_BODY_BYTES, REGISTER_PATH, SVID_PATH};
@@ -68,6 +69,10 @@ pub struct Config {
     /// Policies in this namespace apply mesh-wide.
     pub root_namespace: String,
     /// Endpoints known without registration (workloads outside the mesh's
+    /// Directory of `<trust domain>.pem` files: roots distributed beside
+    /// the CA's own (a root being introduced or retired, federated trust
+    /// domains), watched for changes. `None`: the CA's root alone.
+    pub trust_bundle_dir: Option<PathBuf>,
     /// network, or with several addresses).
     pub static_endpoints: Vec<EndpointEntry>,
     /// The sidecar injector webhook (TLS with the serving certificate, so
@@ -116,6 +121,7 @@ impl Config {
             token_review: false,
             token_review_audience: DEFAULT_AUDIENCE.to_owned(),
             limits: Limits::default(),
+            trust_bundle_dir: None,
         }
     }
 }
@@ -129,7 +135,11 @@ struct State {
     policies: Arc<PolicyStore>,
     endpoints: Arc<Endpoints>,
     sidecars: Arc<Sidecars>,
-    bundle: wire::Resource,
+    /// The trust bundles distributed (the CA's root and `--trust-bundle-dir`).
+    bundles: watch::Receiver<Arc<BundleSet>>,
+    /// Keeps `bundles` open for the control plane's life (the directory
+    /// watcher, when there is one, publishes through it).
+    _bundles_tx: Arc<watch::Sender<Arc<BundleSet>>>,
     eval_options: ward_policy::EvalOptions,
     shutdown: watch::Receiver<bool>,
 }
@@ -199,11 +209,16 @@ impl ControlPlane {
         let acceptor = TlsAcceptor::from(serving.server_config());
         let trust_domain = ca.trust_domain().to_owned();
         let bundle_pem = ca.bundle_pem();
-        let bundle = BundleBody {
-            trust_domain: trust_domain.clone(),
-            roots_pem: bundle_pem.clone(),
-        };
-        let bundle = wire::Resource::new(trust_domain.clone(), &bundle);
+        let bundle_set = trust_bundles::load(
+            &trust_domain,
+            &bundle_pem,
+            config.trust_bundle_dir.as_deref(),
+        )
+        .context("loading the trust bundles")?;
+        // Held by the state, so every stream's receiver lives as long as
+        // the control plane (with no directory nothing ever sends).
+        let (bundles_tx, bundles) = watch::channel(Arc::new(bundle_set));
+        let bundles_tx = Arc::new(bundles_tx);
         let sidecars = Arc::new(Sidecars::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new(State {
@@ -215,7 +230,8 @@ impl ControlPlane {
             policies: policies.clone(),
             endpoints: endpoints.clone(),
             sidecars: sidecars.clone(),
-            bundle,
+            bundles,
+            _bundles_tx: bundles_tx.clone(),
             eval_options,
             shutdown: shutdown_rx.clone(),
         });
@@ -235,6 +251,16 @@ impl ControlPlane {
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
         let api = TcpListener::bind(config.listen)
+        if let Some(dir) = config.trust_bundle_dir.clone() {
+            tasks.spawn(trust_bundles::watch_dir(
+                trust_domain.clone(),
+                bundle_pem.clone(),
+                dir,
+                bundles_tx,
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen))?;
         let api_addr = api.local_addr()?;
@@ -459,7 +485,7 @@ async fn route(state: &Arc<State>, caller: Caller, req: Request<Incoming>) -> Re
             StatusCode::OK,
             &BundleResponse {
                 trust_domain: state.ca.trust_domain().to_owned(),
-                bundle_pem: state.ca.bundle_pem(),
+                bundle_pem: state.bundles.borrow().own_pem.clone(),
             },
         ),
         (_, SVID_PATH | BUNDLE_PATH | DISCOVERY_PATH | REGISTER_PATH) => error(
@@ -576,7 +602,7 @@ async fn discovery_stream(
         options: state.eval_options.clone(),
         policies: state.policies.subscribe(),
         synced: state.policies.subscribe_synced(),
-        bundle: state.bundle.clone(),
+        bundles: state.bundles.clone(),
         endpoints: state.endpoints.clone(),
         sidecars: state.sidecars.clone(),
         metrics: state.metrics.clone(),
@@ -804,7 +830,7 @@ async fn issue_svid(
                     spiffe_id: attested.to_string(),
                     chain_pem: svid.chain_pem,
                     trust_domain: state.ca.trust_domain().to_owned(),
-                    bundle_pem: state.ca.bundle_pem(),
+                    bundle_pem: state.bundles.borrow().own_pem.clone(),
                     not_after,
                 },
             )

@@ -42,6 +42,7 @@ fuzz_target!(|data: &[u8]| {
             metrics.clone(),
         )),
         destinations: Arc::new(Destinations::fixed(EndpointTable::default())),
+        trust: ward_identity::Trust::new(ward_identity::TrustBundles::new()),
         metrics,
     };
     let mut cache = ResourceCache::default();

@@ -1,6 +1,7 @@
 //! The sidecar's use of the discovery stream (the stream itself is
 //! `ward_api::client::discovery`): policies go to the policy engine,
-//! endpoints to the destination table, each applied on its own, so an
+//! endpoints to the destination table, trust bundles to the workload's
+//! trust (beside its `--ca` anchor), each applied on its own, so an
 //! endpoint change never re-parses policies or re-checks connections. An
 //! update that cannot be applied is NACKed and the previous state stays in
 //! force. Outside Kubernetes the sidecar also registers its address.
@@ -18,7 +19,9 @@ use ward_api::REGISTER_PATH;
 use ward_api::client::discovery::DiscoveryHandler;
 use ward_api::client::{ControlPlaneClient, channel_body};
 use ward_api::discovery::{Registration, Resource, ResourceType, Update, encode_line};
+use ward_identity::TrustBundles;
 use ward_identity::tls::SvidCell;
+use ward_identity::trust::{Source, Trust};
 use ward_policy::PolicySet;
 
 use crate::endpoints::Destinations;
@@ -26,15 +29,17 @@ use crate::metrics::ProxyMetrics;
 use crate::policy::PolicyAuthorizer;
 
 /// The resource types this sidecar understands.
-pub const RESOURCE_TYPES: [ResourceType; 3] = [
+pub const RESOURCE_TYPES: [ResourceType; 4] = [
     ResourceType::Policy,
     ResourceType::Endpoint,
     ResourceType::Service,
+    ResourceType::Bundle,
 ];
 
 pub struct ProxyHandler {
     pub authorizer: Arc<PolicyAuthorizer>,
     pub destinations: Arc<Destinations>,
+    pub trust: Arc<Trust>,
     pub metrics: Arc<ProxyMetrics>,
 }
 
@@ -44,6 +49,7 @@ impl DiscoveryHandler for ProxyHandler {
             ResourceType::Policy => self.apply_policies(update.system_version, state),
             ResourceType::Endpoint => self.destinations.apply(update),
             ResourceType::Service => self.destinations.apply_services(update),
+            ResourceType::Bundle => self.apply_bundles(state),
             // Not asked for; nothing to apply.
             _ => Ok(()),
         };
@@ -91,6 +97,28 @@ impl ProxyHandler {
         }
         let set = PolicySet::parse_texts(&texts).map_err(|e| e.to_string())?;
         self.authorizer.update(version, set);
+        Ok(())
+    }
+
+    /// Every bundle the workload holds after the update becomes the
+    /// pushed part of its trust (so a root removed from the control plane's
+    /// bundles leaves, unless the `--ca` anchor still holds it). One bundle
+    /// that does not load refuses the whole update.
+    fn apply_bundles(&self, state: &BTreeMap<String, Resource>) -> Result<(), String> {
+        let mut bundles = TrustBundles::new();
+        for resource in state.values() {
+            let body: ward_api::discovery::BundleBody = resource.decode()?;
+            if body.trust_domain != resource.name {
+                return Err(format!(
+                    "bundle {:?} holds the roots of {:?}",
+                    resource.name, body.trust_domain
+                ));
+            }
+            bundles
+                .add_pem(&body.trust_domain, &body.roots_pem)
+                .map_err(|e| format!("bundle {:?}: {e}", resource.name))?;
+        }
+        self.trust.replace(Source::Pushed, bundles);
         Ok(())
     }
 }

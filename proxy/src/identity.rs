@@ -1,6 +1,11 @@
 //! Where the proxy's own identity comes from: the control plane (enrol with
 //! a join token or service-account token, then renew over mTLS), or static
 //! files (cert-manager, SPIRE, benchmarks) reloaded when they change.
+//!
+//! What the workload trusts is a [`Trust`]: the `--ca` file (the bootstrap
+//! anchor, re-read when it changes, e.g. a ConfigMap update), the bundles
+//! the control plane pushes on the discovery stream, and the bundle
+//! returned with each certificate, all at once.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +23,8 @@ use ward_api::control_plane_id;
 use ward_identity::bundle::TrustBundles;
 use ward_identity::manager::{self, RotationPolicy, RotationStats};
 use ward_identity::svid;
-use ward_identity::tls::{self, SharedBundles, SvidCell};
+use ward_identity::tls::{SharedBundles, SvidCell};
+use ward_identity::trust::{Source, Trust};
 
 use crate::config::RunArgs;
 
@@ -29,7 +35,9 @@ const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct WorkloadIdentity {
     pub svid: Arc<SvidCell>,
+    /// The roots every handshake checks peers against: `trust`'s union.
     pub bundles: SharedBundles,
+    pub trust: Arc<Trust>,
     /// Certificates obtained (or files loaded) and failed attempts.
     pub stats: Arc<RotationStats>,
 }
@@ -75,15 +83,16 @@ fn start_from_files(
         ca: ca.to_owned(),
     };
     let svid = Arc::new(SvidCell::new());
-    let bundles = tls::shared_bundles(TrustBundles::new());
-    files.load_into(&svid, &bundles)?;
+    let trust = Trust::new(TrustBundles::new());
+    files.load_into(&svid, &trust)?;
     info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity loaded from files");
     let stats = Arc::new(RotationStats::default());
     stats.renewals.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(files.watch(svid.clone(), bundles.clone(), stats.clone(), shutdown));
+    tokio::spawn(files.watch(svid.clone(), trust.clone(), stats.clone(), shutdown));
     Ok(WorkloadIdentity {
         svid,
-        bundles,
+        bundles: trust.shared().clone(),
+        trust,
         stats,
     })
 }
@@ -95,14 +104,19 @@ fn start_from_control_plane(
     shutdown: CancellationToken,
 ) -> anyhow::Result<WorkloadIdentity> {
     let id = args.workload_id()?;
-    let ca_pem =
-        std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
-    let bundles = tls::shared_bundles(
-        TrustBundles::new()
-            .with_root(id.trust_domain(), &ca_pem)
-            .with_context(|| format!("{}", ca.display()))?,
-    );
-    let client = ControlPlaneClient::new(addr, control_plane_id(id.trust_domain())?, bundles)?;
+    let anchor = BootstrapAnchor {
+        path: ca.to_owned(),
+        trust_domain: id.trust_domain().to_owned(),
+    };
+    let trust = Trust::new(anchor.load()?);
+    tokio::spawn(anchor.watch(trust.clone(), shutdown.clone()));
+    // The client trusts the union too: a control plane whose serving
+    // certificate comes from a root introduced by a rotation stays reachable.
+    let client = ControlPlaneClient::new(
+        addr,
+        control_plane_id(id.trust_domain())?,
+        trust.shared().clone(),
+    )?;
     let credential = match (&args.join_token, &args.sa_token_file) {
         (Some(token), _) => CredentialSource::join_token(token.clone()),
         (None, Some(path)) => CredentialSource::ServiceAccountTokenFile(path.clone()),
@@ -120,12 +134,61 @@ fn start_from_control_plane(
         credential,
         pod: args.pod_name.clone(),
     };
-    let handle = manager::spawn(id, issuer, RotationPolicy::default(), stop);
+    let handle = manager::spawn_with_trust(id, issuer, RotationPolicy::default(), trust, stop);
     Ok(WorkloadIdentity {
         svid: handle.svid().clone(),
         bundles: handle.bundles().clone(),
+        trust: handle.trust().clone(),
         stats: handle.stats().clone(),
     })
+}
+
+/// The `--ca` file of a sidecar enrolled with the control plane: the roots
+/// it starts from, re-read when the file changes (a ConfigMap update during
+/// a CA rotation). A change that does not load is logged and the roots in
+/// use are kept.
+struct BootstrapAnchor {
+    path: PathBuf,
+    trust_domain: String,
+}
+
+impl BootstrapAnchor {
+    fn load(&self) -> anyhow::Result<TrustBundles> {
+        let pem = std::fs::read_to_string(&self.path)
+            .with_context(|| format!("reading {}", self.path.display()))?;
+        TrustBundles::new()
+            .with_root(&self.trust_domain, &pem)
+            .with_context(|| format!("{}", self.path.display()))
+    }
+
+    fn stamp(&self) -> Option<(SystemTime, u64)> {
+        let meta = std::fs::metadata(&self.path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    }
+
+    async fn watch(self, trust: Arc<Trust>, shutdown: CancellationToken) {
+        let mut last = self.stamp();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let now = self.stamp();
+            if now == last {
+                continue;
+            }
+            last = now;
+            match self.load() {
+                Ok(roots) => {
+                    trust.replace(Source::Bootstrap, roots);
+                    info!(file = %self.path.display(), "trust anchor file changed: reloaded");
+                }
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), "trust anchor file changed but does not load; keeping the roots in use")
+                }
+            }
+        }
+    }
 }
 
 struct IdentityFiles {
@@ -136,7 +199,7 @@ struct IdentityFiles {
 
 impl IdentityFiles {
     /// Loads all three files and installs them only if they verify together.
-    fn load_into(&self, svid: &SvidCell, bundles: &SharedBundles) -> anyhow::Result<()> {
+    fn load_into(&self, svid: &SvidCell, trust: &Trust) -> anyhow::Result<()> {
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
             .with_context(|| format!("{}", self.cert.display()))?
             .collect::<Result<_, _>>()
@@ -159,7 +222,7 @@ impl IdentityFiles {
                 self.ca.display()
             )
         })?;
-        bundles.store(Arc::new(new_bundles));
+        trust.replace(Source::Bootstrap, new_bundles);
         Ok(())
     }
 
@@ -175,7 +238,7 @@ impl IdentityFiles {
     async fn watch(
         self,
         svid: Arc<SvidCell>,
-        bundles: SharedBundles,
+        trust: Arc<Trust>,
         stats: Arc<RotationStats>,
         shutdown: CancellationToken,
     ) {
@@ -190,7 +253,7 @@ impl IdentityFiles {
                 continue;
             }
             last = now;
-            match self.load_into(&svid, &bundles) {
+            match self.load_into(&svid, &trust) {
                 Ok(()) => {
                     stats.renewals.fetch_add(1, Ordering::Relaxed);
                     info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity files changed: reloaded")

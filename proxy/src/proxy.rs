@@ -251,6 +251,7 @@ fn start_discovery(
     let handler = Arc::new(ProxyHandler {
         authorizer: policy.clone(),
         destinations: destinations.clone(),
+        trust: identity.trust.clone(),
         metrics: metrics.clone(),
     });
     tokio::spawn(discovery.run(handler, shutdown.clone()));

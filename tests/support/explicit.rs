@@ -36,7 +36,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[path = "bins.rs"]
 mod bins;
-pub use bins::{assert_ok, bins, tail};
+pub use bins::{assert_ok, bins, ca_init, tail};
 
 /// `spiffe://cluster.local/ns/obs/sa/<sa>`.
 pub fn spiffe_id(sa: &str) -> String {
@@ -348,7 +348,7 @@ impl Cluster {
             .args(["--admin", &admin.to_string()])
             .args(["--control-plane", &self.api.to_string()])
             .arg("--ca")
-            .arg(self.ca_bundle())
+            .arg(spec.ca.map_or_else(|| self.ca_bundle(), Path::to_path_buf))
             .args(["--spiffe-id", &id])
             .args(["--label", &format!("app={name}")])
             .args(["--log-format", "json", "--log-level", "info"])
@@ -422,6 +422,8 @@ pub struct WorkloadSpec<'a> {
     pub calls: Option<&'a Workload>,
     /// More `ward-proxy run` arguments.
     pub proxy_args: &'a [&'a str],
+    /// The proxy's `--ca` (its trust anchor file); the CA's root when unset.
+    pub ca: Option<&'a Path>,
     /// Return once the proxy runs, without waiting for `/ready` (e.g. while
     /// the control plane is down).
     pub unready: bool,

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use ward_identity::bundle::TrustBundles;
-use ward_identity::tls::{self, SvidCell};
+use ward_identity::tls::SvidCell;
 
 use super::{Admin, AppProbes};
 use crate::identity::WorkloadIdentity;
@@ -25,10 +25,14 @@ const LOCAL: &str = "127.0.0.1:40000";
 fn admin(app_probes: AppProbes) -> Admin {
     Admin {
         metrics: Arc::new(ProxyMetrics::new()),
-        identity: WorkloadIdentity {
-            svid: Arc::new(SvidCell::new()),
-            bundles: tls::shared_bundles(TrustBundles::new()),
-            stats: Default::default(),
+        identity: {
+            let trust = ward_identity::Trust::new(TrustBundles::new());
+            WorkloadIdentity {
+                svid: Arc::new(SvidCell::new()),
+                bundles: trust.shared().clone(),
+                trust,
+                stats: Default::default(),
+            }
         },
         policy: None,
         draining: CancellationToken::new(),
