@@ -1,11 +1,11 @@
-//! Inbound path normalization (`ward_proxy::request_path`): the path that
-//! is both authorized and forwarded. The first byte picks the mode.
+//! Request path normalization (`ward_policy::path`): the path the inbound
+//! forwards and the policy's view of it. The first byte picks the mode.
 #![no_main]
 use std::borrow::Cow;
 
 use http::uri::PathAndQuery;
 use libfuzzer_sys::fuzz_target;
-use ward_proxy::request_path::{PathNormalization, normalize, normalize_target};
+use ward_policy::path::{PathError, PathNormalization, normalize, normalize_target, policy_view};
 
 const MODES: [PathNormalization; 3] = [
     PathNormalization::Base,
@@ -65,14 +65,14 @@ fn check_path(raw: &str, mode: PathNormalization) {
         Ok(Cow::Borrowed(twice)) => assert_eq!(twice, once, "{raw:?}"),
         other => panic!("{raw:?} -> {once:?} -> {other:?}"),
     }
-    // The policy engine normalizes again (it merges slashes and refuses
-    // escaped ones): on the forwarded path it sees what merge-slashes
-    // would forward, so a decision is about the path the app gets.
+    // The policy's view of the forwarded path (slashes merged, escaped
+    // ones refused) is what merge-slashes would forward, so a decision is
+    // about the path the app gets.
     if once.contains(['?', '#']) {
         // Not a path hyper hands over (the query is split off before).
         return;
     }
-    match ward_policy::path::normalize_path(&once) {
+    match policy_view(&once) {
         Ok(seen) => {
             if mode == PathNormalization::Base {
                 let merged = normalize(&once, PathNormalization::MergeSlashes).unwrap();
@@ -81,9 +81,9 @@ fn check_path(raw: &str, mode: PathNormalization) {
                 assert_eq!(seen, once, "{raw:?} -> {once:?}");
             }
         }
-        Err(_) => assert!(
-            once.contains("%2F") || once.contains("%5C"),
-            "{raw:?} -> {once:?} refused by the policy"
+        Err(e) => assert!(
+            e == PathError::EncodedSlash && (once.contains("%2F") || once.contains("%5C")),
+            "{raw:?} -> {once:?} refused by the policy: {e}"
         ),
     }
 }

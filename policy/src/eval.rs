@@ -5,7 +5,7 @@
 
 use crate::matcher::StrMatch;
 use crate::model::*;
-use crate::path::normalize_path;
+use crate::path::policy_view;
 use ipnet::IpNet;
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -370,7 +370,7 @@ impl WorkloadPolicy {
                 Some(m) if valid_method(m) => method_bit = method_bit_of(m),
                 _ => return malformed(DecisionReason::DeniedMalformedMethod),
             }
-            match req.path.map(normalize_path) {
+            match req.path.map(policy_view) {
                 Some(Ok(p)) => p,
                 _ => return malformed(DecisionReason::DeniedMalformedPath),
             }

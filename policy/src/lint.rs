@@ -207,7 +207,7 @@ fn never_matching(rule: &Rule) -> Vec<String> {
                     out.push(format!(
                         "path `{m}` can never match: request paths start with `/`"
                     ));
-                } else if crate::path::normalize_path(v).ok().as_deref() != Some(&**v)
+                } else if crate::path::policy_view(v).ok().as_deref() != Some(&**v)
                     && !matches!(m, StrMatch::Prefix(_))
                 {
                     out.push(format!(

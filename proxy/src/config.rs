@@ -1,7 +1,7 @@
 //! `ward-proxy run` settings: every flag has a `WARD_*` environment variable
 //! as fallback; this file is the one place they are named and documented.
 
-use crate::request_path::PathNormalization;
+use ward_policy::path::PathNormalization;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -32,7 +32,7 @@ use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
 use crate::policy::Recheck;
-use crate::request_path::PathNormalization;
+use ward_policy::path::PathNormalization;
 use crate::rewind::{self, Rewind};
 use crate::upstream::Alpn;
 

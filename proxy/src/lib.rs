@@ -21,7 +21,6 @@ pub mod outbound;
 pub mod policy;
 pub mod probe;
 pub mod proxy;
-pub mod request_path;
 pub mod rewind;
 pub mod tunnel;
 pub mod upstream;

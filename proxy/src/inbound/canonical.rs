@@ -10,7 +10,7 @@ use http::uri::Authority;
 use http::{Method, Version};
 
 use crate::http::{self as h, FirstParsed};
-use crate::request_path::{self, PathError, PathNormalization};
+use ward_policy::path::{self, PathError, PathNormalization};
 
 /// What a request asks of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub fn canonicalize(
         None => return Err(BadRequest::Target),
         Some(pq) if pq.path() == "*" && parts.method == Method::OPTIONS => {}
         Some(pq) => {
-            if let Some(normal) = request_path::normalize_target(pq, paths)? {
+            if let Some(normal) = path::normalize_target(pq, paths)? {
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
                 uri.path_and_query = Some(normal);
                 parts.uri = http::Uri::from_parts(uri).map_err(|_| BadRequest::Target)?;
