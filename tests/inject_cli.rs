@@ -12,15 +12,30 @@ fn ward_inject(args: &[&str], stdin: &str) -> Output {
     bins::ward_with_stdin(&[&["inject"], args].concat(), stdin.as_bytes())
 }
 
+/// The documents `ward inject` wrote, each checked against the Kubernetes
+/// schema (strict; the items of a `List` one by one, since there is no
+/// schema for `List` itself), so every output a test here produces is
+/// schema-checked without a list to keep up to date.
 fn docs(out: &Output) -> Vec<Value> {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_yaml_ng::Deserializer::from_str(std::str::from_utf8(&out.stdout).unwrap())
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect()
+    let docs: Vec<Value> =
+        serde_yaml_ng::Deserializer::from_str(std::str::from_utf8(&out.stdout).unwrap())
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect();
+    let objects: Vec<String> = docs
+        .iter()
+        .flat_map(|doc| match doc["items"].as_array() {
+            Some(items) if doc["kind"] == "List" => items.iter().collect(),
+            _ => vec![doc],
+        })
+        .map(|object| serde_json::to_string_pretty(object).unwrap())
+        .collect();
+    ward_testkit::kubernetes::assert_valid("what `ward inject` wrote", &objects);
+    docs
 }
 
 fn names(list: &Value) -> Vec<&str> {

@@ -4,14 +4,15 @@
 //! kubernetes-validate (Kubernetes 1.32 OpenAPI, strict: unknown fields are
 //! errors); and the sample/invalid policies against the CRDs' own
 //! openAPIV3Schema with Python jsonschema (CEL rules are not evaluated).
+//! The pods the injector's unit tests, the webhook test and `tests/inject_cli.rs`
+//! produce are checked where they are made, with the same runner
+//! (`ward_testkit::kubernetes`).
 
 #[path = "support/bins.rs"]
 mod bins;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const K8S_VERSION: &str = "1.32.0";
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -46,31 +47,19 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     out.sort();
 }
 
-/// Runs kubernetes-validate; fails on any ERROR and on any document that is
-/// neither validated nor a known custom resource.
+/// Runs kubernetes-validate (the runner the webhook, injector and `ward
+/// inject` tests check their pods with); fails on any ERROR and on any
+/// document that is neither validated nor a known custom resource.
 fn validate(files: &[PathBuf]) {
-    let output = Command::new("kubernetes-validate")
-        .args(["--strict", "-k", K8S_VERSION])
-        .args(files)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{text}");
-    for line in text.lines() {
-        let known_custom = ["security.ward.io/v1", "monitoring.coreos.com/v1"]
-            .iter()
-            .any(|g| line.contains(g));
-        assert!(
-            line.starts_with("INFO") || (line.starts_with("WARN") && known_custom),
-            "{line}"
-        );
+    let custom = ["security.ward.io/v1", "monitoring.coreos.com/v1"];
+    if let Err(output) = ward_testkit::kubernetes::validate_files(files, &custom) {
+        panic!("{output}");
     }
 }
 
 #[test]
 fn deploy_manifests_validate() {
-    ward_testkit::require_tool!("kubernetes-validate");
+    ward_testkit::require_tool!(ward_testkit::kubernetes::TOOL);
     let mut files = Vec::new();
     yaml_files(&deploy(), &mut files);
     // kustomization.yaml files are kustomize's, not the API server's.
@@ -83,7 +72,7 @@ fn deploy_manifests_validate() {
 
 #[test]
 fn kustomize_renders_validate() {
-    ward_testkit::require_tool!("kubernetes-validate");
+    ward_testkit::require_tool!(ward_testkit::kubernetes::TOOL);
     ward_testkit::require_tool!("kubectl");
     let dir = tempfile::tempdir().unwrap();
     for (name, path) in [
@@ -113,7 +102,7 @@ fn kustomize_renders_validate() {
 
 #[test]
 fn injected_sample_app_validates() {
-    ward_testkit::require_tool!("kubernetes-validate");
+    ward_testkit::require_tool!(ward_testkit::kubernetes::TOOL);
     let text = inject_sample_app(&[]);
     assert!(text.contains("ward-proxy"));
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,9 @@
 //! API server sends them (the envelope follows a recorded `admission.k8s.io/v1`
 //! request; the pods are k8s-openapi objects). The returned base64 JSON patch
 //! is applied to the original pod with `json-patch`, as the API server does.
+//! Every pod a patch produces is checked against the Kubernetes Pod schema
+//! (`kubernetes-validate`, strict) in `Harness::review`, so a case added here
+//! is schema-checked without a list to keep up to date.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -12,7 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, Pod, PodSpec, Probe, Volume,
+    Container, ContainerPort, ExecAction, GRPCAction, HTTPGetAction, HTTPHeader, Pod, PodSpec,
+    Probe, TCPSocketAction, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -134,11 +138,29 @@ impl Harness {
                 .unwrap();
             let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
             json_patch::patch(&mut doc, &patch).unwrap();
+            ward_testkit::kubernetes::assert_valid(
+                &format!("the pod patched for {uid}"),
+                &[pod_object(uid, &doc)],
+            );
         } else {
             assert!(response.get("patchType").is_none());
         }
         (response, serde_json::from_value(doc).unwrap())
     }
+}
+
+/// `pod` (a patched pod as JSON) as the object the API server stores:
+/// `apiVersion`, `kind` and a name (from `generateName`, as the API server
+/// names it), for the schema check.
+fn pod_object(uid: &str, pod: &Value) -> String {
+    let mut pod = pod.clone();
+    pod["apiVersion"] = "v1".into();
+    pod["kind"] = "Pod".into();
+    if pod["metadata"].get("name").is_none() {
+        let prefix = pod["metadata"]["generateName"].as_str().unwrap_or("pod-");
+        pod["metadata"]["name"] = format!("{prefix}{uid}").into();
+    }
+    serde_json::to_string_pretty(&pod).unwrap()
 }
 
 /// The envelope the API server sends for a pod CREATE (fields as recorded
@@ -229,18 +251,6 @@ fn names(containers: &Option<Vec<Container>>) -> Vec<String> {
 
 fn annotation(pod: &Pod, key: &str) -> Option<String> {
     pod.metadata.annotations.as_ref()?.get(key).cloned()
-}
-
-/// Where patched pods are written for the schema test.
-fn save(pod: &Pod, name: &str) {
-    let dir = std::env::temp_dir().join("ward-webhook-patched");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut pod = pod.clone();
-    pod.metadata.name = Some(name.into());
-    let mut doc = serde_json::to_value(&pod).unwrap();
-    doc["apiVersion"] = "v1".into();
-    doc["kind"] = "Pod".into();
-    std::fs::write(dir.join(format!("{name}.json")), doc.to_string()).unwrap();
 }
 
 #[tokio::test]
@@ -357,7 +367,6 @@ async fn pod_shapes_through_the_webhook() {
     let mut labels = p.metadata.labels.clone().unwrap();
     labels.insert("security.ward.io/tlsMode".into(), "ward".into());
     assert_eq!(out.metadata.labels, Some(labels));
-    save(&out, "multi-container");
 
     // Annotation opt-in on the plain path, no labels, no annotations but ours;
     // classic sidecar forced by annotation.
@@ -389,7 +398,143 @@ async fn pod_shapes_through_the_webhook() {
         out.metadata.labels,
         Some([("security.ward.io/tlsMode".into(), "ward".into())].into())
     );
-    save(&out, "classic-sidecar");
+
+    // The richest shape: every knob annotated, and every probe kind (an
+    // HTTPS GET with a header, TCP, gRPC, and an exec probe left alone).
+    let mut p = pod(
+        &[
+            ("ward.io/inject", "true"),
+            ("ward.io/exclude-inbound-ports", "9100"),
+            ("ward.io/exclude-outbound-ports", "5432,6379"),
+            ("ward.io/exclude-outbound-cidrs", "10.96.0.0/12, fd00::/8"),
+            ("ward.io/opaque-ports", "5432"),
+            ("ward.io/inbound-to-loopback", "true"),
+            ("ward.io/proxy-cpu", "200m"),
+            ("ward.io/proxy-memory", "128Mi"),
+            ("ward.io/proxy-cpu-limit", "1"),
+            ("ward.io/proxy-memory-limit", "1Gi"),
+            ("ward.io/log-level", "debug"),
+        ],
+        &[("app", "cart")],
+    );
+    let spec = p.spec.as_mut().unwrap();
+    let cart = &mut spec.containers[0];
+    cart.ports.as_mut().unwrap().push(ContainerPort {
+        container_port: 9090,
+        name: Some("grpc".into()),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    });
+    let get = cart
+        .readiness_probe
+        .as_mut()
+        .unwrap()
+        .http_get
+        .as_mut()
+        .unwrap();
+    get.scheme = Some("HTTPS".into());
+    get.http_headers = Some(vec![HTTPHeader {
+        name: "x-probe".into(),
+        value: "kubelet".into(),
+    }]);
+    cart.liveness_probe = Some(Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::Int(8080),
+            host: None,
+        }),
+        period_seconds: Some(5),
+        ..Default::default()
+    });
+    cart.startup_probe = Some(Probe {
+        grpc: Some(GRPCAction {
+            port: 9090,
+            service: Some("shop.Cart".into()),
+        }),
+        failure_threshold: Some(30),
+        ..Default::default()
+    });
+    let mut worker = container("worker", 7070);
+    worker.readiness_probe = Some(Probe {
+        exec: Some(ExecAction {
+            command: Some(vec!["/bin/check".into()]),
+        }),
+        ..Default::default()
+    });
+    spec.containers.push(worker);
+    let (resp, out) = h.review("/inject", "uid-rich", "shop", &p).await;
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let spec = out.spec.as_ref().unwrap();
+    for (probe, path) in [
+        (
+            &spec.containers[0].readiness_probe,
+            "/app-health/cart/readyz",
+        ),
+        (&spec.containers[0].liveness_probe, "/app-health/cart/livez"),
+        (
+            &spec.containers[0].startup_probe,
+            "/app-health/cart/startupz",
+        ),
+    ] {
+        let probe = probe.as_ref().unwrap();
+        assert!(
+            probe.tcp_socket.is_none() && probe.grpc.is_none(),
+            "{probe:?}"
+        );
+        let get = probe.http_get.as_ref().unwrap();
+        assert_eq!(
+            (get.path.as_deref(), &get.port, get.scheme.as_deref()),
+            (Some(path), &IntOrString::Int(15020), Some("HTTP"))
+        );
+        assert!(get.http_headers.is_none(), "{get:?}");
+    }
+    assert_eq!(
+        spec.containers[0]
+            .startup_probe
+            .as_ref()
+            .unwrap()
+            .failure_threshold,
+        Some(30),
+        "timings kept"
+    );
+    assert_eq!(
+        spec.containers[1].readiness_probe,
+        p.spec.as_ref().unwrap().containers[1].readiness_probe,
+        "exec probes run in the app's container, untouched"
+    );
+    let inits = spec.init_containers.as_ref().unwrap();
+    let env = |c: &Container, name: &str| {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(
+        env(&inits[0], "WARD_EXCLUDE_INBOUND_PORTS").as_deref(),
+        Some("9100")
+    );
+    assert_eq!(
+        env(&inits[0], "WARD_EXCLUDE_OUTBOUND_CIDRS").as_deref(),
+        Some("10.96.0.0/12,fd00::/8")
+    );
+    assert_eq!(env(&inits[1], "WARD_OPAQUE_PORTS").as_deref(), Some("5432"));
+    assert_eq!(
+        env(&inits[1], "WARD_INBOUND_TO_LOOPBACK").as_deref(),
+        Some("true")
+    );
+    assert_eq!(env(&inits[1], "WARD_LOG_LEVEL").as_deref(), Some("debug"));
+    let resources = inits[1].resources.as_ref().unwrap();
+    let requests = resources.requests.as_ref().unwrap();
+    let limits = resources.limits.as_ref().unwrap();
+    assert_eq!(
+        (
+            requests["cpu"].0.as_str(),
+            requests["memory"].0.as_str(),
+            limits["cpu"].0.as_str(),
+            limits["memory"].0.as_str()
+        ),
+        ("200m", "128Mi", "1", "1Gi")
+    );
 
     // Not selected on the plain path: allowed, no patch.
     let p = pod(&[], &[]);
@@ -491,50 +636,46 @@ async fn malformed_requests_are_400() {
     h.webhook.shutdown().await;
 }
 
-/// The patched pods validate against the Kubernetes 1.32 Pod schema
-/// (strict: no unknown fields). Runs after the webhook test wrote them;
-/// writes its own when run alone.
+/// The schema check `Harness::review` runs on every patched pod can fail:
+/// a patched pod with one field broken as a faulty patch could break it (a
+/// wrong type, a misspelt field) is refused, naming the field, while the
+/// same pod unbroken passes.
 #[tokio::test]
-async fn patched_pods_validate_against_the_kubernetes_schema() {
-    ward_testkit::require_tool!("kubernetes-validate");
+async fn the_schema_check_refuses_a_broken_patched_pod() {
+    ward_testkit::require_tool!(ward_testkit::kubernetes::TOOL);
     let h = start().await;
     let (_, out) = h
         .review(
             "/inject/namespace-enabled",
-            "uid-s1",
+            "uid-b1",
             "shop",
-            &pod(&[], &[("app", "a")]),
+            &pod(&[], &[("app", "cart")]),
         )
         .await;
-    save(&out, "schema-native");
-    let (_, out) = h
-        .review(
-            "/inject",
-            "uid-s2",
-            "shop",
-            &pod(
-                &[
-                    ("ward.io/inject", "true"),
-                    ("ward.io/native-sidecar", "false"),
-                ],
-                &[],
-            ),
-        )
-        .await;
-    save(&out, "schema-classic");
     h.webhook.shutdown().await;
-    let dir = std::env::temp_dir().join("ward-webhook-patched");
-    let files: Vec<_> = ["schema-native", "schema-classic"]
-        .iter()
-        .map(|n| dir.join(format!("{n}.json")))
-        .collect();
-    let output = std::process::Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.32.0"])
-        .args(&files)
-        .output()
+    let patched = serde_json::to_value(&out).unwrap();
+    let check = |doc: &Value| ward_testkit::kubernetes::validate_objects(&[pod_object("b1", doc)]);
+    assert_eq!(check(&patched), Ok(()));
+
+    let mut wrong_type = patched.clone();
+    let proxy = &mut wrong_type["spec"]["initContainers"][1];
+    assert_eq!(proxy["name"], "ward-proxy");
+    proxy["securityContext"]["runAsUser"] = "1337".into();
+    let err = check(&wrong_type).unwrap_err();
+    assert!(
+        err.contains("ERROR") && err.contains("initContainers.1.securityContext.runAsUser"),
+        "{err}"
+    );
+
+    let mut misspelt = patched.clone();
+    let proxy = misspelt["spec"]["initContainers"][1]
+        .as_object_mut()
         .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{text}");
-    assert_eq!(text.matches("INFO").count(), 2, "{text}");
+    let policy = proxy.remove("restartPolicy").expect("a native sidecar");
+    proxy.insert("restartpolicy".into(), policy);
+    let err = check(&misspelt).unwrap_err();
+    assert!(
+        err.contains("ERROR") && err.contains("restartpolicy"),
+        "{err}"
+    );
 }

@@ -6,6 +6,8 @@
 //! CI), where a missing prerequisite fails the test instead.
 #![forbid(unsafe_code)]
 
+pub mod kubernetes;
+
 use std::path::PathBuf;
 use std::process::Command;
 

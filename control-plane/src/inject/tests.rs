@@ -94,7 +94,9 @@ fn injected(annotations: &[(&str, &str)]) -> Pod {
     injected_pod(&pod(annotations))
 }
 
-/// `injected` for a pod built by the test.
+/// `injected` for a pod built by the test. Every pod injected here is also
+/// checked against the Kubernetes Pod schema (strict), so each shape a test
+/// produces is schema-checked without a list to keep up to date.
 fn injected_pod(pod: &Pod) -> Pod {
     let (labels, config) = (&enabled(), &config());
     let InjectOutcome::Patch(patch) = inject_pod(pod, "shop", labels, config).unwrap() else {
@@ -114,6 +116,13 @@ fn injected_pod(pod: &Pod) -> Pod {
     .unwrap();
     assert_eq!(skipped, None);
     assert_eq!(from_patch, typed);
+    let mut object = serde_json::to_value(&from_patch).unwrap();
+    object["apiVersion"] = "v1".into();
+    object["kind"] = "Pod".into();
+    ward_testkit::kubernetes::assert_valid(
+        "the injected pod",
+        &[serde_json::to_string_pretty(&object).unwrap()],
+    );
     from_patch
 }
 
@@ -453,10 +462,12 @@ fn probes_the_sidecar_would_refuse_are_errors() {
         .as_mut()
         .unwrap()
         .scheme = Some("https".into());
-    assert!(matches!(
-        inject_pod(&lower, "shop", &enabled(), &config()),
-        Ok(InjectOutcome::Patch(_))
-    ));
+    let spec = injected_pod(&lower).spec.unwrap();
+    let probes: BTreeMap<String, AppProbe> =
+        serde_json::from_str(&env(&spec.init_containers.unwrap()[1], "WARD_APP_PROBES").unwrap())
+            .unwrap();
+    let get = probes["/app-health/app/readyz"].http_get.as_ref().unwrap();
+    assert!(get.scheme.eq_ignore_ascii_case("https"), "{get:?}");
 }
 
 #[test]
@@ -468,10 +479,13 @@ fn probe_naming_a_missing_port_is_an_error() {
     // Opting out of the rewrite injects anyway.
     let mut p = pod(&[("ward.io/rewrite-app-probes", "false")]);
     p.spec.as_mut().unwrap().containers[0].ports = None;
-    assert!(matches!(
-        inject_pod(&p, "shop", &enabled(), &config()),
-        Ok(InjectOutcome::Patch(_))
-    ));
+    let injected = injected_pod(&p);
+    let app = &injected.spec.unwrap().containers[0];
+    assert_eq!(
+        app.readiness_probe,
+        p.spec.unwrap().containers[0].readiness_probe,
+        "probes left as they were"
+    );
 }
 
 #[test]
