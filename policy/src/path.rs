@@ -107,9 +107,9 @@ pub fn policy_view(path: &str) -> Result<Cow<'_, str>, PathError> {
 }
 
 fn has_escaped_slash(path: &str) -> bool {
-    path.as_bytes().windows(3).any(|w| {
-        w[0] == b'%' && matches!(&w[1..], [b'2', b'f' | b'F'] | [b'5', b'c' | b'C'])
-    })
+    path.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && matches!(&w[1..], [b'2', b'f' | b'F'] | [b'5', b'c' | b'C']))
 }
 
 /// Fast check for the common case: no escape, no `\\`, no segment that
@@ -225,6 +225,6 @@ fn remove_dot_segments(path: &str, mode: PathNormalization) -> Result<String, Pa
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod mode_tests;
+#[cfg(test)]
+mod tests;

@@ -153,7 +153,11 @@ fn property_policy_sees_the_forwarded_path() {
             };
             match policy_view(&forwarded) {
                 Ok(seen) if mode == Base => {
-                    assert_eq!(Ok(&*seen), norm(&forwarded, MergeSlashes).as_deref(), "{raw:?}")
+                    assert_eq!(
+                        Ok(&*seen),
+                        norm(&forwarded, MergeSlashes).as_deref(),
+                        "{raw:?}"
+                    )
                 }
                 Ok(seen) => assert_eq!(seen, forwarded, "{raw:?} in {mode:?}"),
                 // The policy refuses escaped slashes; so does its decision.
