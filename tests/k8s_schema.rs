@@ -91,12 +91,93 @@ fn kustomize_renders_validate() {
             "kind: MutatingWebhookConfiguration",
             "kind: PodDisruptionBudget",
             "kind: ClusterRole",
+            "kind: Role\n",
+            "kind: RoleBinding",
+            "kind: NetworkPolicy",
         ] {
             assert!(rendered.contains(kind), "{name}: {kind} missing");
         }
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, rendered).unwrap();
         validate(&[file]);
+    }
+}
+
+/// The YAML documents of `deploy/base/<file>`.
+fn base_documents(file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(deploy().join("base").join(file)).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| <serde_json::Value as serde::Deserialize>::deserialize(doc).unwrap())
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The NetworkPolicies select exactly the control plane's pods and open
+/// exactly its three ports, each to its callers only: the API to every
+/// pod, the webhook to addresses (the API server is not a pod), the admin
+/// port to the labelled monitoring namespaces. No rule opens every port
+/// or admits every source.
+#[test]
+fn network_policies_open_only_the_control_plane_ports_to_their_callers() {
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+    let deployment = base_documents("control-plane.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the Deployment");
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let container_ports: Vec<u64> =
+        deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["containerPort"].as_u64().unwrap())
+            .collect();
+    let policies = base_documents("network-policies.yaml");
+    assert_eq!(policies.len(), 3, "{policies:?}");
+    let mut sources: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
+    for policy in &policies {
+        let name = policy["metadata"]["name"].as_str().unwrap();
+        assert_eq!(policy["kind"], "NetworkPolicy", "{name}");
+        assert_eq!(policy["metadata"]["namespace"], "ward-system", "{name}");
+        assert_eq!(
+            policy["spec"]["podSelector"]["matchLabels"], *selector,
+            "{name}"
+        );
+        assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]), "{name}");
+        for rule in policy["spec"]["ingress"].as_array().unwrap() {
+            let ports = rule["ports"]
+                .as_array()
+                .expect("a rule without ports opens every port");
+            let from = rule["from"]
+                .as_array()
+                .expect("a rule without from admits every source");
+            assert!(!from.is_empty() && !ports.is_empty(), "{name}: {rule}");
+            for port in ports {
+                assert_eq!(port["protocol"], "TCP", "{name}");
+                let number = port["port"].as_u64().expect("a port number");
+                sources
+                    .entry(number)
+                    .or_default()
+                    .extend(from.iter().cloned());
+            }
+        }
+    }
+    let mut opened: Vec<u64> = sources.keys().copied().collect();
+    let mut expected = container_ports.clone();
+    opened.sort();
+    expected.sort();
+    assert_eq!(opened, expected, "the ports opened are the container's");
+    assert_eq!(sources[&15012], vec![json!({"namespaceSelector": {}})]);
+    assert_eq!(
+        sources[&15014],
+        vec![json!({"namespaceSelector": {"matchLabels": {"ward.io/monitoring": "enabled"}}})]
+    );
+    // The webhook: addresses only, never a pod or namespace selector.
+    assert!(!sources[&15017].is_empty());
+    for peer in &sources[&15017] {
+        let keys: Vec<&String> = peer.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["ipBlock"], "{peer}");
     }
 }
 

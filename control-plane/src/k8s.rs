@@ -7,11 +7,13 @@
 //! - [`endpoints::EndpointTable`]: pod IP → (SPIFFE ID, namespace, labels)
 //!   for meshed pods, versioned, published on a `tokio::sync::watch`;
 //! - [`catalog::PolicyCatalog`]: the policy custom resources, validated one
-//!   by one, with the status each should report.
+//!   by one, with the status each should report;
+//! - [`leader`]: which replica writes those statuses (a Lease).
 
 pub mod catalog;
 pub mod endpoints;
 pub mod kube_sources;
+pub mod leader;
 pub mod source;
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ use clap::Parser;
 use ward_control_plane::attest::K8sTokenConfig;
 use ward_control_plane::inject::{self, InjectConfig};
 use ward_control_plane::k8s::ApiClient;
+use ward_control_plane::k8s::leader::LeaseConfig;
 use ward_control_plane::listener::Limits;
 use ward_control_plane::logging::{self, LogFormat};
 use ward_control_plane::server::{Config, ControlPlane};
@@ -107,6 +108,30 @@ struct Args {
     /// A connection with no request in flight for this long is closed.
     #[arg(long, env = "WARD_IDLE_TIMEOUT", default_value = "90s", value_parser = positive_duration)]
     idle_timeout: Duration,
+    /// With --kubernetes: the coordination.k8s.io Lease that elects the one
+    /// replica writing policy statuses (every replica serves sidecars).
+    #[arg(long, env = "WARD_LEASE_NAME", default_value = LeaseConfig::DEFAULT_NAME)]
+    lease_name: String,
+    /// Namespace of that Lease (the control plane's own; the Deployment
+    /// sets it from the pod's namespace).
+    #[arg(long, env = "WARD_LEASE_NAMESPACE", default_value = LeaseConfig::DEFAULT_NAMESPACE)]
+    lease_namespace: String,
+    /// This replica's holderIdentity, unique among the replicas (the
+    /// Deployment sets the pod name). Default: <hostname>-<random>.
+    #[arg(long, env = "WARD_LEASE_IDENTITY")]
+    lease_identity: Option<String>,
+    /// How long the others wait for a silent holder before taking the
+    /// Lease (whole seconds).
+    #[arg(long, env = "WARD_LEASE_DURATION", default_value = "15s", value_parser = positive_duration)]
+    lease_duration: Duration,
+    /// The holder stops writing statuses this long after its last
+    /// successful renewal began (shorter than --lease-duration).
+    #[arg(long, env = "WARD_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = positive_duration)]
+    lease_renew_deadline: Duration,
+    /// How often the holder renews and the others look at the Lease
+    /// (shorter than --lease-renew-deadline).
+    #[arg(long, env = "WARD_LEASE_RENEW_PERIOD", default_value = "5s", value_parser = positive_duration)]
+    lease_renew_period: Duration,
     #[arg(long, env = "WARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[arg(long, env = "WARD_LOG_LEVEL", default_value = "info")]
@@ -126,6 +151,25 @@ async fn main() -> anyhow::Result<()> {
             "--k8s-token-review and --k8s-issuer/--k8s-jwks-file are two token checks: choose one"
         );
     }
+    // Checked before anything starts: a bad setting is a clear error, not
+    // a replica that never writes (or two that do).
+    let leader_election = match args.kubernetes {
+        true => {
+            let lease = LeaseConfig {
+                name: args.lease_name,
+                namespace: args.lease_namespace,
+                identity: args
+                    .lease_identity
+                    .unwrap_or_else(LeaseConfig::generated_identity),
+                lease_duration: args.lease_duration,
+                renew_deadline: args.lease_renew_deadline,
+                renew_period: args.lease_renew_period,
+            };
+            lease.validate()?;
+            Some(lease)
+        }
+        false => None,
+    };
     logging::init(args.log_format, &args.log_level)?;
     let mut config = Config::new(args.trust_domain.clone(), args.data_dir);
     config.listen = args.listen;
@@ -167,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         config.k8s = Some(k8s);
     }
     config.kubernetes_sources = args.kubernetes;
+    config.leader_election = leader_election;
     config.token_review = args.k8s_token_review;
     if args.kubernetes || args.k8s_token_review {
         config.kube = Some(ApiClient::infer().await?);

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub policies_fail_closed: IntGaugeVec,
     pub kubernetes_watch_errors: IntCounterVec,
     pub status_updates: IntCounterVec,
+    /// 1 while this replica writes policy statuses (the Lease's holder).
+    pub leader: IntGauge,
     pub discovery_updates: IntCounterVec,
     pub discovery_resources_sent: IntCounterVec,
     pub discovery_bytes_sent: IntCounterVec,
@@ -130,6 +132,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let leader = IntGauge::new(
+            "ward_cp_leader",
+            "1 while this replica writes the policy statuses (holds the leader-election Lease, or is the only writer), else 0.",
+        )
+        .expect("valid metric");
         let by_type = |name: &str, help: &str| {
             IntCounterVec::new(Opts::new(name, help), &["resource_type"]).expect("valid metric")
         };
@@ -204,6 +211,7 @@ impl Metrics {
             Box::new(policies_fail_closed.clone()),
             Box::new(kubernetes_watch_errors.clone()),
             Box::new(status_updates.clone()),
+            Box::new(leader.clone()),
             Box::new(discovery_updates.clone()),
             Box::new(discovery_resources_sent.clone()),
             Box::new(discovery_bytes_sent.clone()),
@@ -243,6 +251,7 @@ impl Metrics {
             policies_fail_closed,
             kubernetes_watch_errors,
             status_updates,
+            leader,
             trust_bundle_reloads,
             discovery_updates,
             discovery_resources_sent,

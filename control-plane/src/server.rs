@@ -32,7 +32,8 @@ use crate::data_dir::DataDir;
 use crate::discovery::{EndpointEntry, Endpoints, LineReader, Sidecars, StreamContext};
 use crate::inject::InjectConfig;
 use crate::k8s::ApiClient;
-use crate::k8s::kube_sources::KubernetesSource;
+use crate::k8s::kube_sources::{self, KubernetesSource};
+use crate::k8s::leader::{Elector, Leadership, LeaseConfig};
 use crate::listener::{self, Conn, Limits, Settings};
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
@@ -90,6 +91,11 @@ pub struct Config {
     /// Validate service-account tokens with the TokenReview API through
     /// [`Config::kube`] (instead of a JWKS in [`Config::k8s`]).
     pub token_review: bool,
+    /// With [`Config::kubernetes_sources`]: the Lease that elects the one
+    /// replica writing policy statuses. `None`: this control plane writes
+    /// them unconditionally (one control plane per cluster only;
+    /// `ward-control-plane --kubernetes` always elects).
+    pub leader_election: Option<LeaseConfig>,
     /// The audience TokenReview asks the API server to confirm
     /// ([`DEFAULT_AUDIENCE`] unless configured).
     pub token_review_audience: String,
@@ -119,6 +125,7 @@ impl Config {
             kube: None,
             kubernetes_sources: false,
             token_review: false,
+            leader_election: None,
             token_review_audience: DEFAULT_AUDIENCE.to_owned(),
             limits: Limits::default(),
             trust_bundle_dir: None,
@@ -167,6 +174,13 @@ impl ControlPlane {
             config.kube.is_some() || !(config.kubernetes_sources || config.token_review),
             "the Kubernetes sources and TokenReview need a Kubernetes API client"
         );
+        if let Some(lease) = &config.leader_election {
+            anyhow::ensure!(
+                config.kubernetes_sources,
+                "leader election elects the writer of the Kubernetes policy statuses: it needs the Kubernetes sources"
+            );
+            lease.validate()?;
+        }
         let data = DataDir::open(&config.data_dir)?;
         let ca = data.load_or_init_ca(&config.trust_domain)?;
         let join_tokens = JoinTokenStore::open(&data.join_tokens_dir())?;
@@ -241,12 +255,27 @@ impl ControlPlane {
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
         if let (Some(pods), Some(ApiClient(client))) = (pod_writer, config.kube.clone()) {
+            let (leadership, field_manager) = match config.leader_election.clone() {
+                Some(lease) => {
+                    let field_manager = lease.field_manager();
+                    let (elector, leadership) =
+                        Elector::new(lease, client.clone(), metrics.clone());
+                    tasks.spawn(elector.run(shutdown_rx.clone()));
+                    (leadership, field_manager)
+                }
+                None => {
+                    metrics.leader.set(1);
+                    (Leadership::sole(), kube_sources::FIELD_MANAGER.to_owned())
+                }
+            };
             let source = KubernetesSource {
                 client,
                 pods,
                 trust_domain: trust_domain.clone(),
                 endpoints: state.endpoints.clone(),
                 metrics: metrics.clone(),
+                leadership,
+                field_manager,
             };
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }

@@ -75,3 +75,41 @@ fn two_token_checks_are_refused() {
         stderr(&out)
     );
 }
+
+#[test]
+fn lease_settings_that_could_elect_two_writers_are_refused_at_start() {
+    let out = control_plane(&["--kubernetes", "--lease-renew-deadline", "15s"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--lease-renew-deadline (15s) must be shorter than --lease-duration (15s)"),
+        "{err}"
+    );
+    let out = control_plane(
+        &["--kubernetes"],
+        &[
+            ("WARD_LEASE_RENEW_PERIOD", "10s"),
+            ("WARD_LEASE_RENEW_DEADLINE", "10s"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("--lease-renew-period (10s)"), "{err}");
+    let out = control_plane(&["--kubernetes", "--lease-duration", "1500ms"], &[]);
+    assert!(stderr(&out).contains("whole seconds"), "{}", stderr(&out));
+    let out = control_plane(&["--kubernetes"], &[("WARD_LEASE_IDENTITY", "two words")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--lease-identity \"two words\""),
+        "{}",
+        stderr(&out)
+    );
+    // Refused by the parser: a zero period would renew in a busy loop.
+    let out = control_plane(&["--kubernetes", "--lease-renew-period", "0s"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("must be more than zero"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -14,10 +14,13 @@
 //! Nothing is distributed until all five initial lists are in (the store
 //! is marked synced only then), so a control plane that has not read the
 //! cluster's policies never hands out an empty, allow-everything set. Each
-//! policy resource gets an `Accepted` condition in its `status`.
+//! policy resource gets an `Accepted` condition in its `status`, written
+//! only by the replica the [`Leadership`] names (every replica watches and
+//! serves).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::stream::{self, Stream, StreamExt};
@@ -33,6 +36,7 @@ use tracing::{debug, info, warn};
 use super::WatchEvent;
 use super::catalog::{FailClosed, PolicyCatalog, Verdict};
 use super::endpoints::EndpointTable;
+use super::leader::Leadership;
 use super::source::{
     POLICY_GROUP, POLICY_KINDS, POLICY_VERSION, ResourceKey, WatcherAdapter, WatcherEvent,
 };
@@ -43,8 +47,12 @@ use crate::policy_store::{PolicySource, PolicyStore};
 use crate::services::{SERVICE_NAME_LABEL, ServiceCatalog, ServiceChanges};
 use ward_policy::PolicySet;
 
-/// Field manager of the status patches.
-const FIELD_MANAGER: &str = "ward-control-plane";
+/// Field manager of the status patches of a sole writer (an elected one
+/// names itself: [`super::leader::LeaseConfig::field_manager`]).
+pub const FIELD_MANAGER: &str = "ward-control-plane";
+/// Longest a status write may take (less when the writer's term ends
+/// sooner).
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Policies and endpoints from the Kubernetes API.
 pub struct KubernetesSource {
@@ -54,6 +62,10 @@ pub struct KubernetesSource {
     pub trust_domain: String,
     pub endpoints: Arc<Endpoints>,
     pub metrics: Arc<Metrics>,
+    /// Whether this replica writes the policy statuses now.
+    pub leadership: Leadership,
+    /// The field manager of those writes.
+    pub field_manager: String,
 }
 
 impl PolicySource for KubernetesSource {
@@ -65,10 +77,18 @@ impl PolicySource for KubernetesSource {
             trust_domain,
             endpoints,
             metrics,
+            leadership,
+            field_manager,
         } = self;
+        let writer = StatusWriter {
+            client: client.clone(),
+            metrics: metrics.clone(),
+            leadership,
+            field_manager,
+        };
         tokio::select! {
             _ = watch_pods(&client, pods, trust_domain, &endpoints, &metrics, &gate) => {}
-            _ = watch_policies(&client, &metrics, &store, &gate) => {}
+            _ = watch_policies(&client, writer, &store, &gate) => {}
             _ = watch_services(&client, &endpoints, &metrics, &gate) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
@@ -275,12 +295,21 @@ struct PolicyKind {
     written: BTreeMap<ResourceKey, Verdict>,
 }
 
+/// Writes policy statuses when this replica is the writer.
+struct StatusWriter {
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+    field_manager: String,
+}
+
 async fn watch_policies(
     client: &kube::Client,
-    metrics: &Metrics,
+    mut writer: StatusWriter,
     store: &PolicyStore,
     gate: &SyncGate,
 ) {
+    let metrics = writer.metrics.clone();
     let mut kinds: Vec<PolicyKind> = POLICY_KINDS
         .iter()
         .map(|(kind, plural)| PolicyKind {
@@ -304,13 +333,28 @@ async fn watch_policies(
     });
     let mut events = stream::select_all(streams);
     let mut dirty = true;
-    while let Some(batch) = next_batch(&mut events).await {
+    loop {
+        let batch = tokio::select! {
+            batch = next_batch(&mut events) => match batch {
+                Some(batch) => batch,
+                None => break,
+            },
+            // Became (or stopped being) the writer: every status is
+            // considered again, so what changed while nobody wrote (a
+            // handover) is written now.
+            () = writer.leadership.changed() => {
+                for kind in &mut kinds {
+                    kind.written.clear();
+                }
+                Vec::new()
+            }
+        };
         for (index, event) in batch {
             let kind = &mut kinds[index];
             let event = match event {
                 Ok(event) => WatcherEvent::from(event).map(|obj| to_document(obj, &kind.resource)),
                 Err(err) => {
-                    watch_failed(metrics, kind.kind, &err);
+                    watch_failed(&metrics, kind.kind, &err);
                     continue;
                 }
             };
@@ -347,7 +391,7 @@ async fn watch_policies(
                     .with_label_values(&[kind.kind, effect.as_str()])
                     .set(count as i64);
             }
-            report_status(client, metrics, kind).await;
+            writer.report(kind).await;
         }
     }
 }
@@ -366,33 +410,52 @@ fn publish(kinds: &[PolicyKind], store: &PolicyStore) {
     }
 }
 
-/// Writes the `Accepted` condition of every resource whose status does not
-/// say it yet. A failure is logged and retried when the verdict changes.
-async fn report_status(client: &kube::Client, metrics: &Metrics, kind: &mut PolicyKind) {
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    for (key, verdict) in kind.catalog.unreported() {
-        if kind.written.get(&key) == Some(&verdict) {
-            continue;
-        }
-        let (_, namespace, name) = &key;
-        if let Some(reason) = &verdict.rejected {
-            warn!(kind = kind.kind, %namespace, %name, generation = verdict.generation, error = %reason, "policy resource rejected");
-        }
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), namespace, &kind.resource);
-        let patch = json!({ "status": verdict.status(&now) });
-        let params = PatchParams::apply(FIELD_MANAGER);
-        let result = match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => "ok",
-            Err(err) => {
-                warn!(kind = kind.kind, %namespace, %name, error = %err, "writing the policy status failed");
-                "failed"
+impl StatusWriter {
+    /// Writes the `Accepted` condition of every resource whose status does
+    /// not say it yet, while this replica is the writer: each write needs
+    /// a permit and ends (or is abandoned) within the writer's term. A
+    /// failure is logged and retried when the verdict changes, after a
+    /// relist, or when the writer changes.
+    async fn report(&self, kind: &mut PolicyKind) {
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        for (key, verdict) in kind.catalog.unreported() {
+            if kind.written.get(&key) == Some(&verdict) {
+                continue;
             }
-        };
-        metrics.status_updates.with_label_values(&[result]).inc();
-        kind.written.insert(key, verdict);
+            // Not the writer: nothing is written (nor marked written).
+            let Some(permit) = self.leadership.permit() else {
+                return;
+            };
+            let (_, namespace, name) = &key;
+            if let Some(reason) = &verdict.rejected {
+                warn!(kind = kind.kind, %namespace, %name, generation = verdict.generation, error = %reason, "policy resource rejected");
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), namespace, &kind.resource);
+            let patch = Patch::Merge(json!({ "status": verdict.status(&now) }));
+            let params = PatchParams::apply(&self.field_manager);
+            let write = api.patch_status(name, &params, &patch);
+            let deadline = permit.remaining().min(STATUS_WRITE_TIMEOUT);
+            let result = match tokio::time::timeout(deadline, write).await {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(err)) => {
+                    warn!(kind = kind.kind, %namespace, %name, error = %err, "writing the policy status failed");
+                    "failed"
+                }
+                Err(_) => {
+                    warn!(kind = kind.kind, %namespace, %name, timeout = ?deadline, "writing the policy status timed out");
+                    "failed"
+                }
+            };
+            drop(permit);
+            self.metrics
+                .status_updates
+                .with_label_values(&[result])
+                .inc();
+            kind.written.insert(key, verdict);
+        }
     }
 }
 
