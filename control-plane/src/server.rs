@@ -816,10 +816,17 @@ async fn issue_svid(
                     .attestation_failures
                     .with_label_values(&[err.method(), err.reason()])
                     .inc();
+                // The reason in full goes to the log only: the caller is not
+                // authenticated yet, and the answer must not tell it about
+                // pods, tokens or the API server.
+                warn!(method = err.method(), reason = err.reason(), error = %err, peer = %peer_addr, "attestation failed");
                 return refuse(
                     StatusCode::FORBIDDEN,
                     "attestation_failed",
-                    format!("attestation failed: {err}"),
+                    format!(
+                        "attestation failed: the {} credential was refused (the control plane's log says why)",
+                        err.method()
+                    ),
                 );
             }
         },

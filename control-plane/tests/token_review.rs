@@ -452,7 +452,10 @@ async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
         (status, code.as_str()),
         (StatusCode::FORBIDDEN, "attestation_failed")
     );
-    assert!(message.contains("web-7d4b9-evil1"), "{message}");
+    // Generic: the caller is not authenticated, so the answer names no pod
+    // and repeats nothing the API server said (the metric has the reason).
+    assert!(!message.contains("web-7d4b9"), "{message}");
+    assert!(message.contains("k8s_sa_token credential was refused"), "{message}");
 
     let (status, _, message) = refusal(
         client
@@ -461,7 +464,7 @@ async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
             .unwrap_err(),
     );
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(message.contains("token has been invalidated"), "{message}");
+    assert!(!message.contains("invalidated"), "{message}");
 
     // Every attestation asked the API server, with Ward's audience, and
     // nothing else: the one call the deployed ClusterRole must allow.
@@ -505,7 +508,8 @@ async fn control_plane_refuses_when_the_api_server_is_gone() {
         (status, code.as_str()),
         (StatusCode::FORBIDDEN, "attestation_failed")
     );
-    assert!(message.contains("nothing is issued"), "{message}");
+    assert!(!message.contains("unreachable"), "{message}");
+    assert!(message.contains("credential was refused"), "{message}");
     let metrics = h.metrics().await;
     assert_eq!(certificates_issued(&metrics), 0.0);
     assert_eq!(
