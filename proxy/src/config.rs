@@ -1,56 +1,27 @@
 //! `ward-proxy run` settings: every flag has a `WARD_*` environment variable
 //! as fallback; this file is the one place they are named and documented.
 
-use ward_policy::path::PathNormalization;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
+use ward_policy::path::PathNormalization;
 
+use clap::Args;
 use clap::builder::BoolishValueParser;
-use clap::{Args, ValueEnum};
 use ward_identity::SpiffeId;
 use ward_logging::LogFormat;
 
 use crate::admin::AppProbes;
 use crate::capture::cli::List;
 use crate::endpoints::EndpointKey;
+use crate::identity::IdentityArgs;
+use crate::outbound::{UnmeshedEgress, UpstreamProtocol};
 
-/// How inbound connections must be protected (Istio's PeerAuthentication modes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum MtlsMode {
-    /// mTLS required; plaintext is refused.
-    #[default]
-    Strict,
-    /// mTLS and plaintext both accepted (plaintext peers have no identity).
-    Permissive,
-    /// No mTLS termination: everything is passed through as it arrives.
-    Disable,
-}
-
-/// What the outbound side does with a destination that has no sidecar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum UnmeshedEgress {
-    /// Pass the connection through untouched (plaintext stays plaintext).
-    #[default]
-    Allow,
-    /// Refuse it: locked-down egress.
-    Deny,
-}
-
-/// The protocol between the two sidecars for HTTP traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum UpstreamProtocol {
-    /// HTTP/2: one multiplexed connection per destination carries every
-    /// request, whatever the application spoke.
-    #[default]
-    H2,
-    /// HTTP/1.1 for HTTP/1.1 clients, one upstream connection per
-    /// application connection. HTTP/2 clients (gRPC) still get HTTP/2, on
-    /// one upstream connection per application connection.
-    Http1,
-}
+// The settings' own types live with the code they configure; the mTLS
+// mode is also named here, where the flags are.
+pub use crate::policy::MtlsMode;
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -210,6 +181,20 @@ impl RunArgs {
     /// Explicit mode: static listeners, no iptables, no root needed.
     pub fn is_explicit(&self) -> bool {
         !self.inbound.is_empty() || !self.outbound.is_empty()
+    }
+
+    /// What the identity source needs of the flags.
+    pub fn identity_args(&self) -> IdentityArgs {
+        IdentityArgs {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+            control_plane: self.control_plane.clone(),
+            join_token: self.join_token.clone(),
+            sa_token_file: self.sa_token_file.clone(),
+            pod_name: self.pod_name.clone(),
+            workload_id: self.workload_id().map_err(|err| format!("{err:#}")),
+        }
     }
 
     /// The workload's SPIFFE ID, given or derived from namespace and service account.

@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::debug;
 
+use crate::limits::{H2_CONNECTION_WINDOW, H2_MAX_STREAMS, H2_STREAM_WINDOW, Limits};
+
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Set on error responses the proxy makes itself, with a short reason.
@@ -207,7 +209,7 @@ impl<T: Clone> FirstParsed<T> {
 pub async fn serve_connection<I, F, Fut>(
     io: I,
     http2: bool,
-    limits: &crate::inbound::Limits,
+    limits: &Limits,
     shutdown: tokio_util::sync::CancellationToken,
     direction: &'static str,
     handle: F,
@@ -230,9 +232,9 @@ pub async fn serve_connection<I, F, Fut>(
             .max_header_list_size(limits.max_header_bytes as u32)
             // One client connection holds at most one pooled upstream
             // connection's worth of streams.
-            .max_concurrent_streams(crate::upstream::pool::H2_MAX_STREAMS)
-            .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
-            .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW)
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .keep_alive_interval(std::time::Duration::from_secs(30));
         let conn = builder.serve_connection(io, service);
         tokio::pin!(conn);

@@ -20,13 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use ward_api::client::{ControlPlaneClient, ControlPlaneIssuer, CredentialSource};
 use ward_api::control_plane_id;
+use ward_identity::SpiffeId;
 use ward_identity::bundle::TrustBundles;
 use ward_identity::manager::{self, RotationPolicy, RotationStats};
 use ward_identity::svid;
 use ward_identity::tls::{SharedBundles, SvidCell};
 use ward_identity::trust::{Source, Trust};
-
-use crate::config::RunArgs;
 
 /// How often static identity files are checked for changes.
 const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,10 +57,29 @@ impl WorkloadIdentity {
     }
 }
 
+/// The identity flags of `ward-proxy run` (`config::RunArgs::identity_args`).
+pub struct IdentityArgs {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub control_plane: Option<String>,
+    pub join_token: Option<String>,
+    pub sa_token_file: Option<PathBuf>,
+    pub pod_name: Option<String>,
+    /// The workload's SPIFFE ID, or why the flags give none.
+    pub workload_id: Result<SpiffeId, String>,
+}
+
+impl IdentityArgs {
+    fn workload_id(&self) -> anyhow::Result<SpiffeId> {
+        self.workload_id.clone().map_err(anyhow::Error::msg)
+    }
+}
+
 /// Starts the configured identity source. Files are loaded before this
 /// returns (a bad file is an error at start); the control plane is reached
 /// in the background, and the proxy is not ready until it answered.
-pub fn start(args: &RunArgs, shutdown: CancellationToken) -> anyhow::Result<WorkloadIdentity> {
+pub fn start(args: &IdentityArgs, shutdown: CancellationToken) -> anyhow::Result<WorkloadIdentity> {
     match (&args.cert, &args.key, &args.ca, &args.control_plane) {
         (Some(cert), Some(key), Some(ca), None) => start_from_files(cert, key, ca, shutdown),
         (None, None, Some(ca), Some(addr)) => start_from_control_plane(args, addr, ca, shutdown),
@@ -98,7 +116,7 @@ fn start_from_files(
 }
 
 fn start_from_control_plane(
-    args: &RunArgs,
+    args: &IdentityArgs,
     addr: &str,
     ca: &Path,
     shutdown: CancellationToken,

@@ -25,16 +25,16 @@ use ward_identity::tls;
 
 use crate::app::{AppClients, AppPort};
 use crate::authz::{Authorizer, ConnInfo, Protocol as AuthzProtocol, Verdict};
-use crate::config::MtlsMode;
 use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
+use crate::hop::{Alpn, tls_error_reason};
 use crate::http::{self as h, Body};
+use crate::limits::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
-use crate::policy::Recheck;
-use ward_policy::path::PathNormalization;
+use crate::policy::{MtlsMode, Recheck};
 use crate::rewind::{self, Rewind};
-use crate::upstream::Alpn;
+use ward_policy::path::PathNormalization;
 
 /// On opaque ports a plaintext client may wait for the server to speak
 /// first; a mesh client always sends its ClientHello at once. So a short
@@ -49,16 +49,6 @@ pub enum Target {
     Original,
     /// Explicit mode: this application port on loopback.
     AppPort(u16),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub detect_timeout: Duration,
-    pub header_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_header_bytes: usize,
-    /// Connections with no byte either way for this long are closed.
-    pub idle_timeout: Duration,
 }
 
 pub struct Inbound {
@@ -101,18 +91,6 @@ struct HttpConn {
     /// Upgraded tunnels of this connection: run inside its task, so they
     /// keep its connection slot, idle timeout and policy tracking.
     tunnels: Mutex<JoinSet<()>>,
-}
-
-/// A fixed label for a failed TLS handshake, for metrics and logs.
-pub fn tls_error_reason(err: &std::io::Error) -> &'static str {
-    match err
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    {
-        Some(tls_err) => tls::tls_failure_reason(tls_err),
-        None if err.kind() == std::io::ErrorKind::UnexpectedEof => "connection_closed",
-        None => "protocol_error",
-    }
 }
 
 impl Inbound {

@@ -1,5 +1,23 @@
 //! Ward sidecar proxy: traffic capture (iptables), the inbound and outbound
 //! stacks, identity, admin and metrics.
+//!
+//! Layers: a module uses only the modules of the layers below its own, so
+//! no import goes round in a circle.
+//! 1. `proxy` wires it all together, from `config` (the flags, which name
+//!    the setting types of the modules below).
+//! 2. `inbound` and `outbound`: the two request paths, each read top to
+//!    bottom from the accepted connection to the application or the peer
+//!    sidecar.
+//! 3. What both paths are built from: `upstream` (connections to peer
+//!    sidecars), `app` (to the local application), `endpoints` and
+//!    `balance` (where a destination is), `policy` and `authz` (what is
+//!    allowed), `tunnel`, `rewind`, `detect`, `orig_dst`.
+//! 4. Beneath those: `http` (serving a connection, bodies, local answers),
+//!    `hop` (the mTLS hop between sidecars), `limits`, `metrics`,
+//!    `counting`, `identity` (the workload's certificate).
+//!
+//! Beside the request path, on its lower layers: `admin`, `discovery`,
+//! `capture`, `probe`. `tests.rs` checks that no import goes in a circle.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,9 +30,11 @@ pub mod counting;
 pub mod detect;
 pub mod discovery;
 pub mod endpoints;
+pub mod hop;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod limits;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
@@ -24,3 +44,6 @@ pub mod proxy;
 pub mod rewind;
 pub mod tunnel;
 pub mod upstream;
+
+#[cfg(test)]
+mod tests;

@@ -18,17 +18,40 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 use ward_identity::SpiffeId;
 
-use crate::config::{UnmeshedEgress, UpstreamProtocol};
 use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
 use crate::endpoints::{Destinations, Resolved, Unknown};
+use crate::hop::Alpn;
 use crate::http::{self as h, Body};
-use crate::inbound::Limits;
+use crate::limits::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
-use crate::upstream::{Alpn, PoolSlot, Upstream, UpstreamError};
+use crate::upstream::{PoolSlot, Upstream, UpstreamError};
 
 mod service;
+
+/// What the outbound side does with a destination that has no sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UnmeshedEgress {
+    /// Pass the connection through untouched (plaintext stays plaintext).
+    #[default]
+    Allow,
+    /// Refuse it: locked-down egress.
+    Deny,
+}
+
+/// The protocol between the two sidecars for HTTP traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UpstreamProtocol {
+    /// HTTP/2: one multiplexed connection per destination carries every
+    /// request, whatever the application spoke.
+    #[default]
+    H2,
+    /// HTTP/1.1 for HTTP/1.1 clients, one upstream connection per
+    /// application connection. HTTP/2 clients (gRPC) still get HTTP/2, on
+    /// one upstream connection per application connection.
+    Http1,
+}
 
 #[derive(Debug, Clone, Copy)]
 pub enum Target {

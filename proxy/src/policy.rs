@@ -18,8 +18,20 @@ use ward_policy::{
 };
 
 use crate::authz::{Authorizer, ConnInfo, Protocol, Verdict};
-use crate::config::MtlsMode;
 use crate::metrics::ProxyMetrics;
+
+/// How inbound connections must be protected (Istio's PeerAuthentication
+/// modes): `--mtls-mode`, or PeerAuthentication once policies arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MtlsMode {
+    /// mTLS required; plaintext is refused.
+    #[default]
+    Strict,
+    /// mTLS and plaintext both accepted (plaintext peers have no identity).
+    Permissive,
+    /// No mTLS termination: everything is passed through as it arrives.
+    Disable,
+}
 
 /// A policy set in force for this workload.
 pub struct PolicyState {

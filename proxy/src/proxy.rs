@@ -24,12 +24,14 @@ use crate::authz::{AllowAll, AllowPeers, Authorizer};
 use crate::config::RunArgs;
 use crate::discovery::{ProxyHandler, RESOURCE_TYPES};
 use crate::endpoints::{Destinations, EndpointTable};
+use crate::hop::Alpn;
 use crate::identity::{self, WorkloadIdentity};
-use crate::inbound::{self, Inbound, Limits};
+use crate::inbound::{self, Inbound};
+use crate::limits::Limits;
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{self, Outbound};
 use crate::policy::{PolicyAuthorizer, WorkloadSelector};
-use crate::upstream::{Alpn, Upstream};
+use crate::upstream::Upstream;
 
 /// A started proxy. `shutdown` stops it; `drain` waits for connections.
 pub struct Running {
@@ -62,7 +64,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = Arc::new(ProxyMetrics::new());
-    let identity = identity::start(args, shutdown.clone())?;
+    let identity = identity::start(&args.identity_args(), shutdown.clone())?;
 
     let max_header_bytes = u32::try_from(args.max_header_bytes).unwrap_or(u32::MAX);
     let limits = Limits {

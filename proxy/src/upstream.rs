@@ -22,38 +22,11 @@ use tracing::debug;
 use ward_identity::SpiffeId;
 use ward_identity::tls;
 
+use crate::hop::{Alpn, tls_error_reason};
 use crate::http::Body;
 use crate::identity::WorkloadIdentity;
+use crate::limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::metrics::ProxyMetrics;
-
-/// Application protocols between sidecars, announced with ALPN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alpn {
-    H2,
-    Http1,
-    Tcp,
-}
-
-impl Alpn {
-    pub const fn id(self) -> &'static [u8] {
-        match self {
-            Alpn::H2 => b"h2",
-            Alpn::Http1 => b"http/1.1",
-            Alpn::Tcp => b"ward-tcp",
-        }
-    }
-
-    pub fn from_id(id: &[u8]) -> Option<Alpn> {
-        [Alpn::H2, Alpn::Http1, Alpn::Tcp]
-            .into_iter()
-            .find(|a| a.id() == id)
-    }
-}
-
-/// HTTP/2 flow-control windows: large enough to stream at loopback speed,
-/// small enough to bound memory per connection.
-pub const H2_STREAM_WINDOW: u32 = 1024 * 1024;
-pub const H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -174,7 +147,7 @@ impl Upstream {
                 Ok(tls)
             }
             Ok(Err(err)) => {
-                let reason = crate::inbound::tls_error_reason(&err);
+                let reason = tls_error_reason(&err);
                 self.metrics
                     .tls_failures
                     .with_label_values(&["outbound", reason])

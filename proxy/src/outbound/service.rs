@@ -21,13 +21,14 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::Outbound;
+use super::{Outbound, UnmeshedEgress};
 use crate::balance::{Endpoint, PortBalancer};
 use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
+use crate::hop::Alpn;
 use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics};
-use crate::upstream::{Alpn, UpstreamError};
+use crate::upstream::UpstreamError;
 use ward_api::discovery::AppProtocol;
 
 /// Further attempts of one request or connection, each on another endpoint.
@@ -63,10 +64,8 @@ impl Outbound {
         // for any unmeshed destination.
         if !balancer.has_meshed() && !balancer.endpoints().is_empty() {
             return match self.unmeshed {
-                crate::config::UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
-                crate::config::UnmeshedEgress::Deny => {
-                    self.refuse(source, "unmeshed_egress_denied")
-                }
+                UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
+                UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
             };
         }
         let _open = OpenGuard::new(&self.metrics, "outbound");
@@ -86,10 +85,8 @@ impl Outbound {
             && endpoint.identity.is_none()
         {
             return match self.unmeshed {
-                crate::config::UnmeshedEgress::Allow => self.passthrough(tcp, endpoint.addr).await,
-                crate::config::UnmeshedEgress::Deny => {
-                    self.refuse(source, "unmeshed_egress_denied")
-                }
+                UnmeshedEgress::Allow => self.passthrough(tcp, endpoint.addr).await,
+                UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
             };
         }
         let peer = Arc::new(self.metrics.service_peer(

@@ -17,11 +17,7 @@ use hyper::client::conn::http2;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::Body;
-
-/// Concurrent streams per HTTP/2 connection: what Ward's HTTP/2 servers
-/// advertise (`SETTINGS_MAX_CONCURRENT_STREAMS`) and what the pool puts on
-/// one upstream connection before it opens another.
-pub const H2_MAX_STREAMS: u32 = 100;
+use crate::limits::H2_MAX_STREAMS;
 
 /// Upstream HTTP/2 connections per destination (and identity): with
 /// [`H2_MAX_STREAMS`], the most requests in flight to one sidecar.
