@@ -306,7 +306,7 @@ spec:
     for needle in [
         "prod/sloppy: selector {app=ghost} matches no listed workload",
         "prod/sloppy: spec.rules[0]: method `get` can never match",
-        "prod/sloppy: spec.rules[1]: notPrincipals/notNamespaces without a positive identity field also allow plaintext peers",
+        "prod/sloppy: spec.rules[1]: notPrincipals/notNamespaces/notServiceAccounts without a positive identity field also allow plaintext peers",
         "prod/sloppy: spec.rules[2]: rule is a duplicate of spec.rules[1]",
         "prod/sloppy: spec.rules[3]: principal `other.td/ns/a/sa/b` is outside the mesh trust domain `cluster.local`",
         "note: ",

@@ -146,7 +146,7 @@ pub fn lint(
                 warn(
                     Severity::Warning,
                     Some(i),
-                    "notPrincipals/notNamespaces without a positive identity field also allow plaintext peers (no identity); add `principals: [\"*\"]` to require mTLS".into(),
+                    "notPrincipals/notNamespaces/notServiceAccounts without a positive identity field also allow plaintext peers (no identity); add `principals: [\"*\"]` to require mTLS".into(),
                 );
             }
         }
@@ -251,10 +251,11 @@ fn foreign_trust_domains(rule: &Rule, trust_domain: &str) -> Vec<String> {
 }
 
 fn lets_plaintext_in(rule: &Rule) -> bool {
-    let negative = rule
-        .from
-        .iter()
-        .any(|s| !s.not_principals.is_empty() || !s.not_namespaces.is_empty());
+    let negative = rule.from.iter().any(|s| {
+        !s.not_principals.is_empty()
+            || !s.not_namespaces.is_empty()
+            || !s.not_service_accounts.is_empty()
+    });
     if !negative {
         return false;
     }

@@ -104,9 +104,10 @@ pub struct Source {
     /// Istio form (`td/ns/X/sa/Y`); wildcards kept as written minus `spiffe://`.
     pub principals: Vec<StrMatch>,
     pub not_principals: Vec<StrMatch>,
-    /// `(namespace, service account)`.
-    pub service_accounts: Vec<(String, String)>,
-    pub not_service_accounts: Vec<(String, String)>,
+    /// Matched in any trust domain; a name written without namespace is in
+    /// the policy's.
+    pub service_accounts: Vec<ServiceAccount>,
+    pub not_service_accounts: Vec<ServiceAccount>,
     pub namespaces: Vec<StrMatch>,
     pub not_namespaces: Vec<StrMatch>,
     pub ip_blocks: Vec<IpNet>,
@@ -115,6 +116,20 @@ pub struct Source {
     /// `X-Forwarded-For` handling, so the remote IP is the peer's.
     pub remote_ip_blocks: Vec<IpNet>,
     pub not_remote_ip_blocks: Vec<IpNet>,
+}
+
+/// A Kubernetes service account (`serviceAccounts`,
+/// `notServiceAccounts`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceAccount {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+}
+
+impl fmt::Display for ServiceAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
 }
 
 /// The known HTTP methods, interned as bits.

@@ -317,24 +317,50 @@ impl<'de> Deserialize<'de> for PathPattern {
     }
 }
 
-struct ServiceAccount(String, String);
+/// Istio's limits on `serviceAccounts` and `notServiceAccounts`
+/// (pkg/config/security/security.go, `CheckServiceAccount`).
+pub(crate) const MAX_SERVICE_ACCOUNTS: usize = 16;
+const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
 
-impl<'de> Deserialize<'de> for ServiceAccount {
+/// `<namespace>/<name>`, or `<name>` alone, which means the policy's
+/// namespace (an empty namespace here, filled in once the document is
+/// read). No wildcards.
+pub(crate) fn parse_service_account(s: &str) -> Result<ServiceAccount, String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "invalid service account `{s}`: {why}; expected `<serviceAccount>` (in the policy's namespace) or `<namespace>/<serviceAccount>`"
+        ))
+    };
+    if s.is_empty() {
+        return bad("empty");
+    }
+    if s.contains('*') {
+        return bad("wildcards are not allowed");
+    }
+    if s.len() > MAX_SERVICE_ACCOUNT_LEN {
+        return bad("longer than 320 characters");
+    }
+    match s.split_once('/') {
+        None => Ok(ServiceAccount {
+            namespace: "".into(),
+            name: s.into(),
+        }),
+        Some((_, sa)) if sa.contains('/') => bad("more than one `/`"),
+        Some(("", _)) => bad("empty namespace"),
+        Some((_, "")) => bad("empty service account"),
+        Some((ns, sa)) => Ok(ServiceAccount {
+            namespace: ns.into(),
+            name: sa.into(),
+        }),
+    }
+}
+
+struct ServiceAccountField(ServiceAccount);
+
+impl<'de> Deserialize<'de> for ServiceAccountField {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        validate_str(d, "a service account `<namespace>/<name>`", |s| {
-            match s.split_once('/') {
-                Some((ns, sa))
-                    if !ns.is_empty()
-                        && !sa.is_empty()
-                        && !sa.contains('/')
-                        && !s.contains('*') =>
-                {
-                    Ok(ServiceAccount(ns.to_owned(), sa.to_owned()))
-                }
-                _ => Err(format!(
-                    "invalid service account `{s}`: expected `<namespace>/<serviceaccount>`, no wildcards"
-                )),
-            }
+        validate_str(d, "a service account `[<namespace>/]<name>`", |s| {
+            parse_service_account(s).map(ServiceAccountField)
         })
     }
 }
@@ -351,8 +377,8 @@ fn unwrap_vec<T, U>(v: Option<Vec<T>>, f: impl Fn(T) -> U) -> Vec<U> {
 struct RawSource {
     principals: Option<Vec<Principal>>,
     not_principals: Option<Vec<Principal>>,
-    service_accounts: Option<Vec<ServiceAccount>>,
-    not_service_accounts: Option<Vec<ServiceAccount>>,
+    service_accounts: Option<Vec<ServiceAccountField>>,
+    not_service_accounts: Option<Vec<ServiceAccountField>>,
     request_principals: Option<Rejected<JwtReason>>,
     not_request_principals: Option<Rejected<JwtReason>>,
     namespaces: Option<Vec<Pattern>>,
@@ -367,23 +393,41 @@ impl<'de> Deserialize<'de> for Source {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         validate_map(d, |r: RawSource| {
             let _ = (r.request_principals, r.not_request_principals);
-            let has_sa = r.service_accounts.as_ref().is_some_and(|v| !v.is_empty())
-                || r.not_service_accounts
-                    .as_ref()
-                    .is_some_and(|v| !v.is_empty());
-            let has_principals = r.principals.as_ref().is_some_and(|v| !v.is_empty())
-                || r.not_principals.as_ref().is_some_and(|v| !v.is_empty());
-            if has_sa && has_principals {
+            fn set<T>(v: &Option<Vec<T>>) -> bool {
+                v.as_ref().is_some_and(|v| !v.is_empty())
+            }
+            let has_sa = set(&r.service_accounts) || set(&r.not_service_accounts);
+            let has_identity = set(&r.principals)
+                || set(&r.not_principals)
+                || set(&r.namespaces)
+                || set(&r.not_namespaces);
+            if has_sa && has_identity {
                 return Err(sub_err(
                     "serviceAccounts",
-                    "serviceAccounts/notServiceAccounts cannot be used together with principals/notPrincipals (Istio: mutually exclusive)",
+                    "serviceAccounts/notServiceAccounts cannot be used together with principals, notPrincipals, namespaces or notNamespaces (Istio: \"cannot set serviceAccounts with namespaces or principals\")",
                 ));
+            }
+            for (field, list) in [
+                ("serviceAccounts", &r.service_accounts),
+                ("notServiceAccounts", &r.not_service_accounts),
+            ] {
+                if list
+                    .as_ref()
+                    .is_some_and(|l| l.len() > MAX_SERVICE_ACCOUNTS)
+                {
+                    return Err(sub_err(
+                        field,
+                        format!(
+                            "at most {MAX_SERVICE_ACCOUNTS} service accounts per list (Istio's limit)"
+                        ),
+                    ));
+                }
             }
             Ok(Source {
                 principals: unwrap_vec(r.principals, |p| p.0),
                 not_principals: unwrap_vec(r.not_principals, |p| p.0),
-                service_accounts: unwrap_vec(r.service_accounts, |s| (s.0, s.1)),
-                not_service_accounts: unwrap_vec(r.not_service_accounts, |s| (s.0, s.1)),
+                service_accounts: unwrap_vec(r.service_accounts, |s| s.0),
+                not_service_accounts: unwrap_vec(r.not_service_accounts, |s| s.0),
                 namespaces: unwrap_vec(r.namespaces, |p| p.0),
                 not_namespaces: unwrap_vec(r.not_namespaces, |p| p.0),
                 ip_blocks: unwrap_vec(r.ip_blocks, |c| c.0),
@@ -932,6 +976,19 @@ fn sound_documents(yaml: &str) -> usize {
     count
 }
 
+/// A service account written without namespace is in the policy's.
+fn resolve_service_accounts(rule: &mut Rule, namespace: &str) {
+    let fill = |list: &mut Vec<ServiceAccount>| {
+        for sa in list.iter_mut().filter(|sa| sa.namespace.is_empty()) {
+            sa.namespace = namespace.into();
+        }
+    };
+    for source in &mut rule.from {
+        fill(&mut source.service_accounts);
+        fill(&mut source.not_service_accounts);
+    }
+}
+
 /// Parses every document of one file. Any error rejects the whole file.
 pub(crate) fn parse_file(file: &str, yaml: &str) -> Result<Parsed, Vec<ConfigError>> {
     let file_arc: Arc<str> = file.into();
@@ -976,7 +1033,10 @@ pub(crate) fn parse_file(file: &str, yaml: &str) -> Result<Parsed, Vec<ConfigErr
                 match serde_path_to_error::deserialize::<_, Doc<AuthzSpec>>(b) {
                     Err(e) => errors.push(config_error(file, doc, e)),
                     Ok(d) => {
-                        let spec = d.spec.unwrap_or_default();
+                        let mut spec = d.spec.unwrap_or_default();
+                        for rule in &mut spec.rules {
+                            resolve_service_accounts(rule, &d.metadata.namespace);
+                        }
                         let version = fnv(&format!(
                             "{:?}{:?}{:?}{:?}{}",
                             spec.selector,

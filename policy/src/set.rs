@@ -218,7 +218,6 @@ impl PolicySet {
             allow: Vec::new(),
             audit: Vec::new(),
             dry_run: Vec::new(),
-            trust_domain: options.trust_domain.as_str().into(),
         };
         // Root-namespace policies first, then the workload's namespace.
         let mut seen = HashSet::new();

@@ -29,3 +29,12 @@ fn paths_that_never_match() {
     assert!(w[0].contains("path `admin` can never match"));
     assert!(w[1].contains("path `/a/../b` can never match"));
 }
+
+#[test]
+fn not_service_accounts_alone_let_plaintext_in() {
+    let w = warnings(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  rules:\n  - from:\n    - source: {notServiceAccounts: [\"bad\"]}\n  - from:\n    - source: {serviceAccounts: [\"good\"]}\n",
+    );
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("spec.rules[0]: notPrincipals/notNamespaces/notServiceAccounts without a positive identity field"), "{w:#?}");
+}

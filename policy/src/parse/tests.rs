@@ -56,8 +56,15 @@ fn every_kind_of_invalid_input() {
         (r("from:\n    - source:\n        principals: [\"cluster.local/ns/a/sa/b\", \"not a principal\"]"), "spec.rules[0].from[0].source.principals[1]", 10, "invalid principal `not a principal`"),
         (r("from:\n    - source:\n        principals: [\"spiffe://Bad/ns\"]"), "spec.rules[0].from[0].source.principals[0]", 10, "invalid principal"),
         (r("from:\n    - source:\n        principals: [\"a*b\"]"), "spec.rules[0].from[0].source.principals[0]", 10, "only allowed as the first or last"),
-        (r("from:\n    - source:\n        principals: [\"cluster.local/ns/a/sa/b\"]\n        serviceAccounts: [\"a/b\"]"), "spec.rules[0].from[0].source.serviceAccounts", 10, "mutually exclusive"),
-        (r("from:\n    - source:\n        serviceAccounts: [\"ab\"]"), "spec.rules[0].from[0].source.serviceAccounts[0]", 10, "invalid service account"),
+        (r("from:\n    - source:\n        principals: [\"cluster.local/ns/a/sa/b\"]\n        serviceAccounts: [\"a/b\"]"), "spec.rules[0].from[0].source.serviceAccounts", 10, "cannot be used together with principals, notPrincipals, namespaces or notNamespaces"),
+        (r("from:\n    - source:\n        namespaces: [\"a\"]\n        notServiceAccounts: [\"a/b\"]"), "spec.rules[0].from[0].source.serviceAccounts", 10, "cannot be used together"),
+        (r("from:\n    - source:\n        serviceAccounts: [\"a/b/c\"]"), "spec.rules[0].from[0].source.serviceAccounts[0]", 10, "invalid service account `a/b/c`: more than one `/`"),
+        (r("from:\n    - source:\n        serviceAccounts: [\"a/*\"]"), "spec.rules[0].from[0].source.serviceAccounts[0]", 10, "wildcards are not allowed"),
+        (r("from:\n    - source:\n        notServiceAccounts: [\"/b\"]"), "spec.rules[0].from[0].source.notServiceAccounts[0]", 10, "empty namespace"),
+        (r("from:\n    - source:\n        serviceAccounts: [\"a/\"]"), "spec.rules[0].from[0].source.serviceAccounts[0]", 10, "empty service account"),
+        (r("from:\n    - source:\n        serviceAccounts: [\"\"]"), "spec.rules[0].from[0].source.serviceAccounts[0]", 10, "invalid service account ``: empty"),
+        (r(&format!("from:\n    - source:\n        serviceAccounts: [{}]", vec!["\"a\""; 17].join(", "))), "spec.rules[0].from[0].source.serviceAccounts", 10, "at most 16 service accounts"),
+        (r(&format!("from:\n    - source:\n        serviceAccounts: [\"{}\"]", "a".repeat(321))), "spec.rules[0].from[0].source.serviceAccounts[0]", 10, "longer than 320"),
         (r("from:\n    - source:\n        remoteIpBlocks: [\"fe80::/129\"]"), "spec.rules[0].from[0].source.remoteIpBlocks[0]", 10, "invalid CIDR"),
         (r("from:\n    - source:\n        ipBlocks: [\"10.0.0.300\"]"), "spec.rules[0].from[0].source.ipBlocks[0]", 10, "invalid IP address"),
         (r("from:\n    - source:\n        user: x"), "spec.rules[0].from[0].source.user", 10, "unknown field `user`"),
@@ -162,4 +169,25 @@ fn an_unknown_alias_is_an_error_not_a_panic() {
         "{HEAD}spec:\n  rules:\n  - from:\n    - source: &s {{namespaces: [a]}}\n    - source: *s\n"
     );
     assert!(parse_file("f.yaml", &anchored).is_ok());
+}
+
+/// A service account without namespace is in the policy's (Istio:
+/// `serviceAccountRegex(policyNamespace, "my-sa")`); one with a namespace
+/// keeps it.
+#[test]
+fn bare_service_accounts_take_the_policy_namespace() {
+    let yaml = format!(
+        "{HEAD}spec:\n  rules:\n  - from:\n    - source:\n        serviceAccounts: [\"sleep\", \"other/client\"]\n        notServiceAccounts: [\"bad\"]\n"
+    );
+    let p = parse_file("f.yaml", &yaml).unwrap();
+    let rule = &p.authz[0].rules[0];
+    let sa = |ns: &str, name: &str| ServiceAccount {
+        namespace: ns.into(),
+        name: name.into(),
+    };
+    assert_eq!(
+        rule.from[0].service_accounts,
+        [sa("ns", "sleep"), sa("other", "client")]
+    );
+    assert_eq!(rule.from[0].not_service_accounts, [sa("ns", "bad")]);
 }
