@@ -21,6 +21,7 @@ mod parse;
 pub mod path;
 pub mod request;
 mod set;
+pub mod template;
 
 pub use error::{ConfigError, PolicyError};
 pub use eval::{

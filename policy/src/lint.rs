@@ -202,18 +202,32 @@ fn never_matching(rule: &Rule) -> Vec<String> {
             }
         }
         for m in op.paths.iter().chain(&op.not_paths) {
-            if let StrMatch::Exact(v) | StrMatch::Prefix(v) = m {
-                if !v.starts_with('/') {
-                    out.push(format!(
-                        "path `{m}` can never match: request paths start with `/`"
-                    ));
-                } else if crate::path::policy_view(v).ok().as_deref() != Some(&**v)
-                    && !matches!(m, StrMatch::Prefix(_))
-                {
-                    out.push(format!(
-                        "path `{m}` can never match: request paths are normalized before matching"
-                    ));
+            match m {
+                PathMatch::Str(StrMatch::Exact(v) | StrMatch::Prefix(v)) => {
+                    if !v.starts_with('/') {
+                        out.push(format!(
+                            "path `{m}` can never match: request paths start with `/`"
+                        ));
+                    } else if crate::path::policy_view(v).ok().as_deref() != Some(&**v)
+                        && !matches!(m, PathMatch::Str(StrMatch::Prefix(_)))
+                    {
+                        out.push(format!(
+                            "path `{m}` can never match: request paths are normalized before matching"
+                        ));
+                    }
                 }
+                PathMatch::Template(t) => {
+                    // A path the template matches, its operators filled in:
+                    // if normalization changes (or refuses) it, the
+                    // template's literal parts never appear in a request.
+                    let sample = t.sample();
+                    if crate::path::policy_view(&sample).ok().as_deref() != Some(&*sample) {
+                        out.push(format!(
+                            "path template `{t}` can never match: its literal parts are not in normalized form (`.`/`..` segments, lower-case or needless percent-escapes, escaped `/`), and request paths are normalized before matching"
+                        ));
+                    }
+                }
+                PathMatch::Str(_) => {}
             }
         }
     }
@@ -281,6 +295,10 @@ fn covers_nets(a: &[IpNet], b: &[IpNet]) -> bool {
     a.is_empty() || (!b.is_empty() && b.iter().all(|y| a.iter().any(|x| x.contains(y))))
 }
 
+fn covers_paths(a: &[PathMatch], b: &[PathMatch]) -> bool {
+    a.is_empty() || (!b.is_empty() && b.iter().all(|y| a.iter().any(|x| x.covers(y))))
+}
+
 fn covers_eq<T: PartialEq>(a: &[T], b: &[T]) -> bool {
     a.is_empty() || (!b.is_empty() && b.iter().all(|y| a.contains(y)))
 }
@@ -315,7 +333,7 @@ fn covers_op(a: &Operation, b: &Operation) -> bool {
         && neg_ok(&a.not_ports, &b.not_ports)
         && covers_methods(&a.methods, &b.methods)
         && (a.not_methods.is_empty() || a.not_methods == b.not_methods)
-        && covers_strs(&a.paths, &b.paths)
+        && covers_paths(&a.paths, &b.paths)
         && neg_ok(&a.not_paths, &b.not_paths)
 }
 

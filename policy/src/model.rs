@@ -3,6 +3,7 @@
 //! parses or allocates.
 
 use crate::matcher::StrMatch;
+use crate::template::PathTemplate;
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -132,6 +133,46 @@ impl fmt::Display for ServiceAccount {
     }
 }
 
+/// A `paths`/`notPaths` value: a string pattern or a path template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathMatch {
+    Str(StrMatch),
+    Template(PathTemplate),
+}
+
+impl PathMatch {
+    /// Matches the request path (already in the policy's view).
+    #[inline]
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Str(m) => m.matches(path),
+            PathMatch::Template(t) => t.matches(path),
+        }
+    }
+
+    /// True when every path `other` matches is matched by `self` too (a
+    /// conservative check, for lint).
+    pub fn covers(&self, other: &PathMatch) -> bool {
+        match (self, other) {
+            (PathMatch::Str(a), PathMatch::Str(b)) => a.covers(b),
+            (PathMatch::Str(StrMatch::Presence), PathMatch::Template(_)) => true,
+            (PathMatch::Str(StrMatch::Prefix(p)), PathMatch::Template(t)) => {
+                t.literal_prefix().starts_with(&**p)
+            }
+            (a, b) => a == b,
+        }
+    }
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathMatch::Str(m) => m.fmt(f),
+            PathMatch::Template(t) => t.fmt(f),
+        }
+    }
+}
+
 /// The known HTTP methods, interned as bits.
 pub const KNOWN_METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
@@ -181,8 +222,8 @@ pub struct Operation {
     pub not_ports: Vec<u16>,
     pub methods: MethodSet,
     pub not_methods: MethodSet,
-    pub paths: Vec<StrMatch>,
-    pub not_paths: Vec<StrMatch>,
+    pub paths: Vec<PathMatch>,
+    pub not_paths: Vec<PathMatch>,
 }
 
 impl Operation {

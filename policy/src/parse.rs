@@ -5,6 +5,7 @@
 use crate::error::ConfigError;
 use crate::matcher::StrMatch;
 use crate::model::*;
+use crate::template::{PathTemplate, is_template};
 use ipnet::IpNet;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use std::collections::BTreeMap;
@@ -300,21 +301,30 @@ impl<'de> Deserialize<'de> for Pattern {
     }
 }
 
-struct PathPattern(StrMatch);
+struct PathPattern(PathMatch);
 
 impl<'de> Deserialize<'de> for PathPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        validate_str(d, "a path", |s| {
-            if s.contains('{') || s.contains('}') {
-                return Err(format!(
-                    "invalid path `{s}`: path templates (`{{*}}`, `{{**}}`) are not supported"
-                ));
-            }
-            StrMatch::parse(s)
-                .map(PathPattern)
-                .map_err(|e| format!("invalid path `{s}`: {e}"))
-        })
+        validate_str(d, "a path", |s| parse_path(s).map(PathPattern))
     }
+}
+
+/// A `paths`/`notPaths` value: a template when it has `{*}` or `{**}`
+/// (validated as Istio does), otherwise exact, `prefix*`, `*suffix` or `*`.
+pub(crate) fn parse_path(s: &str) -> Result<PathMatch, String> {
+    if is_template(s) {
+        return PathTemplate::parse(s)
+            .map(PathMatch::Template)
+            .map_err(|e| format!("invalid path template `{s}`: {e}"));
+    }
+    if s.contains(['{', '}']) {
+        return Err(format!(
+            "invalid path `{s}`: `{{` and `}}` are only allowed in the path template operators `{{*}}` and `{{**}}` (named variables such as `{{id}}` are not supported, as in Istio)"
+        ));
+    }
+    StrMatch::parse(s)
+        .map(PathMatch::Str)
+        .map_err(|e| format!("invalid path `{s}`: {e}"))
 }
 
 /// Istio's limits on `serviceAccounts` and `notServiceAccounts`

@@ -38,3 +38,17 @@ fn not_service_accounts_alone_let_plaintext_in() {
     assert_eq!(w.len(), 1, "{w:#?}");
     assert!(w[0].contains("spec.rules[0]: notPrincipals/notNamespaces/notServiceAccounts without a positive identity field"), "{w:#?}");
 }
+
+#[test]
+fn templates_that_never_match() {
+    let w = warnings(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  rules:\n  - to:\n    - operation: {paths: [\"/api/{*}/items\", \"/a/../{*}\", \"/a/%7e/{**}\", \"/x/%2f/{*}\", \"/ok/%2A/{*}\"]}\n",
+    );
+    assert_eq!(w.len(), 3, "{w:#?}");
+    for (warning, path) in w.iter().zip(["/a/../{*}", "/a/%7e/{**}", "/x/%2f/{*}"]) {
+        assert!(
+            warning.contains(&format!("path template `{path}` can never match")),
+            "{w:#?}"
+        );
+    }
+}
