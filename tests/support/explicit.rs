@@ -36,7 +36,13 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[path = "bins.rs"]
 mod bins;
-pub use bins::{assert_ok, bins, ca_init, tail};
+pub use bins::{assert_ok, bins, tail};
+
+/// `ward ca init`: a new CA for `trust_domain` in `data_dir` (a function,
+/// not a re-export: files that do not use it must not warn).
+pub fn ca_init(data_dir: &Path, trust_domain: &str) {
+    bins::ca_init(data_dir, trust_domain);
+}
 
 /// `spiffe://cluster.local/ns/obs/sa/<sa>`.
 pub fn spiffe_id(sa: &str) -> String {
@@ -238,6 +244,11 @@ impl Cluster {
     /// Kills the control plane (an outage); the proxies keep running.
     pub fn stop_control_plane(&mut self) {
         self.control_plane.take();
+    }
+
+    /// The control plane's process ID, while it runs.
+    pub fn control_plane_pid(&self) -> Option<u32> {
+        self.control_plane.as_ref().map(Proc::id)
     }
 
     /// Starts it again on the same ports and data directory (same CA).
