@@ -159,17 +159,23 @@ fn the_trust_anchor_file_is_re_read_when_it_changes() {
     assert!(newcomer.request(&backend).is_err());
 
     write_replacing(&anchor, &format!("{ca_root}{}", newcomer.root_pem));
-    wait_until(CHANGE_TIMEOUT, "the anchor's new root to be trusted", || {
-        newcomer.request(&backend) == Ok(200)
-    });
+    wait_until(
+        CHANGE_TIMEOUT,
+        "the anchor's new root to be trusted",
+        || newcomer.request(&backend) == Ok(200),
+    );
 
     // An anchor file that does not load keeps the roots in use.
     write_replacing(&anchor, "-----BEGIN CERTIFICATE-----\ngarbage\n");
-    wait_until(CHANGE_TIMEOUT, "the proxy to refuse the broken anchor", || {
-        backend
-            .proxy_log()
-            .contains("trust anchor file changed but does not load")
-    });
+    wait_until(
+        CHANGE_TIMEOUT,
+        "the proxy to refuse the broken anchor",
+        || {
+            backend
+                .proxy_log()
+                .contains("trust anchor file changed but does not load")
+        },
+    );
     assert_eq!(newcomer.request(&backend), Ok(200));
 
     write_replacing(&anchor, &ca_root);

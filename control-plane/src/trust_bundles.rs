@@ -159,7 +159,10 @@ pub async fn watch_dir(
         seen = now;
         match load(&own_trust_domain, &ca_root_pem, Some(&dir)) {
             Ok(set) => {
-                metrics.trust_bundle_reloads.with_label_values(&["ok"]).inc();
+                metrics
+                    .trust_bundle_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
                 if **tx.borrow() != set {
                     info!(dir = %dir.display(), trust_domains = set.resources.len(), "trust bundles changed");
                     tx.send_replace(Arc::new(set));

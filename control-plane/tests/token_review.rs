@@ -455,7 +455,10 @@ async fn control_plane_issues_on_a_reviewed_token_and_refuses_the_wrong_pod() {
     // Generic: the caller is not authenticated, so the answer names no pod
     // and repeats nothing the API server said (the metric has the reason).
     assert!(!message.contains("web-7d4b9"), "{message}");
-    assert!(message.contains("k8s_sa_token credential was refused"), "{message}");
+    assert!(
+        message.contains("k8s_sa_token credential was refused"),
+        "{message}"
+    );
 
     let (status, _, message) = refusal(
         client

@@ -178,7 +178,13 @@ pub fn spawn<I: SvidIssuer>(
     policy: RotationPolicy,
     shutdown: watch::Receiver<bool>,
 ) -> IdentityHandle {
-    spawn_with_trust(id, issuer, policy, Trust::new(TrustBundles::new()), shutdown)
+    spawn_with_trust(
+        id,
+        issuer,
+        policy,
+        Trust::new(TrustBundles::new()),
+        shutdown,
+    )
 }
 
 /// Starts the manager task; each issued certificate's bundle goes to
@@ -203,10 +209,8 @@ pub fn spawn_with_trust<I: SvidIssuer>(
     tokio::spawn(async move {
         let mut backoff = policy.min_backoff;
         loop {
-            let attempt = tokio::time::timeout(
-                policy.attempt_timeout,
-                obtain(&id, &issuer, &svid, &trust),
-            );
+            let attempt =
+                tokio::time::timeout(policy.attempt_timeout, obtain(&id, &issuer, &svid, &trust));
             let result = attempt.await.unwrap_or_else(|_| {
                 Err(format!(
                     "no answer within {:?}; abandoned",

@@ -56,7 +56,11 @@ fn directory_roots_join_their_trust_domains_bundle() {
 fn a_bad_file_refuses_the_whole_set_and_says_which() {
     let ca = root(TD);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("partner.example.pem"), root("partner.example")).unwrap();
+    std::fs::write(
+        dir.path().join("partner.example.pem"),
+        root("partner.example"),
+    )
+    .unwrap();
     let bad = dir.path().join("other.example.pem");
     std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
     let err = load(TD, &ca, Some(dir.path())).unwrap_err();

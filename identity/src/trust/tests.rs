@@ -20,8 +20,12 @@ fn the_union_of_every_source_is_trusted() {
     let trust = Trust::new(TrustBundles::new().with_root(TD, &boot.pem).unwrap());
     assert_eq!(roots(&trust), std::slice::from_ref(&boot.der));
 
-    trust.replace_domain(Source::Pushed, TD, &pushed.pem).unwrap();
-    trust.replace_domain(Source::Issued, TD, &issued.pem).unwrap();
+    trust
+        .replace_domain(Source::Pushed, TD, &pushed.pem)
+        .unwrap();
+    trust
+        .replace_domain(Source::Issued, TD, &issued.pem)
+        .unwrap();
     assert_eq!(
         roots(&trust),
         [boot.der.clone(), pushed.der.clone(), issued.der.clone()]
