@@ -342,3 +342,128 @@ spec:
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+const OLD_TD_POLICY: &str = r#"apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: service-httpbin.default.svc.cluster.local
+  namespace: default
+spec:
+  rules:
+  - from:
+    - source:
+        principals:
+        - old-td/ns/sleep-allow/sa/sleep
+    to:
+    - operation:
+        methods:
+        - GET
+  selector:
+    matchLabels:
+      app: httpbin
+"#;
+
+/// `ward ARGS` with `request` on standard input and exactly the `WARD_*`
+/// variables given.
+fn ward_env(args: &[&str], env: &[(&str, &str)], request: &str) -> Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ward"));
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WARD_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().unwrap();
+    let _ = child.stdin.take().unwrap().write_all(request.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// The trust-domain migration of
+/// istio.io/latest/docs/tasks/security/authorization/authz-td-migration/:
+/// a policy written for `old-td` keeps allowing `sleep` once the mesh is
+/// `new-td`, with `old-td` as an alias (flag or `WARD_TRUST_DOMAIN_ALIASES`).
+#[test]
+fn trust_domain_aliases_from_the_flag_and_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "p.yaml", OLD_TD_POLICY);
+    let base = [
+        "authz",
+        "check",
+        "--policies",
+        &f,
+        "--namespace",
+        "default",
+        "--label",
+        "app=httpbin",
+        "--request",
+        "-",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |args: Vec<String>, env: &[(&str, &str)], peer: &str| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ward_env(&args, env, &request("GET", "/ip", Some(peer)))
+    };
+    let new_sleep = "spiffe://new-td/ns/sleep-allow/sa/sleep";
+    let decision = |o: &Output| {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(o));
+        json(o)["decision"].as_str().unwrap().to_owned()
+    };
+    // Without the alias the new identity is denied.
+    let o = run(with(&["--trust-domain", "new-td"]), &[], new_sleep);
+    assert_eq!(decision(&o), "deny");
+    let o = run(
+        with(&["--trust-domain", "new-td", "--trust-domain-alias", "old-td"]),
+        &[],
+        new_sleep,
+    );
+    assert_eq!(decision(&o), "allow");
+    assert_eq!(
+        json(&o)["policy"],
+        "default/service-httpbin.default.svc.cluster.local"
+    );
+    // The same settings from the environment (a comma-separated list).
+    let o = run(
+        with(&[]),
+        &[
+            ("WARD_TRUST_DOMAIN", "new-td"),
+            ("WARD_TRUST_DOMAIN_ALIASES", "other.td,old-td"),
+        ],
+        new_sleep,
+    );
+    assert_eq!(decision(&o), "allow");
+    // Other namespaces stay denied.
+    let o = run(
+        with(&["--trust-domain", "new-td", "--trust-domain-alias", "old-td"]),
+        &[],
+        "spiffe://new-td/ns/default/sa/sleep",
+    );
+    assert_eq!(decision(&o), "deny");
+    // An alias that is not a trust domain is a usage error naming it.
+    let o = run(with(&["--trust-domain-alias", "Old-TD"]), &[], new_sleep);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("invalid trust-domain alias `Old-TD`"),
+        "{}",
+        stderr(&o)
+    );
+    // Lint: a principal in an alias is not outside the mesh.
+    let lint = |extra: &[&str]| {
+        let mut args = vec!["authz", "lint", f.as_str(), "--trust-domain", "new-td"];
+        args.extend(extra);
+        let o = ward_env(&args, &[], "");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(lint(&[]).contains(
+        "principal `old-td/ns/sleep-allow/sa/sleep` is outside the mesh trust domain `new-td`"
+    ));
+    assert!(!lint(&["--trust-domain-alias", "old-td"]).contains("outside the mesh trust domain"));
+}

@@ -150,12 +150,16 @@ pub struct Decision<'p> {
     pub audit_matches: Vec<PolicyMatch<'p>>,
 }
 
-/// Root namespace and trust domain of the mesh.
+/// Root namespace and trust domain of the mesh. The trust domain's aliases
+/// are given beside it, to [`crate::PolicySet::for_workload_with_aliases`]
+/// (a new field here would break every caller that builds this struct).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalOptions {
     /// Policies here apply mesh-wide. Default `ward-system`.
     pub root_namespace: String,
-    /// The mesh's trust domain (for lint). Default `cluster.local`.
+    /// The mesh's trust domain: principals written for it or for
+    /// `cluster.local` match its peers (and lint warns about others).
+    /// Default `cluster.local`.
     pub trust_domain: String,
 }
 

@@ -22,6 +22,7 @@ pub mod path;
 pub mod request;
 mod set;
 pub mod template;
+mod trust_domain;
 
 pub use error::{ConfigError, PolicyError};
 pub use eval::{
@@ -30,3 +31,4 @@ pub use eval::{
 };
 pub use model::{Action, MtlsMode, PolicyRef};
 pub use set::{PolicyInfo, PolicySet};
+pub use trust_domain::{InvalidAlias, TrustDomainAliases};

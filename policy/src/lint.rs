@@ -5,6 +5,7 @@ use crate::eval::EvalOptions;
 use crate::matcher::StrMatch;
 use crate::model::*;
 use crate::set::PolicySet;
+use crate::trust_domain::{Bundle, TrustDomainAliases};
 use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -70,7 +71,9 @@ pub fn lint(
     set: &PolicySet,
     workloads: Option<&[Workload]>,
     options: &EvalOptions,
+    aliases: &TrustDomainAliases,
 ) -> Vec<LintWarning> {
+    let bundle = Bundle::new(&options.trust_domain, aliases);
     let mut out = Vec::new();
     for p in set.authorization_policies() {
         let mut warn = |severity, rule: Option<usize>, message: String| {
@@ -132,12 +135,18 @@ pub fn lint(
             for m in never_matching(rule) {
                 warn(Severity::Warning, Some(i), m);
             }
-            for td in foreign_trust_domains(rule, &options.trust_domain) {
+            for td in foreign_trust_domains(rule, &bundle) {
+                let aliases: Vec<&str> = aliases.iter().collect();
+                let also = if aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and its aliases `{}`", aliases.join("`, `"))
+                };
                 warn(
                     Severity::Warning,
                     Some(i),
                     format!(
-                        "principal `{td}` is outside the mesh trust domain `{}`",
+                        "principal `{td}` is outside the mesh trust domain `{}`{also}",
                         options.trust_domain
                     ),
                 );
@@ -251,13 +260,15 @@ fn principal_values(rule: &Rule) -> impl Iterator<Item = &StrMatch> {
         }))
 }
 
-fn foreign_trust_domains(rule: &Rule, trust_domain: &str) -> Vec<String> {
+/// Principals whose trust domain is not the mesh's, an alias, or the
+/// `cluster.local` pointer.
+fn foreign_trust_domains(rule: &Rule, bundle: &Bundle) -> Vec<String> {
     principal_values(rule)
         .filter_map(|m| match m {
             StrMatch::Exact(v) | StrMatch::Prefix(v) => {
                 let td = v.split('/').next().unwrap_or("");
                 let complete = v.contains('/') || m.is_exact();
-                (complete && td != trust_domain).then(|| m.to_string())
+                (complete && !bundle.covers(td)).then(|| m.to_string())
             }
             _ => None,
         })

@@ -5,6 +5,7 @@ use crate::error::{ConfigError, PolicyError};
 use crate::eval::{EvalOptions, WorkloadPolicy};
 use crate::model::*;
 use crate::parse::{Parsed, parse_file};
+use crate::trust_domain::{Bundle, TrustDomainAliases};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -206,19 +207,32 @@ impl PolicySet {
 
     /// Compiles the policies that apply to one workload: those of its
     /// namespace whose selector matches its labels (no selector: all), and
-    /// those of the root namespace likewise (mesh-wide).
+    /// those of the root namespace likewise (mesh-wide). The mesh has no
+    /// trust-domain alias (see [`Self::for_workload_with_aliases`]).
     pub fn for_workload(
         &self,
         namespace: &str,
         labels: &BTreeMap<String, String>,
         options: &EvalOptions,
     ) -> WorkloadPolicy {
-        let mut w = WorkloadPolicy {
-            deny: Vec::new(),
-            allow: Vec::new(),
-            audit: Vec::new(),
-            dry_run: Vec::new(),
-        };
+        self.for_workload_with_aliases(namespace, labels, options, &TrustDomainAliases::default())
+    }
+
+    /// [`Self::for_workload`] in a mesh whose trust domain has `aliases`
+    /// (Istio's `trustDomainAliases`): principals written for the trust
+    /// domain, an alias or `cluster.local` match peers of all of them.
+    pub fn for_workload_with_aliases(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        options: &EvalOptions,
+        aliases: &TrustDomainAliases,
+    ) -> WorkloadPolicy {
+        let bundle = Bundle::new(&options.trust_domain, aliases);
+        let mut deny = Vec::new();
+        let mut allow = Vec::new();
+        let mut audit = Vec::new();
+        let mut dry_run = Vec::new();
         // Root-namespace policies first, then the workload's namespace.
         let mut seen = HashSet::new();
         let root_first = self
@@ -235,17 +249,22 @@ impl PolicySet {
                 continue;
             }
             let list = if p.dry_run {
-                &mut w.dry_run
+                &mut dry_run
             } else {
                 match p.action {
-                    Action::Deny => &mut w.deny,
-                    Action::Allow => &mut w.allow,
-                    Action::Audit => &mut w.audit,
+                    Action::Deny => &mut deny,
+                    Action::Allow => &mut allow,
+                    Action::Audit => &mut audit,
                 }
             };
-            list.push(p.clone());
+            list.push(bundle.apply(p));
         }
-        w
+        WorkloadPolicy {
+            deny,
+            allow,
+            audit,
+            dry_run,
+        }
     }
 
     /// The PeerAuthentication mode for a workload's port: workload-level

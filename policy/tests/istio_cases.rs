@@ -7,7 +7,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use ward_identity::SpiffeId;
-use ward_policy::{Action, EvalOptions, PolicySet, Protocol, RequestAttrs};
+use ward_policy::{Action, EvalOptions, PolicySet, Protocol, RequestAttrs, TrustDomainAliases};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +31,10 @@ struct Suite {
     policies: String,
     workload: Option<Workload>,
     root_namespace: Option<String>,
+    /// The mesh's trust domain (default `cluster.local`) and its aliases.
+    trust_domain: Option<String>,
+    #[serde(default)]
+    trust_domain_aliases: Vec<String>,
     cases: Vec<Case>,
 }
 
@@ -92,8 +96,13 @@ fn istio_documentation_table() {
                 .root_namespace
                 .clone()
                 .unwrap_or_else(|| "istio-system".into()),
-            trust_domain: "cluster.local".into(),
+            trust_domain: suite
+                .trust_domain
+                .clone()
+                .unwrap_or_else(|| "cluster.local".into()),
         };
+        let aliases = TrustDomainAliases::new(&suite.trust_domain_aliases)
+            .unwrap_or_else(|e| panic!("suite {}: {e}", suite.name));
         for case in &suite.cases {
             count += 1;
             let source = case.source.as_deref().unwrap_or(&suite.source);
@@ -112,7 +121,8 @@ fn istio_documentation_table() {
                     namespace: "foo".into(),
                     labels: BTreeMap::from([("app".into(), "httpbin".into())]),
                 });
-            let compiled = set.for_workload(&w.namespace, &w.labels, &options);
+            let compiled =
+                set.for_workload_with_aliases(&w.namespace, &w.labels, &options, &aliases);
             let r = &case.req;
             let tcp = r.protocol.as_deref() == Some("tcp");
             let principal = r

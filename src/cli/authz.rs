@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use ward_policy::lint::{self, Severity};
 use ward_policy::request::OwnedRequest;
-use ward_policy::{EvalOptions, PolicySet};
+use ward_policy::{EvalOptions, PolicySet, TrustDomainAliases};
 
 #[derive(Subcommand)]
 pub enum AuthzCommand {
@@ -26,11 +26,23 @@ pub enum AuthzCommand {
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
         /// Policies in this namespace apply mesh-wide.
-        #[arg(long, default_value = "ward-system")]
+        #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "ward-system")]
         root_namespace: String,
         /// The mesh's trust domain.
-        #[arg(long, default_value = "cluster.local")]
+        #[arg(long, env = "WARD_TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
+        /// A trust-domain alias of the mesh (Istio's `trustDomainAliases`):
+        /// principals written for the trust domain, an alias or
+        /// `cluster.local` match peers of all of them. Repeatable; the
+        /// variable holds a comma-separated list.
+        #[arg(
+            long = "trust-domain-alias",
+            value_name = "TRUST_DOMAIN",
+            env = "WARD_TRUST_DOMAIN_ALIASES",
+            value_delimiter = ',',
+            value_parser = parse_alias
+        )]
+        trust_domain_aliases: Vec<String>,
         /// The request as JSON, or `-` for standard input.
         #[arg(long)]
         request: String,
@@ -43,14 +55,38 @@ pub enum AuthzCommand {
         /// that match none of these workloads.
         #[arg(long)]
         workloads: Option<PathBuf>,
-        #[arg(long, default_value = "ward-system")]
+        /// Policies in this namespace apply mesh-wide.
+        #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "ward-system")]
         root_namespace: String,
-        #[arg(long, default_value = "cluster.local")]
+        /// The mesh's trust domain: principals outside it, its aliases and
+        /// `cluster.local` are reported.
+        #[arg(long, env = "WARD_TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
+        /// A trust-domain alias of the mesh (see `ward authz check`).
+        #[arg(
+            long = "trust-domain-alias",
+            value_name = "TRUST_DOMAIN",
+            env = "WARD_TRUST_DOMAIN_ALIASES",
+            value_delimiter = ',',
+            value_parser = parse_alias
+        )]
+        trust_domain_aliases: Vec<String>,
         /// Exit 1 when there are warnings (notes do not count).
         #[arg(long)]
         strict: bool,
     },
+}
+
+/// A trust domain, as the engine will take it (a usage error otherwise).
+fn parse_alias(arg: &str) -> Result<String, String> {
+    TrustDomainAliases::new([arg])
+        .map(|_| arg.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+fn aliases(list: &[String]) -> TrustDomainAliases {
+    // Each was validated by `parse_alias`.
+    TrustDomainAliases::new(list).unwrap_or_default()
 }
 
 fn parse_label(arg: &str) -> Result<(String, String), String> {
@@ -68,6 +104,7 @@ pub fn run(cmd: AuthzCommand) -> anyhow::Result<ExitCode> {
             labels,
             root_namespace,
             trust_domain,
+            trust_domain_aliases,
             request,
         } => check(
             &policies,
@@ -77,6 +114,7 @@ pub fn run(cmd: AuthzCommand) -> anyhow::Result<ExitCode> {
                 root_namespace,
                 trust_domain,
             },
+            &aliases(&trust_domain_aliases),
             &request,
         ),
         AuthzCommand::Lint {
@@ -84,6 +122,7 @@ pub fn run(cmd: AuthzCommand) -> anyhow::Result<ExitCode> {
             workloads,
             root_namespace,
             trust_domain,
+            trust_domain_aliases,
             strict,
         } => lint_cmd(
             &path,
@@ -92,6 +131,7 @@ pub fn run(cmd: AuthzCommand) -> anyhow::Result<ExitCode> {
                 root_namespace,
                 trust_domain,
             },
+            &aliases(&trust_domain_aliases),
             strict,
         ),
     }
@@ -112,6 +152,7 @@ fn check(
     namespace: &str,
     labels: BTreeMap<String, String>,
     options: EvalOptions,
+    trust_domain_aliases: &TrustDomainAliases,
     request: &str,
 ) -> anyhow::Result<ExitCode> {
     let Some(set) = load(policies) else {
@@ -133,7 +174,8 @@ fn check(
             return Ok(ExitCode::FAILURE);
         }
     };
-    let workload = set.for_workload(namespace, &labels, &options);
+    let workload =
+        set.for_workload_with_aliases(namespace, &labels, &options, trust_domain_aliases);
     let d = workload.evaluate(&req.attrs());
     let out = serde_json::json!({
         "decision": if d.allowed { "allow" } else { "deny" },
@@ -151,6 +193,7 @@ fn lint_cmd(
     path: &PathBuf,
     workloads: Option<&PathBuf>,
     options: &EvalOptions,
+    trust_domain_aliases: &TrustDomainAliases,
     strict: bool,
 ) -> anyhow::Result<ExitCode> {
     let Some(set) = load(std::slice::from_ref(path)) else {
@@ -170,7 +213,7 @@ fn lint_cmd(
             }
         }
     };
-    let warnings = lint::lint(&set, workloads.as_deref(), options);
+    let warnings = lint::lint(&set, workloads.as_deref(), options, trust_domain_aliases);
     for w in &warnings {
         println!("{w}");
     }

@@ -2,10 +2,15 @@ use super::*;
 
 fn warnings(yaml: &str) -> Vec<String> {
     let set = PolicySet::parse_str("l.yaml", yaml).unwrap();
-    lint(&set, None, &EvalOptions::default())
-        .iter()
-        .map(|w| w.to_string())
-        .collect()
+    lint(
+        &set,
+        None,
+        &EvalOptions::default(),
+        &TrustDomainAliases::default(),
+    )
+    .iter()
+    .map(|w| w.to_string())
+    .collect()
 }
 
 #[test]
@@ -51,4 +56,27 @@ fn templates_that_never_match() {
             "{w:#?}"
         );
     }
+}
+
+#[test]
+fn trust_domains_the_mesh_aliases_and_cluster_local_are_not_foreign() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  rules:\n  - from:\n    - source: {principals: [\"new.td/ns/a/sa/b\", \"old.td/ns/a/sa/b\", \"cluster.local/ns/a/sa/b\", \"other.td/ns/a/sa/b\"]}\n";
+    let set = PolicySet::parse_str("l.yaml", yaml).unwrap();
+    let options = EvalOptions {
+        trust_domain: "new.td".into(),
+        ..EvalOptions::default()
+    };
+    let aliases = TrustDomainAliases::new(["old.td"]).unwrap();
+    let w: Vec<String> = lint(&set, None, &options, &aliases)
+        .iter()
+        .map(|w| w.to_string())
+        .collect();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].contains("principal `other.td/ns/a/sa/b` is outside the mesh trust domain `new.td` and its aliases `old.td`"),
+        "{w:#?}"
+    );
+    // Without the alias, old.td is foreign; cluster.local never is.
+    let w = lint(&set, None, &options, &TrustDomainAliases::default());
+    assert_eq!(w.len(), 2, "{w:#?}");
 }
