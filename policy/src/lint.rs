@@ -287,7 +287,9 @@ fn lets_plaintext_in(rule: &Rule) -> bool {
     let positive_when = rule.when.iter().any(|c| {
         matches!(
             c.key,
-            ConditionKey::SourcePrincipal | ConditionKey::SourceNamespace
+            ConditionKey::SourcePrincipal
+                | ConditionKey::SourceNamespace
+                | ConditionKey::SourceServiceAccount
         ) && !c.values.is_empty()
     });
     let all_sources_positive = rule.from.iter().all(|s| {

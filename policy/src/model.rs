@@ -120,7 +120,7 @@ pub struct Source {
 }
 
 /// A Kubernetes service account (`serviceAccounts`,
-/// `notServiceAccounts`).
+/// `source.serviceAccount`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServiceAccount {
     pub namespace: Box<str>,
@@ -241,7 +241,11 @@ impl Operation {
 pub enum ConditionKey {
     SourcePrincipal,
     SourceNamespace,
+    SourceServiceAccount,
     SourceIp,
+    /// The original client address; without PROXY protocol or
+    /// `X-Forwarded-For` handling, the peer's (as `remoteIpBlocks`).
+    RemoteIp,
     DestinationIp,
     DestinationPort,
     /// Lower-cased header name.
@@ -251,6 +255,7 @@ pub enum ConditionKey {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CondValues {
     Str(Vec<StrMatch>),
+    ServiceAccount(Vec<ServiceAccount>),
     Ip(Vec<IpNet>),
     Port(Vec<u16>),
 }
@@ -259,6 +264,7 @@ impl CondValues {
     pub fn is_empty(&self) -> bool {
         match self {
             CondValues::Str(v) => v.is_empty(),
+            CondValues::ServiceAccount(v) => v.is_empty(),
             CondValues::Ip(v) => v.is_empty(),
             CondValues::Port(v) => v.is_empty(),
         }

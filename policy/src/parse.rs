@@ -327,8 +327,9 @@ pub(crate) fn parse_path(s: &str) -> Result<PathMatch, String> {
         .map_err(|e| format!("invalid path `{s}`: {e}"))
 }
 
-/// Istio's limits on `serviceAccounts` and `notServiceAccounts`
-/// (pkg/config/security/security.go, `CheckServiceAccount`).
+/// Istio's limits on `serviceAccounts`, `notServiceAccounts` and
+/// `source.serviceAccount` (pkg/config/security/security.go,
+/// `CheckServiceAccount`).
 pub(crate) const MAX_SERVICE_ACCOUNTS: usize = 16;
 const MAX_SERVICE_ACCOUNT_LEN: usize = 320;
 
@@ -513,91 +514,12 @@ struct RawCondition {
     not_values: Option<Vec<String>>,
 }
 
-fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
-}
-
-pub(crate) const WHEN_KEYS: &str = "source.principal, source.namespace, source.ip, destination.ip, destination.port, request.headers[<name>]";
-
-fn condition_key(key: &str) -> Result<ConditionKey, String> {
-    Ok(match key {
-        "source.principal" => ConditionKey::SourcePrincipal,
-        "source.namespace" => ConditionKey::SourceNamespace,
-        "source.ip" => ConditionKey::SourceIp,
-        "destination.ip" => ConditionKey::DestinationIp,
-        "destination.port" => ConditionKey::DestinationPort,
-        k => {
-            if let Some(name) = k
-                .strip_prefix("request.headers[")
-                .and_then(|r| r.strip_suffix(']'))
-            {
-                if name.is_empty() || !name.chars().all(is_token_char) {
-                    return Err(format!("invalid header name in `{k}`"));
-                }
-                ConditionKey::RequestHeader(name.to_ascii_lowercase().into())
-            } else {
-                let why = if k.starts_with("request.auth.") {
-                    " (request authentication/JWT is not supported)"
-                } else {
-                    ""
-                };
-                return Err(format!(
-                    "unsupported condition key `{k}`{why}; supported: {WHEN_KEYS}"
-                ));
-            }
-        }
-    })
-}
-
-fn cond_values(
-    key: &ConditionKey,
-    field: &str,
-    v: Option<Vec<String>>,
-) -> Result<CondValues, String> {
-    let v = v.unwrap_or_default();
-    fn each<T>(field: &str, i: usize, r: Result<T, String>) -> Result<T, String> {
-        r.map_err(|e| sub_err(&format!("{field}[{i}]"), e))
-    }
-    Ok(match key {
-        ConditionKey::SourceIp | ConditionKey::DestinationIp => CondValues::Ip(
-            v.iter()
-                .enumerate()
-                .map(|(i, s)| each(field, i, parse_cidr(s)))
-                .collect::<Result<_, _>>()?,
-        ),
-        ConditionKey::DestinationPort => CondValues::Port(
-            v.iter()
-                .enumerate()
-                .map(|(i, s)| each(field, i, parse_port(s)))
-                .collect::<Result<_, _>>()?,
-        ),
-        ConditionKey::SourcePrincipal => CondValues::Str(
-            v.iter()
-                .enumerate()
-                .map(|(i, s)| each(field, i, parse_principal(s)))
-                .collect::<Result<_, _>>()?,
-        ),
-        ConditionKey::SourceNamespace | ConditionKey::RequestHeader(_) => CondValues::Str(
-            v.iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    each(
-                        field,
-                        i,
-                        StrMatch::parse(s).map_err(|e| format!("invalid value `{s}`: {e}")),
-                    )
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-    })
-}
-
 impl<'de> Deserialize<'de> for Condition {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         validate_map(d, |r: RawCondition| {
-            let key = condition_key(&r.key).map_err(|e| sub_err("key", e))?;
-            let values = cond_values(&key, "values", r.values)?;
-            let not_values = cond_values(&key, "notValues", r.not_values)?;
+            let key = condition::key(&r.key).map_err(|e| sub_err("key", e))?;
+            let values = condition::values(&key, "values", r.values)?;
+            let not_values = condition::values(&key, "notValues", r.not_values)?;
             if values.is_empty() && not_values.is_empty() {
                 return Err(
                     "a condition needs `values` or `notValues` (Istio requires one)".into(),
@@ -997,6 +919,13 @@ fn resolve_service_accounts(rule: &mut Rule, namespace: &str) {
         fill(&mut source.service_accounts);
         fill(&mut source.not_service_accounts);
     }
+    for cond in &mut rule.when {
+        for values in [&mut cond.values, &mut cond.not_values] {
+            if let CondValues::ServiceAccount(list) = values {
+                fill(list);
+            }
+        }
+    }
 }
 
 /// Parses every document of one file. Any error rejects the whole file.
@@ -1103,5 +1032,6 @@ pub(crate) fn parse_file(file: &str, yaml: &str) -> Result<Parsed, Vec<ConfigErr
     }
 }
 
+mod condition;
 #[cfg(test)]
 mod tests;

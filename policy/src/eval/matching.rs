@@ -132,7 +132,8 @@ fn id_field(values: &[StrMatch], not_values: &[StrMatch], id: Option<&str>) -> b
     }
 }
 
-/// `serviceAccounts`, with the same rule for a peer without identity.
+/// `serviceAccounts`/`source.serviceAccount`, with the same rule for a
+/// peer without identity.
 #[inline]
 fn sa_field(values: &[ServiceAccount], not_values: &[ServiceAccount], c: &Ctx) -> bool {
     match c.principal {
@@ -187,6 +188,12 @@ impl Condition {
                 _ => &[],
             }
         }
+        fn sa_vals(v: &CondValues) -> &[ServiceAccount] {
+            match v {
+                CondValues::ServiceAccount(v) => v.as_slice(),
+                _ => &[],
+            }
+        }
         match &self.key {
             ConditionKey::SourcePrincipal => id_field(
                 str_vals(&self.values),
@@ -198,7 +205,10 @@ impl Condition {
                 str_vals(&self.not_values),
                 c.namespace,
             ),
-            ConditionKey::SourceIp => self.ip(c.source_ip),
+            ConditionKey::SourceServiceAccount => {
+                sa_field(sa_vals(&self.values), sa_vals(&self.not_values), c)
+            }
+            ConditionKey::SourceIp | ConditionKey::RemoteIp => self.ip(c.source_ip),
             ConditionKey::DestinationIp => self.ip(c.destination_ip),
             ConditionKey::DestinationPort => {
                 let port = c.req.destination_port;

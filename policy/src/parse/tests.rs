@@ -78,9 +78,22 @@ fn every_kind_of_invalid_input() {
         (r("to:\n    - operation:\n        paths: [\"*/{*}\"]"), "spec.rules[0].to[0].operation.paths[0]", 10, "must start with `/`"),
         (r("to:\n    - operation:\n        paths: [\"/a//{*}\"]"), "spec.rules[0].to[0].operation.paths[0]", 10, "empty segment"),
         (r("to:\n    - operation:\n        methods: GET"), "spec.rules[0].to[0].operation.methods", 10, "invalid type"),
-        (r("when:\n    - key: request.auth.claims[iss]\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "request authentication"),
-        (r("when:\n    - key: connection.sni\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "unsupported condition key `connection.sni`"),
-        (r("when:\n    - key: experimental.envoy.filters.a\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "unsupported condition key"),
+        (r("when:\n    - key: request.auth.claims[iss]\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "condition key `request.auth.claims[iss]` is not supported yet: the request.auth.* conditions need request authentication (JWT"),
+        (r("when:\n    - key: request.auth.principal\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "`request.auth.principal` is not supported yet"),
+        (r("when:\n    - key: request.auth.audiences\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "`request.auth.audiences` is not supported yet"),
+        (r("when:\n    - key: request.auth.presenter\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "`request.auth.presenter` is not supported yet"),
+        (r("when:\n    - key: connection.sni\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "condition key `connection.sni` is not supported: Ward's sidecar does not give policies the TLS server name"),
+        (r("when:\n    - key: experimental.envoy.filters.network.mysql_proxy[db.table]\n      values: [\"[update]\"]"), "spec.rules[0].when[0].key", 9, "`experimental.envoy.filters.network.mysql_proxy[db.table]` is not supported: it matches Envoy filter metadata"),
+        (r("when:\n    - key: request.experimental.inline.headers[x]\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "is not supported: an experimental Istio key"),
+        (r("when:\n    - key: destination.namespace\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "replaced by the policy's metadata.namespace"),
+        (r("when:\n    - key: destination.labels[app]\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "replaced by the workload selector"),
+        (r("when:\n    - key: destination.user\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "deprecated"),
+        (r("when:\n    - key: source.user\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "unknown condition key `source.user`; supported: source.ip, remote.ip"),
+        (r("when:\n    - key: request.headers\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "expected `request.headers[<name>]`"),
+        (r("when:\n    - key: \"request.headers[:authority]\"\n      values: [\"x\"]"), "spec.rules[0].when[0].key", 9, "pseudo-header `:authority` is not supported: use the operation's `hosts`, `methods` or `paths`"),
+        (r("when:\n    - key: remote.ip\n      values: [\"10.0.0.0/40\"]"), "spec.rules[0].when[0].values[0]", 9, "invalid CIDR"),
+        (r("when:\n    - key: source.serviceAccount\n      notValues: [\"too/many/slashes\"]"), "spec.rules[0].when[0].notValues[0]", 9, "more than one `/`"),
+        (r("when:\n    - key: source.serviceAccount\n      values: [\"emptysa/\"]"), "spec.rules[0].when[0].values[0]", 9, "empty service account"),
         (r("when:\n    - key: destination.port\n      values: [\"80\", \"x\"]"), "spec.rules[0].when[0].values[1]", 9, "invalid port `x`"),
         (r("when:\n    - key: source.ip\n      notValues: [\"10.0.0.0/40\"]"), "spec.rules[0].when[0].notValues[0]", 9, "invalid CIDR"),
         (r("when:\n    - key: source.principal\n      values: [\"nope\"]"), "spec.rules[0].when[0].values[0]", 9, "invalid principal"),
@@ -182,7 +195,7 @@ fn an_unknown_alias_is_an_error_not_a_panic() {
 #[test]
 fn bare_service_accounts_take_the_policy_namespace() {
     let yaml = format!(
-        "{HEAD}spec:\n  rules:\n  - from:\n    - source:\n        serviceAccounts: [\"sleep\", \"other/client\"]\n        notServiceAccounts: [\"bad\"]\n"
+        "{HEAD}spec:\n  rules:\n  - from:\n    - source:\n        serviceAccounts: [\"sleep\", \"other/client\"]\n        notServiceAccounts: [\"bad\"]\n    when:\n    - key: source.serviceAccount\n      values: [\"x\"]\n      notValues: [\"y/z\"]\n"
     );
     let p = parse_file("f.yaml", &yaml).unwrap();
     let rule = &p.authz[0].rules[0];
@@ -195,4 +208,34 @@ fn bare_service_accounts_take_the_policy_namespace() {
         [sa("ns", "sleep"), sa("other", "client")]
     );
     assert_eq!(rule.from[0].not_service_accounts, [sa("ns", "bad")]);
+    assert_eq!(
+        rule.when[0].values,
+        CondValues::ServiceAccount(vec![sa("ns", "x")])
+    );
+    assert_eq!(
+        rule.when[0].not_values,
+        CondValues::ServiceAccount(vec![sa("y", "z")])
+    );
+}
+
+/// Istio's `TestValidateCondition` keys that are valid and that Ward
+/// evaluates (pkg/config/security/security_test.go).
+#[test]
+fn supported_condition_keys_load() {
+    for (key, value) in [
+        ("request.headers[User-Agent]", "Mozilla/*"),
+        ("source.ip", "5.6.7.0/24"),
+        ("remote.ip", "1.2.3.4"),
+        ("source.namespace", "value"),
+        ("source.principal", "cluster.local/ns/a/sa/b"),
+        ("source.serviceAccount", "ns/sa"),
+        ("source.serviceAccount", "sa"),
+        ("destination.ip", "1.2.3.4"),
+        ("destination.port", "80"),
+    ] {
+        let yaml = format!(
+            "{HEAD}spec:\n  rules:\n  - when:\n    - key: \"{key}\"\n      values: [\"{value}\"]\n"
+        );
+        parse_file("f.yaml", &yaml).unwrap_or_else(|e| panic!("{key}: {e:?}"));
+    }
 }
