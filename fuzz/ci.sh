@@ -13,10 +13,13 @@ cd "$(dirname "$0")"
 
 CARGO_FUZZ_VERSION=0.13.2
 SECONDS_PER_TARGET=${WARD_FUZZ_SECONDS:-15}
-# The flags every build and run uses (a run with other flags rebuilds).
-# Built outside the checkout, so a fresh clone on the same machine reuses it.
+# The flags every build and run uses (a run with other flags rebuilds):
+# the dev profile of fuzz/Cargo.toml (opt-level 1), which a fresh machine
+# builds several times faster than cargo-fuzz's release build; long runs
+# (docs/fuzzing.md) use release. Built outside the checkout, so a fresh
+# clone on the same machine reuses it.
 TARGET_DIR=${WARD_FUZZ_TARGET_DIR:-$HOME/.cache/ward-fuzz/target}
-FLAGS=(--sanitizer none --debug-assertions --target-dir "$TARGET_DIR")
+FLAGS=(--dev --sanitizer none --debug-assertions --target-dir "$TARGET_DIR")
 
 if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
     echo "fuzz: installing cargo-fuzz $CARGO_FUZZ_VERSION"
