@@ -1,13 +1,12 @@
 //! HTTP plumbing shared by both directions: serving a downstream connection,
-//! the body type, local error responses, and hop-by-hop header handling.
+//! the body type and local error responses. How a message changes from one
+//! connection to the next is `translate.rs`.
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, InvalidUri, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -19,9 +18,6 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Set on error responses the proxy makes itself, with a short reason.
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-ward-error");
-/// Between sidecars: the protocol the application spoke, so the inbound
-/// side can talk to its application the same way.
-pub const PROTO_HEADER: HeaderName = HeaderName::from_static("x-ward-proto");
 /// Identity of the peer, for the application (Envoy/Istio's format).
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
@@ -56,120 +52,6 @@ pub fn forbidden() -> Response<Body> {
         .header(header::CONTENT_TYPE, "text/plain")
         .body(full(Bytes::from_static(b"RBAC: access denied")))
         .expect("valid response")
-}
-
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
-
-/// Removes connection-specific headers (and those `Connection` names) before
-/// a message crosses to another connection. `TE: trailers` is kept (gRPC).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    if let Some(te) = headers.get(header::TE)
-        && te.as_bytes() != b"trailers"
-    {
-        headers.remove(header::TE);
-    }
-}
-
-/// Joins several `cookie` fields into one, separated by "; ": HTTP/2 may
-/// split them (RFC 9113 §8.2.3) and they must be joined before the request
-/// goes on over HTTP/1.1, where many servers read only one Cookie header.
-pub fn join_cookies(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
-        return;
-    };
-    let mut joined = first.as_bytes().to_vec();
-    for value in headers.get_all(header::COOKIE).iter().skip(1) {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(value.as_bytes());
-    }
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, value);
-    }
-}
-
-/// True for requests that take over the connection: `Upgrade` (WebSocket)
-/// and `CONNECT`.
-pub fn is_tunnel(method: &http::Method, headers: &HeaderMap) -> bool {
-    method == http::Method::CONNECT || headers.contains_key(header::UPGRADE)
-}
-
-/// True when the response hands the connection over: `101 Switching
-/// Protocols`, or a 2xx answer to `CONNECT`.
-pub fn is_upgrade_response<B>(method: &http::Method, resp: &http::Response<B>) -> bool {
-    resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-        || (method == http::Method::CONNECT && resp.status().is_success())
-}
-
-/// HTTP/1.1 sends only the trailers a response declares in `Trailer`, and
-/// HTTP/2 applications never declare them. For gRPC over an HTTP/1.1 hop
-/// between sidecars, declare gRPC's own status trailers; other trailers
-/// pass only if the application declared them.
-pub fn declare_grpc_trailers(headers: &mut HeaderMap) {
-    let grpc = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-    if grpc && !headers.contains_key(header::TRAILER) {
-        headers.insert(
-            header::TRAILER,
-            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
-        );
-    }
-}
-
-/// The authority a request asked for: its URI's, else its `Host` (when it is
-/// text), else the destination address. An authority from `Host` is parsed
-/// once per connection while it stays the same (`hosts`).
-pub fn requested_authority(
-    parts: &http::request::Parts,
-    destination: SocketAddr,
-    hosts: &FirstParsed<Authority>,
-) -> Result<Authority, InvalidUri> {
-    if let Some(authority) = parts.uri.authority() {
-        return Ok(authority.clone());
-    }
-    match parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-    {
-        Some(host) => hosts.get_or_parse(
-            host.as_bytes(),
-            |a| a.as_str().as_bytes(),
-            |text| Authority::try_from(text),
-        ),
-        None => Authority::try_from(destination.to_string()),
-    }
-}
-
-/// `uri` in absolute form: scheme `http`, `authority`, and the path and query
-/// it had ("/" when it had none). Nothing is copied or parsed again.
-pub fn absolute_uri(uri: Uri, authority: Authority) -> Uri {
-    let mut parts = uri.into_parts();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts
-        .path_and_query
-        .get_or_insert_with(|| PathAndQuery::from_static("/"));
-    Uri::from_parts(parts).expect("a scheme, an authority and a path make a URI")
 }
 
 /// The first value a connection parsed from some request text (a host),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
@@ -34,6 +34,7 @@ use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
 use crate::policy::{MtlsMode, Recheck};
 use crate::rewind::{self, Rewind};
+use crate::translate;
 use ward_policy::path::PathNormalization;
 
 /// On opaque ports a plaintext client may wait for the server to speak
@@ -504,39 +505,19 @@ impl Inbound {
     ) -> Response<Body> {
         let (conn, app) = (&http.conn, &http.app);
         let downstream_http1 = parts.version != Version::HTTP_2;
-        let accepts_trailers = parts
-            .headers
-            .get(header::TE)
-            .is_some_and(|te| te.as_bytes() == b"trailers");
+        let accepts_trailers = translate::accepts_trailers(&parts.headers);
         // Only the proxy says who the peer is (hop-by-hop headers are gone
         // already, so nothing the client sent can remove this).
         parts.headers.remove(&h::XFCC);
         if let Some(value) = &conn.peer_header {
             parts.headers.insert(h::XFCC, value.clone());
         }
-        // What the client application spoke, when the sidecars changed it.
-        let client_spoke = parts.headers.remove(&h::PROTO_HEADER);
-        let client_h2 = match client_spoke.as_ref().map(|v| v.as_bytes()) {
-            Some(b"h1") => false,
-            Some(b"h2") => true,
-            _ => parts.version == Version::HTTP_2,
-        };
+        let client_h2 = translate::client_spoke_h2(&mut parts);
         let tunnel = shape != canonical::Shape::Plain;
         let method = parts.method.clone();
         let use_http2 = client_h2 && !tunnel && app.speaks_h2().await;
         if !use_http2 {
-            parts.version = Version::HTTP_11;
-            h::join_cookies(&mut parts.headers);
-            if !parts.headers.contains_key(header::HOST)
-                && let Some(authority) = parts.uri.authority()
-                && let Ok(host) = http.host.get_or_parse(
-                    authority.as_str().as_bytes(),
-                    HeaderValue::as_bytes,
-                    HeaderValue::from_bytes,
-                )
-            {
-                parts.headers.insert(header::HOST, host);
-            }
+            translate::request_to_http1_app(&mut parts, &http.host);
         }
         // A tunnel is re-checked on policy changes as what it was allowed as.
         let recheck = match shape {
@@ -544,20 +525,12 @@ impl Inbound {
             canonical::Shape::Connect => Some(Recheck::Tcp),
             canonical::Shape::Upgrade => Some(Recheck::Request(Box::new(copy_head(&parts)))),
         };
-        if shape == canonical::Shape::Connect {
-            // The legacy client needs an absolute URI; the connector
-            // ignores it and dials the application.
-            let authority = parts.uri.authority().cloned();
-            match authority {
-                Some(authority) => parts.uri = h::absolute_uri(Uri::default(), authority),
-                None => {
-                    return h::local_response(
-                        StatusCode::BAD_REQUEST,
-                        "invalid request target",
-                        "invalid request target\n",
-                    );
-                }
-            }
+        if shape == canonical::Shape::Connect && !translate::connect_request_to_app(&mut parts) {
+            return h::local_response(
+                StatusCode::BAD_REQUEST,
+                "invalid request target",
+                "invalid request target\n",
+            );
         }
         let WatchedBody { body, failed } = body;
         let mut req = Request::from_parts(parts, body);
@@ -566,15 +539,14 @@ impl Inbound {
         match client.request(req).await {
             Ok(mut resp) => {
                 if let Some(downstream) = downstream_upgrade
-                    && h::is_upgrade_response(&method, &resp)
+                    && translate::is_upgrade_response(&method, &resp)
                 {
                     let upstream = hyper::upgrade::on(&mut resp);
                     self.spawn_tunnel(http, downstream, upstream, recheck);
-                } else {
-                    h::strip_hop_by_hop(resp.headers_mut());
-                    if downstream_http1 && accepts_trailers {
-                        h::declare_grpc_trailers(resp.headers_mut());
-                    }
+                }
+                translate::response_to_client(&mut resp);
+                if downstream_http1 && accepts_trailers {
+                    translate::declare_grpc_trailers(resp.headers_mut());
                 }
                 let activity = http.activity.clone();
                 activity.touch();

@@ -8,7 +8,8 @@
 //! 2. `inbound` and `outbound`: the two request paths, each read top to
 //!    bottom from the accepted connection to the application or the peer
 //!    sidecar.
-//! 3. What both paths are built from: `upstream` (connections to peer
+//! 3. What both paths are built from: `translate` (HTTP/1 ↔ HTTP/2 between
+//!    hops), `upstream` (connections to peer
 //!    sidecars), `app` (to the local application), `endpoints` and
 //!    `balance` (where a destination is), `policy` and `authz` (what is
 //!    allowed), `tunnel`, `rewind`, `detect`, `orig_dst`.
@@ -42,6 +43,7 @@ pub mod policy;
 pub mod probe;
 pub mod proxy;
 pub mod rewind;
+pub mod translate;
 pub mod tunnel;
 pub mod upstream;
 

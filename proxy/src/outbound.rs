@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
@@ -26,6 +26,7 @@ use crate::http::{self as h, Body};
 use crate::limits::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
+use crate::translate;
 use crate::upstream::{PoolSlot, Upstream, UpstreamError};
 
 mod service;
@@ -267,12 +268,11 @@ impl Outbound {
         route: &Route,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, UpstreamError> {
-        if h::is_tunnel(req.method(), req.headers()) {
+        if translate::is_tunnel(req.method(), req.headers()) {
             return self.forward_tunnel(route, req).await;
         }
         let (mut parts, body) = req.into_parts();
         let spoke_http1 = parts.version != Version::HTTP_2;
-        h::strip_hop_by_hop(&mut parts.headers);
         let req_body = body.boxed();
         // HTTP/2 clients keep HTTP/2 upstream whatever the setting: their
         // concurrent streams and trailers (gRPC) cannot ride one HTTP/1.1
@@ -284,16 +284,8 @@ impl Outbound {
         };
         let response = match protocol {
             UpstreamProtocol::H2 => {
-                let authority = h::requested_authority(&parts, route.dest, &route.authority)
+                translate::request_to_h2_hop(&mut parts, route.dest, &route.authority)
                     .map_err(|_| UpstreamError::InvalidRequest)?;
-                parts.uri = h::absolute_uri(std::mem::take(&mut parts.uri), authority);
-                parts.version = Version::HTTP_2;
-                parts.headers.remove(header::HOST);
-                if spoke_http1 {
-                    parts
-                        .headers
-                        .insert(h::PROTO_HEADER, HeaderValue::from_static("h1"));
-                }
                 // A request without a body can be rebuilt if the peer
                 // refuses its stream unprocessed (GOAWAY, REFUSED_STREAM).
                 let replay = req_body.is_end_stream().then(|| parts.clone());
@@ -339,21 +331,7 @@ impl Outbound {
                 }
             }
             UpstreamProtocol::Http1 => {
-                let host = host_header(&parts, route.dest);
-                if let Some(pq) = parts.uri.path_and_query() {
-                    parts.uri = Uri::from(pq.clone());
-                }
-                if !spoke_http1 {
-                    // gRPC and other HTTP/2-only applications: the far
-                    // sidecar talks HTTP/2 to its application again.
-                    parts
-                        .headers
-                        .insert(h::PROTO_HEADER, HeaderValue::from_static("h2"));
-                }
-                parts.version = Version::HTTP_11;
-                if let Some(host) = host {
-                    parts.headers.insert(header::HOST, host);
-                }
+                translate::request_to_http1_hop(&mut parts, route.dest);
                 // `connection` always gives HTTP/1.1 upstreams an owned link;
                 // should that ever change, fail the request rather than panic.
                 let Link::Owned(slot) = &route.link else {
@@ -367,7 +345,7 @@ impl Outbound {
         };
         match response {
             Ok(mut resp) => {
-                h::strip_hop_by_hop(resp.headers_mut());
+                translate::response_to_client(&mut resp);
                 Ok(resp)
             }
             Err(err) => Err(UpstreamError::Http(err)),
@@ -425,40 +403,18 @@ impl Outbound {
         let method = req.method().clone();
         let downstream = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
-        if parts.method != http::Method::CONNECT
-            && let Some(pq) = parts.uri.path_and_query()
-        {
-            parts.uri = Uri::from(pq.clone());
-        }
-        parts.version = Version::HTTP_11;
-        if !parts.headers.contains_key(header::HOST)
-            && let Some(host) = host_header(&parts, route.dest)
-        {
-            parts.headers.insert(header::HOST, host);
-        }
+        translate::tunnel_request_to_hop(&mut parts, route.dest);
         let mut sender = self.upstream.http1(route.dest, &route.expected).await?;
         let mut resp = sender
             .send_request(Request::from_parts(parts, body.boxed()))
             .await
             .map_err(UpstreamError::Http)?;
-        if h::is_upgrade_response(&method, &resp) {
+        if translate::is_upgrade_response(&method, &resp) {
             let upstream = hyper::upgrade::on(&mut resp);
             self.tracker
                 .spawn(crate::tunnel::splice(downstream, upstream));
         }
+        translate::response_to_client(&mut resp);
         Ok(resp.map(|b| b.boxed()))
-    }
-}
-
-/// `Host` for an HTTP/1.1 upstream: the authority the application asked
-/// for, the URI's, else its own `Host` (when readable), else the destination
-/// address.
-fn host_header(parts: &http::request::Parts, dest: SocketAddr) -> Option<HeaderValue> {
-    match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => match parts.headers.get(header::HOST) {
-            Some(host) if host.to_str().is_ok() => Some(host.clone()),
-            _ => HeaderValue::try_from(dest.to_string()).ok(),
-        },
     }
 }

@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Version};
 
-use crate::http::{self as h, FirstParsed};
+use crate::http::FirstParsed;
+use crate::translate::{absolute_uri, strip_hop_by_hop};
 use ward_policy::path::{self, PathError, PathNormalization};
 
 /// What a request asks of the connection.
@@ -53,8 +54,6 @@ impl BadRequest {
     }
 }
 
-const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
-
 /// Rewrites `parts` into its canonical form (see the module comment).
 /// `hosts` keeps the connection's first parsed `Host`.
 pub fn canonicalize(
@@ -91,8 +90,7 @@ pub fn canonicalize(
         offered_upgrade(&parts.headers)
     };
     // Before Ward adds anything, so `Connection:` cannot name Ward's headers.
-    h::strip_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(HTTP2_SETTINGS);
+    strip_hop_by_hop(&mut parts.headers);
     if let Some(protocols) = &upgrade {
         parts
             .headers
@@ -108,7 +106,7 @@ pub fn canonicalize(
         parts.headers.insert(header::HOST, host);
     }
     if !connect {
-        parts.uri = h::absolute_uri(std::mem::take(&mut parts.uri), authority);
+        parts.uri = absolute_uri(std::mem::take(&mut parts.uri), authority);
     }
     Ok(match (connect, upgrade) {
         (true, _) => Shape::Connect,

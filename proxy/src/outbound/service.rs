@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::net::TcpStream;
@@ -28,6 +28,7 @@ use crate::detect::{self, Peeked, Protocol};
 use crate::hop::Alpn;
 use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics};
+use crate::translate;
 use crate::upstream::UpstreamError;
 use ward_api::discovery::AppProtocol;
 
@@ -189,7 +190,7 @@ impl Outbound {
         };
         let (response, endpoint, error) = match outcome {
             Outcome::Response(mut resp, endpoint) => {
-                h::strip_hop_by_hop(resp.headers_mut());
+                translate::response_to_client(&mut resp);
                 (resp, Some(endpoint), None)
             }
             Outcome::NoEndpoints => (
@@ -259,27 +260,17 @@ impl Outbound {
     /// Sends the request to one endpoint after another until one answers
     /// or retrying is no longer safe.
     async fn service_attempts(&self, balancer: &PortBalancer, req: Request<Incoming>) -> Outcome {
-        if h::is_tunnel(req.method(), req.headers()) {
+        if translate::is_tunnel(req.method(), req.headers()) {
             return self.service_tunnel_request(balancer, req).await;
         }
         let (mut parts, body) = req.into_parts();
-        let spoke_http1 = parts.version != Version::HTTP_2;
-        h::strip_hop_by_hop(&mut parts.headers);
-        let authority = match h::requested_authority(
-            &parts,
-            SocketAddr::from(([0, 0, 0, 0], balancer.port)),
+        let translated = translate::request_to_h2_hop(
+            &mut parts,
+            fallback_authority(balancer),
             &Default::default(),
-        ) {
-            Ok(authority) => authority,
-            Err(_) => return Outcome::Failed(UpstreamError::InvalidRequest, None),
-        };
-        parts.uri = h::absolute_uri(std::mem::take(&mut parts.uri), authority);
-        parts.version = Version::HTTP_2;
-        parts.headers.remove(header::HOST);
-        if spoke_http1 {
-            parts
-                .headers
-                .insert(h::PROTO_HEADER, HeaderValue::from_static("h1"));
+        );
+        if translated.is_err() {
+            return Outcome::Failed(UpstreamError::InvalidRequest, None);
         }
         // A request without a body can be rebuilt for another endpoint.
         let replay = body.is_end_stream().then(|| parts.clone());
@@ -401,12 +392,7 @@ impl Outbound {
         let method = req.method().clone();
         let downstream = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
-        if parts.method != Method::CONNECT
-            && let Some(pq) = parts.uri.path_and_query()
-        {
-            parts.uri = http::Uri::from(pq.clone());
-        }
-        parts.version = Version::HTTP_11;
+        translate::tunnel_request_to_hop(&mut parts, fallback_authority(balancer));
         let mut sender = match self.upstream.http1(endpoint.addr, &expected).await {
             Ok(sender) => sender,
             Err(err) => {
@@ -419,7 +405,7 @@ impl Outbound {
             .await
         {
             Ok(mut resp) => {
-                if h::is_upgrade_response(&method, &resp) {
+                if translate::is_upgrade_response(&method, &resp) {
                     let upstream = hyper::upgrade::on(&mut resp);
                     self.tracker
                         .spawn(crate::tunnel::splice(downstream, upstream));
@@ -476,6 +462,12 @@ impl Outbound {
             }
         });
     }
+}
+
+/// The authority of a request to a Service that names none (no `Host`,
+/// HTTP/1.0): the Service's port on an unspecified address.
+fn fallback_authority(balancer: &PortBalancer) -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], balancer.port))
 }
 
 /// Largest response body read whole before it is passed on (see
