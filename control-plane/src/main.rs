@@ -58,12 +58,12 @@ struct Args {
     /// Directory of AuthorizationPolicy / PeerAuthentication YAML files (watched).
     #[arg(long, env = "WARD_POLICY_DIR")]
     policy_dir: Option<PathBuf>,
-    /// Namespace whose policies apply mesh-wide.
     /// Directory of `<trust domain>.pem` files (a mounted ConfigMap): roots
     /// distributed beside the CA's own, for a CA rotation or federation
     /// (watched).
     #[arg(long, env = "WARD_TRUST_BUNDLE_DIR")]
     trust_bundle_dir: Option<PathBuf>,
+    /// Namespace whose policies apply mesh-wide.
     #[arg(long, env = "WARD_ROOT_NAMESPACE", default_value = "ward-system")]
     root_namespace: String,
     /// JSON endpoint table added to the registered proxies:
@@ -184,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
     };
     config.policy_dir = args.policy_dir;
     config.root_namespace = args.root_namespace;
+    config.trust_bundle_dir = args.trust_bundle_dir;
     config.webhook_listen = args.webhook_listen;
     config.inject = InjectConfig {
         image: args.proxy_image,
@@ -229,7 +230,6 @@ fn positive_count(text: &str) -> Result<usize, String> {
         Ok(0) => Err("must be more than zero".into()),
         Ok(n) => Ok(n),
         Err(err) => Err(err.to_string()),
-    config.trust_bundle_dir = args.trust_bundle_dir;
     }
 }
 

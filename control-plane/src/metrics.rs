@@ -56,8 +56,6 @@ impl Metrics {
             &["method", "reason"],
         )
         .expect("valid metric");
-        let ca_expiry = Gauge::new(
-            "ward_ca_certificate_expiry_timestamp_seconds",
         let trust_bundle_reloads = IntCounterVec::new(
             Opts::new(
                 "ward_ca_trust_bundle_reloads_total",
@@ -69,6 +67,8 @@ impl Metrics {
         for result in ["ok", "rejected"] {
             trust_bundle_reloads.with_label_values(&[result]).reset();
         }
+        let ca_expiry = Gauge::new(
+            "ward_ca_certificate_expiry_timestamp_seconds",
             "When the CA certificate expires (Unix time).",
         )
         .expect("valid metric");
@@ -228,6 +228,7 @@ impl Metrics {
             Box::new(certificate_refusals.clone()),
             Box::new(attestation_failures.clone()),
             Box::new(ca_expiry.clone()),
+            Box::new(trust_bundle_reloads.clone()),
         ] {
             registry
                 .register(collector)
@@ -236,13 +237,13 @@ impl Metrics {
         let listeners = std::sync::Arc::new(crate::listener::ListenerMetrics::new());
         listeners.register(&registry);
         Metrics {
-            Box::new(trust_bundle_reloads.clone()),
             listeners,
             registry,
             certificates_issued,
             certificate_refusals,
             attestation_failures,
             ca_expiry,
+            trust_bundle_reloads,
             watch_streams,
             push_latency,
             policy_sets,
@@ -252,7 +253,6 @@ impl Metrics {
             kubernetes_watch_errors,
             status_updates,
             leader,
-            trust_bundle_reloads,
             discovery_updates,
             discovery_resources_sent,
             discovery_bytes_sent,

@@ -38,8 +38,8 @@ use crate::listener::{self, Conn, Limits, Settings};
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::serving::ServingIdentity;
-use crate::webhook::{Webhook, WebhookConfig};
 use crate::trust_bundles::{self, BundleSet};
+use crate::webhook::{Webhook, WebhookConfig};
 use ward_api::discovery::{self as wire, ClientMessage, Registered, Registration};
 use ward_api::error::{ErrorBody, codes};
 use ward_api::svid::{BundleResponse, SvidRequest, SvidResponse};
@@ -69,11 +69,11 @@ pub struct Config {
     pub policy_dir: Option<PathBuf>,
     /// Policies in this namespace apply mesh-wide.
     pub root_namespace: String,
-    /// Endpoints known without registration (workloads outside the mesh's
     /// Directory of `<trust domain>.pem` files: roots distributed beside
     /// the CA's own (a root being introduced or retired, federated trust
     /// domains), watched for changes. `None`: the CA's root alone.
     pub trust_bundle_dir: Option<PathBuf>,
+    /// Endpoints known without registration (workloads outside the mesh's
     /// network, or with several addresses).
     pub static_endpoints: Vec<EndpointEntry>,
     /// The sidecar injector webhook (TLS with the serving certificate, so
@@ -121,6 +121,7 @@ impl Config {
             ],
             policy_dir: None,
             root_namespace: "ward-system".into(),
+            trust_bundle_dir: None,
             static_endpoints: Vec::new(),
             kube: None,
             kubernetes_sources: false,
@@ -128,7 +129,6 @@ impl Config {
             leader_election: None,
             token_review_audience: DEFAULT_AUDIENCE.to_owned(),
             limits: Limits::default(),
-            trust_bundle_dir: None,
         }
     }
 }
@@ -251,6 +251,16 @@ impl ControlPlane {
         });
 
         let mut tasks = JoinSet::new();
+        if let Some(dir) = config.trust_bundle_dir.clone() {
+            tasks.spawn(trust_bundles::watch_dir(
+                trust_domain.clone(),
+                bundle_pem.clone(),
+                dir,
+                bundles_tx,
+                metrics.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         if let Some(source) = dir_source {
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
@@ -280,16 +290,6 @@ impl ControlPlane {
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
         let api = TcpListener::bind(config.listen)
-        if let Some(dir) = config.trust_bundle_dir.clone() {
-            tasks.spawn(trust_bundles::watch_dir(
-                trust_domain.clone(),
-                bundle_pem.clone(),
-                dir,
-                bundles_tx,
-                metrics.clone(),
-                shutdown_rx.clone(),
-            ));
-        }
             .await
             .with_context(|| format!("binding the API listener on {}", config.listen))?;
         let api_addr = api.local_addr()?;
