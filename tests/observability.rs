@@ -1083,8 +1083,9 @@ fn prometheus_scrapes_requests_denials_and_tls() {
         std::thread::sleep(Duration::from_millis(500));
     };
     eprintln!("inbound latency p50/p90/p99 (s): {quantiles:?}");
+    // Ordered and non-zero; how low they are is a speed figure (benches/),
+    // not claimed on a shared machine.
     assert!(quantiles[0] > 0.0 && quantiles[0] <= quantiles[1] && quantiles[1] <= quantiles[2]);
-    assert!(quantiles[2] < 1.0, "{quantiles:?}");
     // Every rule loads and evaluates (health "ok", not merely "not err"),
     // and with these proxies healthy none is pending or firing.
     let rules = || -> Vec<serde_json::Value> {

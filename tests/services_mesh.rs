@@ -187,9 +187,10 @@ fn finish(load: std::process::Child) -> Value {
 }
 
 /// Repeats small loads until `done` holds for one (an update is pushed
-/// asynchronously); panics after 10 s.
+/// asynchronously); panics after 60 s (generous: it only bounds a failing
+/// test).
 fn until_load(client: &MeshPod, target: &str, what: &str, done: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let summary = load(client, target, 60, &[]);
         if done(&summary) {
@@ -200,6 +201,33 @@ fn until_load(client: &MeshPod, target: &str, what: &str, done: impl Fn(&Value) 
             "never happened: {what}; last load: {summary}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Requests `client`'s sidecar sent to the Service `default/cart`.
+fn cart_requests(mesh: &Mesh, client: &MeshPod) -> f64 {
+    metric_sum(
+        &mesh.metrics(client),
+        "ward_http_requests_total",
+        &[("direction", "outbound"), ("dst_service", "default/cart")],
+    )
+}
+
+/// Waits until `client`'s sidecar counted `more` requests to the Service
+/// than `before`: a [`steady_load`] started is flowing (an event to order
+/// by, not a guessed pause).
+fn until_flowing(mesh: &Mesh, client: &MeshPod, before: f64, more: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = cart_requests(mesh, client);
+        if now >= before + more {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the load is not flowing: {now} requests, {before} before it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -383,8 +411,9 @@ fn replicas_that_die_turn_unready_or_scale_away_lose_no_request() {
 
     // Killed under steady load: requests that meet the dead replica go to
     // another one, and it is ejected.
+    let before = cart_requests(&cart.mesh, &cart.client);
     let running = steady_load(&cart.client, &target);
-    std::thread::sleep(Duration::from_millis(500));
+    until_flowing(&cart.mesh, &cart.client, before, 100.0);
     let victim = cart.replicas[1].proxy_pid();
     let status = Command::new("kill")
         .args(["-KILL", &victim.to_string()])
@@ -448,8 +477,9 @@ fn replicas_that_die_turn_unready_or_scale_away_lose_no_request() {
     until_load(&cart.client, &target, "cart-3 serves again", |s| {
         names(s).contains_key("cart-3")
     });
+    let before = cart_requests(&cart.mesh, &cart.client);
     let running = steady_load(&cart.client, &target);
-    std::thread::sleep(Duration::from_millis(300));
+    until_flowing(&cart.mesh, &cart.client, before, 100.0);
     cart.write(&[(&live[0], true)]);
     let summary = finish(running);
     assert_eq!(

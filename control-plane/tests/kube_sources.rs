@@ -326,8 +326,9 @@ impl Harness {
         admin_get(self.cp.admin_addr().unwrap(), path).await
     }
 
+    /// Polls for up to 60 s (generous: it only bounds a failing test).
     async fn wait_ready(&self) {
-        for _ in 0..200 {
+        for _ in 0..2400 {
             if self.admin("/ready").await.0 == 200 {
                 return;
             }
@@ -339,7 +340,7 @@ impl Harness {
     /// The latest status patch for `name` that satisfies `pred`, waiting
     /// for it (statuses are written after the policies are published).
     async fn status_where(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..200 {
+        for _ in 0..2400 {
             if let Some((_, status)) = self
                 .status_patches()
                 .into_iter()
@@ -521,9 +522,9 @@ async fn open_watch_with(h: &Harness, pod: &str, addresses: &[&str], services: &
 }
 
 async fn next_update(watch: &mut Watch) -> View {
-    tokio::time::timeout(Duration::from_secs(10), watch.rx.recv())
+    tokio::time::timeout(Duration::from_secs(60), watch.rx.recv())
         .await
-        .expect("an update within 10 s")
+        .expect("an update within 60 s")
         .expect("stream open")
 }
 

@@ -114,16 +114,22 @@ struct Sidecar {
 }
 
 impl Sidecar {
+    /// The state after the next update (the deadline only bounds a failing
+    /// test).
+    async fn next(&mut self) -> BTreeMap<String, ServiceBody> {
+        tokio::time::timeout(Duration::from_secs(60), self.rx.recv())
+            .await
+            .expect("a service update within 60 s")
+            .expect("stream open")
+    }
+
     /// Waits for a state satisfying `pred`.
     async fn services_where(
         &mut self,
         pred: impl Fn(&BTreeMap<String, ServiceBody>) -> bool,
     ) -> BTreeMap<String, ServiceBody> {
         loop {
-            let held = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
-                .await
-                .expect("a service update within 10 s")
-                .expect("stream open");
+            let held = self.next().await;
             if pred(&held) {
                 return held;
             }
@@ -254,7 +260,8 @@ async fn services_in_the_policy_directory_reach_subscribed_sidecars() {
             .replace("ward.io/timeout: 2s", "ward.io/timeout: 5s"),
     )
     .unwrap();
-    for _ in 0..200 {
+    // Polled for up to 60 s (generous: it only bounds a failing test).
+    for _ in 0..2400 {
         if rejected_sets(&cp).await == 1.0 {
             break;
         }
@@ -267,17 +274,16 @@ async fn services_in_the_policy_directory_reach_subscribed_sidecars() {
             .unwrap(),
         before
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        sidecar.rx.try_recv().is_err(),
-        "a rejected read sends nothing"
-    );
 
-    // Fixed, and the Service removed from the directory: gone.
+    // Fixed, and the Service removed from the directory: gone. That removal
+    // is the very next update the sidecar gets: the rejected read before it
+    // sent nothing (updates arrive in order on the stream).
     std::fs::remove_file(policies.path().join("web.yaml")).unwrap();
-    sidecar
-        .services_where(|s| !s.contains_key(CLUSTER_IP))
-        .await;
+    let next = sidecar.next().await;
+    assert!(
+        !next.contains_key(CLUSTER_IP),
+        "an update came between the rejected read and the removal: {next:?}"
+    );
     assert_eq!(cp.endpoints().service_count(), 0);
     cp.shutdown().await;
 }

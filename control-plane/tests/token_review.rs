@@ -329,7 +329,7 @@ async fn stopped_api_server_fails_closed() {
 
     drop(server);
     // Stopping is asynchronous (a task abort): wait until the port refuses.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(addr).await.is_ok() {
         assert!(
             Instant::now() < deadline,
@@ -338,7 +338,6 @@ async fn stopped_api_server_fails_closed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let started = Instant::now();
     let err = attest(&attestor, WEB_TOKEN, &web, Some(WEB_POD))
         .await
         .unwrap_err();
@@ -347,11 +346,12 @@ async fn stopped_api_server_fails_closed() {
         "{err:?}"
     );
     assert_eq!(err.reason(), "token_review_unavailable");
-    assert!(err.to_string().contains("unreachable"), "{err}");
+    // Failed on the refused connection, not at the review's timeout.
+    let message = err.to_string();
+    assert!(message.contains("unreachable"), "{message}");
     assert!(
-        started.elapsed() <= ward_control_plane::attest::TOKEN_REVIEW_TIMEOUT,
-        "took {:?}",
-        started.elapsed()
+        !message.contains("no answer from the Kubernetes API within"),
+        "{message}"
     );
 }
 
@@ -388,7 +388,12 @@ async fn hung_api_server_fails_closed_at_the_timeout() {
     );
     assert!(err.to_string().contains("within 400ms"), "{err}");
     assert!(took >= timeout, "gave up early: {took:?}");
-    assert!(took < Duration::from_secs(3), "not bounded: {took:?}");
+    // The bound is the behaviour: the configured 400 ms fired, not the
+    // 5 s default (a margin of more than 4 s for a loaded machine).
+    assert!(
+        took < ward_control_plane::attest::TOKEN_REVIEW_TIMEOUT,
+        "not bounded by the configured timeout: {took:?}"
+    );
     assert_eq!(
         held.lock().unwrap().len(),
         1,

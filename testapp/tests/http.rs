@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, client_of, curl, get, json, stdout};
+use common::{Server, client_of, curl, get, json, split_response, stdout};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -227,17 +227,44 @@ fn connect_tunnel_echo() {
     );
 }
 
+/// Ordered by signals: the request is known to be in the handler (its
+/// `100 Continue` came) before SIGTERM, and the server is known to be
+/// draining (it refuses new connections) before the rest of the request is
+/// sent; the request still completes and the server exits 0.
 #[test]
 fn sigterm_drains_an_in_flight_request_then_exits_0() {
     let mut server = Server::start(&["http"]);
-    let addr = server.addr;
-    let request = std::thread::spawn(move || get(addr, "/slow?ms=1500"));
-    std::thread::sleep(Duration::from_millis(400));
-    let status = server.terminate(Duration::from_secs(10));
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(
+            b"POST /sink HTTP/1.1\r\nHost: test\r\nContent-Length: 4\r\n\
+              Expect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+    // hyper sends 100 Continue when the handler first reads the body.
+    let continued = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut head = vec![0u8; continued.len()];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(head, continued, "{}", String::from_utf8_lossy(&head));
+
+    server.signal_term();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(server.addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    stream.write_all(b"ping").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let (code, _, body) = split_response(&response);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&response));
+    assert_eq!(json(&body)["bytes"], 4);
+    let status = server.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
-    let (code, _, body) = request.join().unwrap();
-    assert_eq!(code, 200);
-    assert_eq!(body, b"slow done\n");
 }
 
 #[test]
@@ -250,5 +277,7 @@ fn client_timeout_exits_3_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("timed out after 300 ms"), "{stderr}");
     assert!(stderr.contains("banner"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // The timeout firing is the behaviour: not before it. (The client
+    // returned at all, so it fired; no upper bound is claimed here.)
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -99,9 +99,19 @@ fn banner_speaks_first_without_client_bytes() {
 fn raw_servers_exit_0_on_sigterm_with_a_connection_open() {
     for app in ["tcp-echo", "banner"] {
         let mut server = Server::start(&[app, "--drain-ms", "200"]);
-        let _idle = TcpStream::connect(server.addr).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let status = server.terminate(Duration::from_secs(5));
+        let mut open = TcpStream::connect(server.addr).unwrap();
+        open.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        // Proof the server holds the connection (not merely the kernel's
+        // queue): it answered on it.
+        if app == "tcp-echo" {
+            open.write_all(b"x").unwrap();
+        }
+        let mut first = [0u8; 1];
+        open.read_exact(&mut first).unwrap();
+        // The connection stays open: the 200 ms drain limit firing ends it,
+        // and the server exits 0 (the 30 s only bound a failing test).
+        let status = server.terminate(Duration::from_secs(30));
         assert!(status.success(), "{app}: {status:?}");
     }
 }

@@ -139,8 +139,11 @@ async fn app_probes_run_the_originals_for_any_source() {
     let started = Instant::now();
     assert_eq!(status(&admin, REMOTE, "/app-health/slow/readyz").await, 503);
     let took = started.elapsed();
+    // The bound is the behaviour: the probe's 1 s timeoutSeconds fires (the
+    // silent app would hold it forever). Not before it, and within a
+    // margin generous for a loaded machine.
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
         "timeoutSeconds honoured: {took:?}"
     );
 }

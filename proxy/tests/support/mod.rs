@@ -243,11 +243,18 @@ impl Mesh {
     /// Both proxies declare the next hop's port opaque (`--opaque-ports`):
     /// the inbound the app's, the outbound the inbound's.
     pub async fn opaque(app: SocketAddr) -> Mesh {
+        Mesh::opaque_with(app, &[]).await
+    }
+
+    /// [`Mesh::opaque`] with `extra` flags for both proxies.
+    pub async fn opaque_with(app: SocketAddr, extra: &[&str]) -> Mesh {
         let pki = Pki::new();
         let app_port = app.port().to_string();
-        let inbound = start_inbound(&pki, app, &["--opaque-ports", &app_port]).await;
+        let inbound_flags = [&["--opaque-ports", app_port.as_str()][..], extra].concat();
+        let inbound = start_inbound(&pki, app, &inbound_flags).await;
         let inbound_port = inbound.inbound_addrs[0].port().to_string();
-        Mesh::in_front_of(pki, inbound, &["--opaque-ports", &inbound_port]).await
+        let outbound_flags = [&["--opaque-ports", inbound_port.as_str()][..], extra].concat();
+        Mesh::in_front_of(pki, inbound, &outbound_flags).await
     }
 
     /// An outbound proxy (with `outbound_extra`) in front of `inbound`.
@@ -318,10 +325,11 @@ pub fn assert_metric(running: &Running, name: &str, labels: &[(&str, &str)], val
     assert_eq!(metric(&metrics, name, labels), value, "{metrics}");
 }
 
-/// Waits (up to 2 s) for a metric to reach `value`: counters move just
+/// Waits for a metric to reach `value`: counters move just
 /// after the socket closes, so a test that saw the close may be early.
 pub async fn wait_for_metric(running: &Running, name: &str, labels: &[(&str, &str)], value: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    // Generous: it only bounds how long a failing test waits.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let text = running.metrics.render();
         let got = metric(&text, name, labels);
@@ -520,7 +528,7 @@ pub async fn start_slow_request(
     app: &App,
 ) -> tokio::task::JoinHandle<anyhow::Result<Reply>> {
     let slow = tokio::spawn(http1(entry, get("/slow?ms=1500")));
-    within(5, "slow request reaches the app", async {
+    within(30, "slow request reaches the app", async {
         while app.state.requests() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -76,11 +76,21 @@ impl Server {
 
     /// Sends SIGTERM and waits (at most `limit`) for the exit status.
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.signal_term();
+        self.wait_exit(limit)
+    }
+
+    /// Sends SIGTERM, and returns.
+    pub fn signal_term(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits (at most `limit`) for the exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -88,7 +98,7 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "server did not exit within {limit:?} of SIGTERM"
+                "server did not exit within {limit:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
