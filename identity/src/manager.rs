@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::SpiffeId;
 use crate::bundle::TrustBundles;
 use crate::ca;
+use crate::svid::Role;
 use crate::tls::{SharedBundles, SvidCell};
 use crate::trust::{Source, Trust};
 
@@ -261,9 +262,10 @@ async fn obtain<I: SvidIssuer>(
     let next_bundles = trust
         .preview_domain(Source::Issued, &issued.trust_domain, &issued.bundle_pem)
         .map_err(bundle_error)?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let verified = svid
-        .install(chain, key, &next_bundles)
+    // The identity is checked before the chain is installed: installing
+    // starts serving it, and a certificate for this key but another
+    // identity must never be presented, not even until the next check.
+    let verified = crate::svid::verify_chain(&chain, &next_bundles, Role::Any, UnixTime::now())
         .map_err(|e| format!("the issued certificate does not verify: {e}"))?;
     if verified.spiffe_id != *id {
         return Err(format!(
@@ -271,6 +273,10 @@ async fn obtain<I: SvidIssuer>(
             verified.spiffe_id
         ));
     }
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let verified = svid
+        .install(chain, key, &next_bundles)
+        .map_err(|e| format!("the issued certificate does not verify: {e}"))?;
     trust
         .replace_domain(Source::Issued, &issued.trust_domain, &issued.bundle_pem)
         .map_err(bundle_error)?;

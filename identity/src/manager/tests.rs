@@ -164,6 +164,47 @@ async fn a_certificate_for_another_identity_is_never_installed() {
     assert_eq!(handle.stats().renewals.load(Ordering::Relaxed), 0);
 }
 
+/// A certificate for the workload's own key but another identity (an
+/// issuer that is wrong or compromised) is refused before it is served:
+/// the key matches, so only the identity check stands in the way.
+#[tokio::test]
+async fn a_certificate_for_the_workloads_key_but_another_identity_is_never_served() {
+    struct OtherIdSameKey(crate::testutil::TestCa);
+    impl SvidIssuer for OtherIdSameKey {
+        async fn issue(
+            &self,
+            _id: &SpiffeId,
+            csr: String,
+            _current: &Arc<SvidCell>,
+        ) -> Result<IssuedChain, String> {
+            let request = rcgen::CertificateSigningRequestParams::from_pem(&csr)
+                .map_err(|e| e.to_string())?;
+            let cert = crate::testutil::leaf_params("spiffe://test.example/ns/default/sa/admin")
+                .signed_by(&request.public_key, &self.0.issuer)
+                .map_err(|e| e.to_string())?;
+            Ok(IssuedChain {
+                chain_pem: cert.pem(),
+                trust_domain: "test.example".into(),
+                bundle_pem: self.0.pem.clone(),
+            })
+        }
+    }
+    let (_stop_tx, stop) = watch::channel(false);
+    let issuer = OtherIdSameKey(crate::testutil::TestCa::root("test.example"));
+    let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while handle.stats().failures.load(Ordering::Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("two refused attempts");
+    // Not even briefly: handshakes never got the other identity's chain.
+    assert!(handle.svid().certified_key().is_none());
+    assert!(!handle.is_ready());
+    assert_eq!(handle.stats().renewals.load(Ordering::Relaxed), 0);
+}
+
 /// An issuer whose second call (the first renewal) never answers.
 struct HangsOnce {
     inner: LocalIssuer,
