@@ -9,7 +9,6 @@ use std::time::Instant;
 use http::uri::Authority;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
 use tokio::net::TcpStream;
@@ -27,6 +26,7 @@ use crate::limits::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
 use crate::translate;
+use crate::upstream::retry::{Resend, SendFailed};
 use crate::upstream::{PoolSlot, Upstream, UpstreamError};
 
 mod service;
@@ -286,47 +286,25 @@ impl Outbound {
             UpstreamProtocol::H2 => {
                 translate::request_to_h2_hop(&mut parts, route.dest, &route.authority)
                     .map_err(|_| UpstreamError::InvalidRequest)?;
-                // A request without a body can be rebuilt if the peer
-                // refuses its stream unprocessed (GOAWAY, REFUSED_STREAM).
-                let replay = req_body.is_end_stream().then(|| parts.clone());
+                // Once more on a fresh connection when the peer had none of
+                // it, or when sending it again is safe (upstream/retry.rs).
+                // Not after failing to connect: the same destination again
+                // would only double the wait.
+                let resend = Resend::new(&parts, &req_body);
                 let mut req = Request::from_parts(parts, req_body);
                 let mut retried = false;
                 loop {
-                    let sent = match &route.link {
-                        Link::Owned(slot) => {
-                            let mut sender = self.owned_http2(slot, route).await?;
-                            sender
-                                .try_send_request(req)
-                                .await
-                                .map(|resp| resp.map(|b| b.boxed()))
-                                .map_err(|mut err| (err.take_message(), err.into_error()))
-                        }
-                        Link::Pooled(pool) => self
-                            .upstream
-                            .pooled_stream(pool, route.dest, &route.expected)
-                            .await?
-                            .send(req)
-                            .await
-                            .map_err(|failed| (failed.unsent, failed.error)),
-                    };
-                    match sent {
+                    match self.send_h2(route, req).await? {
                         Ok(resp) => break Ok(resp),
-                        // The connection closed (the peer's GOAWAY while it
-                        // drains) before the request went out: it is handed
-                        // back unsent, so once more on a fresh connection.
-                        Err((Some(unsent), _)) if !retried => {
-                            retried = true;
-                            req = unsent;
+                        Err(SendFailed { error, unsent }) => {
+                            match resend.again(&error, unsent).filter(|_| !retried) {
+                                Some(again) => {
+                                    retried = true;
+                                    req = again;
+                                }
+                                None => break Err(error),
+                            }
                         }
-                        // Sent, but refused by a peer closing the connection
-                        // before it processed the stream: safe to send again.
-                        Err((None, err))
-                            if !retried && replay.is_some() && service::not_processed(&err) =>
-                        {
-                            retried = true;
-                            req = Request::from_parts(replay.clone().expect("checked"), h::empty());
-                        }
-                        Err((_, err)) => break Err(err),
                     }
                 }
             }
@@ -340,16 +318,43 @@ impl Outbound {
                 let pending = self
                     .owned_http1_send(slot, route, Request::from_parts(parts, req_body))
                     .await?;
-                pending.await.map(|resp| resp.map(|b| b.boxed()))
+                pending
+                    .await
+                    .map(|resp| resp.map(|b| b.boxed()))
+                    .map_err(UpstreamError::Http)
             }
         };
-        match response {
-            Ok(mut resp) => {
-                translate::response_to_client(&mut resp);
-                Ok(resp)
+        let mut resp = response?;
+        translate::response_to_client(&mut resp);
+        Ok(resp)
+    }
+
+    /// One attempt on the route's HTTP/2 connection to the peer sidecar:
+    /// `Err` when no connection could be had, else how the attempt went.
+    async fn send_h2(
+        &self,
+        route: &Route,
+        req: Request<Body>,
+    ) -> Result<Result<Response<Body>, SendFailed>, UpstreamError> {
+        Ok(match &route.link {
+            Link::Owned(slot) => self
+                .owned_http2(slot, route)
+                .await?
+                .try_send_request(req)
+                .await
+                .map(|resp| resp.map(|b| b.boxed()))
+                .map_err(|mut err| SendFailed {
+                    unsent: err.take_message(),
+                    error: UpstreamError::Http(err.into_error()),
+                }),
+            Link::Pooled(pool) => {
+                self.upstream
+                    .pooled_stream(pool, route.dest, &route.expected)
+                    .await?
+                    .send(req)
+                    .await
             }
-            Err(err) => Err(UpstreamError::Http(err)),
-        }
+        })
     }
 
     async fn owned_http2(

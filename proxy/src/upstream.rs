@@ -4,6 +4,7 @@
 //! [`pool`]), HTTP/1.1, or an opaque tunnel chosen by ALPN.
 
 pub mod pool;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -3,18 +3,17 @@
 //! opaque TCP per connection; every meshed endpoint is reached over its own
 //! pooled mTLS connection and must present exactly its pod's identity.
 //!
-//! Retries: a request that did not reach an application (connection or
-//! handshake failure, the stream refused, a GOAWAY before it was processed,
-//! or the peer sidecar finding its application gone) goes to another
-//! endpoint, at most [`MAX_RETRIES`] times, when its body can be sent again
-//! (no body) or was never sent. Idempotent requests without a body are also
-//! retried after a connection broke mid-request.
+//! Retries: a request that failed goes to another endpoint, at most
+//! [`MAX_RETRIES`] times, when `upstream/retry.rs` says it may go again
+//! (never sent; or without a body and processed by nobody, which includes
+//! the peer sidecar finding its application gone; or without a body,
+//! idempotent, and cut off mid-request).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::net::TcpStream;
@@ -30,20 +29,11 @@ use crate::http::{self as h, Body};
 use crate::metrics::{OpenGuard, PeerMetrics};
 use crate::translate;
 use crate::upstream::UpstreamError;
+use crate::upstream::retry::{Reached, Resend, SendFailed};
 use ward_api::discovery::AppProtocol;
 
 /// Further attempts of one request or connection, each on another endpoint.
 pub const MAX_RETRIES: usize = 2;
-
-/// Why one attempt failed, and whether the request can go elsewhere.
-struct Failed {
-    error: UpstreamError,
-    /// The request back, unsent.
-    unsent: Option<Request<Body>>,
-    /// The application did not process it (safe to send again if the body
-    /// can be rebuilt).
-    unprocessed: bool,
-}
 
 /// What one request's attempts came to.
 enum Outcome {
@@ -272,28 +262,18 @@ impl Outbound {
         if translated.is_err() {
             return Outcome::Failed(UpstreamError::InvalidRequest, None);
         }
-        // A request without a body can be rebuilt for another endpoint.
-        let replay = body.is_end_stream().then(|| parts.clone());
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
-        let mut req = Some(Request::from_parts(parts, body.boxed()));
+        // What may go to another endpoint after a failure is decided in
+        // upstream/retry.rs, as for a pod address.
+        let body = body.boxed();
+        let resend = Resend::new(&parts, &body);
+        let mut req = Some(Request::from_parts(parts, body));
         let mut tried = Vec::new();
         let mut last: Option<(UpstreamError, Arc<Endpoint>)> = None;
         for attempt in 0..=MAX_RETRIES {
             let Some(endpoint) = balancer.pick(&tried, true) else {
                 break;
             };
-            let Some(request) = req
-                .take()
-                .or_else(|| replay.clone().map(|p| Request::from_parts(p, h::empty())))
-            else {
+            let Some(request) = req.take() else {
                 break;
             };
             tried.push(endpoint.addr);
@@ -301,21 +281,22 @@ impl Outbound {
                 self.count_retry(balancer, "unprocessed");
             }
             let in_flight = endpoint.start();
-            match self.send_to_endpoint(&endpoint, request).await {
-                Ok(resp) if is_app_unavailable(&resp) && replay.is_some() => {
+            let error = match self.send_to_endpoint(&endpoint, request).await {
+                Ok(resp) if is_app_unavailable(&resp) && resend.allows(Reached::Unprocessed) => {
                     // The peer sidecar could not reach its application:
                     // nothing was processed, another replica may serve it.
                     self.endpoint_failed(balancer, &endpoint);
                     drop(in_flight);
-                    last = Some((UpstreamError::AppUnavailable, endpoint));
                     if attempt == MAX_RETRIES || balancer.pick(&tried, true).is_none() {
-                        return Outcome::Response(resp, last.expect("set").1);
+                        return Outcome::Response(resp, endpoint);
                     }
+                    req = resend.again(&UpstreamError::AppUnavailable, None);
+                    UpstreamError::AppUnavailable
                 }
                 // A small answer to a request that may go elsewhere is read
                 // whole first: a replica dying mid-body is then retried
                 // rather than handed to the application truncated.
-                Ok(resp) if replay.is_some() && idempotent && small_body(&resp) => {
+                Ok(resp) if resend.allows(Reached::Unknown) && small_body(&resp) => {
                     let (parts, body) = resp.into_parts();
                     match body.collect().await {
                         Ok(body) => {
@@ -325,7 +306,9 @@ impl Outbound {
                         }
                         Err(err) => {
                             self.endpoint_failed(balancer, &endpoint);
-                            last = Some((UpstreamError::Http(err), endpoint));
+                            let error = UpstreamError::Http(err);
+                            req = resend.again(&error, None);
+                            error
                         }
                     }
                 }
@@ -333,17 +316,13 @@ impl Outbound {
                     in_flight.succeeded();
                     return Outcome::Response(resp, endpoint);
                 }
-                Err(failed) => {
+                Err(SendFailed { error, unsent }) => {
                     self.endpoint_failed(balancer, &endpoint);
-                    let retry = failed.unsent.is_some()
-                        || (replay.is_some() && (failed.unprocessed || idempotent));
-                    req = failed.unsent;
-                    last = Some((failed.error, endpoint));
-                    if !retry {
-                        break;
-                    }
+                    req = resend.again(&error, unsent);
+                    error
                 }
-            }
+            };
+            last = Some((error, endpoint));
         }
         match last {
             Some((error, endpoint)) => Outcome::Failed(error, Some(endpoint)),
@@ -351,31 +330,25 @@ impl Outbound {
         }
     }
 
+    /// One attempt on `endpoint`'s pooled connection; a request that could
+    /// not get a connection comes back unsent.
     async fn send_to_endpoint(
         &self,
         endpoint: &Endpoint,
         req: Request<Body>,
-    ) -> Result<Response<Body>, Failed> {
+    ) -> Result<Response<Body>, SendFailed> {
         let expected = endpoint.identity.as_ref().expect("meshed endpoints only");
-        let stream = match self
+        match self
             .upstream
             .pooled_stream(&endpoint.pool, endpoint.addr, expected)
             .await
         {
-            Ok(stream) => stream,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    unsent: Some(req),
-                    unprocessed: true,
-                });
-            }
-        };
-        stream.send(req).await.map_err(|failed| Failed {
-            unprocessed: failed.unsent.is_some() || not_processed(&failed.error),
-            unsent: failed.unsent,
-            error: UpstreamError::Http(failed.error),
-        })
+            Ok(stream) => stream.send(req).await,
+            Err(error) => Err(SendFailed {
+                error,
+                unsent: Some(req),
+            }),
+        }
     }
 
     /// WebSocket and CONNECT to a Service: one endpoint, its own HTTP/1.1
@@ -490,17 +463,4 @@ fn is_app_unavailable(resp: &Response<Body>) -> bool {
             .headers()
             .get(h::ERROR_HEADER)
             .is_some_and(|v| v == "application unavailable")
-}
-
-/// HTTP/2 told us the stream was never processed: REFUSED_STREAM, or a
-/// GOAWAY that did not include it.
-pub(super) fn not_processed(error: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away();
-        }
-        source = err.source();
-    }
-    false
 }

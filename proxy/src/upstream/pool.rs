@@ -16,6 +16,8 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::UpstreamError;
+use super::retry::SendFailed;
 use crate::http::Body;
 use crate::limits::H2_MAX_STREAMS;
 
@@ -116,12 +118,6 @@ pub struct Stream {
     lease: Arc<Lease>,
 }
 
-/// A request that failed on a pooled stream; `unsent` when it never left.
-pub struct SendFailed {
-    pub error: hyper::Error,
-    pub unsent: Option<Request<Body>>,
-}
-
 impl Stream {
     fn new(conn: &Conn, stream: OwnedSemaphorePermit, capacity: OwnedSemaphorePermit) -> Self {
         Stream {
@@ -134,6 +130,8 @@ impl Stream {
     }
 
     /// Sends `req`; the stream stays leased while its bodies are in use.
+    /// A failure hands the request back when it never left (see
+    /// [`super::retry`] for what may go again).
     pub async fn send(mut self, req: Request<Body>) -> Result<Response<Body>, SendFailed> {
         let lease = self.lease.clone();
         let req = req.map(|body| Leased::new(body, lease));
@@ -146,7 +144,7 @@ impl Stream {
             Err(mut err) => {
                 let unsent = err.take_message().map(|req| req.map(|b| b.inner));
                 Err(SendFailed {
-                    error: err.into_error(),
+                    error: UpstreamError::Http(err.into_error()),
                     unsent,
                 })
             }
