@@ -1,14 +1,17 @@
 //! Per-workload evaluation: a borrowed request view in, a decision out.
 //! No parsing and, in the common case, no allocation: matchers are
 //! pre-compiled, the path is normalized in place unless it needs changes,
-//! and the decision borrows the policy names from the compiled set. The
-//! per-rule semantics are in [`matching`].
+//! the rules a request may match are found through an index
+//! ([`index`]), and the decision borrows the policy names from the
+//! compiled set.
 
+pub(crate) mod index;
 mod matching;
 
 use crate::model::*;
 use crate::path::policy_view;
-use matching::{Ctx, valid_method};
+use index::{Candidates, Category, Index};
+use matching::{Ctx, rule_matches, valid_method};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -172,7 +175,8 @@ impl Default for EvalOptions {
     }
 }
 
-/// The policies that apply to one workload, sorted by role. Built by
+/// The policies that apply to one workload, sorted by role, and the index
+/// that finds the rules a request may match. Built by
 /// [`crate::PolicySet::for_workload`]; cheap to share behind an `Arc`.
 #[derive(Debug, Clone)]
 pub struct WorkloadPolicy {
@@ -180,7 +184,12 @@ pub struct WorkloadPolicy {
     pub(crate) allow: Vec<Arc<AuthorizationPolicy>>,
     pub(crate) audit: Vec<Arc<AuthorizationPolicy>>,
     pub(crate) dry_run: Vec<Arc<AuthorizationPolicy>>,
+    pub(crate) index: Index,
 }
+
+/// With at most this many rules every rule is tried: looking the request's
+/// values up in the index would cost more than it saves.
+const SMALL: usize = 8;
 
 /// The checks made before any policy: a malformed method or path is denied.
 fn prepare<'r>(req: &RequestAttrs<'r>) -> Result<(Cow<'r, str>, Option<u16>), DecisionReason> {
@@ -233,17 +242,106 @@ fn decide<'p>(
 }
 
 impl WorkloadPolicy {
-    /// Decides one connection (TCP) or request (HTTP).
+    /// Decides one connection (TCP) or request (HTTP). Only the rules the
+    /// index files under the request's identity, port, method and path (and
+    /// those it cannot file) are tried, in policy order, so the cost follows
+    /// the rules that may match rather than all that apply; the decision is
+    /// the one [`Self::evaluate_linear`] takes. With few rules, or when most
+    /// are candidates anyway, every rule is tried in order, which is then
+    /// cheaper.
     pub fn evaluate<'p>(&'p self, req: &RequestAttrs<'_>) -> Decision<'p> {
         let (path, method_bit) = match prepare(req) {
             Ok(p) => p,
             Err(reason) => return malformed(reason),
         };
         let c = Ctx::new(req, &path, method_bit);
+        let rules = self.index.rules();
+        if rules <= SMALL {
+            return self.linear(&c);
+        }
+        let candidates = self.index.candidates(&c);
+        if candidates.at_most() * 2 >= rules {
+            return self.linear(&c);
+        }
+        self.indexed(&c, candidates)
+    }
+
+    /// [`Self::evaluate`] always through the index, however few the rules or
+    /// many the candidates (for tests).
+    #[doc(hidden)]
+    pub fn evaluate_indexed<'p>(&'p self, req: &RequestAttrs<'_>) -> Decision<'p> {
+        let (path, method_bit) = match prepare(req) {
+            Ok(p) => p,
+            Err(reason) => return malformed(reason),
+        };
+        let c = Ctx::new(req, &path, method_bit);
+        self.indexed(&c, self.index.candidates(&c))
+    }
+
+    /// The reference evaluator: every rule of every applying policy, in
+    /// order. Same decision as [`Self::evaluate`] (a property test checks
+    /// it); kept for tests, fuzzing and benchmarks.
+    pub fn evaluate_linear<'p>(&'p self, req: &RequestAttrs<'_>) -> Decision<'p> {
+        let (path, method_bit) = match prepare(req) {
+            Ok(p) => p,
+            Err(reason) => return malformed(reason),
+        };
+        self.linear(&Ctx::new(req, &path, method_bit))
+    }
+
+    /// Tries the candidate rules, ascending (category, policy, rule).
+    fn indexed<'p>(&'p self, c: &Ctx<'_>, candidates: Candidates<'_>) -> Decision<'p> {
+        let mut dry_run_matches = Vec::new();
+        let mut audit_matches = Vec::new();
+        let mut deny = None;
+        let mut allow = None;
+        // A dry-run or AUDIT policy is reported once, with its first
+        // matching rule: later rules of a policy already reported are skipped.
+        let mut reported: Option<(Category, u32)> = None;
+        for id in candidates {
+            let e = self.index.entry(id);
+            if reported == Some((e.category, e.policy)) {
+                continue;
+            }
+            let p = &self.list(e.category)[e.policy as usize];
+            let rule = e.rule as usize;
+            if !rule_matches(p.action, &p.rules[rule], c) {
+                continue;
+            }
+            let found = PolicyMatch {
+                policy: &p.id,
+                action: p.action,
+                rule,
+            };
+            match e.category {
+                Category::DryRun => dry_run_matches.push(found),
+                Category::Audit => audit_matches.push(found),
+                Category::Deny => {
+                    deny = Some((&p.id, rule));
+                    break;
+                }
+                Category::Allow => {
+                    allow = Some((&p.id, rule));
+                    break;
+                }
+            }
+            reported = Some((e.category, e.policy));
+        }
+        decide(
+            deny,
+            allow,
+            !self.allow.is_empty(),
+            dry_run_matches,
+            audit_matches,
+        )
+    }
+
+    /// Every rule of every policy, in order.
+    fn linear<'p>(&'p self, c: &Ctx<'_>) -> Decision<'p> {
         let all = |list: &'p [Arc<AuthorizationPolicy>]| -> Vec<PolicyMatch<'p>> {
             list.iter()
                 .filter_map(|p| {
-                    p.first_match(&c).map(|rule| PolicyMatch {
+                    p.first_match(c).map(|rule| PolicyMatch {
                         policy: &p.id,
                         action: p.action,
                         rule,
@@ -253,7 +351,7 @@ impl WorkloadPolicy {
         };
         let first = |list: &'p [Arc<AuthorizationPolicy>]| {
             list.iter()
-                .find_map(|p| p.first_match(&c).map(|rule| (&p.id, rule)))
+                .find_map(|p| p.first_match(c).map(|rule| (&p.id, rule)))
         };
         let dry_run_matches = all(&self.dry_run);
         let audit_matches = all(&self.audit);
@@ -270,6 +368,15 @@ impl WorkloadPolicy {
             dry_run_matches,
             audit_matches,
         )
+    }
+
+    fn list(&self, category: Category) -> &[Arc<AuthorizationPolicy>] {
+        match category {
+            Category::DryRun => &self.dry_run,
+            Category::Audit => &self.audit,
+            Category::Deny => &self.deny,
+            Category::Allow => &self.allow,
+        }
     }
 
     /// True when some applicable policy (dry-run and AUDIT included) looks

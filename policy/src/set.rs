@@ -2,6 +2,7 @@
 //! PeerAuthentication resolution.
 
 use crate::error::{ConfigError, PolicyError};
+use crate::eval::index::{Category, Index};
 use crate::eval::{EvalOptions, WorkloadPolicy};
 use crate::model::*;
 use crate::parse::{Parsed, parse_file};
@@ -259,11 +260,18 @@ impl PolicySet {
             };
             list.push(bundle.apply(p));
         }
+        let index = Index::build([
+            (Category::DryRun, dry_run.as_slice()),
+            (Category::Audit, audit.as_slice()),
+            (Category::Deny, deny.as_slice()),
+            (Category::Allow, allow.as_slice()),
+        ]);
         WorkloadPolicy {
             deny,
             allow,
             audit,
             dry_run,
+            index,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The evaluation table: every case in `istio_cases.yaml` comes from Istio's
 //! documentation or from Istio's own code and tests (its `source` names the
 //! istio.io page and example, or the github.com/istio/istio file and test)
-//! and runs against the engine directly.
+//! and runs against the engine directly, through the indexed evaluator and
+//! the linear reference alike.
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -159,6 +160,16 @@ fn istio_documentation_table() {
                 headers: &headers,
             };
             let d = compiled.evaluate(&attrs);
+            for (how, other) in [
+                ("linear", compiled.evaluate_linear(&attrs)),
+                ("indexed", compiled.evaluate_indexed(&attrs)),
+            ] {
+                assert_eq!(
+                    d, other,
+                    "{} / {}: evaluate and the {how} evaluator disagree",
+                    suite.name, case.name
+                );
+            }
             let got = if d.allowed { "allow" } else { "deny" };
             let mut problems = Vec::new();
             assert!(
