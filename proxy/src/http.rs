@@ -1,12 +1,12 @@
-//! HTTP plumbing shared by both directions: serving a downstream connection,
-//! the body type and local error responses. How a message changes from one
-//! connection to the next is `translate.rs`.
+//! HTTP plumbing shared by both directions: serving a downstream connection
+//! and the body type. How a message changes from one connection to the next
+//! is `translate.rs`; the proxy's own error responses, `outcome.rs`.
 
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::header::HeaderName;
+use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -16,7 +16,8 @@ use crate::limits::{H2_CONNECTION_WINDOW, H2_MAX_STREAMS, H2_STREAM_WINDOW, Limi
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// Set on error responses the proxy makes itself, with a short reason.
+/// Set on error responses the proxy makes itself, with a short reason
+/// (`outcome::Failure::response`).
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-ward-error");
 /// Identity of the peer, for the application (Envoy/Istio's format).
 pub const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -29,29 +30,6 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 pub fn empty() -> Body {
     full(Bytes::new())
-}
-
-/// A response the proxy generated itself (never the application's).
-pub fn local_response(
-    status: StatusCode,
-    reason: &'static str,
-    body: &'static str,
-) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "text/plain")
-        .header(ERROR_HEADER, HeaderValue::from_static(reason))
-        .body(full(Bytes::from_static(body.as_bytes())))
-        .expect("valid response")
-}
-
-/// The 403 a denied request gets: it names no policy internals.
-pub fn forbidden() -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::FORBIDDEN)
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(full(Bytes::from_static(b"RBAC: access denied")))
-        .expect("valid response")
 }
 
 /// The first value a connection parsed from some request text (a host),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
@@ -32,6 +32,7 @@ use crate::http::{self as h, Body};
 use crate::limits::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
+use crate::outcome::{self, BadRequest, Failure};
 use crate::policy::{MtlsMode, Recheck};
 use crate::rewind::{self, Rewind};
 use crate::translate;
@@ -103,16 +104,29 @@ impl Inbound {
         shutdown: CancellationToken,
     ) {
         let _open = OpenGuard::new(&self.metrics, "inbound");
+        let metrics = self.metrics.clone();
+        // Requests and TCP connections are recorded as they end; a
+        // connection that ends before anything was proxied, here.
+        if let Err(failure) = self.accept(tcp, source, target, shutdown).await {
+            outcome::record_refused(&metrics, "inbound", source, &failure);
+        }
+    }
+
+    /// Serves a connection; `Err` when it ends before anything was proxied.
+    async fn accept(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        source: SocketAddr,
+        target: Target,
+        shutdown: CancellationToken,
+    ) -> Result<(), Failure> {
         let _ = tcp.set_nodelay(true);
         let destination = match target {
-            Target::AppPort(port) => match tcp.local_addr() {
-                Ok(local) => SocketAddr::new(local.ip(), port),
-                Err(_) => return,
-            },
-            Target::Original => match orig_dst::checked_destination(&tcp, &self.self_addrs) {
-                Ok(dest) => dest,
-                Err(reason) => return self.refuse(source, reason),
-            },
+            Target::AppPort(port) => {
+                let local = tcp.local_addr().map_err(|_| Failure::ClientClosed)?;
+                SocketAddr::new(local.ip(), port)
+            }
+            Target::Original => orig_dst::checked_destination(&tcp, &self.self_addrs)?,
         };
         let app = self.apps.for_addr(self.apps.app_addr(destination));
         let opaque = self.opaque_ports.contains(&destination.port());
@@ -126,34 +140,31 @@ impl Inbound {
             } else {
                 self.peek_plaintext(&tcp).await
             };
-            return self
-                .serve_plaintext(tcp, source, destination, protocol, app, shutdown)
+            self.serve_plaintext(tcp, source, destination, protocol, app, shutdown)
                 .await;
+            return Ok(());
         }
         let timeout = if opaque {
             OPAQUE_DETECT_TIMEOUT
         } else {
             self.limits.detect_timeout
         };
-        match detect::peek(&tcp, timeout).await {
+        let plaintext = match detect::peek(&tcp, timeout).await {
             Ok(Peeked::Protocol(Protocol::Tls)) => {
-                self.terminate_tls(tcp, source, destination, app, opaque, shutdown)
+                return self
+                    .terminate_tls(tcp, source, destination, app, opaque, shutdown)
                     .await;
             }
-            Ok(Peeked::Protocol(protocol)) if mode == MtlsMode::Permissive => {
-                let protocol = if opaque { Protocol::Opaque } else { protocol };
-                self.serve_plaintext(tcp, source, destination, protocol, app, shutdown)
-                    .await;
+            Ok(Peeked::Protocol(_) | Peeked::Silent) if mode != MtlsMode::Permissive => {
+                return Err(Failure::PlaintextInStrictMode);
             }
-            Ok(Peeked::Silent) if mode == MtlsMode::Permissive => {
-                self.serve_plaintext(tcp, source, destination, Protocol::Opaque, app, shutdown)
-                    .await;
-            }
-            Ok(Peeked::Protocol(_) | Peeked::Silent) => {
-                self.refuse(source, "plaintext_in_strict_mode")
-            }
-            Ok(Peeked::Closed) | Err(_) => {}
-        }
+            Ok(Peeked::Protocol(protocol)) if !opaque => protocol,
+            Ok(Peeked::Protocol(_) | Peeked::Silent) => Protocol::Opaque,
+            Ok(Peeked::Closed) | Err(_) => return Err(Failure::ClientClosed),
+        };
+        self.serve_plaintext(tcp, source, destination, plaintext, app, shutdown)
+            .await;
+        Ok(())
     }
 
     async fn peek_plaintext(&self, tcp: &TcpStream) -> Protocol {
@@ -164,14 +175,6 @@ impl Inbound {
         }
     }
 
-    fn refuse(&self, source: SocketAddr, reason: &'static str) {
-        self.metrics
-            .refused
-            .with_label_values(&["inbound", reason])
-            .inc();
-        info!(target: "ward::access", direction = "inbound", %source, decision = "refused", reason, "connection refused");
-    }
-
     async fn terminate_tls(
         self: Arc<Self>,
         tcp: TcpStream,
@@ -180,26 +183,22 @@ impl Inbound {
         app: AppPort,
         opaque: bool,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), Failure> {
         let counts = Arc::new(ByteCounts::default());
         let accept = self.tls.accept(Counting::new(tcp, counts.clone()));
         let mut tls = match tokio::time::timeout(self.limits.header_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => {
-                let reason = tls_error_reason(&err);
-                self.metrics
-                    .tls_failures
-                    .with_label_values(&["inbound", reason])
-                    .inc();
-                info!(target: "ward::access", direction = "inbound", %source, decision = "refused", reason, error = %err, "mTLS handshake failed");
-                return;
+                return Err(Failure::TlsHandshake {
+                    reason: tls_error_reason(&err),
+                    error: Some(err),
+                });
             }
             Err(_) => {
-                self.metrics
-                    .tls_failures
-                    .with_label_values(&["inbound", "timeout"])
-                    .inc();
-                return;
+                return Err(Failure::TlsHandshake {
+                    reason: "timeout",
+                    error: None,
+                });
             }
         };
         self.metrics
@@ -241,15 +240,16 @@ impl Inbound {
                         _ => Protocol::Opaque,
                     };
                     let io = Rewind::new(prefix, tls);
-                    return self
-                        .serve(io, counts, conn, expires, protocol, app, shutdown)
+                    self.serve(io, counts, conn, expires, protocol, app, shutdown)
                         .await;
+                    return Ok(());
                 }
-                Err(_) => return,
+                Err(_) => return Err(Failure::ClientClosed),
             },
         };
         self.serve(tls, counts, conn, expires, protocol, app, shutdown)
             .await;
+        Ok(())
     }
 
     /// Serves a plaintext connection: its peer has no identity.
@@ -399,81 +399,115 @@ impl Inbound {
         }
     }
 
-    async fn serve_tcp<I>(&self, mut io: I, conn: Arc<ConnInfo>, verdict: Verdict)
+    async fn serve_tcp<I>(&self, io: I, conn: Arc<ConnInfo>, verdict: Verdict)
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
         let started = Instant::now();
         self.decision_counter(&verdict, AuthzProtocol::Tcp).inc();
-        let peer = conn.peer_id.as_ref().map(|p| p.as_str());
-        if !verdict.allowed {
+        let relayed = if verdict.allowed {
+            self.relay_tcp(io, &conn).await
+        } else {
             // Closed before a single byte reaches the application.
-            info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "deny", policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, "connection denied");
-            return;
-        }
-        let app_addr = self.apps.app_addr(conn.destination);
-        let connect = crate::app::connect(app_addr, self.limits.connect_timeout);
-        let mut app = match connect.await {
-            Ok(app) => app,
-            _ => {
-                self.metrics
-                    .refused
-                    .with_label_values(&["inbound", "app_unavailable"])
-                    .inc();
-                return;
-            }
+            Err(Failure::Denied)
         };
-        let _ = app.set_nodelay(true);
-        // A policy change that denies it ends the whole task (see `serve`).
-        let (received, sent) = tokio::io::copy_bidirectional(&mut io, &mut app)
+        self.record_tcp(&conn, &verdict, started, relayed);
+    }
+
+    /// Copies an allowed TCP connection to the application and back;
+    /// the bytes received and sent.
+    async fn relay_tcp<I>(&self, mut io: I, conn: &ConnInfo) -> Result<(u64, u64), Failure>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let app_addr = self.apps.app_addr(conn.destination);
+        let mut app = crate::app::connect(app_addr, self.limits.connect_timeout)
             .await
-            .unwrap_or_default();
-        info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "allow", policy = %verdict.policy_display(), bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+            .map_err(|_| Failure::AppUnavailable)?;
+        // A policy change that denies it ends the whole task (see `serve`).
+        Ok(tokio::io::copy_bidirectional(&mut io, &mut app)
+            .await
+            .unwrap_or_default())
+    }
+
+    /// The one record of an opaque TCP connection: its access-log line
+    /// and, when it never reached the application, its metric.
+    fn record_tcp(
+        &self,
+        conn: &ConnInfo,
+        verdict: &Verdict,
+        started: Instant,
+        relayed: Result<(u64, u64), Failure>,
+    ) {
+        let peer = conn.peer_id.as_ref().map(|p| p.as_str());
+        match relayed {
+            Ok((received, sent)) => {
+                info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "allow", policy = %verdict.policy_display(), outcome = "served", bytes_received = received, bytes_sent = sent, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+            }
+            Err(Failure::Denied) => {
+                info!(target: "ward::access", direction = "inbound", protocol = "tcp", ?peer, decision = "deny", policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, outcome = Failure::Denied.label(), "connection denied");
+            }
+            Err(failure) => {
+                outcome::record_refused(&self.metrics, "inbound", conn.source, &failure)
+            }
+        }
     }
 
     async fn request(&self, http: &HttpConn, req: Request<Incoming>) -> Response<Body> {
         http.activity.touch();
         let started = http.peer.request();
         let (mut parts, body) = req.into_parts();
-        let destination = http.conn.destination;
         let shaped = canonical::canonicalize(
             &mut parts,
-            destination,
+            http.conn.destination,
             self.path_normalization,
             &http.authority,
         );
+        // Logged as authorized and forwarded.
         let (method, uri) = (parts.method.clone(), parts.uri.clone());
-        let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
-        let shape = match shaped {
-            Ok(shape) => shape,
-            Err(bad) => {
-                let response =
-                    h::local_response(StatusCode::BAD_REQUEST, bad.reason(), "bad request\n");
-                let elapsed = http.peer.response(response.status(), started);
-                info!(target: "ward::access", direction = "inbound", ?peer, %method, path = uri.path(), status = 400, decision = "refused", reason = %bad, duration_us = elapsed.as_micros() as u64, "request");
-                return response;
+        let (verdict, served) = match shaped {
+            Err(bad) => (None, Err(Failure::BadRequest(bad))),
+            Ok(shape) => {
+                let verdict = self.authorize(http, &parts, shape);
+                let served = if verdict.allowed {
+                    let body = self.watched_body(http, body);
+                    self.forward(http, parts, body, shape).await
+                } else {
+                    Err(Failure::Denied)
+                };
+                (Some(verdict), served)
             }
         };
+        let (response, failure) = outcome::answer(served);
+        let elapsed = http.peer.response(response.status(), started);
+        let request = Logged {
+            method: &method,
+            uri: &uri,
+            status: response.status(),
+            elapsed,
+        };
+        log_request(http, &request, verdict.as_ref(), failure.as_ref());
+        response
+    }
+
+    /// A request's verdict, counted: a denied connection denies every
+    /// request, and a CONNECT tunnel (arbitrary bytes) is allowed only
+    /// where opaque TCP would be.
+    fn authorize(
+        &self,
+        http: &HttpConn,
+        parts: &http::request::Parts,
+        shape: canonical::Shape,
+    ) -> Verdict {
         let verdict = match (http.verdict.allowed, shape) {
             (false, _) => http.verdict.clone(),
-            // A CONNECT tunnel carries arbitrary bytes: it is allowed only
-            // where opaque TCP would be.
             (true, canonical::Shape::Connect) => {
                 self.authz.connection(&http.conn, AuthzProtocol::Tcp)
             }
-            (true, _) => self.authz.request(&http.conn, &parts),
+            (true, _) => self.authz.request(&http.conn, parts),
         };
         self.count_request_decision(http, &verdict);
-        let response = if verdict.allowed {
-            let body = self.watched_body(http, body);
-            self.forward(http, parts, body, shape).await
-        } else {
-            h::forbidden()
-        };
-        let status = response.status();
-        let elapsed = http.peer.response(status, started);
-        info!(target: "ward::access", direction = "inbound", ?peer, %method, authority = ?uri.authority().map(|a| a.as_str()), path = uri.path(), status = status.as_u16(), decision = verdict.action(), policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, duration_us = elapsed.as_micros() as u64, "request");
-        response
+        verdict
     }
 
     /// The request body as forwarded: its frames keep the connection from
@@ -502,7 +536,7 @@ impl Inbound {
         mut parts: http::request::Parts,
         body: WatchedBody,
         shape: canonical::Shape,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Failure> {
         let (conn, app) = (&http.conn, &http.app);
         let downstream_http1 = parts.version != Version::HTTP_2;
         let accepts_trailers = translate::accepts_trailers(&parts.headers);
@@ -526,57 +560,40 @@ impl Inbound {
             canonical::Shape::Upgrade => Some(Recheck::Request(Box::new(copy_head(&parts)))),
         };
         if shape == canonical::Shape::Connect && !translate::connect_request_to_app(&mut parts) {
-            return h::local_response(
-                StatusCode::BAD_REQUEST,
-                "invalid request target",
-                "invalid request target\n",
-            );
+            return Err(BadRequest::ConnectTarget.into());
         }
         let WatchedBody { body, failed } = body;
         let mut req = Request::from_parts(parts, body);
         let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
         let client = if use_http2 { &app.http2 } else { &app.http1 };
-        match client.request(req).await {
-            Ok(mut resp) => {
-                if let Some(downstream) = downstream_upgrade
-                    && translate::is_upgrade_response(&method, &resp)
-                {
-                    let upstream = hyper::upgrade::on(&mut resp);
-                    self.spawn_tunnel(http, downstream, upstream, recheck);
-                }
-                translate::response_to_client(&mut resp);
-                if downstream_http1 && accepts_trailers {
-                    translate::declare_grpc_trailers(resp.headers_mut());
-                }
-                let activity = http.activity.clone();
-                activity.touch();
-                resp.map(|b| {
-                    b.map_frame(move |frame| {
-                        activity.touch();
-                        frame
-                    })
-                    .boxed()
-                })
-            }
-            Err(_) if failed.load(Ordering::Relaxed) => h::local_response(
-                StatusCode::BAD_REQUEST,
-                "invalid request body",
-                "invalid request body\n",
-            ),
-            Err(err) if err.is_connect() => h::local_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "application unavailable",
-                "application unavailable\n",
-            ),
+        let mut resp = match client.request(req).await {
+            Ok(resp) => resp,
+            Err(_) if failed.load(Ordering::Relaxed) => return Err(Failure::InvalidBody),
+            Err(err) if err.is_connect() => return Err(Failure::AppUnavailable),
             Err(err) => {
                 debug!(%err, "forwarding to the application failed");
-                h::local_response(
-                    StatusCode::BAD_GATEWAY,
-                    "application error",
-                    "application error\n",
-                )
+                return Err(Failure::AppError);
             }
+        };
+        if let Some(downstream) = downstream_upgrade
+            && translate::is_upgrade_response(&method, &resp)
+        {
+            let upstream = hyper::upgrade::on(&mut resp);
+            self.spawn_tunnel(http, downstream, upstream, recheck);
         }
+        translate::response_to_client(&mut resp);
+        if downstream_http1 && accepts_trailers {
+            translate::declare_grpc_trailers(resp.headers_mut());
+        }
+        let activity = http.activity.clone();
+        activity.touch();
+        Ok(resp.map(|b| {
+            b.map_frame(move |frame| {
+                activity.touch();
+                frame
+            })
+            .boxed()
+        }))
     }
 
     /// Runs a tunnel inside its connection's task: it counts against the
@@ -628,6 +645,48 @@ fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
     copy.version = parts.version;
     copy.headers = parts.headers.clone();
     copy
+}
+
+/// What the access log says of a request besides its verdict and failure.
+struct Logged<'a> {
+    method: &'a http::Method,
+    uri: &'a Uri,
+    status: StatusCode,
+    elapsed: Duration,
+}
+
+/// The one access-log line of an inbound request.
+fn log_request(
+    http: &HttpConn,
+    request: &Logged<'_>,
+    verdict: Option<&Verdict>,
+    failure: Option<&Failure>,
+) {
+    let peer = http.conn.peer_id.as_ref().map(|p| p.as_str());
+    let Logged {
+        method,
+        uri,
+        status,
+        elapsed,
+    } = request;
+    let status = status.as_u16();
+    let outcome = failure.map_or("served", Failure::label);
+    let duration_us = elapsed.as_micros() as u64;
+    match verdict {
+        Some(verdict) => {
+            // An allowed request that still failed: why (a denial is the
+            // verdict's to explain).
+            let error = failure
+                .filter(|f| !matches!(f, Failure::Denied))
+                .map(tracing::field::display);
+            info!(target: "ward::access", direction = "inbound", ?peer, %method, authority = ?uri.authority().map(|a| a.as_str()), path = uri.path(), status, decision = verdict.action(), policy = %verdict.policy_display(), rule = ?verdict.rule, reason = verdict.reason, outcome, error, duration_us, "request");
+        }
+        // Refused before the policy saw it (a bad request).
+        None => {
+            let reason = failure.map(tracing::field::display);
+            info!(target: "ward::access", direction = "inbound", ?peer, %method, path = uri.path(), status, decision = "refused", reason, outcome, duration_us, "request");
+        }
+    }
 }
 
 /// How long requests in flight on a connection whose certificate expired

@@ -7,13 +7,15 @@
 //!    the setting types of the modules below).
 //! 2. `inbound` and `outbound`: the two request paths, each read top to
 //!    bottom from the accepted connection to the application or the peer
-//!    sidecar.
-//! 3. What both paths are built from: `translate` (HTTP/1 ↔ HTTP/2 between
-//!    hops), `upstream` (connections to peer
-//!    sidecars), `app` (to the local application), `endpoints` and
-//!    `balance` (where a destination is), `policy` and `authz` (what is
-//!    allowed), `tunnel`, `rewind`, `detect`, `orig_dst`.
-//! 4. Beneath those: `http` (serving a connection, bodies, local answers),
+//!    sidecar, stopping with an `outcome::Failure` where they stop.
+//! 3. `outcome`: every refusal and failure, and what each means to the
+//!    client, the metrics and the access log.
+//! 4. What both paths are built from: `translate` (HTTP/1 ↔ HTTP/2 between
+//!    hops), `upstream` (connections to peer sidecars), `app` (to the local
+//!    application), `endpoints` and `balance` (where a destination is),
+//!    `policy` and `authz` (what is allowed), `tunnel`, `rewind`, `detect`,
+//!    `orig_dst`.
+//! 5. Beneath those: `http` (serving a connection, bodies, local answers),
 //!    `hop` (the mTLS hop between sidecars), `limits`, `metrics`,
 //!    `counting`, `identity` (the workload's certificate).
 //!
@@ -39,6 +41,7 @@ pub mod limits;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod outcome;
 pub mod policy;
 pub mod probe;
 pub mod proxy;

@@ -32,19 +32,27 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
     }
 }
 
+/// Why a captured connection has no destination the proxy may forward to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unroutable {
+    /// It was meant for one of the proxy's own listeners.
+    Loop,
+    /// The kernel does not know where it was going.
+    Unknown,
+}
+
 /// The original destination of a captured connection, or why the proxy
-/// refuses it (a `ward_connections_refused_total` reason): `loop` when it is
-/// one of the proxy's own listeners (`self_addrs`, see
-/// [`is_self_destination`]), `no_original_destination` when the kernel does
-/// not know it.
+/// refuses it: a loop when it is one of the proxy's own listeners
+/// (`self_addrs`, see [`is_self_destination`]), unknown when the kernel
+/// does not know it.
 pub fn checked_destination(
     stream: &TcpStream,
     self_addrs: &[SocketAddr],
-) -> Result<SocketAddr, &'static str> {
+) -> Result<SocketAddr, Unroutable> {
     match original_destination(stream) {
-        Ok(dest) if is_self_destination(dest, self_addrs) => Err("loop"),
+        Ok(dest) if is_self_destination(dest, self_addrs) => Err(Unroutable::Loop),
         Ok(dest) => Ok(dest),
-        Err(_) => Err("no_original_destination"),
+        Err(_) => Err(Unroutable::Unknown),
     }
 }
 

@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1 as client1, http2 as client2};
@@ -25,6 +25,7 @@ use crate::http::{self as h, Body};
 use crate::limits::Limits;
 use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
+use crate::outcome::{self, Failure};
 use crate::translate;
 use crate::upstream::retry::{Resend, SendFailed};
 use crate::upstream::{PoolSlot, Upstream, UpstreamError};
@@ -115,13 +116,26 @@ impl Outbound {
         shutdown: CancellationToken,
     ) {
         let _open = OpenGuard::new(&self.metrics, "outbound");
+        let metrics = self.metrics.clone();
+        // Requests and TCP connections are recorded as they end; a
+        // connection that ends before anything was proxied, here.
+        if let Err(failure) = self.route(tcp, target, shutdown).await {
+            outcome::record_refused(&metrics, "outbound", source, &failure);
+        }
+    }
+
+    /// Finds where the connection goes and carries it there; `Err` when it
+    /// ends before anything was proxied.
+    async fn route(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        target: Target,
+        shutdown: CancellationToken,
+    ) -> Result<(), Failure> {
         let _ = tcp.set_nodelay(true);
         let dest = match target {
             Target::Fixed(dest) => dest,
-            Target::Original => match orig_dst::checked_destination(&tcp, &self.self_addrs) {
-                Ok(dest) => dest,
-                Err(reason) => return self.refuse(source, reason),
-            },
+            Target::Original => orig_dst::checked_destination(&tcp, &self.self_addrs)?,
         };
         // An address discovery has not answered for is never guessed to
         // be plaintext: the connection waits (bounded), then is refused.
@@ -132,18 +146,11 @@ impl Outbound {
         {
             Ok(Resolved::Meshed(id)) => id,
             Ok(Resolved::Service(balancer)) => {
-                return self
-                    .service_connection(tcp, source, dest, balancer, shutdown)
-                    .await;
+                return self.service_connection(tcp, dest, balancer, shutdown).await;
             }
-            Ok(Resolved::NoSuchServicePort) => return self.refuse(source, "service_port_unknown"),
-            Ok(Resolved::Unmeshed) => {
-                return match self.unmeshed {
-                    UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
-                    UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
-                };
-            }
-            Err(Unknown) => return self.refuse(source, "destination_unknown"),
+            Ok(Resolved::NoSuchServicePort) => return Err(Failure::ServicePortUnknown),
+            Ok(Resolved::Unmeshed) => return self.to_unmeshed(tcp, dest).await,
+            Err(Unknown) => return Err(Failure::DestinationUnknown),
         };
         let protocol = if self.opaque_ports.contains(&dest.port())
             || self.destinations.declared_opaque(dest)
@@ -153,7 +160,7 @@ impl Outbound {
             match detect::peek(&tcp, self.limits.detect_timeout).await {
                 Ok(Peeked::Protocol(p)) => p,
                 Ok(Peeked::Silent) => Protocol::Opaque,
-                Ok(Peeked::Closed) | Err(_) => return,
+                Ok(Peeked::Closed) | Err(_) => return Err(Failure::ClientClosed),
             }
         };
         let peer = Arc::new(self.metrics.peer("outbound", Some(&expected)));
@@ -177,69 +184,77 @@ impl Outbound {
                 Protocol::Http1 | Protocol::Http2 => {
                     let (this, peer) = (self.clone(), peer.clone());
                     let http2 = protocol == Protocol::Http2;
-                    h::serve_connection(io, http2, &self.limits, shutdown, "outbound", move |req| {
-                        let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
-                        async move { this.request(&route, &peer, req).await }
-                    })
-                    .await
+                    h::serve_connection(
+                        io,
+                        http2,
+                        &self.limits,
+                        shutdown,
+                        "outbound",
+                        move |req| {
+                            let (this, route, peer) = (this.clone(), route.clone(), peer.clone());
+                            async move { this.request(&route, &peer, req).await }
+                        },
+                    )
+                    .await;
+                    Ok(())
                 }
                 // Opaque bytes, or TLS the application does itself: wrapped in mTLS.
                 Protocol::Opaque | Protocol::Tls => self.tunnel_tcp(io, &route).await,
             }
         };
-        tokio::select! {
-            _ = serve => {}
+        let served = tokio::select! {
+            served = serve => served,
             _ = counts.idle_for(idle_timeout) => {
                 debug!(%dest, "closing an idle outbound connection");
+                Ok(())
             }
-        }
+        };
         let (received, sent) = counts.totals();
         peer.connection_closed(received, sent);
+        served
     }
 
-    fn refuse(&self, source: SocketAddr, reason: &'static str) {
-        self.metrics
-            .refused
-            .with_label_values(&["outbound", reason])
-            .inc();
-        info!(target: "ward::access", direction = "outbound", %source, decision = "refused", reason, "connection refused");
-    }
-
-    /// An unmeshed destination: bytes pass through untouched.
-    async fn passthrough<S>(&self, mut tcp: S, dest: SocketAddr)
+    /// A destination without a sidecar: its bytes pass through untouched,
+    /// unless such egress is denied.
+    async fn to_unmeshed<S>(&self, tcp: S, dest: SocketAddr) -> Result<(), Failure>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let Ok(Ok(mut upstream)) =
-            tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(dest)).await
-        else {
-            self.metrics
-                .refused
-                .with_label_values(&["outbound", "upstream_unavailable"])
-                .inc();
-            return;
-        };
-        let _ = upstream.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+        match self.unmeshed {
+            UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
+            UnmeshedEgress::Deny => Err(Failure::UnmeshedEgressDenied),
+        }
     }
 
-    async fn tunnel_tcp(&self, mut tcp: Counting<TcpStream>, route: &Route) {
+    /// Bytes pass through untouched.
+    async fn passthrough<S>(&self, mut tcp: S, dest: SocketAddr) -> Result<(), Failure>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut upstream =
+            match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(dest)).await
+            {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(err)) => return Err(UpstreamError::Connect(err).into()),
+                Err(_) => return Err(UpstreamError::ConnectTimeout.into()),
+            };
+        let _ = upstream.set_nodelay(true);
+        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut upstream).await;
+        Ok(())
+    }
+
+    /// Opaque TCP over an mTLS tunnel to the destination's sidecar.
+    async fn tunnel_tcp(&self, mut tcp: Counting<TcpStream>, route: &Route) -> Result<(), Failure> {
         let started = Instant::now();
-        match self
+        let mut tls = self
             .upstream
             .connect_tls(route.dest, &route.expected, Alpn::Tcp)
+            .await?;
+        let (sent, received) = tokio::io::copy_bidirectional(&mut tcp, &mut tls)
             .await
-        {
-            Ok(mut tls) => {
-                let (sent, received) = tokio::io::copy_bidirectional(&mut tcp, &mut tls)
-                    .await
-                    .unwrap_or_default();
-                info!(target: "ward::access", direction = "outbound", protocol = "tcp", peer = route.expected.as_str(), bytes_sent = sent, bytes_received = received, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
-            }
-            Err(err) => {
-                info!(target: "ward::access", direction = "outbound", protocol = "tcp", peer = route.expected.as_str(), error = %err, "upstream failed");
-            }
-        }
+            .unwrap_or_default();
+        info!(target: "ward::access", direction = "outbound", protocol = "tcp", peer = route.expected.as_str(), outcome = "served", bytes_sent = sent, bytes_received = received, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+        Ok(())
     }
 
     async fn request(
@@ -250,16 +265,20 @@ impl Outbound {
     ) -> Response<Body> {
         let started = peer.request();
         let (method, uri) = (req.method().clone(), req.uri().clone());
-        let response = match self.forward(route, req).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), error = %err, "upstream failed");
-                h::local_response(err.status(), err.reason(), "upstream unavailable\n")
-            }
+        let served = self.forward(route, req).await.map_err(Failure::Upstream);
+        let (response, failure) = outcome::answer(served);
+        let elapsed = peer.response(response.status(), started);
+        let to = SentTo {
+            peer: route.expected.as_str(),
+            service: None,
         };
-        let status = response.status();
-        let elapsed = peer.response(status, started);
-        info!(target: "ward::access", direction = "outbound", peer = route.expected.as_str(), %method, path = uri.path(), status = status.as_u16(), duration_us = elapsed.as_micros() as u64, "request");
+        let request = Logged {
+            method: &method,
+            path: uri.path(),
+            status: response.status(),
+            elapsed,
+        };
+        log_request(&to, &request, failure.as_ref());
         response
     }
 
@@ -421,5 +440,47 @@ impl Outbound {
         }
         translate::response_to_client(&mut resp);
         Ok(resp.map(|b| b.boxed()))
+    }
+}
+
+/// Who an outbound request went to, for its access-log line.
+struct SentTo<'a> {
+    /// The identity the destination had to present ("" when no endpoint
+    /// was reached).
+    peer: &'a str,
+    /// To a Service: its name, and the endpoint that answered or failed
+    /// last.
+    service: Option<(&'a str, Option<SocketAddr>)>,
+}
+
+/// What the access log says of a request besides where it went.
+struct Logged<'a> {
+    method: &'a Method,
+    path: &'a str,
+    status: StatusCode,
+    elapsed: Duration,
+}
+
+/// The one access-log line of an outbound request.
+fn log_request(to: &SentTo<'_>, request: &Logged<'_>, failure: Option<&Failure>) {
+    let Logged {
+        method,
+        path,
+        status,
+        elapsed,
+    } = request;
+    let status = status.as_u16();
+    let duration_us = elapsed.as_micros() as u64;
+    let outcome = failure.map_or("served", Failure::label);
+    let error = failure.map(tracing::field::display);
+    let peer = to.peer;
+    match to.service {
+        None => {
+            info!(target: "ward::access", direction = "outbound", peer, %method, path, status, outcome, error, duration_us, "request");
+        }
+        Some((service, endpoint)) => {
+            let endpoint = endpoint.map(|e| e.to_string()).unwrap_or_default();
+            info!(target: "ward::access", direction = "outbound", service, endpoint, peer, %method, path, status, outcome, error, duration_us, "request");
+        }
     }
 }

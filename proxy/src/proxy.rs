@@ -30,6 +30,7 @@ use crate::inbound::{self, Inbound};
 use crate::limits::Limits;
 use crate::metrics::ProxyMetrics;
 use crate::outbound::{self, Outbound};
+use crate::outcome::{self, Failure};
 use crate::policy::{PolicyAuthorizer, WorkloadSelector};
 use crate::upstream::Upstream;
 
@@ -398,10 +399,7 @@ async fn accept_loop<F, Fut>(
             _ = shutdown.cancelled() => return,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics
-                .refused
-                .with_label_values(&[direction, "connection_limit"])
-                .inc();
+            outcome::record_refused(&metrics, direction, source, &Failure::ConnectionLimit);
             continue;
         };
         let connection = handler(tcp, source);

@@ -10,8 +10,9 @@ use http::uri::Authority;
 use http::{Method, Version};
 
 use crate::http::FirstParsed;
+use crate::outcome::BadRequest;
 use crate::translate::{absolute_uri, strip_hop_by_hop};
-use ward_policy::path::{self, PathError, PathNormalization};
+use ward_policy::path::{self, PathNormalization};
 
 /// What a request asks of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,35 +24,6 @@ pub enum Shape {
     Upgrade,
     /// `CONNECT host:port`: authorized as the TCP tunnel it opens.
     Connect,
-}
-
-/// Why a request is answered 400 without reaching the policy or the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BadRequest {
-    #[error("CONNECT needs an authority-form target (host:port)")]
-    ConnectTarget,
-    #[error("the request target must be a path (authority-form is for CONNECT only)")]
-    Target,
-    #[error("the request has more than one Host header")]
-    DuplicateHost,
-    #[error(":authority and host disagree")]
-    AuthorityMismatch,
-    #[error("the authority is not valid")]
-    Authority,
-    #[error("{0}")]
-    Path(#[from] PathError),
-}
-
-impl BadRequest {
-    /// A short fixed reason for `x-ward-error`.
-    pub fn reason(self) -> &'static str {
-        match self {
-            BadRequest::ConnectTarget | BadRequest::Target => "invalid request target",
-            BadRequest::DuplicateHost | BadRequest::AuthorityMismatch => "conflicting authority",
-            BadRequest::Authority => "invalid authority",
-            BadRequest::Path(_) => "invalid path",
-        }
-    }
 }
 
 /// Rewrites `parts` into its canonical form (see the module comment).

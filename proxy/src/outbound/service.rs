@@ -13,20 +13,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode, header};
+use http::{Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{Outbound, UnmeshedEgress};
+use super::{Logged, Outbound, SentTo, log_request};
 use crate::balance::{Endpoint, PortBalancer};
 use crate::counting::{ByteCounts, Counting};
 use crate::detect::{self, Peeked, Protocol};
 use crate::hop::Alpn;
 use crate::http::{self as h, Body};
-use crate::metrics::{OpenGuard, PeerMetrics};
+use crate::metrics::PeerMetrics;
+use crate::outcome::{self, Failure};
 use crate::translate;
 use crate::upstream::UpstreamError;
 use crate::upstream::retry::{Reached, Resend, SendFailed};
@@ -35,38 +36,49 @@ use ward_api::discovery::AppProtocol;
 /// Further attempts of one request or connection, each on another endpoint.
 pub const MAX_RETRIES: usize = 2;
 
-/// What one request's attempts came to.
-enum Outcome {
-    Response(Response<Body>, Arc<Endpoint>),
-    NoEndpoints,
-    Failed(UpstreamError, Option<Arc<Endpoint>>),
+/// What one request's attempts came to, and the endpoint that answered
+/// or failed last.
+struct Attempted {
+    served: Result<Response<Body>, Failure>,
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+impl Attempted {
+    fn answered(response: Response<Body>, endpoint: Arc<Endpoint>) -> Self {
+        Attempted {
+            served: Ok(response),
+            endpoint: Some(endpoint),
+        }
+    }
+
+    fn failed(failure: impl Into<Failure>, endpoint: Option<Arc<Endpoint>>) -> Self {
+        Attempted {
+            served: Err(failure.into()),
+            endpoint,
+        }
+    }
 }
 
 impl Outbound {
     pub(super) async fn service_connection(
         self: Arc<Self>,
         tcp: TcpStream,
-        source: SocketAddr,
         dest: SocketAddr,
         balancer: Arc<PortBalancer>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), Failure> {
         // Nothing behind the Service has a sidecar: kube-proxy's path, as
         // for any unmeshed destination.
         if !balancer.has_meshed() && !balancer.endpoints().is_empty() {
-            return match self.unmeshed {
-                UnmeshedEgress::Allow => self.passthrough(tcp, dest).await,
-                UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
-            };
+            return self.to_unmeshed(tcp, dest).await;
         }
-        let _open = OpenGuard::new(&self.metrics, "outbound");
         let protocol = if balancer.protocol == Some(AppProtocol::Opaque) {
             Protocol::Opaque
         } else {
             match detect::peek(&tcp, self.limits.detect_timeout).await {
                 Ok(Peeked::Protocol(p)) => p,
                 Ok(Peeked::Silent) => Protocol::Opaque,
-                Ok(Peeked::Closed) | Err(_) => return,
+                Ok(Peeked::Closed) | Err(_) => return Err(Failure::ClientClosed),
             }
         };
         // Endpoints without a sidecar get this connection's bytes in
@@ -75,10 +87,7 @@ impl Outbound {
         if let Some(endpoint) = &first
             && endpoint.identity.is_none()
         {
-            return match self.unmeshed {
-                UnmeshedEgress::Allow => self.passthrough(tcp, endpoint.addr).await,
-                UnmeshedEgress::Deny => self.refuse(source, "unmeshed_egress_denied"),
-            };
+            return self.to_unmeshed(tcp, endpoint.addr).await;
         }
         let peer = Arc::new(self.metrics.service_peer(
             "outbound",
@@ -94,25 +103,34 @@ impl Outbound {
                 Protocol::Http1 | Protocol::Http2 => {
                     let (this, peer, balancer) = (self.clone(), peer.clone(), balancer.clone());
                     let http2 = protocol == Protocol::Http2;
-                    h::serve_connection(io, http2, &self.limits, shutdown, "outbound", move |req| {
-                        let (this, balancer, peer) = (this.clone(), balancer.clone(), peer.clone());
-                        async move { this.service_request(&balancer, &peer, req).await }
-                    })
-                    .await
+                    h::serve_connection(
+                        io,
+                        http2,
+                        &self.limits,
+                        shutdown,
+                        "outbound",
+                        move |req| {
+                            let (this, balancer, peer) =
+                                (this.clone(), balancer.clone(), peer.clone());
+                            async move { this.service_request(&balancer, &peer, req).await }
+                        },
+                    )
+                    .await;
+                    Ok(())
                 }
-                Protocol::Opaque | Protocol::Tls => {
-                    self.service_tunnel(io, &balancer, first).await;
-                }
+                Protocol::Opaque | Protocol::Tls => self.service_tunnel(io, &balancer, first).await,
             }
         };
-        tokio::select! {
-            _ = serve => {}
+        let served = tokio::select! {
+            served = serve => served,
             _ = counts.idle_for(idle_timeout) => {
                 debug!(service = %balancer.service, "closing an idle outbound connection");
+                Ok(())
             }
-        }
+        };
         let (received, sent) = counts.totals();
         peer.connection_closed(received, sent);
+        served
     }
 
     /// Opaque TCP: one endpoint per connection; a connect or handshake
@@ -122,7 +140,7 @@ impl Outbound {
         mut tcp: Counting<TcpStream>,
         balancer: &PortBalancer,
         first: Option<Arc<Endpoint>>,
-    ) {
+    ) -> Result<(), Failure> {
         let started = Instant::now();
         let mut tried = Vec::new();
         let mut next = first;
@@ -148,20 +166,18 @@ impl Outbound {
                     let (sent, received) = tokio::io::copy_bidirectional(&mut tcp, &mut tls)
                         .await
                         .unwrap_or_default();
-                    info!(target: "ward::access", direction = "outbound", protocol = "tcp", service = &*balancer.service, endpoint = %endpoint.addr, peer = expected.as_str(), bytes_sent = sent, bytes_received = received, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
-                    return;
+                    info!(target: "ward::access", direction = "outbound", protocol = "tcp", service = &*balancer.service, endpoint = %endpoint.addr, peer = expected.as_str(), outcome = "served", bytes_sent = sent, bytes_received = received, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+                    return Ok(());
                 }
                 Err(err) => {
-                    info!(target: "ward::access", direction = "outbound", protocol = "tcp", service = &*balancer.service, endpoint = %endpoint.addr, peer = expected.as_str(), error = %err, "upstream failed");
+                    // The connection's one line comes at its end; this
+                    // endpoint's failure counts towards its ejection.
+                    debug!(service = &*balancer.service, endpoint = %endpoint.addr, error = %err, "endpoint failed; trying another");
                     self.endpoint_failed(balancer, &endpoint);
                 }
             }
         }
-        self.metrics
-            .refused
-            .with_label_values(&["outbound", "no_endpoints"])
-            .inc();
-        info!(target: "ward::access", direction = "outbound", protocol = "tcp", service = &*balancer.service, decision = "refused", reason = "no_endpoints", "connection closed");
+        Err(Failure::NoEndpoints)
     }
 
     async fn service_request(
@@ -172,64 +188,36 @@ impl Outbound {
     ) -> Response<Body> {
         let started = Instant::now();
         let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-        let outcome = match balancer.timeout {
+        let Attempted { served, endpoint } = match balancer.timeout {
             Some(limit) => tokio::time::timeout(limit, self.service_attempts(balancer, req))
                 .await
-                .unwrap_or_else(|_| Outcome::Failed(UpstreamError::ConnectTimeout, None)),
+                .unwrap_or_else(|_| Attempted::failed(Failure::Timeout, None)),
             None => self.service_attempts(balancer, req).await,
         };
-        let (response, endpoint, error) = match outcome {
-            Outcome::Response(mut resp, endpoint) => {
-                translate::response_to_client(&mut resp);
-                (resp, Some(endpoint), None)
-            }
-            Outcome::NoEndpoints => (
-                h::local_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no-endpoints",
-                    "no endpoints available\n",
-                ),
-                None,
-                Some("no usable endpoint".to_owned()),
-            ),
-            Outcome::Failed(UpstreamError::ConnectTimeout, None) if balancer.timeout.is_some() => (
-                h::local_response(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "timeout",
-                    "request timed out\n",
-                ),
-                None,
-                Some("request timeout".to_owned()),
-            ),
-            Outcome::Failed(err, endpoint) => (
-                h::local_response(err.status(), err.reason(), "upstream unavailable\n"),
-                endpoint,
-                Some(err.to_string()),
-            ),
-        };
+        let served = served.map(|mut resp| {
+            translate::response_to_client(&mut resp);
+            resp
+        });
+        let (response, failure) = outcome::answer(served);
         let peer = endpoint
             .as_ref()
             .map(|e| self.endpoint_metrics(balancer, e));
         let peer_metrics = peer.as_deref().unwrap_or(connection_peer);
-        let status = response.status();
-        let elapsed = peer_metrics.exchange(status, started);
-        let endpoint_addr = endpoint
-            .as_ref()
-            .map(|e| e.addr.to_string())
-            .unwrap_or_default();
-        let peer_id = endpoint
-            .as_ref()
-            .and_then(|e| e.identity.as_ref())
-            .map(|id| id.as_str())
-            .unwrap_or("");
-        match error {
-            None => {
-                info!(target: "ward::access", direction = "outbound", service = &*balancer.service, endpoint = endpoint_addr, peer = peer_id, %method, path, status = status.as_u16(), duration_us = elapsed.as_micros() as u64, "request")
-            }
-            Some(error) => {
-                info!(target: "ward::access", direction = "outbound", service = &*balancer.service, endpoint = endpoint_addr, peer = peer_id, %method, path, status = status.as_u16(), duration_us = elapsed.as_micros() as u64, error, "request")
-            }
-        }
+        let elapsed = peer_metrics.exchange(response.status(), started);
+        let to = SentTo {
+            peer: endpoint
+                .as_ref()
+                .and_then(|e| e.identity.as_ref())
+                .map_or("", |id| id.as_str()),
+            service: Some((&balancer.service, endpoint.as_ref().map(|e| e.addr))),
+        };
+        let request = Logged {
+            method: &method,
+            path: &path,
+            status: response.status(),
+            elapsed,
+        };
+        log_request(&to, &request, failure.as_ref());
         response
     }
 
@@ -249,7 +237,7 @@ impl Outbound {
 
     /// Sends the request to one endpoint after another until one answers
     /// or retrying is no longer safe.
-    async fn service_attempts(&self, balancer: &PortBalancer, req: Request<Incoming>) -> Outcome {
+    async fn service_attempts(&self, balancer: &PortBalancer, req: Request<Incoming>) -> Attempted {
         if translate::is_tunnel(req.method(), req.headers()) {
             return self.service_tunnel_request(balancer, req).await;
         }
@@ -260,7 +248,7 @@ impl Outbound {
             &Default::default(),
         );
         if translated.is_err() {
-            return Outcome::Failed(UpstreamError::InvalidRequest, None);
+            return Attempted::failed(UpstreamError::InvalidRequest, None);
         }
         // What may go to another endpoint after a failure is decided in
         // upstream/retry.rs, as for a pod address.
@@ -288,7 +276,7 @@ impl Outbound {
                     self.endpoint_failed(balancer, &endpoint);
                     drop(in_flight);
                     if attempt == MAX_RETRIES || balancer.pick(&tried, true).is_none() {
-                        return Outcome::Response(resp, endpoint);
+                        return Attempted::answered(resp, endpoint);
                     }
                     req = resend.again(&UpstreamError::AppUnavailable, None);
                     UpstreamError::AppUnavailable
@@ -302,7 +290,10 @@ impl Outbound {
                         Ok(body) => {
                             in_flight.succeeded();
                             let body = h::full(body.to_bytes());
-                            return Outcome::Response(Response::from_parts(parts, body), endpoint);
+                            return Attempted::answered(
+                                Response::from_parts(parts, body),
+                                endpoint,
+                            );
                         }
                         Err(err) => {
                             self.endpoint_failed(balancer, &endpoint);
@@ -314,7 +305,7 @@ impl Outbound {
                 }
                 Ok(resp) => {
                     in_flight.succeeded();
-                    return Outcome::Response(resp, endpoint);
+                    return Attempted::answered(resp, endpoint);
                 }
                 Err(SendFailed { error, unsent }) => {
                     self.endpoint_failed(balancer, &endpoint);
@@ -325,8 +316,8 @@ impl Outbound {
             last = Some((error, endpoint));
         }
         match last {
-            Some((error, endpoint)) => Outcome::Failed(error, Some(endpoint)),
-            None => Outcome::NoEndpoints,
+            Some((error, endpoint)) => Attempted::failed(error, Some(endpoint)),
+            None => Attempted::failed(Failure::NoEndpoints, None),
         }
     }
 
@@ -357,9 +348,9 @@ impl Outbound {
         &self,
         balancer: &PortBalancer,
         mut req: Request<Incoming>,
-    ) -> Outcome {
+    ) -> Attempted {
         let Some(endpoint) = balancer.pick(&[], true) else {
-            return Outcome::NoEndpoints;
+            return Attempted::failed(Failure::NoEndpoints, None);
         };
         let expected = endpoint.identity.clone().expect("meshed endpoints only");
         let method = req.method().clone();
@@ -370,7 +361,7 @@ impl Outbound {
             Ok(sender) => sender,
             Err(err) => {
                 self.endpoint_failed(balancer, &endpoint);
-                return Outcome::Failed(err, Some(endpoint));
+                return Attempted::failed(err, Some(endpoint));
             }
         };
         match sender
@@ -383,9 +374,9 @@ impl Outbound {
                     self.tracker
                         .spawn(crate::tunnel::splice(downstream, upstream));
                 }
-                Outcome::Response(resp.map(|b| b.boxed()), endpoint)
+                Attempted::answered(resp.map(|b| b.boxed()), endpoint)
             }
-            Err(err) => Outcome::Failed(UpstreamError::Http(err), Some(endpoint)),
+            Err(err) => Attempted::failed(UpstreamError::Http(err), Some(endpoint)),
         }
     }
 
@@ -456,11 +447,13 @@ fn small_body(resp: &Response<Body>) -> bool {
             .is_some_and(|n| n <= BUFFERED_BODY_BYTES)
 }
 
-/// The peer sidecar's answer when its application refused the connection.
+/// The peer sidecar's answer when its application refused the connection
+/// (its `Failure::AppUnavailable`).
 fn is_app_unavailable(resp: &Response<Body>) -> bool {
-    resp.status() == StatusCode::SERVICE_UNAVAILABLE
+    let unavailable = Failure::AppUnavailable;
+    Some(resp.status()) == unavailable.http_status()
         && resp
             .headers()
             .get(h::ERROR_HEADER)
-            .is_some_and(|v| v == "application unavailable")
+            .is_some_and(|v| Some(v.as_bytes()) == unavailable.error_header().map(str::as_bytes))
 }

@@ -1,4 +1,5 @@
 use super::*;
+use ward_policy::path::PathError;
 
 fn parts(raw: http::request::Builder) -> http::request::Parts {
     raw.body(()).unwrap().into_parts().0
