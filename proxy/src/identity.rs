@@ -185,27 +185,16 @@ impl BootstrapAnchor {
     }
 
     async fn watch(self, trust: Arc<Trust>, shutdown: CancellationToken) {
-        let mut last = self.stamp();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
-                _ = shutdown.cancelled() => return,
+        on_change(|| self.stamp(), shutdown, || match self.load() {
+            Ok(roots) => {
+                trust.replace(Source::Bootstrap, roots);
+                info!(file = %self.path.display(), "trust anchor file changed: reloaded");
             }
-            let now = self.stamp();
-            if now == last {
-                continue;
+            Err(err) => {
+                warn!(error = %format!("{err:#}"), "trust anchor file changed but does not load; keeping the roots in use")
             }
-            last = now;
-            match self.load() {
-                Ok(roots) => {
-                    trust.replace(Source::Bootstrap, roots);
-                    info!(file = %self.path.display(), "trust anchor file changed: reloaded");
-                }
-                Err(err) => {
-                    warn!(error = %format!("{err:#}"), "trust anchor file changed but does not load; keeping the roots in use")
-                }
-            }
-        }
+        })
+        .await;
     }
 }
 
@@ -260,27 +249,37 @@ impl IdentityFiles {
         stats: Arc<RotationStats>,
         shutdown: CancellationToken,
     ) {
-        let mut last = self.stamp();
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
-                _ = shutdown.cancelled() => return,
+        on_change(|| self.stamp(), shutdown, || match self.load_into(&svid, &trust) {
+            Ok(()) => {
+                stats.renewals.fetch_add(1, Ordering::Relaxed);
+                info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity files changed: reloaded")
             }
-            let now = self.stamp();
-            if now == last {
-                continue;
+            Err(err) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %format!("{err:#}"), "identity files changed but do not load; keeping the current identity")
             }
+        })
+        .await;
+    }
+}
+
+/// Polls `stamp` every [`FILE_POLL_INTERVAL`] and calls `changed` each time
+/// it differs from the previous poll, until `shutdown`.
+async fn on_change<S: PartialEq>(
+    stamp: impl Fn() -> S,
+    shutdown: CancellationToken,
+    mut changed: impl FnMut(),
+) {
+    let mut last = stamp();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = stamp();
+        if now != last {
             last = now;
-            match self.load_into(&svid, &trust) {
-                Ok(()) => {
-                    stats.renewals.fetch_add(1, Ordering::Relaxed);
-                    info!(spiffe_id = %svid.current_id().map(|id| id.to_string()).unwrap_or_default(), "identity files changed: reloaded")
-                }
-                Err(err) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %format!("{err:#}"), "identity files changed but do not load; keeping the current identity")
-                }
-            }
+            changed();
         }
     }
 }
