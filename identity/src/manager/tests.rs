@@ -151,13 +151,7 @@ async fn a_certificate_for_another_identity_is_never_installed() {
     // Positive evidence the manager ran and refused: two attempts came back
     // with the other identity's certificate and were counted as failures
     // (the deadline only bounds a failing test) ...
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while handle.stats().failures.load(Ordering::Relaxed) < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("two refused attempts");
+    two_refused_attempts(&handle).await;
     // ... and nothing was installed.
     assert!(!handle.is_ready());
     assert!(handle.svid().certified_key().is_none());
@@ -192,6 +186,16 @@ async fn a_certificate_for_the_workloads_key_but_another_identity_is_never_serve
     let (_stop_tx, stop) = watch::channel(false);
     let issuer = OtherIdSameKey(crate::testutil::TestCa::root("test.example"));
     let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
+    two_refused_attempts(&handle).await;
+    // Not even briefly: handshakes never got the other identity's chain.
+    assert!(handle.svid().certified_key().is_none());
+    assert!(!handle.is_ready());
+    assert_eq!(handle.stats().renewals.load(Ordering::Relaxed), 0);
+}
+
+/// Waits until the manager counted two failed attempts (the deadline only
+/// bounds a failing test).
+async fn two_refused_attempts(handle: &IdentityHandle) {
     tokio::time::timeout(Duration::from_secs(60), async {
         while handle.stats().failures.load(Ordering::Relaxed) < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -199,10 +203,6 @@ async fn a_certificate_for_the_workloads_key_but_another_identity_is_never_serve
     })
     .await
     .expect("two refused attempts");
-    // Not even briefly: handshakes never got the other identity's chain.
-    assert!(handle.svid().certified_key().is_none());
-    assert!(!handle.is_ready());
-    assert_eq!(handle.stats().renewals.load(Ordering::Relaxed), 0);
 }
 
 /// An issuer whose second call (the first renewal) never answers.
