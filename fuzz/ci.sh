@@ -8,6 +8,8 @@
 #
 #   fuzz/ci.sh                 # every target, WARD_FUZZ_SECONDS (15) each
 #   fuzz/ci.sh policy_parse    # one target
+#   fuzz/ci.sh --build-only    # build every target, run none (.ci/run builds
+#                              # them in the background during the tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,6 +28,11 @@ if ! cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION
     cargo install --locked "cargo-fuzz@$CARGO_FUZZ_VERSION"
 fi
 
+build_only=false
+if [ "${1:-}" = "--build-only" ]; then
+    build_only=true
+    shift
+fi
 if (($#)); then
     targets=("$@")
 else
@@ -35,6 +42,7 @@ fi
 start=$SECONDS
 cargo fuzz build "${FLAGS[@]}"
 echo "fuzz: built ${#targets[@]} targets in $((SECONDS - start)) s"
+$build_only && exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
