@@ -191,6 +191,17 @@ fn nat_tables(pod: &Pod) -> String {
     saved
 }
 
+/// Whether `lo` has `::6`, the inbound's IPv6 source address.
+fn inbound_source_v6_on_lo(pod: &Pod) -> bool {
+    let out = assert_ok(
+        pod.exec(&["ip", "-6", "-o", "addr", "show", "dev", "lo"]),
+        "ip -6 addr show dev lo",
+    );
+    let count = out.matches(" ::6/128 ").count();
+    assert!(count <= 1, "{out}");
+    count == 1
+}
+
 #[test]
 fn dry_run_changes_nothing_init_is_idempotent_remove_restores_exactly() {
     if !prerequisites() {
@@ -209,6 +220,8 @@ fn dry_run_changes_nothing_init_is_idempotent_remove_restores_exactly() {
         );
     }
     let original = nat_tables(&pod);
+    let ipv6 = ward_testkit::which("ip6tables-save").is_some();
+    assert!(!inbound_source_v6_on_lo(&pod));
 
     let printed = init(&pod, &["--dry-run"]);
     assert!(
@@ -220,11 +233,15 @@ fn dry_run_changes_nothing_init_is_idempotent_remove_restores_exactly() {
         "{printed}"
     );
     assert_eq!(nat_tables(&pod), original, "--dry-run changed the rules");
+    assert!(!inbound_source_v6_on_lo(&pod), "--dry-run added ::6");
 
     init(&pod, &[]);
     let installed = nat_tables(&pod);
+    // With IPv6 capture, the inbound's IPv6 source is on lo (once).
+    assert_eq!(inbound_source_v6_on_lo(&pod), ipv6);
     init(&pod, &[]);
     assert_eq!(nat_tables(&pod), installed, "second init changed the rules");
+    assert_eq!(inbound_source_v6_on_lo(&pod), ipv6);
     let jumps = installed
         .lines()
         .filter(|l| *l == "-A OUTPUT -p tcp -j WARD_OUTPUT")
@@ -238,6 +255,7 @@ fn dry_run_changes_nothing_init_is_idempotent_remove_restores_exactly() {
 
     init(&pod, &["--remove"]);
     assert_eq!(nat_tables(&pod), original, "--remove left a difference");
+    assert!(!inbound_source_v6_on_lo(&pod), "--remove left ::6 on lo");
     assert!(original.contains("-A OUTPUT -p tcp -m tcp --dport 5555 -j RETURN"));
     // Removing again is a no-op.
     init(&pod, &["--remove"]);

@@ -2,18 +2,19 @@
 //! and HTTP/2 (prior knowledge) clients per application port.
 //!
 //! Where the application is reached (as Istio does since 1.10): on the
-//! address the client connected to, i.e. the pod's own address, so a
-//! service the pod binds to loopback only stays private to the pod. The
-//! connection leaves from [`INBOUND_SOURCE_V4`], which the capture rules let
-//! through instead of redirecting it back into the proxy. Loopback instead
-//! when the pod opts in (`--inbound-to-loopback`), in explicit mode (the
-//! `--inbound LISTEN=APP_PORT` contract), and for IPv6 destinations (there
-//! is no loopback source address to tell those connections apart).
+//! address the client connected to, i.e. the pod's own address, IPv4 and
+//! IPv6 alike, so a service the pod binds to loopback only (`127.0.0.1`,
+//! `::1`) stays private to the pod. The connection leaves from
+//! [`INBOUND_SOURCE_V4`] or [`INBOUND_SOURCE_V6`], which the capture rules
+//! let through instead of redirecting it back into the proxy. Loopback
+//! instead when the pod opts in (`--inbound-to-loopback`) and in explicit
+//! mode (the `--inbound LISTEN=APP_PORT` contract).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,24 +26,42 @@ use tokio::net::TcpStream;
 
 use crate::http::Body;
 
-/// The source address of the proxy's connections to the application on the
-/// pod address: `ward-proxy init` returns traffic from it on `lo` before
-/// the rule that sends the proxy's calls to its own pod address inbound
-/// (Istio's `127.0.0.6`).
+/// The source address of the proxy's IPv4 connections to the application
+/// on the pod address: `ward-proxy init` returns traffic from it on `lo`
+/// before the rule that sends the proxy's calls to its own pod address
+/// inbound (Istio's `127.0.0.6`).
 pub const INBOUND_SOURCE_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 6);
 
+/// The same for IPv6 (Istio's `::6`). IPv6 has a single loopback address,
+/// so `ward-proxy init` adds this one to `lo` (`ip -6 addr replace ::6/128
+/// dev lo nodad`); not a loopback address, so an application that trusts
+/// `::1` does not take the sidecar's connections for local ones.
+pub const INBOUND_SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 6);
+
+/// Whether the missing IPv6 source address was logged already (once per
+/// process: every IPv6 request would repeat it).
+static V6_SOURCE_MISSING_LOGGED: AtomicBool = AtomicBool::new(false);
+
 /// A TCP connection to the application at `addr` within `timeout`; from
-/// [`INBOUND_SOURCE_V4`] unless `addr` is loopback.
+/// [`INBOUND_SOURCE_V4`] or [`INBOUND_SOURCE_V6`] unless `addr` is loopback.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let attempt = async {
-        match addr {
-            SocketAddr::V4(v4) if !v4.ip().is_loopback() => {
+        let socket = match addr {
+            _ if addr.ip().is_loopback() => return TcpStream::connect(addr).await,
+            SocketAddr::V4(_) => {
                 let socket = tokio::net::TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(IpAddr::V4(INBOUND_SOURCE_V4), 0))?;
-                socket.connect(addr).await
+                socket
             }
-            _ => TcpStream::connect(addr).await,
-        }
+            SocketAddr::V6(_) => {
+                let socket = tokio::net::TcpSocket::new_v6()?;
+                socket
+                    .bind(SocketAddr::new(IpAddr::V6(INBOUND_SOURCE_V6), 0))
+                    .map_err(v6_source_error)?;
+                socket
+            }
+        };
+        socket.connect(addr).await
     };
     let tcp = tokio::time::timeout(timeout, attempt).await.map_err(|_| {
         std::io::Error::new(
@@ -52,6 +71,26 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
     })??;
     let _ = tcp.set_nodelay(true);
     Ok(tcp)
+}
+
+/// `::6` not on `lo` (`ward-proxy init` did not run, or ran without
+/// `ip6tables`/`ip`): the application cannot be reached over IPv6 without
+/// the capture rules sending the connection back into the proxy, so it is
+/// not reached at all (503 application unavailable), and the cause is
+/// logged once.
+fn v6_source_error(err: std::io::Error) -> std::io::Error {
+    if err.kind() == std::io::ErrorKind::AddrNotAvailable
+        && !V6_SOURCE_MISSING_LOGGED.swap(true, Ordering::Relaxed)
+    {
+        tracing::warn!(
+            source = %INBOUND_SOURCE_V6,
+            "IPv6 inbound connections cannot reach the application: {INBOUND_SOURCE_V6} is not an address of lo (ward-proxy init adds it)"
+        );
+    }
+    std::io::Error::new(
+        err.kind(),
+        format!("binding the inbound source {INBOUND_SOURCE_V6}: {err}"),
+    )
 }
 
 /// Connects every request to one fixed address, whatever the URI says, so
@@ -146,15 +185,23 @@ impl AppClients {
     }
 
     /// Where the application behind `destination` (the address the client
-    /// connected to) is reached: that address itself for IPv4, else
-    /// loopback in the family the client used.
+    /// connected to) is reached: that address itself, in either family
+    /// (an IPv4-mapped IPv6 address as the IPv4 address it is), or
+    /// loopback in the same family when the pod opted in.
     pub fn app_addr(&self, destination: SocketAddr) -> SocketAddr {
-        let ip = match destination.ip().to_canonical() {
-            IpAddr::V4(v4) if !self.to_loopback => IpAddr::V4(v4),
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        };
-        SocketAddr::new(ip, destination.port())
+        let port = destination.port();
+        match destination {
+            _ if self.to_loopback => match destination.ip().to_canonical() {
+                IpAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+                IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+            },
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), port),
+                // The scope keeps a link-local destination on its link.
+                None => SocketAddr::V6(SocketAddrV6::new(*v6.ip(), port, 0, v6.scope_id())),
+            },
+            SocketAddr::V4(_) => destination,
+        }
     }
 
     pub fn for_addr(&self, addr: SocketAddr) -> AppPort {
@@ -188,5 +235,64 @@ impl AppClients {
             .entry(addr)
             .or_insert(port)
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clients(to_loopback: bool) -> AppClients {
+        AppClients::new(Duration::from_secs(1), 64 * 1024, to_loopback)
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_application_is_reached_on_the_address_the_client_connected_to() {
+        let apps = clients(false);
+        for destination in ["198.18.0.3:8080", "[2001:2::3]:8080"] {
+            assert_eq!(apps.app_addr(addr(destination)), addr(destination));
+        }
+        // An IPv4 client on a dual-stack listener: IPv4, as it is.
+        assert_eq!(
+            apps.app_addr(addr("[::ffff:198.18.0.3]:8080")),
+            addr("198.18.0.3:8080")
+        );
+        // A link-local destination keeps its interface.
+        let link_local = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 7, 3));
+        let SocketAddr::V6(reached) = apps.app_addr(link_local) else {
+            panic!("IPv6 stays IPv6");
+        };
+        assert_eq!(
+            (reached.ip(), reached.port()),
+            (&"fe80::1".parse::<Ipv6Addr>().unwrap(), 80)
+        );
+        assert_eq!(reached.scope_id(), 3);
+    }
+
+    #[test]
+    fn loopback_only_when_opted_in_in_the_family_the_client_used() {
+        let apps = clients(true);
+        assert_eq!(
+            apps.app_addr(addr("198.18.0.3:8080")),
+            addr("127.0.0.1:8080")
+        );
+        assert_eq!(
+            apps.app_addr(addr("[::ffff:198.18.0.3]:8080")),
+            addr("127.0.0.1:8080")
+        );
+        assert_eq!(apps.app_addr(addr("[2001:2::3]:8080")), addr("[::1]:8080"));
+    }
+
+    #[test]
+    fn the_inbound_sources_are_not_loopback_in_ipv6() {
+        assert!(INBOUND_SOURCE_V4.is_loopback());
+        // ::1 is IPv6's only loopback address: ::6 is an ordinary one, so
+        // ward-proxy init has to add it to lo.
+        assert!(!INBOUND_SOURCE_V6.is_loopback());
+        assert_eq!(INBOUND_SOURCE_V6.to_string(), "::6");
     }
 }

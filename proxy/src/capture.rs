@@ -21,16 +21,20 @@
 //! other connection through `lo` is left alone: the application talking to
 //! itself needs no mTLS. The proxy's inbound leg to the application also
 //! goes to the pod address (so loopback-only services stay private), from
-//! the source address 127.0.0.6 ([`crate::app::INBOUND_SOURCE_V4`]): the
-//! first IPv4 rule returns it, or it would be redirected back into the
-//! proxy.
+//! the source address 127.0.0.6 ([`crate::app::INBOUND_SOURCE_V4`]) or `::6`
+//! ([`crate::app::INBOUND_SOURCE_V6`]): the first rule of each family
+//! returns it, or it would be redirected back into the proxy. IPv6 has no
+//! spare loopback address, so `init` adds `::6/128` to `lo` (as
+//! `istio-iptables` does), with `nodad` so it is usable at once.
 //!
 //! How rules are applied ([`apply`]): Ward's chains are declared and filled
 //! by one `iptables-restore --noflush` per family, which is atomic and, since
 //! declaring an existing chain flushes it, idempotent. The two jumps from the
 //! built-in chains are then added with `iptables -C … || iptables -A …`, so
 //! they exist exactly once and no other rule of those chains is touched.
-//! IPv6 rules go to `ip6tables` only when it is installed.
+//! IPv6 rules go to `ip6tables` only when it is installed, and only then is
+//! `::6` added to `lo` (`ip -6 addr replace`, idempotent; skipped when IPv6
+//! is disabled on `lo`); `remove` deletes it again.
 
 mod cidr;
 pub mod cli;
@@ -124,6 +128,15 @@ impl Family {
         match self {
             Family::V4 => "127.0.0.1/32",
             Family::V6 => "::1/128",
+        }
+    }
+
+    /// The source of the inbound's connections to the application on the
+    /// pod address, as a host route ([`crate::app`]).
+    pub fn inbound_source(self) -> String {
+        match self {
+            Family::V4 => format!("{}/32", crate::app::INBOUND_SOURCE_V4),
+            Family::V6 => format!("{}/128", crate::app::INBOUND_SOURCE_V6),
         }
     }
 }
@@ -227,10 +240,8 @@ fn output_rules(config: &CaptureConfig, family: Family) -> Vec<Rule> {
     let owners = proxy_owners(config);
     let mut rules = Vec::new();
     // The inbound's own connection to the app on the pod address.
-    if family == Family::V4 {
-        let source = format!("{}/32", crate::app::INBOUND_SOURCE_V4);
-        rules.push(rule(&["-s", &source, "-o", "lo", "-j", "RETURN"]));
-    }
+    let source = family.inbound_source();
+    rules.push(rule(&["-s", &source, "-o", "lo", "-j", "RETURN"]));
     // The proxy calling the pod's own address: treat it as inbound.
     for (flag, id) in &owners {
         rules.push(rule(&[

@@ -1,4 +1,5 @@
-//! Turning rules into iptables commands ([`Step`]s) and running them.
+//! Turning rules into iptables commands ([`Step`]s) and running them, plus
+//! the one address capture needs (`::6` on `lo`, see [`crate::app`]).
 //!
 //! A plan is pure data, so `--dry-run` prints exactly what [`run`] would
 //! execute, as a shell script.
@@ -13,7 +14,7 @@ use super::{Family, Rule, WARD_CHAINS, hooks, rules};
 /// added a jump more than once).
 const MAX_DUPLICATES: usize = 64;
 
-/// One action on the `nat` table of one family.
+/// One action on the `nat` table of one family, or on `lo`'s addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// `iptables-restore --noflush` with this input: declares (and so
@@ -27,7 +28,17 @@ pub enum Step {
     FlushChain { family: Family, chain: &'static str },
     /// Delete the (empty, unreferenced) chain if it exists.
     DeleteChain { family: Family, chain: &'static str },
+    /// Add the inbound's IPv6 source address to `lo` (`ip -6 addr replace
+    /// ADDRESS dev lo nodad`: idempotent, usable at once), unless IPv6 is
+    /// disabled on `lo`, where no IPv6 connection can reach the pod address.
+    AddLoopbackAddress { address: String },
+    /// Delete that address from `lo` if it is there.
+    DeleteLoopbackAddress { address: String },
 }
+
+/// Where the kernel says whether IPv6 is off on `lo` (per network namespace:
+/// the one `init` runs in).
+const LO_DISABLE_IPV6: &str = "/proc/sys/net/ipv6/conf/lo/disable_ipv6";
 
 /// Why capture could not be set up or removed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,12 @@ pub enum CaptureError {
 pub fn apply_plan(config: &super::CaptureConfig, families: &[Family]) -> Vec<Step> {
     let all = rules(config);
     let mut steps = Vec::new();
+    // First, so that a failure changes no rule.
+    if families.contains(&Family::V6) {
+        steps.push(Step::AddLoopbackAddress {
+            address: Family::V6.inbound_source(),
+        });
+    }
     for &family in families {
         let own: Vec<&Rule> = all.iter().filter(|r| r.family == family).collect();
         steps.push(Step::Restore {
@@ -65,13 +82,19 @@ pub fn apply_plan(config: &super::CaptureConfig, families: &[Family]) -> Vec<Ste
 
 /// The steps that remove capture: the jumps first (so the chains are no
 /// longer referenced), then all of Ward's chains flushed (they reference each
-/// other), then deleted. Nothing else is touched.
+/// other), then deleted, then `::6` taken off `lo` (IPv6). Nothing else is
+/// touched.
 pub fn remove_plan(families: &[Family]) -> Vec<Step> {
     let mut steps = Vec::new();
     for &family in families {
         steps.extend(hooks(family).into_iter().map(Step::DeleteRule));
         steps.extend(WARD_CHAINS.map(|chain| Step::FlushChain { family, chain }));
         steps.extend(WARD_CHAINS.map(|chain| Step::DeleteChain { family, chain }));
+    }
+    if families.contains(&Family::V6) {
+        steps.push(Step::DeleteLoopbackAddress {
+            address: Family::V6.inbound_source(),
+        });
     }
     steps
 }
@@ -112,6 +135,26 @@ fn restore_args(family: Family) -> Vec<String> {
         .to_vec()
 }
 
+/// `ip -6 addr OP ADDRESS dev lo [EXTRA…]`.
+fn address_args(op: &str, address: &str, extra: &[&str]) -> Vec<String> {
+    let mut argv: Vec<String> = ["ip", "-6", "addr", op, address, "dev", "lo"]
+        .map(String::from)
+        .to_vec();
+    argv.extend(extra.iter().map(|a| a.to_string()));
+    argv
+}
+
+/// `ip -6 -o addr show dev lo to ADDRESS`: one line when it is there.
+fn show_address_args(address: &str) -> Vec<String> {
+    ["ip", "-6", "-o", "addr", "show", "dev", "lo", "to", address]
+        .map(String::from)
+        .to_vec()
+}
+
+fn ipv6_enabled_on_lo() -> bool {
+    std::fs::read_to_string(LO_DISABLE_IPV6).is_ok_and(|value| value.trim() == "0")
+}
+
 /// The step as a shell command line (what `--dry-run` prints).
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -144,6 +187,17 @@ impl fmt::Display for Step {
                 sh(chain_exists_args(*family, chain)),
                 sh(iptables_args(*family, "-X", chain, &[]))
             ),
+            Step::AddLoopbackAddress { address } => write!(
+                f,
+                "[ \"$(cat {LO_DISABLE_IPV6} 2>/dev/null)\" = 0 ] && {}",
+                sh(address_args("replace", address, &["nodad"]))
+            ),
+            Step::DeleteLoopbackAddress { address } => write!(
+                f,
+                "{} | grep -q . && {}",
+                sh(show_address_args(address)),
+                sh(address_args("del", address, &[]))
+            ),
         }
     }
 }
@@ -175,6 +229,17 @@ pub fn run(step: &Step) -> Result<(), CaptureError> {
         Step::DeleteChain { family, chain } => {
             if succeeds(&chain_exists_args(*family, chain))? {
                 execute(&iptables_args(*family, "-X", chain, &[]), None)?;
+            }
+        }
+        Step::AddLoopbackAddress { address } => {
+            if ipv6_enabled_on_lo() {
+                execute(&address_args("replace", address, &["nodad"]), None)?;
+            }
+        }
+        Step::DeleteLoopbackAddress { address } => {
+            let shown = output(&show_address_args(address), None)?;
+            if shown.status.success() && !shown.stdout.trim_ascii().is_empty() {
+                execute(&address_args("del", address, &[]), None)?;
             }
         }
     }

@@ -47,6 +47,64 @@ fn ipv6_rules_use_ipv6_loopback_and_only_ipv6_cidrs() {
 }
 
 #[test]
+fn ipv6_returns_the_inbound_source_first_as_ipv4_does() {
+    let v6 = lines(&CaptureConfig::default(), Family::V6);
+    let output: Vec<&String> = v6
+        .iter()
+        .filter(|l| l.starts_with("-A WARD_OUTPUT"))
+        .collect();
+    assert_eq!(output[0], "-A WARD_OUTPUT -s ::6/128 -o lo -j RETURN");
+    assert_eq!(
+        output[1],
+        "-A WARD_OUTPUT -o lo ! -d ::1/128 -m owner --uid-owner 1337 -j WARD_INBOUND"
+    );
+    assert_eq!(Family::V4.inbound_source(), "127.0.0.6/32");
+}
+
+#[test]
+fn ipv6_capture_adds_the_inbound_source_to_lo_first_and_remove_deletes_it() {
+    let plan = apply_plan(&CaptureConfig::default(), &[Family::V4, Family::V6]);
+    assert_eq!(
+        plan[0],
+        Step::AddLoopbackAddress {
+            address: "::6/128".to_owned()
+        }
+    );
+    assert_eq!(
+        plan[0].to_string(),
+        "[ \"$(cat /proc/sys/net/ipv6/conf/lo/disable_ipv6 2>/dev/null)\" = 0 ] \
+         && ip -6 addr replace ::6/128 dev lo nodad"
+    );
+    assert_eq!(
+        plan.iter()
+            .filter(|s| matches!(s, Step::AddLoopbackAddress { .. }))
+            .count(),
+        1
+    );
+    // IPv4 only: no address.
+    let v4 = apply_plan(&CaptureConfig::default(), &[Family::V4]);
+    assert!(!v4.iter().any(|s| s.to_string().contains("addr")));
+
+    let removal = remove_plan(&[Family::V4, Family::V6]);
+    let last = removal.last().unwrap();
+    assert_eq!(
+        last,
+        &Step::DeleteLoopbackAddress {
+            address: "::6/128".to_owned()
+        }
+    );
+    assert_eq!(
+        last.to_string(),
+        "ip -6 -o addr show dev lo to ::6/128 | grep -q . && ip -6 addr del ::6/128 dev lo"
+    );
+    assert!(
+        !remove_plan(&[Family::V4])
+            .iter()
+            .any(|s| matches!(s, Step::DeleteLoopbackAddress { .. }))
+    );
+}
+
+#[test]
 fn exclusions_come_before_the_catch_all_redirects() {
     let config = CaptureConfig {
         exclude_inbound_ports: vec![22, 8081],
