@@ -3,65 +3,21 @@
 //! implementation (`websockets`), client and server, in real network
 //! namespaces with the real iptables capture (see `support/mesh.rs`).
 //!
-//! The peers are `tests/peers/*.py`, run with the system's `/usr/bin/python3`
-//! (the pods' application user cannot read root's home) and the libraries
-//! `.ci/run` installs into `/opt/ward-test-peers/python`
-//! (`WARD_TEST_PEERS_PYTHONPATH` to use another directory).
+//! The peers are `tests/peers/*.py` (see `support/peers.rs`).
 
 #[path = "support/mesh.rs"]
 mod mesh;
 #[path = "support/netns.rs"]
 mod netns;
-
-use std::path::PathBuf;
-use std::process::Command;
+#[path = "support/peers.rs"]
+mod peers;
 
 use mesh::{Mesh, MeshPod, PodOptions, assert_ok};
 use serde_json::Value;
 
-const PYTHON: &str = "/usr/bin/python3";
-
-fn peers_pythonpath() -> String {
-    std::env::var("WARD_TEST_PEERS_PYTHONPATH")
-        .unwrap_or_else(|_| "/opt/ward-test-peers/python".to_owned())
-}
-
-fn peer_script(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/peers")
-        .join(name);
-    path.to_str().unwrap().to_owned()
-}
-
 /// The mesh's prerequisites, and Python with grpcio and websockets.
 fn prerequisites() -> bool {
-    if !mesh::prerequisites() {
-        return false;
-    }
-    let imports = Command::new(PYTHON)
-        .args(["-c", "import grpc, websockets"])
-        .env("PYTHONPATH", peers_pythonpath())
-        .output()
-        .is_ok_and(|out| out.status.success());
-    ward_testkit::prerequisite(
-        imports,
-        &format!(
-            "{PYTHON} cannot import grpc and websockets from {} (.ci/run installs them)",
-            peers_pythonpath()
-        ),
-    )
-}
-
-/// `python3 SCRIPT ARGS…` with the peers' libraries, as argv.
-fn python_argv(script: &str, args: &[&str]) -> Vec<String> {
-    let mut argv = vec![
-        "env".to_owned(),
-        format!("PYTHONPATH={}", peers_pythonpath()),
-        PYTHON.to_owned(),
-        peer_script(script),
-    ];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    argv
+    mesh::prerequisites() && peers::available("grpc, websockets")
 }
 
 /// Server pod `b` running `app` and client pod `a`, both with sidecars.
@@ -74,7 +30,7 @@ fn client_server(name: &str, app: &[String]) -> (Mesh, MeshPod, MeshPod) {
 }
 
 fn run_client(client: &MeshPod, script: &str, args: &[&str]) -> Value {
-    let argv = python_argv(script, args);
+    let argv = peers::argv(script, args);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = assert_ok(client.exec(&argv), script);
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{script}: {e}: {out}"))
@@ -96,7 +52,7 @@ fn grpc_between_independent_peers_through_two_sidecars() {
     if !prerequisites() {
         return;
     }
-    let server = python_argv("grpc_peer.py", &["serve", "--listen", "0.0.0.0:50051"]);
+    let server = peers::argv("grpc_peer.py", &["serve", "--listen", "0.0.0.0:50051"]);
     let (_mesh, b, a) = client_server("ward-peer-grpc", &server);
     let target = format!("{}:50051", b.ip());
     let result = run_client(
@@ -121,7 +77,7 @@ fn websocket_between_independent_peers_through_two_sidecars() {
     if !prerequisites() {
         return;
     }
-    let server = python_argv("ws_peer.py", &["serve", "--listen", "0.0.0.0:8765"]);
+    let server = peers::argv("ws_peer.py", &["serve", "--listen", "0.0.0.0:8765"]);
     let (_mesh, b, a) = client_server("ward-peer-ws", &server);
     let target = format!("{}:8765", b.ip());
     let result = run_client(&a, "ws_peer.py", &["call", "--connect", &target]);

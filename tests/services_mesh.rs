@@ -7,7 +7,8 @@
 //! (and Service names through `/etc/hosts`), never pod addresses.
 //!
 //! Needs root, `ip`, `iptables`(-restore/-save), `sysctl`, `setpriv`,
-//! `curl`, `tcpdump` and the `br_netfilter` module; skips without them
+//! `curl`, `tcpdump` and the `br_netfilter` module, and for the WebSocket
+//! test Python with `websockets` (`support/peers.rs`); skips without them
 //! (fails under WARD_TEST_STRICT=1).
 
 #[path = "support/kube_proxy.rs"]
@@ -18,6 +19,8 @@ mod mesh;
 mod netns;
 #[path = "support/pcap.rs"]
 mod pcap;
+#[path = "support/peers.rs"]
+mod peers;
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -803,4 +806,121 @@ fn the_shop_example_runs_with_its_service_names() {
             "{log}"
         );
     }
+}
+
+/// Waits until `pod`'s sidecar logged a line with every one of `parts`
+/// (an access-log line is written when its request or connection ends,
+/// which may be just after the client saw the end); panics after 20 s.
+fn logged(pod: &MeshPod, parts: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = pod.proxy_log();
+        if let Some(line) = log
+            .lines()
+            .find(|line| parts.iter().all(|part| line.contains(part)))
+        {
+            return line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {parts:?} in the sidecar's log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A WebSocket client (`websockets`, tests/peers/ws_peer.py) in a meshed
+/// pod calls `ws://<ClusterIP>/` of a Service whose one meshed endpoint is
+/// a `websockets` echo server: the upgrade is routed by the client's
+/// sidecar to the Service's endpoint over mTLS, and messages cross the
+/// upgraded connection both ways (several sent before the first echo is
+/// read, a 100 KiB binary one, a ping) until a clean close.
+#[test]
+fn a_websocket_through_a_service_between_independent_peers() {
+    if !(prerequisites() && peers::available("websockets")) {
+        return;
+    }
+    let mesh = Mesh::with_policy_dir("ward-svc-ws", &[("echo", "echo"), ("client", "client")]);
+    let serve = peers::argv("ws_peer.py", &["serve", "--listen", "0.0.0.0:8765"]);
+    let serve: Vec<&str> = serve.iter().map(String::as_str).collect();
+    let server = mesh.add_pod("echo", "echo", &serve, PodOptions::default());
+    wait_registered(&server);
+    let client = mesh.add_pod("client", "client", &[], PodOptions::default());
+    let ports = [Port {
+        name: "ws",
+        port: 80,
+        target: 8765,
+        app_protocol: None,
+    }];
+    let yaml = service_yaml("default", "ws", &ports, &[(&server, true)], &[]);
+    mesh.apply_policy("ws-service.yaml", &yaml, &[]);
+    // The node's rules too, as in a cluster (the meshed client's sidecar
+    // does not need them: it resolves the ClusterIP itself).
+    let node = KubeProxy::new(mesh.network());
+    let endpoint = format!("{}:8765", server.ip());
+    node.set_service("ws", CLUSTER_IP, 80, &[&endpoint]);
+
+    let target = format!("{CLUSTER_IP}:80");
+    let call = peers::argv(
+        "ws_peer.py",
+        &[
+            "call",
+            "--connect",
+            &target,
+            "--path",
+            "/",
+            "--messages",
+            "25",
+        ],
+    );
+    let call: Vec<&str> = call.iter().map(String::as_str).collect();
+    let out = assert_ok(client.exec(&call), "ws_peer.py call through the Service");
+    let result = json(&out);
+    assert_eq!(result["text"], "hello through two sidecars", "{result}");
+    assert_eq!(result["binary_ok"], true, "{result}");
+    assert_eq!(result["messages_echoed"], 25, "{result}");
+    assert_eq!(result["pong"], true, "{result}");
+    assert_eq!(result["close_code"], 1000, "{result}");
+
+    // Through the Service: the client's sidecar logged the upgrade as a
+    // request to default/ws, sent to the endpoint whose identity it checked.
+    let peer = format!("peer=\"{}\"", server.spiffe_id());
+    let endpoint_field = format!("endpoint=\"{endpoint}\"");
+    logged(
+        &client,
+        &[
+            "direction=\"outbound\"",
+            "service=\"default/ws\"",
+            &endpoint_field,
+            &peer,
+            "status=101",
+        ],
+    );
+    let metrics = mesh.metrics(&client);
+    let to_service = metric_sum(
+        &metrics,
+        "ward_http_requests_total",
+        &[
+            ("direction", "outbound"),
+            ("dst_service", "default/ws"),
+            ("peer_service_account", "echo"),
+        ],
+    );
+    assert!(to_service >= 1.0, "{metrics}");
+    // Over mTLS: the server's sidecar authenticated the client.
+    logged(
+        &server,
+        &["direction=\"inbound\"", client.spiffe_id(), "status=101"],
+    );
+    let metrics = mesh.metrics(&server);
+    let from_client = metric_sum(
+        &metrics,
+        "ward_http_requests_total",
+        &[
+            ("direction", "inbound"),
+            ("peer_namespace", "default"),
+            ("peer_service_account", "client"),
+        ],
+    );
+    assert!(from_client >= 1.0, "{metrics}");
 }
