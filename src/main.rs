@@ -1,4 +1,5 @@
-//! `ward`: the operator CLI (identities, CA, join tokens) and the demo.
+//! `ward`: the operator CLI (identities, CA, join tokens, quarantine and
+//! its audit trail) and the demo.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -36,6 +37,10 @@ enum Command {
     /// Check requests against authorization policies, and lint policies.
     #[command(subcommand)]
     Authz(cli::authz::AuthzCommand),
+    /// Cut an identity, a pod or one certificate off the mesh (or --lift it).
+    Quarantine(cli::quarantine::QuarantineArgs),
+    /// List the audit trail: every quarantine and lift, who, when, why, what.
+    Audit(cli::quarantine::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +52,8 @@ fn main() -> ExitCode {
         Command::Token(cmd) => cli::token::run(cmd),
         Command::Inject(args) => cli::inject::run(args),
         Command::Authz(cmd) => cli::authz::run(cmd),
+        Command::Quarantine(args) => cli::quarantine::run(args),
+        Command::Audit(args) => cli::quarantine::run_audit(args),
     };
     match result {
         Ok(code) => code,

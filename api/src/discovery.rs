@@ -9,8 +9,8 @@
 //! Updates are deltas: changed resources whole, removed ones by name. Each
 //! update is answered with an [`Ack`] (now enforced) or a [`Nack`] (kept
 //! the previous state, and why). Policies and trust bundles are pushed,
-//! scoped to the workload; endpoints are sent on demand, for the addresses
-//! the sidecar subscribed to. `docs/api.md` is the full specification.
+//! scoped to the workload, quarantines to every sidecar; endpoints are
+//! sent on demand, for the addresses the sidecar subscribed to. `docs/api.md` is the full specification.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +41,8 @@ pub enum ResourceType {
     Service,
     /// [`BundleBody`]: a trust domain's roots. Pushed.
     Bundle,
+    /// [`QuarantineBody`]: what one quarantine entry revokes. Pushed.
+    Quarantine,
     /// A type this build does not know (sent by a newer peer): ignored.
     #[serde(other)]
     Unknown,
@@ -53,6 +55,7 @@ impl ResourceType {
             ResourceType::Endpoint => "endpoint",
             ResourceType::Service => "service",
             ResourceType::Bundle => "bundle",
+            ResourceType::Quarantine => "quarantine",
             ResourceType::Unknown => "unknown",
         }
     }
@@ -325,6 +328,26 @@ fn yes() -> bool {
 pub struct BundleBody {
     pub trust_domain: String,
     pub roots_pem: String,
+}
+
+/// One quarantine entry, resolved: every identity, certificate and address
+/// it revokes. Named by the entry (`metadata.name` of its `Quarantine`
+/// document). A sidecar refuses a peer that matches any entry it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineBody {
+    /// The target as the operator wrote it (`spiffe://…`, `namespace/pod`,
+    /// `serial:HEX`), for logs.
+    pub target: String,
+    /// SPIFFE IDs: every certificate of these identities is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spiffe_ids: Vec<String>,
+    /// Certificate serial numbers, lowercase hex without leading zeros:
+    /// only these certificates are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serials: Vec<String>,
+    /// Pod addresses: connections from or to them are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// `POST /v2/register` body: the caller's source address becomes an

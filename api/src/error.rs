@@ -20,4 +20,7 @@ pub mod codes {
     pub const NOT_SYNCED: &str = "not_synced";
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
     pub const NOT_FOUND: &str = "not_found";
+    /// Refused for a reason the caller is not told (a quarantine): the
+    /// control plane's log says why.
+    pub const REFUSED: &str = "refused";
 }

@@ -28,6 +28,7 @@ use ward_policy::{EvalOptions, PolicySet};
 
 use crate::metrics::Metrics;
 use crate::policy_store::PolicySnapshot;
+use crate::quarantine::{Match, QuarantineState, Subject};
 use crate::trust_bundles::BundleSet;
 
 pub mod endpoints;
@@ -112,6 +113,12 @@ pub struct StreamContext {
     /// ([`ward_api::discovery::BundleBody`]); a change is pushed to every
     /// stream.
     pub bundles: watch::Receiver<Arc<BundleSet>>,
+    /// What is quarantined, one resource per entry
+    /// ([`ward_api::discovery::QuarantineBody`]): pushed to every stream;
+    /// a stream whose own sidecar becomes quarantined ends at once.
+    pub quarantine: watch::Receiver<Arc<QuarantineState>>,
+    /// The serial of the client certificate that opened the stream.
+    pub serial: Option<String>,
     pub endpoints: Arc<Endpoints>,
     pub sidecars: Arc<Sidecars>,
     pub metrics: Arc<Metrics>,
@@ -134,6 +141,9 @@ struct Stream {
     bundle: TypeState,
     bundle_sent: bool,
     bundle_dirty: bool,
+    quarantine: TypeState,
+    quarantine_sent: bool,
+    quarantine_dirty: bool,
     endpoint: OnDemand,
     service: OnDemand,
     /// News of subscribed addresses, both types.
@@ -271,6 +281,7 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         wants: ctx.hello.resource_types.iter().copied().collect(),
         policy: resume(ResourceType::Policy),
         bundle: resume(ResourceType::Bundle),
+        quarantine: resume(ResourceType::Quarantine),
         endpoint: OnDemand::new(ResourceType::Endpoint, resume(ResourceType::Endpoint)),
         service: OnDemand::new(ResourceType::Service, resume(ResourceType::Service)),
         inbox: Arc::new(Inbox::default()),
@@ -284,6 +295,8 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         policy_desired: Versions::new(),
         bundle_sent: false,
         bundle_dirty: true,
+        quarantine_sent: false,
+        quarantine_dirty: true,
         status,
         ctx,
     };
@@ -325,6 +338,13 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
 impl Stream {
     async fn serve(&mut self, requests: &mut LineReader) -> Result<(), &'static str> {
         loop {
+            // A changed quarantine (and the first one: quarantined between
+            // the caller's check and now) is checked before anything is
+            // sent: whatever the sidecar does with updates (it may never
+            // ACK), its stream ends as soon as it is quarantined.
+            if self.quarantine_dirty {
+                self.end_if_quarantined()?;
+            }
             self.send_pending().await?;
             let own_pod = self.own_pod.clone();
             let line = tokio::select! {
@@ -337,6 +357,11 @@ impl Stream {
                 changed = self.ctx.bundles.changed() => {
                     changed.map_err(|_| "trust bundles gone")?;
                     self.bundle_dirty = true;
+                    continue;
+                }
+                changed = self.ctx.quarantine.changed() => {
+                    changed.map_err(|_| "quarantine gone")?;
+                    self.quarantine_dirty = true;
                     continue;
                 }
                 _ = self.inbox.notify.notified() => continue,
@@ -360,8 +385,53 @@ impl Stream {
         }
     }
 
+    /// The entry that quarantines this stream's sidecar, if one does.
+    fn quarantined(&self) -> Option<Match> {
+        let pod = self
+            .ctx
+            .hello
+            .node
+            .pod
+            .as_ref()
+            .map(|p| format!("{}/{p}", self.ctx.namespace));
+        let who = Subject {
+            spiffe_id: Some(self.ctx.id.as_str()),
+            serial: self.ctx.serial.as_deref(),
+            pod: pod.as_deref(),
+            address: Some(self.ctx.peer),
+        };
+        self.ctx.quarantine.borrow().revoked.check(&who)
+    }
+
+    fn end_if_quarantined(&self) -> Result<(), &'static str> {
+        match self.quarantined() {
+            Some(m) => {
+                warn!(spiffe_id = %self.ctx.id, pod = ?self.ctx.hello.node.pod, serial = ?self.ctx.serial, entry = %m.entry, matched = m.by, "discovery stream closed: the sidecar is quarantined");
+                Err("quarantined")
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Sends every update that is due and allowed (one in flight per type).
     async fn send_pending(&mut self) -> Result<(), &'static str> {
+        // First: a quarantine reaches sidecars before anything else.
+        if self.wants.contains(&ResourceType::Quarantine)
+            && self.quarantine_dirty
+            && self.quarantine.in_flight().is_none()
+        {
+            self.quarantine_dirty = false;
+            let state = self.ctx.quarantine.borrow_and_update().clone();
+            let delta = match self.quarantine.delta_to(&state.resources) {
+                None if self.quarantine_sent => None,
+                delta => Some(delta.unwrap_or_default()),
+            };
+            if let Some((changed, removed)) = delta {
+                self.quarantine_sent = true;
+                self.send(ResourceType::Quarantine, state.version, changed, removed)
+                    .await?;
+            }
+        }
         if self.wants.contains(&ResourceType::Policy)
             && self.policy_dirty
             && self.policy.in_flight().is_none()
@@ -443,6 +513,7 @@ impl Stream {
         let state = match resource_type {
             ResourceType::Policy => &mut self.policy,
             ResourceType::Bundle => &mut self.bundle,
+            ResourceType::Quarantine => &mut self.quarantine,
             ResourceType::Service => &mut self.service.state,
             _ => &mut self.endpoint.state,
         };
@@ -491,7 +562,10 @@ impl Stream {
                                 .observe(accepted.elapsed().as_secs_f64());
                         }
                     }
-                } else if !self.bundle.ack(ack.nonce) && !self.endpoint.state.ack(ack.nonce) {
+                } else if !self.bundle.ack(ack.nonce)
+                    && !self.quarantine.ack(ack.nonce)
+                    && !self.endpoint.state.ack(ack.nonce)
+                {
                     self.service.state.ack(ack.nonce);
                 }
             }
@@ -501,6 +575,8 @@ impl Stream {
                     Some(ResourceType::Policy)
                 } else if self.bundle.nack(nack.nonce, nack.error.clone()) {
                     Some(ResourceType::Bundle)
+                } else if self.quarantine.nack(nack.nonce, nack.error.clone()) {
+                    Some(ResourceType::Quarantine)
                 } else if self.endpoint.state.nack(nack.nonce, nack.error.clone()) {
                     Some(ResourceType::Endpoint)
                 } else if self.service.state.nack(nack.nonce, nack.error.clone()) {

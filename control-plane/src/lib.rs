@@ -4,6 +4,7 @@
 
 pub mod attest;
 pub mod data_dir;
+mod dir_watch;
 pub mod inject;
 pub mod k8s;
 pub mod listener;
@@ -11,6 +12,7 @@ pub use ward_logging as logging;
 pub mod discovery;
 pub mod metrics;
 pub mod policy_store;
+pub mod quarantine;
 pub mod server;
 pub mod services;
 mod serving;

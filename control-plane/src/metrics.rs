@@ -28,6 +28,10 @@ pub struct Metrics {
     pub discovery_bytes_sent: IntCounterVec,
     pub discovery_nacks: IntCounterVec,
     pub discovery_sidecars: IntGaugeVec,
+    /// Quarantine entries in force (identities, pods, certificates).
+    pub quarantined_identities: IntGauge,
+    /// Files of the quarantine directory that do not parse.
+    pub quarantine_invalid_files: IntGauge,
     /// Connections refused, timed out and open, per listener.
     pub listeners: std::sync::Arc<crate::listener::ListenerMetrics>,
 }
@@ -194,6 +198,16 @@ impl Metrics {
         for result in ["ok", "failed"] {
             status_updates.with_label_values(&[result]).reset();
         }
+        let quarantined_identities = IntGauge::new(
+            "ward_quarantined_identities",
+            "Quarantine entries in force (identities, pods and certificates cut off the mesh).",
+        )
+        .expect("valid metric");
+        let quarantine_invalid_files = IntGauge::new(
+            "ward_cp_quarantine_invalid_files",
+            "Files of the quarantine directory that do not parse (each keeps what it held when it last parsed).",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new("ward_build_info", "Ward build information (always 1)."),
             &["version", "component"],
@@ -217,6 +231,8 @@ impl Metrics {
             Box::new(discovery_bytes_sent.clone()),
             Box::new(discovery_nacks.clone()),
             Box::new(discovery_sidecars.clone()),
+            Box::new(quarantined_identities.clone()),
+            Box::new(quarantine_invalid_files.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -258,6 +274,8 @@ impl Metrics {
             discovery_bytes_sent,
             discovery_nacks,
             discovery_sidecars,
+            quarantined_identities,
+            quarantine_invalid_files,
         }
     }
 

@@ -16,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -25,16 +25,12 @@ use tracing::{error, info};
 use ward_api::discovery::{PolicyBody, Resource, ServiceBody};
 use ward_policy::{ConfigError, PolicyError, PolicySet};
 
+use crate::dir_watch::DirWatch;
 use crate::discovery::Endpoints;
 use crate::metrics::Metrics;
 use crate::services::ServiceCatalog;
 
-/// After a change event, how long the directory must stay quiet before it
-/// is read (an editor or `kubectl cp` writes in several steps).
-pub const SETTLE: Duration = Duration::from_millis(15);
-/// A full re-check even without events, for file systems where inotify
-/// says nothing (network mounts).
-pub const RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+pub use crate::dir_watch::{RESCAN_INTERVAL, SETTLE};
 
 /// One YAML document of the accepted set, kept as written so proxies get
 /// exactly what the operator wrote (and parse it with the same code).
@@ -539,44 +535,11 @@ fn segments(text: &str) -> Vec<Segment<'_>> {
 
 impl PolicySource for DirSource {
     async fn run(mut self, store: Arc<PolicyStore>, mut shutdown: watch::Receiver<bool>) {
-        let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-        // Kept alive for the loop: dropping the watcher stops the events.
-        let _watcher = match watch_dir(&self.dir, tx) {
-            Ok(w) => Some(w),
-            Err(err) => {
-                error!(dir = %self.dir.display(), error = %err, interval = ?RESCAN_INTERVAL, "cannot watch the policy directory with inotify; re-reading it periodically instead");
-                None
-            }
-        };
-        loop {
-            let event = tokio::select! {
-                event = events.recv() => event.is_some(),
-                _ = tokio::time::sleep(RESCAN_INTERVAL) => false,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
-            if event {
-                // Let a burst of writes finish, then read once.
-                while let Ok(Some(())) = tokio::time::timeout(SETTLE, events.recv()).await {}
-            }
+        let mut changes = DirWatch::new(&self.dir, "policy directory", RESCAN_INTERVAL);
+        while changes.next(&mut shutdown).await {
             self.poll(&store);
         }
     }
-}
-
-/// Signals `tx` on every change inside `dir` (not recursive: ConfigMap
-/// volumes swap a `..data` symlink in the directory itself).
-fn watch_dir(
-    dir: &Path,
-    tx: tokio::sync::mpsc::Sender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.try_send(());
-        }
-    })?;
-    watcher.watch(dir, notify::RecursiveMode::NonRecursive)?;
-    Ok(watcher)
 }
 
 fn read_dir_texts(dir: &Path) -> std::io::Result<Vec<SourceText>> {

@@ -37,6 +37,9 @@ use crate::k8s::leader::{Elector, Leadership, LeaseConfig};
 use crate::listener::{self, Conn, Limits, Settings};
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
+use crate::quarantine::{
+    DirQuarantine, Issued, IssuedCertificates, QuarantineDir, QuarantineState, Resolver, Subject,
+};
 use crate::serving::ServingIdentity;
 use crate::trust_bundles::{self, BundleSet};
 use crate::webhook::{Webhook, WebhookConfig};
@@ -147,6 +150,11 @@ struct State {
     /// Keeps `bundles` open for the control plane's life (the directory
     /// watcher, when there is one, publishes through it).
     _bundles_tx: Arc<watch::Sender<Arc<BundleSet>>>,
+    /// What is quarantined (`<data-dir>/quarantine/`): refused here, and
+    /// pushed to every sidecar.
+    quarantine: watch::Receiver<Arc<QuarantineState>>,
+    /// Certificates issued, so a pod's quarantine finds its certificates.
+    issued: Arc<IssuedCertificates>,
     eval_options: ward_policy::EvalOptions,
     shutdown: watch::Receiver<bool>,
 }
@@ -235,6 +243,24 @@ impl ControlPlane {
         let bundles_tx = Arc::new(bundles_tx);
         let sidecars = Arc::new(Sidecars::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let issued = Arc::new(
+            IssuedCertificates::open(data.path()).context("the record of issued certificates")?,
+        );
+        // Read before anything is served: no certificate, stream or
+        // connection ever starts without the quarantines in force.
+        let (quarantine_tx, quarantine) = watch::channel(Arc::new(QuarantineState::default()));
+        let mut quarantine_source = DirQuarantine::new(
+            QuarantineDir::open(data.path())?,
+            data.path(),
+            Resolver {
+                issued: issued.clone(),
+                sidecars: sidecars.clone(),
+                pods: attestor.pods.clone(),
+            },
+            Arc::new(quarantine_tx),
+            metrics.clone(),
+        );
+        quarantine_source.poll();
         let state = Arc::new(State {
             ca: Arc::new(ca),
             attestor,
@@ -246,11 +272,14 @@ impl ControlPlane {
             sidecars: sidecars.clone(),
             bundles,
             _bundles_tx: bundles_tx.clone(),
+            quarantine,
+            issued,
             eval_options,
             shutdown: shutdown_rx.clone(),
         });
 
         let mut tasks = JoinSet::new();
+        tasks.spawn(quarantine_source.run(shutdown_rx.clone()));
         if let Some(dir) = config.trust_bundle_dir.clone() {
             tasks.spawn(trust_bundles::watch_dir(
                 trust_domain.clone(),
@@ -483,6 +512,11 @@ async fn serve_api_connection(
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|leaf| ward_identity::svid::not_after_of(leaf).ok());
+    // What a quarantine of one certificate matches.
+    let peer_serial = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|leaf| ward_identity::svid::serial_of(leaf).ok());
     let service = service_fn(move |req| {
         let state = state.clone();
         let peer_id = peer_id.clone();
@@ -490,6 +524,7 @@ async fn serve_api_connection(
             id: peer_id.clone(),
             addr: peer_addr,
             expiry: peer_expiry,
+            serial: peer_serial.clone(),
         };
         async move { Ok::<_, Infallible>(route(&state, caller, req).await) }
     });
@@ -502,14 +537,27 @@ struct Caller {
     id: Option<SpiffeId>,
     addr: SocketAddr,
     expiry: Option<time::OffsetDateTime>,
+    /// The client certificate's serial ([`ward_identity::svid::serial_of`]).
+    serial: Option<String>,
+}
+
+impl Caller {
+    /// The caller as a quarantine sees it (`pod`: `namespace/pod`).
+    fn subject<'a>(&'a self, pod: Option<&'a str>) -> Subject<'a> {
+        Subject {
+            spiffe_id: self.id.as_ref().map(SpiffeId::as_str),
+            serial: self.serial.as_deref(),
+            pod,
+            address: Some(self.addr.ip()),
+        }
+    }
 }
 
 async fn route(state: &Arc<State>, caller: Caller, req: Request<Incoming>) -> Response<ApiBody> {
-    let (peer_id, peer_addr) = (caller.id.as_ref(), caller.addr);
     match (req.method(), req.uri().path()) {
-        (&Method::POST, SVID_PATH) => issue_svid(state, peer_id, peer_addr, req).await,
+        (&Method::POST, SVID_PATH) => issue_svid(state, &caller, req).await,
         (&Method::POST, DISCOVERY_PATH) => discovery_stream(state, &caller, req).await,
-        (&Method::POST, REGISTER_PATH) => register(state, peer_id, peer_addr, req).await,
+        (&Method::POST, REGISTER_PATH) => register(state, &caller, req).await,
         (&Method::GET, BUNDLE_PATH) => json(
             StatusCode::OK,
             &BundleResponse {
@@ -618,6 +666,10 @@ async fn discovery_stream(
         }
         (None, _) => (hello.node.labels.clone(), Vec::new()),
     };
+    let pod = hello.node.pod.as_ref().map(|p| format!("{namespace}/{p}"));
+    if let Some(refusal) = refuse_quarantined(state, caller, pod.as_deref(), "discovery stream") {
+        return refusal;
+    }
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let ctx = StreamContext {
         stream: state.sidecars.next_stream_id(),
@@ -632,6 +684,8 @@ async fn discovery_stream(
         policies: state.policies.subscribe(),
         synced: state.policies.subscribe_synced(),
         bundles: state.bundles.clone(),
+        quarantine: state.quarantine.clone(),
+        serial: caller.serial.clone(),
         endpoints: state.endpoints.clone(),
         sidecars: state.sidecars.clone(),
         metrics: state.metrics.clone(),
@@ -646,14 +700,17 @@ async fn discovery_stream(
 /// Kubernetes; the discovery stream itself has no side effect).
 async fn register(
     state: &Arc<State>,
-    peer_id: Option<&SpiffeId>,
-    peer_addr: SocketAddr,
+    caller: &Caller,
     req: Request<Incoming>,
 ) -> Response<ApiBody> {
-    let (id, _) = match workload_caller(peer_id) {
+    let peer_addr = caller.addr;
+    let (id, _) = match workload_caller(caller.id.as_ref()) {
         Ok(caller) => caller,
         Err(refusal) => return *refusal,
     };
+    if let Some(refusal) = refuse_quarantined(state, caller, None, "address registration") {
+        return refusal;
+    }
     let mut requests = LineReader::new(req.into_body(), MAX_BODY_BYTES);
     let first = match requests.first_line(crate::discovery::HELLO_TIMEOUT).await {
         Ok(Some(line)) => serde_json::from_slice::<Registration>(&line).map_err(|e| e.to_string()),
@@ -711,12 +768,8 @@ fn line_stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<ApiBody> {
 
 /// `POST /v1/svid`: check the request, attest the caller, then sign. Nothing
 /// is signed unless every step succeeded.
-async fn issue_svid(
-    state: &State,
-    peer_id: Option<&SpiffeId>,
-    peer_addr: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<ApiBody> {
+async fn issue_svid(state: &State, caller: &Caller, req: Request<Incoming>) -> Response<ApiBody> {
+    let (peer_id, peer_addr) = (caller.id.as_ref(), caller.addr);
     let refuse = |status, reason: &'static str, message: String| {
         state
             .metrics
@@ -777,6 +830,23 @@ async fn issue_svid(
                 "{requested} is the control plane's own identity; it is never issued to workloads"
             ),
         );
+    }
+    // Neither a quarantined identity or pod nor the holder of a revoked
+    // certificate gets one, whatever its credential.
+    let pod = request
+        .pod
+        .as_ref()
+        .zip(requested.namespace())
+        .map(|(pod, namespace)| format!("{namespace}/{pod}"));
+    let mut subject = caller.subject(pod.as_deref());
+    subject.spiffe_id = Some(requested.as_str());
+    if let Some(refusal) = refuse_quarantined_with(state, subject, caller, "certificate request") {
+        state
+            .metrics
+            .certificate_refusals
+            .with_label_values(&["quarantined"])
+            .inc();
+        return refusal;
     }
     // Validate the CSR before attesting, so a bad CSR never burns a join token.
     if let Err(err) = state.ca.check_csr(&request.csr, &requested) {
@@ -858,8 +928,16 @@ async fn issue_svid(
     match state.ca.sign_csr(&request.csr, &attested, state.svid_ttl) {
         Ok(svid) => {
             state.metrics.certificates_issued.inc();
+            if let Some(serial) = ward_identity::svid::canonical_serial(&svid.serial_hex) {
+                state.issued.record(Issued {
+                    serial,
+                    spiffe_id: attested.to_string(),
+                    pod: pod.clone(),
+                    not_after: svid.not_after.unix_timestamp(),
+                });
+            }
             let not_after = ward_identity::rfc3339(svid.not_after);
-            info!(spiffe_id = %attested, serial = %svid.serial_hex, %not_after, "issued X.509-SVID");
+            info!(spiffe_id = %attested, serial = %svid.serial_hex, %not_after, pod = ?pod, peer = %peer_addr, "issued X.509-SVID");
             json(
                 StatusCode::OK,
                 &SvidResponse {
@@ -877,6 +955,35 @@ async fn issue_svid(
             format!("signing refused: {err}"),
         ),
     }
+}
+
+/// The refusal of a quarantined caller (`pod`: the `namespace/pod` it
+/// names), if it is one.
+fn refuse_quarantined(
+    state: &State,
+    caller: &Caller,
+    pod: Option<&str>,
+    what: &'static str,
+) -> Option<Response<ApiBody>> {
+    refuse_quarantined_with(state, caller.subject(pod), caller, what)
+}
+
+/// Refuses `subject` when a quarantine matches it: the log says which
+/// entry and why, the caller hears only that it was refused (a
+/// compromised workload is not told it was found out).
+fn refuse_quarantined_with(
+    state: &State,
+    subject: Subject<'_>,
+    caller: &Caller,
+    what: &'static str,
+) -> Option<Response<ApiBody>> {
+    let found = state.quarantine.borrow().revoked.check(&subject)?;
+    warn!(what, spiffe_id = ?subject.spiffe_id, serial = ?subject.serial, pod = ?subject.pod, peer = %caller.addr, entry = %found.entry, matched = found.by, "refused: quarantined");
+    Some(error(
+        StatusCode::FORBIDDEN,
+        codes::REFUSED,
+        format!("the {what} was refused (the control plane's log says why)"),
+    ))
 }
 
 /// In Kubernetes, what a renewal over mTLS must still prove: the pod it

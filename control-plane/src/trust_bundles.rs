@@ -5,7 +5,8 @@
 //! discovery stream. Sidecars trust the union of what they are sent and
 //! their bootstrap anchor (`ward_identity::trust`).
 //!
-//! The directory is re-read when a file in it changes. A set that does not
+//! The directory is re-read when a file in it changes (inotify, and a
+//! check every second besides). A set that does not
 //! load (a file that is not PEM, a certificate that is not a CA, a file
 //! name that is not a trust domain) is refused whole, with the reason
 //! logged and counted, and the last good set stays in force: a typo never
@@ -20,9 +21,10 @@ use tracing::{error, info};
 use ward_api::discovery::{BundleBody, Resource};
 use ward_identity::TrustBundles;
 
+use crate::dir_watch::DirWatch;
 use crate::metrics::Metrics;
 
-/// How often the directory is checked for changes.
+/// How often the directory is checked for changes inotify did not report.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The bundles as sent: one resource per trust domain, named by it.
@@ -147,11 +149,8 @@ pub async fn watch_dir(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut seen = fingerprint(&dir);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
+    let mut changes = DirWatch::new(&dir, "trust bundle directory", POLL_INTERVAL);
+    while changes.next(&mut shutdown).await {
         let now = fingerprint(&dir);
         if now == seen {
             continue;

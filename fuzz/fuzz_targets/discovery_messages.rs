@@ -3,7 +3,8 @@
 //! reads it (`ClientMessage`, `Registration`) and as the sidecar reads it
 //! (`ServerMessage`); what decodes re-encodes stably. Each `Update` is put
 //! through the sidecar's real handler (`ward_proxy::discovery::ProxyHandler`:
-//! policies parsed, endpoints and Services into the destination table),
+//! policies parsed, endpoints and Services into the destination table,
+//! quarantines into the quarantine set),
 //! answered with an ACK or NACK, and the control plane's record of what the
 //! sidecar holds (`TypeState`) must then equal what the sidecar holds
 //! (`ResourceCache`).
@@ -43,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
         )),
         destinations: Arc::new(Destinations::fixed(EndpointTable::default())),
         trust: ward_identity::Trust::new(ward_identity::TrustBundles::new()),
+        quarantine: ward_proxy::quarantine::Quarantine::new(metrics.clone()),
         metrics,
     };
     let mut cache = ResourceCache::default();

@@ -195,6 +195,51 @@ pub fn not_after_of(leaf: &CertificateDer<'_>) -> Result<OffsetDateTime, SvidErr
     Ok(parse(leaf)?.validity().not_after.to_datetime())
 }
 
+/// What a connection needs of an already-verified peer leaf, read in one
+/// parse: its SPIFFE ID, expiry and serial number ([`serial_of`]'s form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafFacts {
+    pub spiffe_id: SpiffeId,
+    pub not_after: OffsetDateTime,
+    pub serial: String,
+}
+
+/// The [`LeafFacts`] of a leaf. Does not verify anything; use on
+/// already-verified certificates.
+pub fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<LeafFacts, SvidError> {
+    let cert = parse(leaf)?;
+    Ok(LeafFacts {
+        spiffe_id: leaf_spiffe_id(&cert)?,
+        not_after: cert.validity().not_after.to_datetime(),
+        serial: serial_hex(cert.raw_serial()),
+    })
+}
+
+/// A leaf's serial number as lowercase hex without leading zeros: the one
+/// form serials are compared in (revocation, issuance records).
+pub fn serial_of(leaf: &CertificateDer<'_>) -> Result<String, SvidError> {
+    Ok(serial_hex(parse(leaf)?.raw_serial()))
+}
+
+/// `text` (hex digits, optionally `:`-separated, any case) in the form
+/// [`serial_of`] gives; `None` when it is not a serial number.
+pub fn canonical_serial(text: &str) -> Option<String> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    if digits.is_empty() || digits.len() > 40 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let trimmed = digits.trim_start_matches('0').to_ascii_lowercase();
+    Some(if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed
+    })
+}
+
+fn serial_hex(raw: &[u8]) -> String {
+    canonical_serial(&hex::encode(raw)).unwrap_or_else(|| "0".to_owned())
+}
+
 /// Checks that `key` is the private key of `leaf` (same public key).
 pub fn check_key_matches(
     leaf: &CertificateDer<'_>,

@@ -2,7 +2,9 @@
 //! `ward_api::client::discovery`): policies go to the policy engine,
 //! endpoints to the destination table, trust bundles to the workload's
 //! trust (beside its `--ca` anchor), each applied on its own, so an
-//! endpoint change never re-parses policies or re-checks connections. An
+//! endpoint change never re-parses policies or re-checks connections;
+//! quarantines go to the quarantine set, which cuts the connections of the
+//! peers it names. An
 //! update that cannot be applied is NACKed and the previous state stays in
 //! force. Outside Kubernetes the sidecar also registers its address.
 
@@ -27,19 +29,22 @@ use ward_policy::PolicySet;
 use crate::endpoints::Destinations;
 use crate::metrics::ProxyMetrics;
 use crate::policy::PolicyAuthorizer;
+use crate::quarantine::{Quarantine, QuarantineSet};
 
 /// The resource types this sidecar understands.
-pub const RESOURCE_TYPES: [ResourceType; 4] = [
+pub const RESOURCE_TYPES: [ResourceType; 5] = [
     ResourceType::Policy,
     ResourceType::Endpoint,
     ResourceType::Service,
     ResourceType::Bundle,
+    ResourceType::Quarantine,
 ];
 
 pub struct ProxyHandler {
     pub authorizer: Arc<PolicyAuthorizer>,
     pub destinations: Arc<Destinations>,
     pub trust: Arc<Trust>,
+    pub quarantine: Arc<Quarantine>,
     pub metrics: Arc<ProxyMetrics>,
 }
 
@@ -50,6 +55,8 @@ impl DiscoveryHandler for ProxyHandler {
             ResourceType::Endpoint => self.destinations.apply(update),
             ResourceType::Service => self.destinations.apply_services(update),
             ResourceType::Bundle => self.apply_bundles(state),
+            ResourceType::Quarantine => QuarantineSet::from_resources(update.system_version, state)
+                .map(|set| self.quarantine.apply(set)),
             // Not asked for; nothing to apply.
             _ => Ok(()),
         };

@@ -21,7 +21,6 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
-use ward_identity::tls;
 
 use crate::app::{AppClients, AppPort};
 use crate::authz::{Authorizer, ConnInfo, Protocol as AuthzProtocol, Verdict};
@@ -34,6 +33,8 @@ use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
 use crate::outcome::{self, BadRequest, Failure};
 use crate::policy::{MtlsMode, Recheck};
+use crate::quarantine::severable::Severable;
+use crate::quarantine::{Peer, Quarantine};
 use crate::rewind::{self, Rewind};
 use crate::translate;
 use ward_policy::path::PathNormalization;
@@ -71,6 +72,9 @@ pub struct Inbound {
     pub path_normalization: PathNormalization,
     /// The workload's own certificate: a connection ends when it expires.
     pub svid: Arc<ward_identity::tls::SvidCell>,
+    /// Quarantined peers are refused after the handshake, and cut when an
+    /// update quarantines them.
+    pub quarantine: Arc<Quarantine>,
 }
 
 /// What every request on one inbound HTTP connection shares.
@@ -128,6 +132,16 @@ impl Inbound {
             }
             Target::Original => orig_dst::checked_destination(&tcp, &self.self_addrs)?,
         };
+        // A quarantined pod's address, whatever it speaks (its plaintext
+        // too, in PERMISSIVE or DISABLE mode).
+        let from = Peer {
+            spiffe_id: None,
+            serial: None,
+            address: source.ip(),
+        };
+        if self.quarantine.check(&from).is_some() {
+            return Err(Failure::Quarantined);
+        }
         let app = self.apps.for_addr(self.apps.app_addr(destination));
         let opaque = self.opaque_ports.contains(&destination.port());
         let mode = match &self.policy {
@@ -186,7 +200,7 @@ impl Inbound {
     ) -> Result<(), Failure> {
         let counts = Arc::new(ByteCounts::default());
         let accept = self.tls.accept(Counting::new(tcp, counts.clone()));
-        let mut tls = match tokio::time::timeout(self.limits.header_timeout, accept).await {
+        let tls = match tokio::time::timeout(self.limits.header_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => {
                 return Err(Failure::TlsHandshake {
@@ -205,23 +219,32 @@ impl Inbound {
             .tls_handshakes
             .with_label_values(&["inbound"])
             .inc();
-        let (peer_id, alpn) = {
+        let (leaf, alpn) = {
             let session = tls.get_ref().1;
-            (
-                tls::peer_spiffe_id(session),
-                session.alpn_protocol().and_then(Alpn::from_id),
-            )
+            let leaf = session
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| ward_identity::svid::leaf_facts(leaf).ok());
+            (leaf, session.alpn_protocol().and_then(Alpn::from_id))
         };
+        let peer_id = leaf.as_ref().map(|l| l.spiffe_id.clone());
+        let peer = Peer {
+            spiffe_id: peer_id.clone(),
+            serial: leaf.as_ref().map(|l| l.serial.clone()),
+            address: source.ip(),
+        };
+        // Before a byte reaches the application; registered, so an update
+        // that quarantines the peer later cuts the connection.
+        let tracked = self.quarantine.admit(peer, "inbound").map_err(|hit| {
+            debug!(%source, peer = ?peer_id.as_ref().map(|p| p.as_str()), entry = %hit.entry, matched = hit.by, "quarantined peer refused");
+            Failure::Quarantined
+        })?;
+        let mut tls = Severable::new(tls, tracked);
         let conn = ConnInfo::new(peer_id, source, destination);
         // A connection lives no longer than either certificate it was
         // authenticated with: TLS checks validity only at the handshake,
         // and pooled HTTP/2 connections can live for days.
-        let peer_expiry = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| ward_identity::svid::not_after_of(leaf).ok());
+        let peer_expiry = leaf.map(|l| l.not_after);
         let expires = [peer_expiry, self.svid.not_after()]
             .into_iter()
             .flatten()

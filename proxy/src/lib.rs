@@ -16,7 +16,8 @@
 //!    `policy` and `authz` (what is allowed), `tunnel`, `rewind`, `detect`,
 //!    `orig_dst`.
 //! 5. Beneath those: `http` (serving a connection, bodies, local answers),
-//!    `hop` (the mTLS hop between sidecars), `limits`, `metrics`,
+//!    `hop` (the mTLS hop between sidecars), `quarantine` (peers cut off
+//!    the mesh, and the live connections to cut), `limits`, `metrics`,
 //!    `counting`, `identity` (the workload's certificate).
 //!
 //! Beside the request path, on its lower layers: `admin`, `discovery`,
@@ -45,6 +46,7 @@ pub mod outcome;
 pub mod policy;
 pub mod probe;
 pub mod proxy;
+pub mod quarantine;
 pub mod rewind;
 pub mod translate;
 pub mod tunnel;

@@ -49,6 +49,8 @@ pub struct ProxyMetrics {
     pub retries: IntCounterVec,
     pub ejections: IntCounterVec,
     pub upstream_pool_connections: IntCounter,
+    pub quarantined_identities: IntGauge,
+    pub quarantine_closed: IntCounterVec,
     service_labels: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -189,6 +191,15 @@ impl ProxyMetrics {
             upstream_pool_connections: b.plain_counter(
                 "ward_outbound_pool_connections_opened_total",
                 "HTTP/2 connections opened to peer sidecars for the shared pool (another is opened when every one is at its stream limit).",
+            ),
+            quarantined_identities: b.int_gauge(
+                "ward_quarantined_identities",
+                "Quarantine entries this sidecar enforces (identities, pods and certificates it refuses).",
+            ),
+            quarantine_closed: b.counter(
+                "ward_quarantine_closed_connections_total",
+                "Open meshed connections closed because a quarantine update named their peer, by direction.",
+                &["direction"],
             ),
             service_labels: Default::default(),
             registry,

@@ -52,6 +52,10 @@ pub enum Failure {
     // beside).
     #[error("denied by policy")]
     Denied,
+    /// The peer (its identity, certificate or address) is quarantined
+    /// (`ward quarantine`); the entry is logged beside.
+    #[error("the peer is quarantined")]
+    Quarantined,
 
     // The request itself.
     #[error("{0}")]
@@ -128,7 +132,7 @@ impl Failure {
             | Failure::ServicePortUnknown
             | Failure::UnmeshedEgressDenied
             | Failure::ClientClosed => return None,
-            Failure::Denied => StatusCode::FORBIDDEN,
+            Failure::Denied | Failure::Quarantined => StatusCode::FORBIDDEN,
             Failure::BadRequest(_) | Failure::InvalidBody => StatusCode::BAD_REQUEST,
             Failure::AppUnavailable | Failure::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Failure::AppError => StatusCode::BAD_GATEWAY,
@@ -141,6 +145,7 @@ impl Failure {
     pub fn error_header(&self) -> Option<&'static str> {
         Some(match self {
             Failure::Denied => return None,
+            Failure::Quarantined => "quarantined",
             Failure::BadRequest(bad) => bad.reason(),
             Failure::InvalidBody => "invalid request body",
             Failure::AppUnavailable => "application unavailable",
@@ -174,7 +179,9 @@ impl Failure {
             | Failure::ServicePortUnknown
             | Failure::UnmeshedEgressDenied
             | Failure::NoEndpoints
-            | Failure::AppUnavailable => Some(self.label()),
+            | Failure::AppUnavailable
+            | Failure::Quarantined
+            | Failure::Upstream(UpstreamError::Quarantined) => Some(self.label()),
             Failure::Upstream(_) => Some("upstream_unavailable"),
             Failure::TlsHandshake { .. }
             | Failure::ClientClosed
@@ -201,6 +208,7 @@ impl Failure {
             Failure::UnmeshedEgressDenied => "unmeshed_egress_denied",
             Failure::ClientClosed => "client_closed",
             Failure::Denied => "denied",
+            Failure::Quarantined => "quarantined",
             Failure::BadRequest(_) => "bad_request",
             Failure::InvalidBody => "invalid_body",
             Failure::AppUnavailable => "app_unavailable",
@@ -215,6 +223,8 @@ impl Failure {
                 UpstreamError::InvalidRequest => "invalid_authority",
                 UpstreamError::AppUnavailable => "upstream_app_unavailable",
                 UpstreamError::PoolExhausted => "upstream_pool_exhausted",
+                // The same outcome as the inbound's: one label, one answer.
+                UpstreamError::Quarantined => "quarantined",
             },
         }
     }

@@ -32,6 +32,7 @@ use crate::metrics::ProxyMetrics;
 use crate::outbound::{self, Outbound};
 use crate::outcome::{self, Failure};
 use crate::policy::{PolicyAuthorizer, WorkloadSelector};
+use crate::quarantine::Quarantine;
 use crate::upstream::Upstream;
 
 /// A started proxy. `shutdown` stops it; `drain` waits for connections.
@@ -66,6 +67,8 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     let tracker = TaskTracker::new();
     let metrics = Arc::new(ProxyMetrics::new());
     let identity = identity::start(&args.identity_args(), shutdown.clone())?;
+    // Filled by the control plane's `quarantine` resources (empty without one).
+    let quarantine = Quarantine::new(metrics.clone());
 
     let max_header_bytes = u32::try_from(args.max_header_bytes).unwrap_or(u32::MAX);
     let limits = Limits {
@@ -100,7 +103,14 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     };
     let destinations = match (&policy, &args.control_plane) {
         (Some(policy), Some(addr)) => start_discovery(
-            args, addr, &identity, policy, endpoints, &metrics, &shutdown,
+            args,
+            addr,
+            &identity,
+            policy,
+            endpoints,
+            &quarantine,
+            &metrics,
+            &shutdown,
         )?,
         _ => Arc::new(Destinations::fixed(endpoints)),
     };
@@ -137,6 +147,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         self_addrs: self_addrs.clone(),
         path_normalization: args.path_normalization,
         svid: identity.svid.clone(),
+        quarantine: quarantine.clone(),
     });
     let outbound = Arc::new(Outbound {
         destinations,
@@ -146,6 +157,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
             args.connect_timeout,
             max_header_bytes,
             metrics.clone(),
+            quarantine.clone(),
         )),
         unmeshed: args.unmeshed_egress,
         opaque_ports: args.opaque_ports.0.clone(),
@@ -222,12 +234,14 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
 /// Starts the discovery stream (policies into `policy`, endpoints on
 /// demand into the returned destinations) and, outside Kubernetes, the
 /// registration of this workload's address.
+#[allow(clippy::too_many_arguments)]
 fn start_discovery(
     args: &RunArgs,
     addr: &str,
     identity: &WorkloadIdentity,
     policy: &Arc<PolicyAuthorizer>,
     static_table: EndpointTable,
+    quarantine: &Arc<Quarantine>,
     metrics: &Arc<ProxyMetrics>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Destinations>> {
@@ -255,6 +269,7 @@ fn start_discovery(
         authorizer: policy.clone(),
         destinations: destinations.clone(),
         trust: identity.trust.clone(),
+        quarantine: quarantine.clone(),
         metrics: metrics.clone(),
     });
     tokio::spawn(discovery.run(handler, shutdown.clone()));

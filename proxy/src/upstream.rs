@@ -19,7 +19,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tracing::debug;
+use tracing::{debug, info};
 use ward_identity::SpiffeId;
 use ward_identity::tls;
 
@@ -28,6 +28,8 @@ use crate::http::Body;
 use crate::identity::WorkloadIdentity;
 use crate::limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::metrics::ProxyMetrics;
+use crate::quarantine::severable::Severable;
+use crate::quarantine::{Hit, Peer, Quarantine};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -45,6 +47,10 @@ pub enum UpstreamError {
     AppUnavailable,
     #[error("every pooled connection to the destination is at its stream limit")]
     PoolExhausted,
+    /// The destination (its identity, address, or the certificate it
+    /// presented) is quarantined.
+    #[error("the destination is quarantined")]
+    Quarantined,
 }
 
 impl UpstreamError {
@@ -58,6 +64,7 @@ impl UpstreamError {
             | UpstreamError::PoolExhausted => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamError::Tls(_) | UpstreamError::Http(_) => StatusCode::BAD_GATEWAY,
             UpstreamError::InvalidRequest => StatusCode::BAD_REQUEST,
+            UpstreamError::Quarantined => StatusCode::FORBIDDEN,
         }
     }
 
@@ -70,8 +77,15 @@ impl UpstreamError {
             UpstreamError::InvalidRequest => "invalid request authority",
             UpstreamError::AppUnavailable => "application unavailable",
             UpstreamError::PoolExhausted => "upstream pool exhausted",
+            UpstreamError::Quarantined => "quarantined",
         }
     }
+}
+
+/// Logs a refused destination; the caller records the failure.
+fn refused(peer: &Peer, hit: &Hit) -> UpstreamError {
+    info!(direction = "outbound", peer = ?peer.spiffe_id.as_ref().map(|p| p.as_str()), address = %peer.address, serial = ?peer.serial, entry = %hit.entry, matched = hit.by, "destination refused: quarantined");
+    UpstreamError::Quarantined
 }
 
 /// The pooled HTTP/2 connections to one destination (none until first use).
@@ -85,7 +99,13 @@ pub struct Upstream {
     /// Largest response header block accepted from the peer sidecar.
     max_header_bytes: u32,
     metrics: Arc<ProxyMetrics>,
+    /// Quarantined destinations are not connected to, and connections
+    /// whose peer becomes quarantined are cut.
+    quarantine: Arc<Quarantine>,
 }
+
+/// An mTLS connection to a peer sidecar, cut if its peer is quarantined.
+pub type PeerStream = Severable<TlsStream<TcpStream>>;
 
 impl Upstream {
     pub fn new(
@@ -93,6 +113,7 @@ impl Upstream {
         connect_timeout: Duration,
         max_header_bytes: u32,
         metrics: Arc<ProxyMetrics>,
+        quarantine: Arc<Quarantine>,
     ) -> Self {
         Upstream {
             identity,
@@ -101,6 +122,7 @@ impl Upstream {
             connect_timeout,
             max_header_bytes,
             metrics,
+            quarantine,
         }
     }
 
@@ -124,7 +146,43 @@ impl Upstream {
             .clone()
     }
 
+    /// An mTLS connection to `dest`'s sidecar, which must present
+    /// `expected`. Refused before connecting when the destination is
+    /// quarantined, and after the handshake when the certificate it
+    /// presented is.
     pub async fn connect_tls(
+        &self,
+        dest: SocketAddr,
+        expected: &SpiffeId,
+        alpn: Alpn,
+    ) -> Result<PeerStream, UpstreamError> {
+        let before = Peer {
+            spiffe_id: Some(expected.clone()),
+            serial: None,
+            address: dest.ip(),
+        };
+        if let Some(hit) = self.quarantine.check(&before) {
+            return Err(refused(&before, &hit));
+        }
+        let tls = self.handshake(dest, expected, alpn).await?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| ward_identity::svid::leaf_facts(leaf).ok());
+        let presented = Peer {
+            spiffe_id: leaf.as_ref().map(|l| l.spiffe_id.clone()),
+            serial: leaf.map(|l| l.serial),
+            address: dest.ip(),
+        };
+        match self.quarantine.admit(presented.clone(), "outbound") {
+            Ok(tracked) => Ok(Severable::new(tls, tracked)),
+            Err(hit) => Err(refused(&presented, &hit)),
+        }
+    }
+
+    async fn handshake(
         &self,
         dest: SocketAddr,
         expected: &SpiffeId,

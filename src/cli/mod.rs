@@ -5,4 +5,5 @@ pub mod authz;
 pub mod ca;
 pub mod identity;
 pub mod inject;
+pub mod quarantine;
 pub mod token;

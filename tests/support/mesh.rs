@@ -133,19 +133,31 @@ impl Mesh {
     /// Creates the network, the CA (`ward ca init`) and starts the control
     /// plane in the bridge namespace; returns once it answers.
     pub fn new(name_prefix: &str) -> Mesh {
-        Mesh::start(name_prefix, false)
+        Mesh::start(name_prefix, false, &[])
     }
 
     /// Like [`Mesh::planned`], with a control plane watching
     /// [`Mesh::policy_dir`] (`--policy-dir`, empty at start): write policies
     /// with [`Mesh::write_policy`] / [`Mesh::apply_policy`].
     pub fn with_policy_dir(name_prefix: &str, pods: &[(&str, &str)]) -> Mesh {
-        let mesh = Mesh::start(name_prefix, true);
+        let mesh = Mesh::start(name_prefix, true, &[]);
         mesh.plan(pods);
         mesh
     }
 
-    fn start(name_prefix: &str, policy_dir: bool) -> Mesh {
+    /// Like [`Mesh::planned`], with more `ward-control-plane` flags (e.g.
+    /// `--svid-ttl 30s`).
+    pub fn planned_with_control_plane_args(
+        name_prefix: &str,
+        pods: &[(&str, &str)],
+        args: &[&str],
+    ) -> Mesh {
+        let mesh = Mesh::start(name_prefix, false, args);
+        mesh.plan(pods);
+        mesh
+    }
+
+    fn start(name_prefix: &str, policy_dir: bool, extra_args: &[&str]) -> Mesh {
         let bins = bins();
         let dir = tempfile::Builder::new()
             .prefix("ward-mesh-")
@@ -173,11 +185,15 @@ impl Mesh {
             CONTROL_PLANE_ADDR,
             "--admin-listen",
             CONTROL_PLANE_ADMIN,
+            // Each update sent and each subscription, for the failure dump.
+            "--log-level",
+            "info,ward_control_plane::discovery=debug",
         ];
         if policy_dir {
             std::fs::create_dir(&policies).expect("create the policy directory");
             argv.extend(["--policy-dir", policies.to_str().unwrap()]);
         }
+        argv.extend_from_slice(extra_args);
         let mut command = network.command(&argv);
         command.stderr(log_file(&dir.path().join("control-plane.log")));
         let control_plane = ChildGuard::spawn(command);
@@ -418,7 +434,7 @@ impl Mesh {
             "--drain-timeout",
             opts.drain_timeout.unwrap_or("5s"),
             "--log-level",
-            "info",
+            "info,ward_api::client::discovery=debug",
         ]
         .map(String::from)
         .to_vec();
@@ -578,6 +594,17 @@ impl MeshPod {
             child.wait_for_line(&format!("listening on {}", argv[pos + 1]));
         }
         self.apps.push((child, log));
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- control plane log (tail) ---\n{}",
+                tail(&self.dir.path().join("control-plane.log"), 40)
+            );
+        }
     }
 }
 

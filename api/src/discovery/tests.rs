@@ -200,3 +200,27 @@ fn unknown_fields_types_and_messages_from_newer_peers_are_tolerated() {
     let heartbeat: ServerMessage = serde_json::from_str(r#"{"type":"heartbeat"}"#).unwrap();
     assert_eq!(heartbeat, ServerMessage::Unknown);
 }
+
+#[test]
+fn a_quarantine_resource_is_its_own_type_and_omits_what_it_does_not_revoke() {
+    assert_eq!(
+        serde_json::to_string(&ResourceType::Quarantine).unwrap(),
+        "\"quarantine\""
+    );
+    assert!(!ResourceType::Quarantine.is_on_demand());
+    let body = QuarantineBody {
+        target: "shop/web-1".into(),
+        serials: vec!["1a2b".into()],
+        addresses: vec!["198.18.0.9".into()],
+        ..Default::default()
+    };
+    let json = serde_json::to_value(&body).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"target": "shop/web-1", "serials": ["1a2b"], "addresses": ["198.18.0.9"]})
+    );
+    assert_eq!(
+        serde_json::from_value::<QuarantineBody>(json).unwrap(),
+        body
+    );
+}

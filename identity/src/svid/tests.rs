@@ -385,3 +385,27 @@ fn openssl_made_svids() {
         Err(SvidError::WrongExtendedKeyUsage { role: Role::Any })
     );
 }
+
+#[test]
+fn a_leaf_serial_reads_as_the_ca_recorded_it() {
+    let ca = CertificateAuthority::generate_root("example.org", HOUR).unwrap();
+    let id = SpiffeId::parse(ID).unwrap();
+    let (_, svid) = issue(&ca, &id, HOUR);
+    let leaf = svid.chain_der[0].clone();
+    let serial = serial_of(&leaf).unwrap();
+    assert_eq!(Some(serial.clone()), canonical_serial(&svid.serial_hex));
+    let facts = leaf_facts(&leaf).unwrap();
+    assert_eq!(facts.serial, serial);
+    assert_eq!(facts.spiffe_id, id);
+    assert_eq!(facts.not_after, svid.not_after);
+}
+
+#[test]
+fn serials_compare_in_one_form() {
+    assert_eq!(canonical_serial("00:1A:bc"), Some("1abc".into()));
+    assert_eq!(canonical_serial("01abc"), Some("1abc".into()));
+    assert_eq!(canonical_serial("000"), Some("0".into()));
+    for bad in ["", ":", "xyz", "12 34", &"a".repeat(41)] {
+        assert_eq!(canonical_serial(bad), None, "{bad:?}");
+    }
+}

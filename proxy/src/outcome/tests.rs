@@ -22,6 +22,7 @@ fn every_failure() -> Vec<Failure> {
         Failure::UnmeshedEgressDenied,
         Failure::ClientClosed,
         Failure::Denied,
+        Failure::Quarantined,
         Failure::BadRequest(BadRequest::ConnectTarget),
         Failure::BadRequest(BadRequest::Target),
         Failure::BadRequest(BadRequest::DuplicateHost),
@@ -41,6 +42,7 @@ fn every_failure() -> Vec<Failure> {
         Failure::Upstream(UpstreamError::InvalidRequest),
         Failure::Upstream(UpstreamError::AppUnavailable),
         Failure::Upstream(UpstreamError::PoolExhausted),
+        Failure::Upstream(UpstreamError::Quarantined),
     ];
     for failure in &all {
         match failure {
@@ -54,6 +56,7 @@ fn every_failure() -> Vec<Failure> {
             | Failure::UnmeshedEgressDenied
             | Failure::ClientClosed
             | Failure::Denied
+            | Failure::Quarantined
             | Failure::BadRequest(_)
             | Failure::InvalidBody
             | Failure::AppUnavailable
@@ -130,6 +133,15 @@ fn http_answers_are_the_documented_ones() {
         (Some(503), Some("no-endpoints"))
     );
     assert_eq!(answer(Failure::Timeout), (Some(504), Some("timeout")));
+    // Both ends of a quarantine answer alike.
+    for quarantined in [
+        Failure::Quarantined,
+        Failure::Upstream(UpstreamError::Quarantined),
+    ] {
+        assert_eq!(quarantined.label(), "quarantined");
+        assert_eq!(quarantined.refused_reason(), Some("quarantined"));
+        assert_eq!(answer(quarantined), (Some(403), Some("quarantined")));
+    }
     assert_eq!(
         answer(Failure::Upstream(UpstreamError::ConnectTimeout)),
         (Some(504), Some("upstream connect timeout"))

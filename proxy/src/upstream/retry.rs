@@ -112,7 +112,8 @@ pub fn not_processed(error: &UpstreamError) -> bool {
         | UpstreamError::Connect(_)
         | UpstreamError::Tls(_)
         | UpstreamError::PoolExhausted
-        | UpstreamError::AppUnavailable => true,
+        | UpstreamError::AppUnavailable
+        | UpstreamError::Quarantined => true,
         UpstreamError::Http(err) => refused_stream(err),
         UpstreamError::InvalidRequest => false,
     }
