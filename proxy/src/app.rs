@@ -93,12 +93,19 @@ fn v6_source_error(err: std::io::Error) -> std::io::Error {
     )
 }
 
+/// Most application addresses whose clients are kept at once. Entries are
+/// made when a connection is accepted, before it is authenticated, so a
+/// port scan would otherwise add one per port it tries.
+const MAX_APP_ADDRS: usize = 1024;
+
 /// Connects every request to one fixed address, whatever the URI says, so
 /// the URI can keep the client's original authority.
 #[derive(Clone)]
 pub struct FixedConnector {
     addr: SocketAddr,
     timeout: Duration,
+    /// Set once a connection to the application succeeded.
+    used: Arc<AtomicBool>,
 }
 
 impl tower::Service<Uri> for FixedConnector {
@@ -111,8 +118,12 @@ impl tower::Service<Uri> for FixedConnector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let (addr, timeout) = (self.addr, self.timeout);
-        Box::pin(async move { Ok(TokioIo::new(connect(addr, timeout).await?)) })
+        let (addr, timeout, used) = (self.addr, self.timeout, self.used.clone());
+        Box::pin(async move {
+            let tcp = connect(addr, timeout).await?;
+            used.store(true, Ordering::Relaxed);
+            Ok(TokioIo::new(tcp))
+        })
     }
 }
 
@@ -124,6 +135,8 @@ pub struct AppPort {
     pub http1: AppClient,
     pub http2: AppClient,
     addr: SocketAddr,
+    /// Whether a request ever reached the application through these clients.
+    used: Arc<AtomicBool>,
     /// Whether the application speaks HTTP/2 with prior knowledge; learnt
     /// once by a probe, so HTTP/2 clients can reach HTTP/1-only apps.
     speaks_h2: Arc<tokio::sync::OnceCell<bool>>,
@@ -204,13 +217,19 @@ impl AppClients {
         }
     }
 
+    /// The clients for the application at `addr`, kept for the next
+    /// connection to it. At most [`MAX_APP_ADDRS`] are kept: when full, the
+    /// ones no request ever went through (a port scan's) make room, and if
+    /// none did, the new clients serve their connection without being kept.
     pub fn for_addr(&self, addr: SocketAddr) -> AppPort {
         if let Some(port) = self.ports.read().expect("not poisoned").get(&addr) {
             return port.clone();
         }
+        let used = Arc::new(AtomicBool::new(false));
         let connector = FixedConnector {
             addr,
             timeout: self.connect_timeout,
+            used: used.clone(),
         };
         let mut http1 = Client::builder(TokioExecutor::new());
         http1
@@ -227,14 +246,26 @@ impl AppClients {
             http1: http1.build(connector.clone()),
             http2: http2.build(connector),
             addr,
+            used,
             speaks_h2: Arc::default(),
         };
-        self.ports
-            .write()
-            .expect("not poisoned")
-            .entry(addr)
-            .or_insert(port)
-            .clone()
+        let mut ports = self.ports.write().expect("not poisoned");
+        if let Some(existing) = ports.get(&addr) {
+            return existing.clone();
+        }
+        if ports.len() >= MAX_APP_ADDRS {
+            ports.retain(|_, kept| kept.used.load(Ordering::Relaxed));
+        }
+        if ports.len() < MAX_APP_ADDRS {
+            ports.insert(addr, port.clone());
+        }
+        port
+    }
+
+    /// How many addresses have clients kept.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        self.ports.read().expect("not poisoned").len()
     }
 }
 
@@ -285,6 +316,27 @@ mod tests {
             addr("127.0.0.1:8080")
         );
         assert_eq!(apps.app_addr(addr("[2001:2::3]:8080")), addr("[::1]:8080"));
+    }
+
+    #[tokio::test]
+    async fn a_port_scan_does_not_grow_the_kept_clients_without_bound() {
+        let apps = clients(false);
+        let port = |p: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 3)), p);
+        // A port that served requests, then a scan of every other port.
+        apps.for_addr(port(8080))
+            .used
+            .store(true, Ordering::Relaxed);
+        for p in 1..=5000 {
+            if p != 8080 {
+                apps.for_addr(port(p));
+            }
+        }
+        assert!(apps.kept() <= MAX_APP_ADDRS, "{}", apps.kept());
+        // The one in use survived every clean-up.
+        assert!(apps.for_addr(port(8080)).used.load(Ordering::Relaxed));
+        // The same address gets the same clients while it is kept.
+        let a = apps.for_addr(port(9000));
+        assert!(Arc::ptr_eq(&a.used, &apps.for_addr(port(9000)).used));
     }
 
     #[test]
