@@ -4,7 +4,8 @@
 //! server pods' sidecars. `ward quarantine <client's SPIFFE ID>` (the CLI,
 //! writing into the control plane's data directory) must, in every server
 //! sidecar, refuse new connections from it and close its open ones; the
-//! control plane must refuse its renewal; `--lift` restores it all. Over
+//! server sidecars must refuse connections to it; the control plane must
+//! refuse its renewal; `--lift` restores it all. Over
 //! repeated rounds the time from the command to the quarantine being in
 //! force in each server sidecar (the sidecar's own `quarantine in force`
 //! log line, written once open connections are cut) is measured, and its
@@ -202,7 +203,8 @@ fn client_and_five_servers() -> Pods {
             pod
         })
         .collect();
-    let client = mesh.add_pod("client", "client", &[], PodOptions::default());
+    // The client serves too: the servers' outbound must refuse it.
+    let client = mesh.add_pod("client", "client", HTTP_APP, PodOptions::default());
     Pods {
         client,
         servers,
@@ -272,6 +274,10 @@ fn a_quarantined_identity_is_cut_off_by_every_sidecar_within_a_second_and_liftin
                 server.ip()
             );
         }
+        // Outbound too: a server's app cannot reach it (refused by its
+        // own sidecar before connecting: 403 `x-ward-error: quarantined`;
+        // no policy here denies anything).
+        assert_eq!(get(&servers[0], client), 403, "to the quarantined client");
         // New connections are refused by every server sidecar.
         for (server, before) in servers.iter().zip(&refused_before) {
             assert_ne!(get(client, server), 200, "{}", server.ip());
@@ -319,6 +325,11 @@ fn a_quarantined_identity_is_cut_off_by_every_sidecar_within_a_second_and_liftin
             );
         }
         assert!(in_force_lines(&servers[0], 0).len() > lifted);
+        assert_eq!(
+            get(&servers[0], client),
+            200,
+            "to the client after the lift"
+        );
         for server in servers.iter() {
             assert_eq!(get(client, server), 200, "after the lift: {}", server.ip());
             assert!(tcp_echo(client, server), "after the lift: {}", server.ip());
