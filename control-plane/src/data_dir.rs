@@ -31,7 +31,7 @@ pub enum DataDirError {
     #[error("{0}: a CA already exists; refusing to overwrite it")]
     CaExists(PathBuf),
     #[error(
-        "{path}: mode {mode:04o} lets others read or write it (or it is not a regular file); the CA key must be 0600 (or 0400) and owned by the control plane's user"
+        "{path}: mode {mode:04o} lets others read or write it (or it is not a regular file); the CA key must be 0600 (or 0400) and owned by the control plane's user, or 0440 in a Kubernetes Secret volume"
     )]
     InsecureKey { path: PathBuf, mode: u32 },
     #[error("CA in {path}: {message}")]
@@ -161,22 +161,51 @@ fn read(path: &Path) -> Result<String, DataDirError> {
     })
 }
 
-/// The key file must be a regular file (not a symlink) that only its owner
-/// can read or write: anything else is refused rather than used.
+/// The key file must be a regular file that only its owner can read or
+/// write: anything else is refused rather than used. One exception, for a
+/// Kubernetes Secret volume: the kubelet writes each key as a symlink into a
+/// `..data/` directory of the same mount, owned by root and readable by the
+/// pod's `fsGroup` (`defaultMode: 0440`). Such a key may be group-readable,
+/// never group-writable nor open to others, and a symlink that leaves its
+/// directory is still refused.
 fn check_private(path: &Path) -> Result<(), DataDirError> {
     use std::os::unix::fs::MetadataExt;
-    let meta = fs::symlink_metadata(path).map_err(|source| DataDirError::Io {
+    let io_err = |source| DataDirError::Io {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let meta = fs::symlink_metadata(path).map_err(io_err)?;
+    let insecure = |mode| DataDirError::InsecureKey {
+        path: path.to_owned(),
+        mode,
+    };
+    if meta.file_type().is_symlink() {
+        let Some(target) = secret_volume_target(path) else {
+            return Err(insecure(meta.mode() & 0o7777));
+        };
+        let meta = fs::metadata(&target).map_err(io_err)?;
+        let mode = meta.mode() & 0o7777;
+        if !meta.file_type().is_file() || mode & 0o027 != 0 {
+            return Err(insecure(mode));
+        }
+        return Ok(());
+    }
     let mode = meta.mode() & 0o7777;
     if !meta.file_type().is_file() || mode & 0o077 != 0 {
-        return Err(DataDirError::InsecureKey {
-            path: path.to_owned(),
-            mode,
-        });
+        return Err(insecure(mode));
     }
     Ok(())
+}
+
+/// Where `path` points when it is a key of a Kubernetes Secret volume: a
+/// file under a `..`-prefixed directory (`..data`, `..2026_12_03_…`) of the
+/// directory `path` is in. `None` for any other symlink.
+fn secret_volume_target(path: &Path) -> Option<PathBuf> {
+    let dir = fs::canonicalize(path.parent()?).ok()?;
+    let target = fs::canonicalize(path).ok()?;
+    let inside = target.strip_prefix(&dir).ok()?;
+    let first = inside.components().next()?.as_os_str().to_str()?;
+    (first.starts_with("..") && first.len() > 2).then_some(target)
 }
 
 fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
@@ -254,6 +283,49 @@ mod tests {
             data.load_ca(None),
             Err(DataDirError::InsecureKey { .. })
         ));
+    }
+
+    /// The layout the kubelet writes for a Secret volume with
+    /// `defaultMode: 0440`: `ca-key.pem -> ..data/ca-key.pem`,
+    /// `..data -> ..2026_12_03_10_00_00.1`, the files in the latter.
+    fn secret_volume_layout(data: &DataDir, key_mode: u32) {
+        let ca = data.key_path().parent().unwrap().to_owned();
+        let stamped = ca.join("..2026_12_03_10_00_00.1");
+        fs::create_dir(&stamped).unwrap();
+        for name in ["ca.pem", "ca-key.pem"] {
+            fs::rename(ca.join(name), stamped.join(name)).unwrap();
+            std::os::unix::fs::symlink(format!("..data/{name}"), ca.join(name)).unwrap();
+        }
+        std::os::unix::fs::symlink("..2026_12_03_10_00_00.1", ca.join("..data")).unwrap();
+        let key = stamped.join("ca-key.pem");
+        fs::set_permissions(&key, fs::Permissions::from_mode(key_mode)).unwrap();
+    }
+
+    #[test]
+    fn a_ca_from_a_kubernetes_secret_volume_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::open(dir.path()).unwrap();
+        data.init_ca("example.org").unwrap();
+        secret_volume_layout(&data, 0o440);
+        data.load_ca(Some("example.org"))
+            .expect("a 0440 key of a Secret volume loads");
+    }
+
+    #[test]
+    fn a_secret_volume_key_others_can_read_or_the_group_write_is_refused() {
+        for mode in [0o444, 0o460, 0o640 | 0o004] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = DataDir::open(dir.path()).unwrap();
+            data.init_ca("example.org").unwrap();
+            secret_volume_layout(&data, mode);
+            let Err(err) = data.load_ca(None) else {
+                panic!("a {mode:04o} Secret-volume key was loaded");
+            };
+            assert!(
+                matches!(err, DataDirError::InsecureKey { mode: m, .. } if m == mode),
+                "{mode:04o}: {err}"
+            );
+        }
     }
 
     #[test]
