@@ -16,8 +16,9 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-/// Records kept at most (a few MiB of memory and disk).
-pub const MAX_RECORDS: usize = 100_000;
+/// Records kept at most: about 9 MiB of file (twice that before a
+/// compaction), well inside the 64 MiB data volume of `deploy/`.
+pub const MAX_RECORDS: usize = 50_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issued {
