@@ -76,6 +76,10 @@ fn delete_netns(name: &str) {
     let _ = Command::new("ip").args(["netns", "del", name]).output();
 }
 
+/// The bridge's own Ethernet address (locally administered; each network
+/// is a namespace of its own, so one address serves them all).
+const BRIDGE_MAC: &str = "02:00:c6:12:00:01";
+
 /// A namespace with a bridge `br0` that pods attach to.
 pub struct Network {
     name: String,
@@ -103,6 +107,12 @@ impl Network {
         let ns = network.name.as_str();
         ip(&["-n", ns, "link", "set", "lo", "up"]);
         ip(&["-n", ns, "link", "add", "br0", "type", "bridge"]);
+        // A bridge whose address was never set takes the lowest of its
+        // ports' addresses, so a pod joining later can change it: the
+        // pods' neighbour entries for the bridge's IP (the control plane's)
+        // then point at the old one and their packets are lost until
+        // re-resolution, seconds later. A fixed address keeps it.
+        ip(&["-n", ns, "link", "set", "br0", "address", BRIDGE_MAC]);
         ip(&["-n", ns, "link", "set", "br0", "up"]);
         network
     }
