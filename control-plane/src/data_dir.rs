@@ -221,12 +221,17 @@ fn create_private_dir(path: &Path) -> Result<(), DataDirError> {
 
 /// Writes a file readable by its owner only, atomically (temp file + rename).
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
-    let io_err = |source| DataDirError::Io {
+    replace_private(path, contents).map_err(|source| DataDirError::Io {
         path: path.to_owned(),
         source,
-    };
-    // A fresh name opened with O_EXCL: never an existing file (with its own
-    // mode) nor a symlink planted there (O_EXCL does not follow it).
+    })
+}
+
+/// Replaces `path` with `contents`, readable by its owner only: a fresh
+/// temporary file opened with O_EXCL (never an existing file with its own
+/// mode, nor a symlink planted there, which O_EXCL does not follow), then
+/// a rename. Nothing is left behind on failure.
+pub(crate) fn replace_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
     let tmp = PathBuf::from(name);
@@ -240,9 +245,8 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), DataDirError> {
         file.sync_all()?;
         fs::rename(&tmp, path)
     };
-    write().map_err(|source| {
+    write().inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
-        io_err(source)
     })
 }
 

@@ -150,7 +150,7 @@ fn split_documents(text: &str) -> Vec<String> {
 
 /// Versions increase across restarts too: milliseconds since the epoch,
 /// or one more than the previous version if the clock went backwards.
-fn next_version(previous: u64) -> u64 {
+pub(crate) fn next_version(previous: u64) -> u64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()

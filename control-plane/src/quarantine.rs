@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -34,6 +33,7 @@ use crate::attest::PodDirectory;
 use crate::dir_watch::{DirWatch, RESCAN_INTERVAL};
 use crate::discovery::Sidecars;
 use crate::metrics::Metrics;
+use crate::policy_store::next_version;
 
 pub use document::Entry;
 pub use issued::{Issued, IssuedCertificates};
@@ -209,16 +209,6 @@ fn merge(into: &mut Vec<String>, from: &[String]) {
     into.extend(from.iter().cloned());
     into.sort();
     into.dedup();
-}
-
-/// Versions increase across restarts: milliseconds since the epoch, or
-/// one more than the previous version.
-fn next_version(previous: u64) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    now.max(previous + 1)
 }
 
 /// The embedded mode's source: reads `<data-dir>/quarantine/` when it

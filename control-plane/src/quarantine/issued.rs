@@ -144,23 +144,8 @@ impl IssuedCertificates {
             serde_json::to_writer(&mut text, issued).expect("serializable");
             text.push(b'\n');
         }
-        let mut name = self.path.as_os_str().to_owned();
-        name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
-        let tmp = PathBuf::from(name);
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        };
-        let result = write();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        } else {
+        let result = crate::data_dir::replace_private(&self.path, &text);
+        if result.is_ok() {
             inner.lines = inner.by_serial.len();
         }
         result
