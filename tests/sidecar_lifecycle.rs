@@ -85,6 +85,18 @@ fn a_sidecar_renews_under_continuous_traffic_without_a_failed_request() {
         .unwrap_or_else(|e| panic!("load summary: {e}: {:?}", out.stdout));
     assert_eq!(summary["errors"], 0, "{summary}");
     assert_eq!(summary["ok"], 10000, "{summary}");
+    // The frontend retired its connection before the first certificates
+    // expired, so the backend never had to close one under traffic: a
+    // request sent as that close crossed it would have failed.
+    let closed_at_expiry = metric_sum(
+        &backend.metrics(),
+        "ward_inbound_expired_connections_total",
+        &[],
+    );
+    assert_eq!(
+        closed_at_expiry, 0.0,
+        "connections the backend closed at their certificates' expiry"
+    );
 
     // The renewed certificate is the one presented now, and it lives longer.
     let now = served_certificate(inbound);

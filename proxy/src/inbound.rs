@@ -386,6 +386,7 @@ impl Inbound {
             }
             _ = until(expires) => {
                 info!(source = %conn.source, peer = ?conn.peer_id, "closing an inbound connection: a certificate it was authenticated with expired");
+                self.metrics.expired_closed.inc();
                 // Gracefully, as a drain does (HTTP/2 GOAWAY, HTTP/1.1 after
                 // the request in flight): requests already sent finish, new
                 // ones go over a new connection with the renewed

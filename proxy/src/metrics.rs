@@ -51,6 +51,7 @@ pub struct ProxyMetrics {
     pub upstream_pool_connections: IntCounter,
     pub quarantined_identities: IntGauge,
     pub quarantine_closed: IntCounterVec,
+    pub expired_closed: IntCounter,
     service_labels: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -200,6 +201,10 @@ impl ProxyMetrics {
                 "ward_quarantine_closed_connections_total",
                 "Open meshed connections closed because a quarantine update named their peer, by direction.",
                 &["direction"],
+            ),
+            expired_closed: b.plain_counter(
+                "ward_inbound_expired_connections_total",
+                "Inbound mTLS connections closed because a certificate they were authenticated with expired (Ward clients retire theirs before, so this grows only when a peer used one to the end).",
             ),
             service_labels: Default::default(),
             registry,

@@ -27,6 +27,7 @@ use crate::metrics::{OpenGuard, PeerMetrics, ProxyMetrics};
 use crate::orig_dst;
 use crate::outcome::{self, Failure};
 use crate::translate;
+use crate::upstream::retire::Retire;
 use crate::upstream::retry::{Resend, SendFailed};
 use crate::upstream::{PoolSlot, Upstream, UpstreamError};
 
@@ -81,10 +82,11 @@ pub struct Outbound {
 }
 
 /// The upstream connection owned by one application connection (no pool,
-/// or HTTP/1.1 between sidecars).
+/// or HTTP/1.1 between sidecars), replaced by a new one when it closes or
+/// retires (its certificates are about to expire: upstream/retire.rs).
 enum Owned {
-    Http1(client1::SendRequest<Body>),
-    Http2(client2::SendRequest<Body>),
+    Http1(client1::SendRequest<Body>, Retire),
+    Http2(client2::SendRequest<Body>, Retire),
 }
 
 type OwnedSlot = Arc<tokio::sync::Mutex<Option<Owned>>>;
@@ -382,13 +384,14 @@ impl Outbound {
         route: &Route,
     ) -> Result<client2::SendRequest<Body>, UpstreamError> {
         let mut slot = slot.lock().await;
-        if let Some(Owned::Http2(sender)) = slot.as_ref()
+        if let Some(Owned::Http2(sender, retire)) = slot.as_ref()
             && !sender.is_closed()
+            && !retire.is_due()
         {
             return Ok(sender.clone());
         }
-        let sender = self.upstream.http2(route.dest, &route.expected).await?;
-        *slot = Some(Owned::Http2(sender.clone()));
+        let (sender, retire) = self.upstream.http2(route.dest, &route.expected).await?;
+        *slot = Some(Owned::Http2(sender.clone(), retire));
         Ok(sender)
     }
 
@@ -403,15 +406,14 @@ impl Outbound {
     {
         let mut slot = slot.lock().await;
         let reusable = match slot.as_mut() {
-            Some(Owned::Http1(sender)) => sender.ready().await.is_ok(),
+            Some(Owned::Http1(sender, retire)) => sender.ready().await.is_ok() && !retire.is_due(),
             _ => false,
         };
         if !reusable {
-            *slot = Some(Owned::Http1(
-                self.upstream.http1(route.dest, &route.expected).await?,
-            ));
+            let (sender, retire) = self.upstream.http1(route.dest, &route.expected).await?;
+            *slot = Some(Owned::Http1(sender, retire));
         }
-        let Some(Owned::Http1(sender)) = slot.as_mut() else {
+        let Some(Owned::Http1(sender, _)) = slot.as_mut() else {
             unreachable!("just stored an HTTP/1.1 sender")
         };
         Ok(sender.send_request(req))
@@ -428,7 +430,9 @@ impl Outbound {
         let downstream = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         translate::tunnel_request_to_hop(&mut parts, route.dest);
-        let mut sender = self.upstream.http1(route.dest, &route.expected).await?;
+        // A tunnel lives until the peer closes it at its certificates'
+        // expiry.
+        let (mut sender, _) = self.upstream.http1(route.dest, &route.expected).await?;
         let mut resp = sender
             .send_request(Request::from_parts(parts, body.boxed()))
             .await

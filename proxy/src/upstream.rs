@@ -4,6 +4,7 @@
 //! [`pool`]), HTTP/1.1, or an opaque tunnel chosen by ALPN.
 
 pub mod pool;
+pub mod retire;
 pub mod retry;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::limits::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
 use crate::metrics::ProxyMetrics;
 use crate::quarantine::severable::Severable;
 use crate::quarantine::{Hit, Peer, Quarantine};
+use retire::Retire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -156,6 +158,19 @@ impl Upstream {
         expected: &SpiffeId,
         alpn: Alpn,
     ) -> Result<PeerStream, UpstreamError> {
+        self.connect(dest, expected, alpn)
+            .await
+            .map(|(stream, _)| stream)
+    }
+
+    /// [`Self::connect_tls`], and when the connection should stop taking
+    /// new requests (see [`retire`]).
+    async fn connect(
+        &self,
+        dest: SocketAddr,
+        expected: &SpiffeId,
+        alpn: Alpn,
+    ) -> Result<(PeerStream, Retire), UpstreamError> {
         let before = Peer {
             spiffe_id: Some(expected.clone()),
             serial: None,
@@ -164,6 +179,9 @@ impl Upstream {
         if let Some(hit) = self.quarantine.check(&before) {
             return Err(refused(&before, &hit));
         }
+        // Read before the handshake: a renewal meanwhile can only make
+        // the certificate used live longer than this says.
+        let own_expiry = self.identity.svid.not_after();
         let tls = self.handshake(dest, expected, alpn).await?;
         let leaf = tls
             .get_ref()
@@ -171,13 +189,17 @@ impl Upstream {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| ward_identity::svid::leaf_facts(leaf).ok());
+        let expires = [own_expiry, leaf.as_ref().map(|l| l.not_after)]
+            .into_iter()
+            .flatten()
+            .min();
         let presented = Peer {
             spiffe_id: leaf.as_ref().map(|l| l.spiffe_id.clone()),
             serial: leaf.map(|l| l.serial),
             address: dest.ip(),
         };
         match self.quarantine.admit(presented.clone(), "outbound") {
-            Ok(tracked) => Ok(Severable::new(tls, tracked)),
+            Ok(tracked) => Ok((Severable::new(tls, tracked), Retire::before(expires))),
             Err(hit) => Err(refused(&presented, &hit)),
         }
     }
@@ -217,16 +239,17 @@ impl Upstream {
         }
     }
 
-    /// A new HTTP/2 connection to `dest`, driven by a background task.
+    /// A new HTTP/2 connection to `dest`, driven by a background task, and
+    /// when it should stop taking new requests.
     pub async fn http2<B>(
         &self,
         dest: SocketAddr,
         expected: &SpiffeId,
-    ) -> Result<http2::SendRequest<B>, UpstreamError>
+    ) -> Result<(http2::SendRequest<B>, Retire), UpstreamError>
     where
         B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Unpin + 'static,
     {
-        let tls = self.connect_tls(dest, expected, Alpn::H2).await?;
+        let (tls, retire) = self.connect(dest, expected, Alpn::H2).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
@@ -241,16 +264,18 @@ impl Upstream {
                 debug!(%err, "upstream HTTP/2 connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, retire))
     }
 
-    /// A new HTTP/1.1 connection to `dest` (upgrades allowed).
+    /// A new HTTP/1.1 connection to `dest` (upgrades allowed), and when it
+    /// should stop taking new requests (an upgraded one lives until the
+    /// peer closes it at its certificates' expiry).
     pub async fn http1(
         &self,
         dest: SocketAddr,
         expected: &SpiffeId,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let tls = self.connect_tls(dest, expected, Alpn::Http1).await?;
+    ) -> Result<(http1::SendRequest<Body>, Retire), UpstreamError> {
+        let (tls, retire) = self.connect(dest, expected, Alpn::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tls))
             .await
@@ -260,7 +285,7 @@ impl Upstream {
                 debug!(%err, "upstream HTTP/1.1 connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, retire))
     }
 
     /// The pool slot for `dest`: looked up once per application connection,
@@ -297,8 +322,8 @@ impl Upstream {
             Ok(stream) => return Ok(stream),
             Err(capacity) => capacity,
         };
-        let sender = self.http2(dest, expected).await?;
+        let (sender, retire) = self.http2(dest, expected).await?;
         self.metrics.upstream_pool_connections.inc();
-        Ok(pool.add(sender, capacity))
+        Ok(pool.add(sender, retire, capacity))
     }
 }

@@ -357,8 +357,10 @@ impl Outbound {
         let downstream = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         translate::tunnel_request_to_hop(&mut parts, fallback_authority(balancer));
+        // A tunnel lives until the peer closes it at its certificates'
+        // expiry.
         let mut sender = match self.upstream.http1(endpoint.addr, &expected).await {
-            Ok(sender) => sender,
+            Ok((sender, _)) => sender,
             Err(err) => {
                 self.endpoint_failed(balancer, &endpoint);
                 return Attempted::failed(err, Some(endpoint));

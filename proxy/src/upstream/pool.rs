@@ -5,8 +5,14 @@
 //! streams (a trickled upload) cannot queue everyone else behind them.
 //! Past [`POOL_MAX_CONNECTIONS`] full connections, a request waits for a
 //! free stream up to the connect timeout and is then refused.
+//!
+//! A connection takes no new request once it is retired (its certificates
+//! are about to expire, or it refused a request unprocessed: see
+//! [`super::retire`]); the pool forgets it, and it closes when the
+//! requests still on it are done.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -17,7 +23,8 @@ use hyper::client::conn::http2;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::UpstreamError;
-use super::retry::SendFailed;
+use super::retire::Retire;
+use super::retry::{Reached, SendFailed};
 use crate::http::Body;
 use crate::limits::H2_MAX_STREAMS;
 
@@ -49,6 +56,17 @@ impl Default for Pool {
 struct Conn {
     sender: http2::SendRequest<Leased<Body>>,
     streams: Arc<Semaphore>,
+    /// When its certificates' expiry retires it.
+    retire: Retire,
+    /// Retired early: it refused a request unprocessed (a GOAWAY, or a
+    /// connection closing).
+    refused: AtomicBool,
+}
+
+impl Conn {
+    fn takes_requests(&self) -> bool {
+        !self.sender.is_closed() && !self.refused.load(Ordering::Relaxed) && !self.retire.is_due()
+    }
 }
 
 /// A stream's share of the pool, held until both its request and its
@@ -69,14 +87,14 @@ impl Pool {
             .expect("the pool's semaphore is never closed")
     }
 
-    /// A free stream on an open connection, if any; closed connections are
-    /// forgotten on the way.
+    /// A free stream on a connection taking requests, if any; closed and
+    /// retired connections are forgotten on the way.
     pub(super) fn free_stream(
         &self,
         capacity: OwnedSemaphorePermit,
     ) -> Result<Stream, OwnedSemaphorePermit> {
         let mut conns = self.conns.lock().expect("not poisoned");
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| c.takes_requests());
         for conn in conns.iter() {
             if let Ok(stream) = conn.streams.clone().try_acquire_owned() {
                 return Ok(Stream::new(conn, stream, capacity));
@@ -89,11 +107,14 @@ impl Pool {
     pub(super) fn add(
         &self,
         sender: http2::SendRequest<Leased<Body>>,
+        retire: Retire,
         capacity: OwnedSemaphorePermit,
     ) -> Stream {
         let conn = Arc::new(Conn {
             sender,
             streams: Arc::new(Semaphore::new(H2_MAX_STREAMS as usize)),
+            retire,
+            refused: AtomicBool::new(false),
         });
         let stream = conn
             .streams
@@ -104,10 +125,10 @@ impl Pool {
         Stream::new(&conn, stream, capacity)
     }
 
-    /// Open connections (for tests and metrics).
+    /// Connections taking requests (for tests and metrics).
     pub fn connections(&self) -> usize {
         let mut conns = self.conns.lock().expect("not poisoned");
-        conns.retain(|c| !c.sender.is_closed());
+        conns.retain(|c| c.takes_requests());
         conns.len()
     }
 }
@@ -115,13 +136,15 @@ impl Pool {
 /// One request's stream on a pooled connection.
 pub struct Stream {
     sender: http2::SendRequest<Leased<Body>>,
+    conn: Arc<Conn>,
     lease: Arc<Lease>,
 }
 
 impl Stream {
-    fn new(conn: &Conn, stream: OwnedSemaphorePermit, capacity: OwnedSemaphorePermit) -> Self {
+    fn new(conn: &Arc<Conn>, stream: OwnedSemaphorePermit, capacity: OwnedSemaphorePermit) -> Self {
         Stream {
             sender: conn.sender.clone(),
+            conn: conn.clone(),
             lease: Arc::new(Lease {
                 _stream: stream,
                 _capacity: capacity,
@@ -143,10 +166,12 @@ impl Stream {
             }
             Err(mut err) => {
                 let unsent = err.take_message().map(|req| req.map(|b| b.inner));
-                Err(SendFailed {
-                    error: UpstreamError::Http(err.into_error()),
-                    unsent,
-                })
+                let error = UpstreamError::Http(err.into_error());
+                // Its resend must not meet the same closing connection.
+                if Reached::of(&error, unsent.is_some()) != Reached::Unknown {
+                    self.conn.refused.store(true, Ordering::Relaxed);
+                }
+                Err(SendFailed { error, unsent })
             }
         }
     }
