@@ -5,6 +5,7 @@
 //! ([`index`]), and the decision borrows the policy names from the
 //! compiled set.
 
+mod explain;
 pub(crate) mod index;
 mod matching;
 
@@ -16,6 +17,8 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use ward_identity::SpiffeId;
+
+pub use explain::{Explanation, NearMiss};
 
 /// The connection's protocol as the proxy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,8 +26,8 @@ mod trust_domain;
 
 pub use error::{ConfigError, PolicyError};
 pub use eval::{
-    Decision, DecisionReason, EvalOptions, HeaderLookup, NoHeaders, PolicyMatch, Protocol,
-    RequestAttrs, WorkloadPolicy,
+    Decision, DecisionReason, EvalOptions, Explanation, HeaderLookup, NearMiss, NoHeaders,
+    PolicyMatch, Protocol, RequestAttrs, WorkloadPolicy,
 };
 pub use model::{Action, MtlsMode, PolicyRef};
 pub use set::{PolicyInfo, PolicySet};

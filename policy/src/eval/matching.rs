@@ -118,7 +118,7 @@ fn any_ip(nets: &[IpNet], ip: IpAddr) -> bool {
 
 /// `values` (if set) must match, `not_values` (if set) must not.
 #[inline]
-fn field<T>(values: &[T], not_values: &[T], matches: impl Fn(&T) -> bool) -> bool {
+pub(super) fn field<T>(values: &[T], not_values: &[T], matches: impl Fn(&T) -> bool) -> bool {
     (values.is_empty() || values.iter().any(&matches)) && !not_values.iter().any(matches)
 }
 
@@ -181,7 +181,7 @@ impl Operation {
 }
 
 impl Condition {
-    fn matches(&self, c: &Ctx, mode: TcpMode) -> bool {
+    pub(super) fn matches(&self, c: &Ctx, mode: TcpMode) -> bool {
         fn str_vals(v: &CondValues) -> &[StrMatch] {
             match v {
                 CondValues::Str(v) => v.as_slice(),
