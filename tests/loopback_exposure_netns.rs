@@ -95,15 +95,6 @@ fn ipv6_of(pod: &MeshPod) -> String {
     format!("2001:2::{}", v4.octets()[3])
 }
 
-/// Capture listeners on both families: the defaults (`0.0.0.0`) take IPv4
-/// only, and ip6tables redirects IPv6 connections to the same ports.
-fn dual_stack(opts: PodOptions) -> PodOptions {
-    opts.proxy_arg("--inbound-capture")
-        .proxy_arg("[::]:15006")
-        .proxy_arg("--outbound-capture")
-        .proxy_arg("[::]:15001")
-}
-
 /// Gives the pod's `eth0` its IPv6 address (`/64`: every pod on-link)
 /// without duplicate address detection: a tentative address can be neither
 /// bound by an app nor reached (ip6tables' REDIRECT skips it too) for the
@@ -135,12 +126,12 @@ fn over_ipv6_a_loopback_only_listener_is_unreachable_and_the_pod_address_is_serv
         "ward-loopback6",
         &[("a", "client"), ("b", "server"), ("c", "server")],
     );
-    let mut b = mesh.add_pod("b", "server", &[], dual_stack(PodOptions::default()));
+    let mut b = mesh.add_pod("b", "server", &[], PodOptions::default());
     let mut c = mesh.add_pod(
         "c",
         "server",
         &[],
-        dual_stack(PodOptions::default().proxy_arg("--inbound-to-loopback")),
+        PodOptions::default().proxy_arg("--inbound-to-loopback"),
     );
     for pod in [&b, &c] {
         add_ipv6(pod);
@@ -152,7 +143,8 @@ fn over_ipv6_a_loopback_only_listener_is_unreachable_and_the_pod_address_is_serv
     c.start_app(&["ward-testapp", "http", "--listen", PRIVATE_V6]);
     // The client's sidecar knows the servers' IPv6 addresses as meshed (the
     // harness declares the IPv4 ones).
-    let mut client_opts = dual_stack(PodOptions::default());
+    // The default capture listeners take both families.
+    let mut client_opts = PodOptions::default();
     for pod in [&b, &c] {
         client_opts = client_opts.proxy_arg("--endpoint").proxy_arg(&format!(
             "{}={}",

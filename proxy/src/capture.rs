@@ -38,6 +38,7 @@
 
 mod cidr;
 pub mod cli;
+pub mod listen;
 mod iptables;
 
 #[cfg(test)]

@@ -376,11 +376,13 @@ async fn bind_listeners(args: &RunArgs) -> anyhow::Result<(InboundListeners, Out
             outbound.push((bind(*listen).await?, outbound::Target::Fixed(*dest)));
         }
     } else {
-        inbound.push((bind(args.inbound_capture).await?, inbound::Target::Original));
-        outbound.push((
-            bind(args.outbound_capture).await?,
-            outbound::Target::Original,
-        ));
+        let capture = crate::capture::listen::bind_all;
+        for listener in capture(&args.inbound_capture, "inbound capture").await? {
+            inbound.push((listener, inbound::Target::Original));
+        }
+        for listener in capture(&args.outbound_capture, "outbound capture").await? {
+            outbound.push((listener, outbound::Target::Original));
+        }
     }
     Ok((inbound, outbound))
 }
