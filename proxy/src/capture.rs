@@ -38,8 +38,8 @@
 
 mod cidr;
 pub mod cli;
-pub mod listen;
 mod iptables;
+pub mod listen;
 
 #[cfg(test)]
 mod tests;

@@ -36,11 +36,21 @@ pub struct RunArgs {
     /// more addresses, comma-separated. Both families by default; an IPv6
     /// address is bound IPv6-only, and `[::]` is skipped when the kernel
     /// has IPv6 off (capture/listen.rs).
-    #[arg(long, env = "WARD_INBOUND_CAPTURE", value_delimiter = ',', default_value = "0.0.0.0:15006,[::]:15006")]
+    #[arg(
+        long,
+        env = "WARD_INBOUND_CAPTURE",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:15006,[::]:15006"
+    )]
     pub inbound_capture: Vec<SocketAddr>,
     /// Where iptables sends outbound connections (transparent mode), as
     /// `--inbound-capture`.
-    #[arg(long, env = "WARD_OUTBOUND_CAPTURE", value_delimiter = ',', default_value = "0.0.0.0:15001,[::]:15001")]
+    #[arg(
+        long,
+        env = "WARD_OUTBOUND_CAPTURE",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:15001,[::]:15001"
+    )]
     pub outbound_capture: Vec<SocketAddr>,
     /// Forward inbound connections to the application on 127.0.0.1 instead
     /// of the pod's own address (the connection's original destination), so
