@@ -1,7 +1,8 @@
 //! The admin listener (15020): `/metrics` for Prometheus and the listed
 //! `/app-health/<container>/<kind>` app probes (see [`app_probes`]) from
 //! anywhere; `/ready` and `/live` only from loopback, so the proxy's own
-//! probes run inside the pod (`ward-proxy probe`, [`crate::probe`]).
+//! probes run inside the pod (`ward-proxy probe`, [`crate::probe`]);
+//! `/logging` and `/debug/authz/why` ([`why`]) only from loopback too.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use crate::metrics::ProxyMetrics;
 pub mod app_probes;
 #[cfg(test)]
 mod tests;
+pub mod why;
 
 pub use app_probes::AppProbes;
 
@@ -51,6 +53,9 @@ impl Admin {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let this = this.clone();
                     async move {
+                        if req.uri().path() == why::PATH {
+                            return Ok::<_, Infallible>(this.why_request(peer, req).await);
+                        }
                         Ok::<_, Infallible>(
                             this.route(peer, req.method(), req.uri().path(), req.uri().query())
                                 .await,
@@ -66,6 +71,45 @@ impl Admin {
         }
     }
 
+    /// `POST /debug/authz/why`: its body read (bounded in size and time),
+    /// then [`Self::why`].
+    async fn why_request(
+        &self,
+        peer: SocketAddr,
+        req: http::Request<hyper::body::Incoming>,
+    ) -> Response<Body> {
+        use http_body_util::BodyExt;
+        let method = req.method().clone();
+        if !is_local(peer) {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        let body = http_body_util::Limited::new(req.into_body(), why::MAX_BODY_BYTES).collect();
+        match tokio::time::timeout(std::time::Duration::from_secs(5), body).await {
+            Ok(Ok(body)) => self.why(peer, &method, &body.to_bytes()),
+            Ok(Err(_)) => text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request description is unreadable or over 64 KiB\n",
+            ),
+            Err(_) => text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body took over 5s\n",
+            ),
+        }
+    }
+
+    /// The answer of `/debug/authz/why` to `peer` for a request described
+    /// by `body`: it reveals policy, so only a local caller gets one.
+    pub(crate) fn why(&self, peer: SocketAddr, method: &Method, body: &[u8]) -> Response<Body> {
+        match (method, is_local(peer)) {
+            (_, false) => text(StatusCode::NOT_FOUND, "not found\n"),
+            (&Method::POST, true) => why::answer(self.policy.as_deref(), body),
+            (_, true) => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST a request description (JSON, as `ward authz check --request`)\n",
+            ),
+        }
+    }
+
     pub(crate) async fn route(
         &self,
         peer: SocketAddr,
@@ -73,8 +117,7 @@ impl Admin {
         path: &str,
         query: Option<&str>,
     ) -> Response<Body> {
-        let local = peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback();
-        match (method, path, local) {
+        match (method, path, is_local(peer)) {
             (&Method::GET, "/metrics", _) => {
                 let stats = &self.identity.stats;
                 self.metrics.sync_identity(
@@ -132,6 +175,11 @@ impl Admin {
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+/// A caller inside the pod (what `kubectl port-forward` also connects from).
+fn is_local(peer: SocketAddr) -> bool {
+    peer.ip().is_loopback() || peer.ip().to_canonical().is_loopback()
 }
 
 fn set_log_level(query: Option<&str>) -> Response<Body> {

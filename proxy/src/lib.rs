@@ -13,7 +13,8 @@
 //! 4. What both paths are built from: `translate` (HTTP/1 ↔ HTTP/2 between
 //!    hops), `upstream` (connections to peer sidecars), `app` (to the local
 //!    application), `endpoints` and `balance` (where a destination is),
-//!    `policy` and `authz` (what is allowed), `tunnel`, `rewind`, `detect`,
+//!    `policy` and `authz` (what is allowed), `denial` (what a 403 tells an
+//!    authenticated caller), `tunnel`, `rewind`, `detect`,
 //!    `orig_dst`.
 //! 5. Beneath those: `http` (serving a connection, bodies, local answers),
 //!    `hop` (the mTLS hop between sidecars), `quarantine` (peers cut off
@@ -31,6 +32,7 @@ pub mod balance;
 pub mod capture;
 pub mod config;
 pub mod counting;
+pub mod denial;
 pub mod detect;
 pub mod discovery;
 pub mod endpoints;

@@ -119,6 +119,16 @@ impl PolicyAuthorizer {
         self.state.load().as_ref().map(|s| s.version)
     }
 
+    /// The set in force now, whole (the admin's `/debug/authz/why`).
+    pub fn current(&self) -> Option<Arc<PolicyState>> {
+        self.state.load_full()
+    }
+
+    /// Who this workload is, as its policies are selected.
+    pub fn selector(&self) -> &WorkloadSelector {
+        &self.selector
+    }
+
     /// Puts a new set in force and re-checks every tracked connection.
     pub fn update(&self, version: u64, set: PolicySet) {
         let s = &self.selector;

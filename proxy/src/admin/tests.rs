@@ -269,3 +269,74 @@ fn run_args_read_ward_app_probes() {
         assert!(cli.run.app_probes.is_empty());
     }
 }
+
+/// `/debug/authz/why` reveals policy: a caller off the pod gets what an
+/// unknown path gets; a local one the decision of the set in force.
+#[tokio::test]
+async fn why_explains_on_the_set_in_force_to_local_callers_only() {
+    use crate::policy::{MtlsMode, PolicyAuthorizer, WorkloadSelector};
+    use std::collections::BTreeMap;
+    use ward_policy::{EvalOptions, PolicySet};
+
+    let request = br#"{"protocol": "http", "source": {"spiffe_id": "spiffe://cluster.local/ns/web/sa/other", "ip": "10.0.0.1"}, "destination": {"ip": "10.0.0.2", "port": 8080}, "method": "GET", "path": "/api/x"}"#;
+    let mut admin = admin(AppProbes::default());
+    let remote: SocketAddr = REMOTE.parse().unwrap();
+    let local: SocketAddr = LOCAL.parse().unwrap();
+    let status = |r: &Response<crate::http::Body>| r.status();
+    assert_eq!(
+        status(&admin.why(remote, &Method::POST, request)),
+        StatusCode::NOT_FOUND
+    );
+    // No policy engine (no control plane, no --policy).
+    assert_eq!(
+        status(&admin.why(local, &Method::POST, request)),
+        StatusCode::NOT_IMPLEMENTED
+    );
+
+    let engine = Arc::new(PolicyAuthorizer::new(
+        WorkloadSelector {
+            namespace: "shop".into(),
+            labels: BTreeMap::from([("app".to_owned(), "api".to_owned())]),
+            options: EvalOptions::default(),
+        },
+        MtlsMode::Strict,
+        admin.metrics.clone(),
+    ));
+    admin.policy = Some(engine.clone());
+    assert_eq!(
+        status(&admin.why(local, &Method::POST, request)),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no set yet"
+    );
+    let set = PolicySet::parse_str(
+        "p.yaml",
+        "apiVersion: security.ward.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-frontend, namespace: shop}\nspec:\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/web/sa/frontend]}\n",
+    )
+    .unwrap();
+    engine.update(7, set);
+    let response = admin.why(local, &Method::POST, request);
+    assert_eq!(status(&response), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let report: super::why::WhyReport = serde_json::from_slice(&body).unwrap();
+    assert_eq!(report.policy_version, 7);
+    assert_eq!(report.decision, "deny");
+    assert_eq!(
+        report.denied_by.as_deref(),
+        Some("default-deny: no ALLOW policy matched")
+    );
+    assert_eq!(report.near_misses.len(), 1);
+    assert_eq!(report.near_misses[0].policy, "shop/allow-frontend");
+    assert_eq!(report.near_misses[0].field, "from[0].source.principals");
+    assert_eq!(report.workload.labels["app"], "api");
+    assert_eq!(report.mtls_mode, "STRICT");
+
+    let bad = admin.why(local, &Method::POST, b"{\"protocol\": \"ftp\"}");
+    assert_eq!(status(&bad), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        status(&admin.why(local, &Method::GET, request)),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
