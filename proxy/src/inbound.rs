@@ -25,6 +25,7 @@ use tracing::{debug, info};
 use crate::app::{AppClients, AppPort};
 use crate::authz::{Authorizer, ConnInfo, Protocol as AuthzProtocol, Verdict};
 use crate::counting::{ByteCounts, Counting};
+use crate::denial;
 use crate::detect::{self, Peeked, Protocol};
 use crate::hop::{Alpn, tls_error_reason};
 use crate::http::{self as h, Body};
@@ -502,7 +503,10 @@ impl Inbound {
                 (Some(verdict), served)
             }
         };
-        let (response, failure) = outcome::answer(served);
+        let (mut response, failure) = outcome::answer(served);
+        // What decided a 403, for an authenticated caller only.
+        let denied = matches!(failure, Some(Failure::Denied));
+        denial::mark(response.headers_mut(), &http.conn, verdict.as_ref(), denied);
         let elapsed = http.peer.response(response.status(), started);
         let request = Logged {
             method: &method,
