@@ -1,5 +1,5 @@
 //! `ward`: the operator CLI (identities, CA, join tokens, quarantine and
-//! its audit trail) and the demo.
+//! its audit trail, the live mesh's inventory and decisions) and the demo.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -41,6 +41,9 @@ enum Command {
     Quarantine(cli::quarantine::QuarantineArgs),
     /// List the audit trail: every quarantine and lift, who, when, why, what.
     Audit(cli::quarantine::AuditArgs),
+    /// The live inventory: every connected sidecar, its identity,
+    /// certificate, build, and whether it enforces the current policies.
+    Status(cli::status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Authz(cmd) => cli::authz::run(cmd),
         Command::Quarantine(args) => cli::quarantine::run(args),
         Command::Audit(args) => cli::quarantine::run_audit(args),
+        Command::Status(args) => cli::status::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
-//! `ward authz check|lint`.
+//! `ward authz check|lint` (offline) and `ward authz why` (the live mesh,
+//! [`super::why`]).
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -47,6 +48,11 @@ pub enum AuthzCommand {
         #[arg(long)]
         request: String,
     },
+    /// Ask the destination's sidecar why it allows or denies one request:
+    /// its decision on the policies it enforces now, the deciding policy
+    /// and rule, and the rules that matched all but one field. Exits 0
+    /// whatever the decision, 1 when the sidecar cannot be asked.
+    Why(super::why::WhyArgs),
     /// Report policies that load but probably do not do what was meant.
     Lint {
         /// A policy directory or file.
@@ -98,6 +104,7 @@ fn parse_label(arg: &str) -> Result<(String, String), String> {
 
 pub fn run(cmd: AuthzCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        AuthzCommand::Why(args) => super::why::run(args),
         AuthzCommand::Check {
             policies,
             namespace,
