@@ -443,3 +443,86 @@ fn a_serial_quarantine_revokes_one_certificate_and_not_its_identity() {
     });
     assert_eq!(get(&client, &server), 200);
 }
+
+/// A root process in a quarantined pod can bypass its sidecar (its UID is
+/// the proxy's) and speak plaintext to a PERMISSIVE port: new connections
+/// from the pod's address are refused at accept, and the one it already
+/// had open is cut too.
+#[test]
+fn a_quarantined_pods_open_plaintext_connection_to_a_permissive_port_is_cut() {
+    if !prerequisites() {
+        return;
+    }
+    let plan = [("server", "server"), ("client", "client")];
+    let mesh = Mesh::with_policy_dir("ward-quar-pt", &plan);
+    let mut server = mesh.add_pod("server", "server", HTTP_APP, PodOptions::default());
+    server.start_app(TCP_APP);
+    let permissive = "apiVersion: security.ward.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: default\nspec:\n  mtls:\n    mode: PERMISSIVE\n";
+    mesh.apply_policy("peer-authn.yaml", permissive, &[&server]);
+    // The client's sidecar names its pod, so `default/client` resolves to
+    // its address.
+    let client = mesh.add_pod(
+        "client",
+        "client",
+        &[],
+        PodOptions::default()
+            .proxy_arg("--pod-name")
+            .proxy_arg("client"),
+    );
+
+    // Plaintext around the client's sidecar (as the proxy's UID, which the
+    // capture rules let through), held open.
+    let script = format!(
+        r#"exec 4<>/dev/tcp/{ip}/9000 || exit 11
+echo hello >&4
+IFS= read -r -t 10 line <&4 && echo "tcp $line"
+echo ready
+IFS= read -r -t 60 more <&4
+echo "tcp-read rc=$?"
+"#,
+        ip = server.ip()
+    );
+    let mut held = client
+        .pod()
+        .spawn_as(mesh::PROXY_UID, &["bash", "-c", &script]);
+    assert_eq!(held.wait_for_line_starting("tcp "), "tcp hello");
+    held.wait_for_line("ready");
+    // It reached the server's sidecar as plaintext: a peer with no identity.
+    let plaintext = metric_sum(
+        &mesh.metrics(&server),
+        "ward_tcp_connections_opened_total",
+        &[
+            ("direction", "inbound"),
+            ("peer_service_account", "unknown"),
+        ],
+    );
+    assert_eq!(plaintext, 1.0, "one plaintext connection into the server");
+
+    let seen = in_force_lines(&server, 1).len();
+    mesh::assert_ok(
+        ward(
+            &mesh,
+            &[
+                "quarantine",
+                "default/client",
+                "--reason",
+                "root in the pod",
+            ],
+        ),
+        "ward quarantine default/client",
+    );
+    wait_until("the server to enforce it", WITHIN, || {
+        in_force_lines(&server, 1).len() > seen
+    });
+    // EOF (rc=1), not the 60 s timeout (rc > 128).
+    assert_eq!(held.wait_for_line_starting("tcp-read "), "tcp-read rc=1");
+    assert_eq!(
+        metric_sum(
+            &mesh.metrics(&server),
+            "ward_quarantine_closed_connections_total",
+            &[("direction", "inbound")],
+        ),
+        1.0,
+        "the plaintext connection counted as closed by the quarantine"
+    );
+}

@@ -286,8 +286,21 @@ impl Inbound {
         app: AppPort,
         shutdown: CancellationToken,
     ) {
+        // Registered with the quarantine by its source address: a pod
+        // quarantined later (whose sidecar a root process inside it can
+        // bypass to speak plaintext) loses its open plaintext connections
+        // too, not only the new ones refused at accept.
+        let from = Peer {
+            spiffe_id: None,
+            serial: None,
+            address: source.ip(),
+        };
+        let Ok(tracked) = self.quarantine.admit(from, "inbound") else {
+            debug!(%source, "plaintext connection from a quarantined address closed");
+            return;
+        };
         let counts = Arc::new(ByteCounts::default());
-        let io = Counting::new(tcp, counts.clone());
+        let io = Counting::new(Severable::new(tcp, tracked), counts.clone());
         let conn = ConnInfo::new(None, source, destination);
         self.serve(io, counts, conn, None, protocol, app, shutdown)
             .await;
