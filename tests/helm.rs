@@ -304,7 +304,7 @@ fn the_default_render_is_deploy_base() {
     );
     let (expected, _) = base_without_namespace(&base);
     // Not vacuous: everything deploy/base has.
-    assert_eq!(expected.len(), 15, "{:#?}", expected.keys());
+    assert_eq!(expected.len(), 16, "{:#?}", expected.keys());
     assert_same(&normalise_helm(objects), &expected, "deploy/base");
 }
 
@@ -364,7 +364,11 @@ fn the_chart_crds_are_deploy_base_s() {
     names.sort();
     assert_eq!(
         names,
-        ["authorizationpolicies.yaml", "peerauthentications.yaml"]
+        [
+            "authorizationpolicies.yaml",
+            "peerauthentications.yaml",
+            "quarantines.yaml"
+        ]
     );
     for name in names {
         let chart_crd = std::fs::read_to_string(chart().join("crds").join(&name)).unwrap();

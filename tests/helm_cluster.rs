@@ -180,6 +180,7 @@ fn helm_install_upgrade_and_uninstall_on_a_real_api_server() {
         "--timeout=30s",
         "crd/authorizationpolicies.security.ward.io",
         "crd/peerauthentications.security.ward.io",
+        "crd/quarantines.ward.io",
     ]);
     // Every object of the render is in the cluster, owned by the release.
     let deployment = json_of(
@@ -462,6 +463,7 @@ fn helm_install_upgrade_and_uninstall_on_a_real_api_server() {
     }
     // What the chart did not create, and the CRDs (crds/), stay.
     c.kubectl_ok(&["get", "crd", "authorizationpolicies.security.ward.io"]);
+    c.kubectl_ok(&["get", "crd", "quarantines.ward.io"]);
     c.kubectl_ok(&["-n", NAMESPACE, "get", "secret", "ward-ca"]);
     eprintln!("test took {:.1} s", began.elapsed().as_secs_f64());
 }

@@ -290,6 +290,7 @@ fn one_replica_writes_statuses_and_the_lease_moves_when_it_dies_or_leaves() {
         "--timeout=30s",
         "crd/authorizationpolicies.security.ward.io",
         "crd/peerauthentications.security.ward.io",
+        "crd/quarantines.ward.io",
     ]);
     c.kubectl_ok(&[
         "-n",
