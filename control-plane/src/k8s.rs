@@ -8,12 +8,16 @@
 //!   for meshed pods, versioned, published on a `tokio::sync::watch`;
 //! - [`catalog::PolicyCatalog`]: the policy custom resources, validated one
 //!   by one, with the status each should report;
-//! - [`leader`]: which replica writes those statuses (a Lease).
+//! - [`leader`]: which replica writes those statuses (a Lease);
+//! - [`quarantines`]: the `Quarantine` objects, watched by every replica
+//!   ([`quarantine_api`]: `ward quarantine --kubernetes` writes them).
 
 pub mod catalog;
 pub mod endpoints;
 pub mod kube_sources;
 pub mod leader;
+pub mod quarantine_api;
+pub mod quarantines;
 pub mod source;
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,8 @@ pub struct Metrics {
     pub discovery_sidecars: IntGaugeVec,
     /// Quarantine entries in force (identities, pods, certificates).
     pub quarantined_identities: IntGauge,
-    /// Files of the quarantine directory that do not parse.
+    /// Files of the quarantine directory and Quarantine objects that do
+    /// not parse.
     pub quarantine_invalid_files: IntGauge,
     /// Connections refused, timed out and open, per listener.
     pub listeners: std::sync::Arc<crate::listener::ListenerMetrics>,
@@ -195,6 +196,9 @@ impl Metrics {
             kubernetes_watch_errors.with_label_values(&[kind]).reset();
         }
         kubernetes_watch_errors.with_label_values(&["pods"]).reset();
+        kubernetes_watch_errors
+            .with_label_values(&[crate::k8s::source::QUARANTINE_KIND])
+            .reset();
         for result in ["ok", "failed"] {
             status_updates.with_label_values(&[result]).reset();
         }
@@ -205,7 +209,7 @@ impl Metrics {
         .expect("valid metric");
         let quarantine_invalid_files = IntGauge::new(
             "ward_cp_quarantine_invalid_files",
-            "Files of the quarantine directory that do not parse (each keeps what it held when it last parsed).",
+            "Files of the quarantine directory and Quarantine objects that do not parse (each keeps what it held when it last parsed).",
         )
         .expect("valid metric");
         let build_info = IntGaugeVec::new(

@@ -1,7 +1,8 @@
 //! Quarantine: cutting an identity, a pod or one certificate off the mesh
 //! (`ward quarantine`). Entries ([`document::Entry`]) live in
-//! `<data-dir>/quarantine/` ([`store`]); the control plane watches the
-//! directory, resolves each entry to what it revokes (SPIFFE IDs,
+//! `<data-dir>/quarantine/` ([`store`]) and, in Kubernetes, are
+//! `Quarantine` objects ([`objects`]); the control plane watches both,
+//! merges them, resolves each entry to what it revokes (SPIFFE IDs,
 //! certificate serials, pod addresses: a pod's serials come from the
 //! record of issued certificates, [`issued`]) and publishes the result,
 //! which every discovery stream pushes to its sidecar as `quarantine`
@@ -10,13 +11,16 @@
 //! of what becomes so. Every change is written to the audit trail
 //! ([`audit`]).
 //!
-//! An entry file that does not parse is logged and counted; it keeps in
-//! force whatever it held when it last parsed (a damaged file never lifts
-//! a quarantine), and is otherwise ignored.
+//! An entry file or object that does not parse is logged and counted; it
+//! keeps in force whatever it held when it last parsed (a damaged entry
+//! never lifts a quarantine), and is otherwise ignored. Until the objects
+//! are listed the state is unknown, and the control plane refuses what it
+//! would check against it.
 
 pub mod audit;
 pub mod document;
 pub mod issued;
+pub mod objects;
 pub mod store;
 pub mod target;
 
@@ -37,6 +41,7 @@ use crate::policy_store::next_version;
 
 pub use document::Entry;
 pub use issued::{Issued, IssuedCertificates};
+pub use objects::{ObjectEntries, QuarantineObjects};
 pub use store::QuarantineDir;
 pub use target::{Target, TargetError};
 
@@ -49,6 +54,15 @@ pub struct QuarantineState {
     /// One resource per entry, named by it ([`QuarantineBody`]).
     pub resources: Vec<Resource>,
     pub revoked: Revoked,
+}
+
+impl QuarantineState {
+    /// Whether every source has been read: until then nothing can be
+    /// checked against it, and the control plane refuses rather than
+    /// guess that nothing is quarantined.
+    pub fn is_known(&self) -> bool {
+        self.version != 0
+    }
 }
 
 /// The resolved revocations, for the control plane's own checks.
@@ -211,10 +225,12 @@ fn merge(into: &mut Vec<String>, from: &[String]) {
     into.dedup();
 }
 
-/// The embedded mode's source: reads `<data-dir>/quarantine/` when it
+/// Where the entries come from: `<data-dir>/quarantine/`, read when it
 /// changes (inotify) and every [`RESCAN_INTERVAL`] (a pod's addresses and
-/// certificates are resolved again), and publishes each new state.
-pub struct DirQuarantine {
+/// certificates are resolved again), and with `--kubernetes` the
+/// `Quarantine` objects ([`objects`]). Both are merged, resolved and
+/// published as one state.
+pub struct QuarantineSource {
     dir: QuarantineDir,
     audit: audit::AuditLog,
     resolver: Resolver,
@@ -223,10 +239,15 @@ pub struct DirQuarantine {
     /// Entries in force, by file: a file that stops parsing keeps its
     /// last good entry.
     by_file: BTreeMap<PathBuf, Entry>,
+    /// Files that do not parse now.
+    invalid_files: usize,
     seen: Option<u64>,
+    /// The Quarantine objects' entries (`None` until they are listed),
+    /// when the control plane watches the Kubernetes API.
+    objects: Option<watch::Receiver<Option<ObjectEntries>>>,
 }
 
-impl DirQuarantine {
+impl QuarantineSource {
     pub fn new(
         dir: QuarantineDir,
         data_dir: &std::path::Path,
@@ -234,15 +255,26 @@ impl DirQuarantine {
         tx: Arc<watch::Sender<Arc<QuarantineState>>>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        DirQuarantine {
+        QuarantineSource {
             dir,
             audit: audit::AuditLog::new(data_dir),
             resolver,
             tx,
             metrics,
             by_file: BTreeMap::new(),
+            invalid_files: 0,
             seen: None,
+            objects: None,
         }
+    }
+
+    /// Merges the Quarantine objects the watcher publishes on `objects`.
+    /// Until they are listed nothing is published: the state stays
+    /// unknown ([`QuarantineState::is_known`]), and what would be checked
+    /// against it is refused.
+    pub fn with_objects(mut self, objects: watch::Receiver<Option<ObjectEntries>>) -> Self {
+        self.objects = Some(objects);
+        self
     }
 
     /// Reads the directory if it changed, resolves, and publishes what
@@ -252,22 +284,39 @@ impl DirQuarantine {
         let fingerprint = self.dir.fingerprint();
         if self.seen != Some(fingerprint) {
             self.seen = Some(fingerprint);
-            let mut by_file = std::mem::take(&mut self.by_file);
-            self.reread(&mut by_file);
-            self.by_file = by_file;
+            self.reread();
         }
-        self.publish();
+        let objects = match &self.objects {
+            None => None,
+            Some(rx) => match rx.borrow().clone() {
+                Some(listed) => Some(listed),
+                // Not listed yet: what is quarantined is not known.
+                None => return,
+            },
+        };
+        let invalid = self.invalid_files + objects.as_ref().map_or(0, |o| o.invalid);
+        self.metrics.quarantine_invalid_files.set(invalid as i64);
+        self.publish(&self.entries_in_force(objects.as_ref()));
     }
 
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut changes = DirWatch::new(self.dir.path(), "quarantine directory", RESCAN_INTERVAL);
-        while changes.next(&mut shutdown).await {
+        let mut objects = self.objects.clone();
+        loop {
+            let go_on = tokio::select! {
+                go_on = changes.next(&mut shutdown) => go_on,
+                () = objects_changed(&mut objects) => true,
+            };
+            if !go_on {
+                return;
+            }
             self.poll();
         }
     }
 
-    /// Reads the directory again into `by_file`.
-    fn reread(&self, by_file: &mut BTreeMap<PathBuf, Entry>) {
+    /// Reads the directory again: every file's entry, a damaged file
+    /// keeping what it held.
+    fn reread(&mut self) {
         let stored = match self.dir.read() {
             Ok(stored) => stored,
             Err(err) => {
@@ -284,7 +333,7 @@ impl DirQuarantine {
                 }
                 Err(err) => {
                     invalid += 1;
-                    let kept = by_file.get(&item.path).cloned();
+                    let kept = self.by_file.get(&item.path).cloned();
                     error!(file = %item.path.display(), error = %err, kept_in_force = ?kept.as_ref().map(|e| e.target.to_string()), "quarantine entry refused");
                     if let Some(entry) = kept {
                         next.insert(item.path, entry);
@@ -292,26 +341,32 @@ impl DirQuarantine {
                 }
             }
         }
-        self.metrics.quarantine_invalid_files.set(invalid);
-        *by_file = next;
+        self.invalid_files = invalid;
+        self.by_file = next;
+    }
+
+    /// The entries of the files, then of the objects, by name. One name
+    /// given to two different targets keeps both in force (the later
+    /// renamed): an entry is never dropped for its name.
+    fn entries_in_force(&self, objects: Option<&ObjectEntries>) -> BTreeMap<String, Entry> {
+        let mut entries = BTreeMap::new();
+        let from_objects = objects.into_iter().flat_map(|o| o.entries.values());
+        for entry in self.by_file.values().chain(from_objects) {
+            insert_entry(&mut entries, entry);
+        }
+        entries
     }
 
     /// Resolves the entries and publishes them if anything changed,
     /// recording what came into and went out of force.
-    fn publish(&self) {
-        let mut entries = BTreeMap::new();
-        for entry in self.by_file.values() {
-            if entries.insert(entry.name.clone(), entry.clone()).is_some() {
-                warn!(entry = %entry.name, "two quarantine files use the same metadata.name; one of them is ignored");
-            }
-        }
+    fn publish(&self, entries: &BTreeMap<String, Entry>) {
         let current = self.tx.borrow().clone();
         let previous: BTreeMap<String, QuarantineBody> = current
             .resources
             .iter()
             .filter_map(|r| Some((r.name.clone(), r.decode().ok()?)))
             .collect();
-        let state = state_of(&entries, &self.resolver, &previous);
+        let state = state_of(entries, &self.resolver, &previous);
         if current.version != 0 && state.resources == current.resources {
             return;
         }
@@ -374,6 +429,40 @@ impl DirQuarantine {
             error!(file = %self.audit.path().display(), error = %err, action = record.action.as_str(), target = %record.target, "appending to the audit trail failed");
         }
     }
+}
+
+/// Adds `entry` under its name. The same target under a name already
+/// taken is one quarantine (a file and an object for it, say); another
+/// target under it is kept as `<name>.<n>`.
+fn insert_entry(entries: &mut BTreeMap<String, Entry>, entry: &Entry) {
+    let Some(held) = entries.get(&entry.name) else {
+        entries.insert(entry.name.clone(), entry.clone());
+        return;
+    };
+    if held.target == entry.target {
+        return;
+    }
+    let other = held.target.to_string();
+    let name = (2..)
+        .map(|n| format!("{}.{n}", entry.name))
+        .find(|name| !entries.contains_key(name))
+        .expect("a free name");
+    warn!(entry = %entry.name, target = %entry.target, other_target = %other, in_force_as = %name, "two quarantine entries use the same name for different targets; both are in force");
+    let mut renamed = entry.clone();
+    renamed.name = name.clone();
+    entries.insert(name, renamed);
+}
+
+/// Resolves when the watcher publishes new Quarantine objects; never
+/// without a watcher (or once it is gone).
+async fn objects_changed(objects: &mut Option<watch::Receiver<Option<ObjectEntries>>>) {
+    if let Some(rx) = objects
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    *objects = None;
+    std::future::pending().await
 }
 
 #[cfg(test)]

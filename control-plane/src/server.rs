@@ -38,7 +38,7 @@ use crate::listener::{self, Conn, Limits, Settings};
 use crate::metrics::Metrics;
 use crate::policy_store::{DirSource, PolicySource, PolicyStore};
 use crate::quarantine::{
-    DirQuarantine, Issued, IssuedCertificates, QuarantineDir, QuarantineState, Resolver, Subject,
+    Issued, IssuedCertificates, QuarantineDir, QuarantineSource, QuarantineState, Resolver, Subject,
 };
 use crate::serving::ServingIdentity;
 use crate::trust_bundles::{self, BundleSet};
@@ -249,7 +249,7 @@ impl ControlPlane {
         // Read before anything is served: no certificate, stream or
         // connection ever starts without the quarantines in force.
         let (quarantine_tx, quarantine) = watch::channel(Arc::new(QuarantineState::default()));
-        let mut quarantine_source = DirQuarantine::new(
+        let mut quarantine_source = QuarantineSource::new(
             QuarantineDir::open(data.path())?,
             data.path(),
             Resolver {
@@ -260,6 +260,22 @@ impl ControlPlane {
             Arc::new(quarantine_tx),
             metrics.clone(),
         );
+        // In Kubernetes the Quarantine objects too: until they are listed
+        // the quarantines are unknown, and what is checked against them
+        // is refused (503, retried by the sidecars).
+        let quarantine_watch = match (config.kubernetes_sources, &config.kube) {
+            (true, Some(ApiClient(client))) => {
+                let (objects_tx, objects) = watch::channel(None);
+                quarantine_source = quarantine_source.with_objects(objects);
+                Some(crate::k8s::quarantines::watch_quarantines(
+                    client.clone(),
+                    objects_tx,
+                    metrics.clone(),
+                    shutdown_rx.clone(),
+                ))
+            }
+            _ => None,
+        };
         quarantine_source.poll();
         let state = Arc::new(State {
             ca: Arc::new(ca),
@@ -280,6 +296,9 @@ impl ControlPlane {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(quarantine_source.run(shutdown_rx.clone()));
+        if let Some(watch) = quarantine_watch {
+            tasks.spawn(watch);
+        }
         if let Some(dir) = config.trust_bundle_dir.clone() {
             tasks.spawn(trust_bundles::watch_dir(
                 trust_domain.clone(),
@@ -840,11 +859,13 @@ async fn issue_svid(state: &State, caller: &Caller, req: Request<Incoming>) -> R
         .map(|(pod, namespace)| format!("{namespace}/{pod}"));
     let mut subject = caller.subject(pod.as_deref());
     subject.spiffe_id = Some(requested.as_str());
-    if let Some(refusal) = refuse_quarantined_with(state, subject, caller, "certificate request") {
+    if let Some((refusal, reason)) =
+        refuse_quarantined_with(state, subject, caller, "certificate request")
+    {
         state
             .metrics
             .certificate_refusals
-            .with_label_values(&["quarantined"])
+            .with_label_values(&[reason])
             .inc();
         return refusal;
     }
@@ -965,24 +986,44 @@ fn refuse_quarantined(
     pod: Option<&str>,
     what: &'static str,
 ) -> Option<Response<ApiBody>> {
-    refuse_quarantined_with(state, caller.subject(pod), caller, what)
+    refuse_quarantined_with(state, caller.subject(pod), caller, what).map(|(refusal, _)| refusal)
 }
 
 /// Refuses `subject` when a quarantine matches it: the log says which
 /// entry and why, the caller hears only that it was refused (a
-/// compromised workload is not told it was found out).
+/// compromised workload is not told it was found out). While the
+/// quarantines are not known yet (the Quarantine objects not listed),
+/// everyone is refused for now (503: sidecars retry). With the refusal,
+/// its reason for `ward_ca_certificate_refusals_total`.
 fn refuse_quarantined_with(
     state: &State,
     subject: Subject<'_>,
     caller: &Caller,
     what: &'static str,
-) -> Option<Response<ApiBody>> {
-    let found = state.quarantine.borrow().revoked.check(&subject)?;
+) -> Option<(Response<ApiBody>, &'static str)> {
+    let quarantine = state.quarantine.borrow();
+    if !quarantine.is_known() {
+        // Debug: every sidecar retries until then; the watch's errors and
+        // /ready say why.
+        tracing::debug!(what, spiffe_id = ?subject.spiffe_id, peer = %caller.addr, "refused for now: the quarantines are not known yet (the Quarantine objects are not listed)");
+        return Some((
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::NOT_SYNCED,
+                format!("the {what} cannot be served yet: the control plane is starting; retry"),
+            ),
+            "quarantine_not_synced",
+        ));
+    }
+    let found = quarantine.revoked.check(&subject)?;
     warn!(what, spiffe_id = ?subject.spiffe_id, serial = ?subject.serial, pod = ?subject.pod, peer = %caller.addr, entry = %found.entry, matched = found.by, "refused: quarantined");
-    Some(error(
-        StatusCode::FORBIDDEN,
-        codes::REFUSED,
-        format!("the {what} was refused (the control plane's log says why)"),
+    Some((
+        error(
+            StatusCode::FORBIDDEN,
+            codes::REFUSED,
+            format!("the {what} was refused (the control plane's log says why)"),
+        ),
+        "quarantined",
     ))
 }
 
@@ -1025,6 +1066,10 @@ fn admin_route(state: &State, req: &Request<Incoming>) -> Response<ApiBody> {
         (&Method::GET, "/ready") if !state.policies.is_synced() => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the Kubernetes sources have not synced yet\n",
+        ),
+        (&Method::GET, "/ready") if !state.quarantine.borrow().is_known() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the Quarantine objects have not been listed yet\n",
         ),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -35,7 +35,7 @@ const MESH_SELECTOR: &str = "labelSelector=security.ward.io%2FtlsMode%3Dward";
 
 /// The cluster the fake API server serves: objects by resource (`pods`,
 /// `authorizationpolicies`, `peerauthentications`, `services`,
-/// `endpointslices`), open watches, and resources whose list fails (a CRD
+/// `endpointslices`, `quarantines`), open watches, and resources whose list fails (a CRD
 /// not installed yet).
 #[derive(Default)]
 struct Cluster {
@@ -50,7 +50,7 @@ type Shared = Arc<Mutex<Cluster>>;
 /// Built-in kinds: their list items come without `apiVersion` and `kind`.
 const BUILT_IN: [&str; 3] = ["pods", "services", "endpointslices"];
 
-const RESOURCES: [(&str, &str, &str); 5] = [
+const RESOURCES: [(&str, &str, &str); 6] = [
     ("pods", "/api/v1/pods", "v1"),
     ("services", "/api/v1/services", "v1"),
     (
@@ -67,6 +67,12 @@ const RESOURCES: [(&str, &str, &str); 5] = [
         "peerauthentications",
         "/apis/security.ward.io/v1/peerauthentications",
         "security.ward.io/v1",
+    ),
+    // Cluster-scoped; none here (tests/k8s_cluster.rs makes real ones).
+    (
+        "quarantines",
+        "/apis/ward.io/v1alpha1/quarantines",
+        "ward.io/v1alpha1",
     ),
 ];
 
@@ -179,6 +185,7 @@ impl Cluster {
             "services" => "ServiceList",
             "endpointslices" => "EndpointSliceList",
             "authorizationpolicies" => "AuthorizationPolicyList",
+            "quarantines" => "QuarantineList",
             _ => "PeerAuthenticationList",
         };
         let items = self.objects.get(resource).cloned().unwrap_or_default();
@@ -392,11 +399,115 @@ async fn enrol(cp: &ControlPlane, data: &std::path::Path, sa: &str) -> Arc<SvidC
     let id = SpiffeId::for_service_account(TD, "shop", sa).unwrap();
     let token = join_token(data, &id, Duration::from_secs(60));
     let (key, request) = keyed_svid_request(&id, Some(Credential::JoinToken(token)), None);
-    let answer = api_client(cp, TD)
-        .request_svid(&request, None)
-        .await
-        .unwrap();
+    let client = api_client(cp, TD);
+    // Until the Quarantine objects are listed the answer is 503
+    // not_synced, which a sidecar retries the same way.
+    let mut tries = 0;
+    let answer = loop {
+        match client.request_svid(&request, None).await {
+            Ok(answer) => break answer,
+            Err(err) => {
+                let (status, code, message) = refusal(err);
+                assert!(
+                    code == "not_synced" && tries < 1500,
+                    "{status} {code}: {message}"
+                );
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     svid_cell(&answer, &key, TD)
+}
+
+/// Until the Quarantine objects are listed (here their CRD is not
+/// installed yet) the control plane cannot know whom it must refuse: no
+/// certificate is issued (503 not_synced, which sidecars retry; the join
+/// token is not spent) and it is not ready. Once they list, the same
+/// request succeeds.
+#[tokio::test]
+async fn nothing_is_issued_until_the_quarantines_are_listed() {
+    let mut cluster = Cluster::default();
+    cluster.missing.push("quarantines");
+    let cluster: Shared = Arc::new(Mutex::new(cluster));
+    let shared = cluster.clone();
+    let api = ApiServer::start(move |req| shared.lock().unwrap().answer(req)).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut config = loopback_config(TD, data.path());
+    config.kube = Some(ApiClient(api.client()));
+    config.kubernetes_sources = true;
+    let cp = ControlPlane::start(config).await.unwrap();
+    let admin = cp.admin_addr().unwrap();
+
+    // Tried, and tried again: waiting for the list, not past it.
+    for _ in 0..1500 {
+        let lists = api
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.path_and_query
+                    .starts_with("/apis/ward.io/v1alpha1/quarantines?")
+            })
+            .count();
+        if lists >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = SpiffeId::for_service_account(TD, "shop", "web").unwrap();
+    let token = join_token(data.path(), &id, Duration::from_secs(60));
+    let request = svid_request(&id, Some(Credential::JoinToken(token)), None);
+    let client = api_client(&cp, TD);
+    let (status, code, _) = refusal(client.request_svid(&request, None).await.unwrap_err());
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "not_synced")
+    );
+    let mut body = String::new();
+    for _ in 0..1500 {
+        body = admin_get(admin, "/ready").await.1;
+        if body.contains("Quarantine objects") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(body.starts_with("HTTP/1.1 503"), "{body}");
+    assert!(body.contains("Quarantine objects"), "{body}");
+    let metrics = admin_get(admin, "/metrics").await.1;
+    for series in [
+        r#"ward_cp_kubernetes_watch_errors_total{resource="Quarantine"}"#,
+        r#"ward_ca_certificate_refusals_total{reason="quarantine_not_synced"}"#,
+    ] {
+        assert!(metric_value(&metrics, series) >= 1.0, "{series}\n{metrics}");
+    }
+
+    // The CRD is installed: the watcher's retry lists it, and the token
+    // refused meanwhile is still good.
+    cluster.lock().unwrap().missing.clear();
+    let mut answer = None;
+    for _ in 0..1500 {
+        match client.request_svid(&request, None).await {
+            Ok(issued) => {
+                answer = Some(issued);
+                break;
+            }
+            Err(err) => {
+                let (_, code, message) = refusal(err);
+                assert_eq!(code, "not_synced", "{message}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert!(answer.is_some(), "never issued after the list succeeded");
+    for _ in 0..1500 {
+        if admin_get(admin, "/ready").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(admin_get(admin, "/ready").await.0, 200);
+    assert_calls_allowed_by_rbac(&api.requests());
+    cp.shutdown().await;
 }
 
 /// What a sidecar holds from its discovery stream after each update.

@@ -130,6 +130,7 @@ impl Fake {
             "/apis/discovery.k8s.io/v1/endpointslices" => {
                 ("discovery.k8s.io/v1", "EndpointSliceList")
             }
+            "/apis/ward.io/v1alpha1/quarantines" => ("ward.io/v1alpha1", "QuarantineList"),
             _ => return not_found(),
         };
         match (watch, path) {

@@ -188,7 +188,7 @@ async fn watch_pods(
 
 /// The next event and every other one already waiting (up to a bound), so
 /// a burst is folded and published once.
-async fn next_batch<S: Stream + Unpin>(events: &mut S) -> Option<Vec<S::Item>> {
+pub(super) async fn next_batch<S: Stream + Unpin>(events: &mut S) -> Option<Vec<S::Item>> {
     const MAX_BATCH: usize = 1024;
     let first = events.next().await?;
     let mut batch = vec![first];
@@ -461,7 +461,7 @@ impl StatusWriter {
 
 /// The object as a policy document, `apiVersion` and `kind` included (list
 /// items come without them).
-fn to_document(object: DynamicObject, resource: &ApiResource) -> Value {
+pub(super) fn to_document(object: DynamicObject, resource: &ApiResource) -> Value {
     let mut value = serde_json::to_value(object).unwrap_or(Value::Null);
     if let Some(map) = value.as_object_mut() {
         map.insert("apiVersion".into(), json!(resource.api_version));
@@ -470,7 +470,7 @@ fn to_document(object: DynamicObject, resource: &ApiResource) -> Value {
     value
 }
 
-fn watch_failed(metrics: &Metrics, resource: &str, err: &watcher::Error) {
+pub(super) fn watch_failed(metrics: &Metrics, resource: &str, err: &watcher::Error) {
     metrics
         .kubernetes_watch_errors
         .with_label_values(&[resource])

@@ -92,6 +92,21 @@ pub const POLICY_KINDS: [(&str, &str); 2] = [
     ("PeerAuthentication", "peerauthentications"),
 ];
 
+/// Group, version, kind and plural of the `Quarantine` custom resource
+/// (cluster-scoped: `deploy/base/crds/quarantines.yaml`).
+pub const QUARANTINE_GROUP: &str = "ward.io";
+pub const QUARANTINE_VERSION: &str = "v1alpha1";
+pub const QUARANTINE_KIND: &str = "Quarantine";
+pub const QUARANTINE_PLURAL: &str = "quarantines";
+
+/// The `Quarantine` resource, for a dynamic `Api`.
+pub fn quarantine_resource() -> kube::api::ApiResource {
+    kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(QUARANTINE_GROUP, QUARANTINE_VERSION, QUARANTINE_KIND),
+        QUARANTINE_PLURAL,
+    )
+}
+
 /// (kind, namespace, name) of a custom resource.
 pub type ResourceKey = (String, String, String);
 

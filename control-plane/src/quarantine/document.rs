@@ -121,6 +121,19 @@ impl Entry {
     pub fn parse(text: &str) -> Result<Entry, DocError> {
         let doc: Document =
             serde_yaml_ng::from_str(text).map_err(|e| DocError::Yaml(e.to_string()))?;
+        Self::from_document(doc)
+    }
+
+    /// Validates one document already decoded, as the Kubernetes API hands
+    /// out a `Quarantine` object (its other metadata and any `status` are
+    /// ignored).
+    pub fn from_value(value: serde_json::Value) -> Result<Entry, DocError> {
+        let doc: Document =
+            serde_json::from_value(value).map_err(|e| DocError::Yaml(e.to_string()))?;
+        Self::from_document(doc)
+    }
+
+    fn from_document(doc: Document) -> Result<Entry, DocError> {
         if doc.api_version != API_VERSION {
             return Err(DocError::ApiVersion(doc.api_version));
         }
@@ -140,7 +153,16 @@ impl Entry {
 
     /// The document's YAML text.
     pub fn to_yaml(&self) -> String {
-        serde_yaml_ng::to_string(&Document {
+        serde_yaml_ng::to_string(&self.document()).expect("serializable")
+    }
+
+    /// The document as JSON: the body of a `Quarantine` object.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self.document()).expect("serializable")
+    }
+
+    fn document(&self) -> Document {
+        Document {
             api_version: API_VERSION.to_owned(),
             kind: KIND.to_owned(),
             metadata: Metadata {
@@ -152,8 +174,7 @@ impl Entry {
                 requested_by: self.requested_by.clone(),
                 requested_at: self.requested_at.clone(),
             },
-        })
-        .expect("serializable")
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use super::*;
 
 struct Fixture {
     data: tempfile::TempDir,
-    source: DirQuarantine,
+    source: QuarantineSource,
     rx: watch::Receiver<Arc<QuarantineState>>,
     issued: Arc<IssuedCertificates>,
 }
@@ -15,7 +15,7 @@ fn fixture() -> Fixture {
     let data = tempfile::tempdir().unwrap();
     let issued = Arc::new(IssuedCertificates::open(data.path()).unwrap());
     let (tx, rx) = watch::channel(Arc::new(QuarantineState::default()));
-    let source = DirQuarantine::new(
+    let source = QuarantineSource::new(
         QuarantineDir::open(data.path()).unwrap(),
         data.path(),
         Resolver {
@@ -217,4 +217,125 @@ fn a_pods_address_stays_revoked_after_its_stream_is_gone() {
         ..Default::default()
     };
     assert_eq!(after.revoked.check(&who).map(|m| m.by), Some("address"));
+}
+
+/// The fixture's source with Quarantine objects from a watcher (the
+/// sender, initially "not listed yet").
+fn with_objects(f: Fixture) -> (Fixture, watch::Sender<Option<ObjectEntries>>) {
+    let (tx, rx) = watch::channel(None);
+    let Fixture {
+        data,
+        source,
+        rx: state,
+        issued,
+    } = f;
+    let source = source.with_objects(rx);
+    (
+        Fixture {
+            data,
+            source,
+            rx: state,
+            issued,
+        },
+        tx,
+    )
+}
+
+fn objects(entries: &[Entry], invalid: usize) -> Option<ObjectEntries> {
+    Some(ObjectEntries {
+        entries: entries
+            .iter()
+            .map(|e| (e.name.clone(), e.clone()))
+            .collect(),
+        invalid,
+    })
+}
+
+#[test]
+fn nothing_is_known_until_the_objects_are_listed_then_both_sources_are_in_force() {
+    let (mut f, tx) = with_objects(fixture());
+    let dir = QuarantineDir::open(f.data.path()).unwrap();
+    dir.create(&entry("shop/web-1")).unwrap();
+    f.source.poll();
+    assert!(
+        !f.rx.borrow().is_known(),
+        "published before the objects were listed"
+    );
+
+    tx.send_replace(objects(
+        &[entry("spiffe://cluster.local/ns/shop/sa/api")],
+        0,
+    ));
+    f.source.poll();
+    let state = f.rx.borrow().clone();
+    assert!(state.is_known());
+    let mut targets: Vec<String> = bodies(&state).into_iter().map(|b| b.target).collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        ["shop/web-1", "spiffe://cluster.local/ns/shop/sa/api"]
+    );
+
+    // The object is deleted: lifted, and audited as a directory entry is.
+    tx.send_replace(objects(&[], 0));
+    f.source.poll();
+    assert_eq!(bodies(&f.rx.borrow()).len(), 1);
+    let trail = audit::AuditLog::new(f.data.path()).read().unwrap();
+    let actions: Vec<_> = trail
+        .iter()
+        .map(|r| {
+            let r = r.as_ref().unwrap();
+            (r.action, r.target.clone())
+        })
+        .collect();
+    assert!(actions.contains(&(
+        audit::Action::Enforced,
+        "spiffe://cluster.local/ns/shop/sa/api".into()
+    )));
+    assert!(actions.contains(&(
+        audit::Action::Lifted,
+        "spiffe://cluster.local/ns/shop/sa/api".into()
+    )));
+}
+
+#[test]
+fn one_name_for_two_targets_keeps_both_and_a_target_in_both_sources_is_one_entry() {
+    let (mut f, tx) = with_objects(fixture());
+    let dir = QuarantineDir::open(f.data.path()).unwrap();
+    let web = entry("shop/web-1");
+    dir.create(&web).unwrap();
+    // The same target as an object (same name): one quarantine. Another
+    // target under the name of the file's entry: both.
+    let mut other = entry("serial:ab");
+    other.name = web.name.clone();
+    let mut same_elsewhere = entry("shop/web-1");
+    same_elsewhere.name = "incident-42".into();
+    let same = entry("shop/web-1");
+    let mut entries = BTreeMap::new();
+    for (key, e) in [("a", &same), ("b", &other), ("c", &same_elsewhere)] {
+        entries.insert(key.to_owned(), e.clone());
+    }
+    tx.send_replace(Some(ObjectEntries {
+        entries,
+        invalid: 2,
+    }));
+    f.source.poll();
+    let state = f.rx.borrow().clone();
+    let names: Vec<&str> = state.resources.iter().map(|r| r.name.as_str()).collect();
+    let renamed = format!("{}.2", web.name);
+    let mut expected = vec![web.name.as_str(), renamed.as_str(), "incident-42"];
+    expected.sort();
+    assert_eq!(names, expected);
+    let serial = Subject {
+        serial: Some("ab"),
+        ..Default::default()
+    };
+    assert!(
+        state.revoked.check(&serial).is_some(),
+        "the renamed entry is enforced"
+    );
+    // Damaged files and refused objects are counted together.
+    fs::write(dir.path().join("broken.yaml"), "kind: Nonsense").unwrap();
+    f.source.poll();
+    assert_eq!(f.source.metrics.quarantine_invalid_files.get(), 3);
 }
