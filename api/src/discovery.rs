@@ -324,10 +324,30 @@ fn yes() -> bool {
 
 /// The roots that verify certificates of one trust domain (PEM, one or
 /// more). Named by the trust domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleBody {
     pub trust_domain: String,
     pub roots_pem: String,
+    /// Roots a CA rotation retired (PEM): trusted from no source any more,
+    /// not the sidecar's `--ca` anchor nor a certificate's bundle. Empty
+    /// (and absent on the wire) outside a rotation's aftermath.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub distrusted_pem: String,
+    /// A CA rotation asks sidecars to renew early: see [`RenewRequest`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew: Option<RenewRequest>,
+}
+
+/// Renew early: a sidecar whose certificate was not signed by `signer_pem`
+/// renews at a random point within `within_seconds` of receiving this (a
+/// fleet spreads its renewals over the window instead of renewing at
+/// once). A sidecar whose certificate the signer signed does nothing.
+/// Older sidecars ignore the field and renew at half-life as always.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The CA certificate that signs new certificates now (PEM).
+    pub signer_pem: String,
+    pub within_seconds: u64,
 }
 
 /// One quarantine entry, resolved: every identity, certificate and address

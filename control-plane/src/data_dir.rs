@@ -143,6 +143,18 @@ impl DataDir {
         }
     }
 
+    /// Replaces the CA kept here (a finished CA rotation makes its new CA
+    /// the CA). Fails on a read-only `ca/` (a Kubernetes Secret volume):
+    /// the rotation then keeps the CA in its own directory.
+    pub fn replace_ca(&self, chain_pem: &str, key_pem: &str) -> Result<(), DataDirError> {
+        CertificateAuthority::from_pem(chain_pem, key_pem).map_err(|e| DataDirError::Ca {
+            path: self.root.clone(),
+            message: e.to_string(),
+        })?;
+        write_private(&self.cert_path(), chain_pem.as_bytes())?;
+        write_private(&self.key_path(), key_pem.as_bytes())
+    }
+
     fn store(&self, cert_pem: &str, key_pem: &str) -> Result<(), DataDirError> {
         if self.has_ca() {
             return Err(DataDirError::CaExists(self.root.clone()));

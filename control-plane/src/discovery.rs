@@ -268,6 +268,8 @@ pub async fn run_stream(mut ctx: StreamContext, mut requests: LineReader, tx: mp
         address: ctx.peer.to_string(),
         proxy_version: ctx.hello.node.proxy_version.clone(),
         connected_since: ward_identity::rfc3339(time::OffsetDateTime::now_utc()),
+        certificate_serial: ctx.serial.clone(),
+        certificate_not_after: ctx.expiry.map(time::OffsetDateTime::unix_timestamp),
         policy: TypeStatus::default(),
         bundle: TypeStatus::default(),
         endpoint: TypeStatus::default(),

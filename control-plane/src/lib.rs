@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod metrics;
 pub mod policy_store;
 pub mod quarantine;
+pub mod rotation;
 pub mod server;
 pub mod services;
 mod serving;

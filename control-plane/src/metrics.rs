@@ -2,8 +2,8 @@
 //! can run in one test process).
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -12,6 +12,11 @@ pub struct Metrics {
     pub certificate_refusals: IntCounterVec,
     pub attestation_failures: IntCounterVec,
     pub ca_expiry: Gauge,
+    /// 1 for the CA rotation's phase, 0 for the others.
+    pub ca_rotation_phase: IntGaugeVec,
+    /// Expiry of every root and intermediate of the CA in force and of
+    /// the one a rotation moves to.
+    pub ca_chain_expiry: GaugeVec,
     pub trust_bundle_reloads: IntCounterVec,
     pub watch_streams: IntGauge,
     pub push_latency: Histogram,
@@ -75,6 +80,23 @@ impl Metrics {
         let ca_expiry = Gauge::new(
             "ward_ca_certificate_expiry_timestamp_seconds",
             "When the CA certificate expires (Unix time).",
+        )
+        .expect("valid metric");
+        let ca_rotation_phase = IntGaugeVec::new(
+            Opts::new(
+                "ward_ca_rotation_phase",
+                "The CA rotation's phase (1 for the current one: idle, prepare, activate, retire).",
+            ),
+            &["phase"],
+        )
+        .expect("valid metric");
+        ca_rotation_phase.with_label_values(&["idle"]).set(1);
+        let ca_chain_expiry = GaugeVec::new(
+            Opts::new(
+                "ward_ca_chain_certificate_expiry_timestamp_seconds",
+                "When each root and intermediate of the CA expires (Unix time), by CA (current, new: a rotation's), role (root, intermediate) and SHA-256 fingerprint.",
+            ),
+            &["ca", "role", "fingerprint"],
         )
         .expect("valid metric");
         let watch_streams = IntGauge::new(
@@ -248,6 +270,8 @@ impl Metrics {
             Box::new(certificate_refusals.clone()),
             Box::new(attestation_failures.clone()),
             Box::new(ca_expiry.clone()),
+            Box::new(ca_rotation_phase.clone()),
+            Box::new(ca_chain_expiry.clone()),
             Box::new(trust_bundle_reloads.clone()),
         ] {
             registry
@@ -263,6 +287,8 @@ impl Metrics {
             certificate_refusals,
             attestation_failures,
             ca_expiry,
+            ca_rotation_phase,
+            ca_chain_expiry,
             trust_bundle_reloads,
             watch_streams,
             push_latency,

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 use ward_identity::SpiffeId;
-use ward_identity::ca::{CertificateAuthority, DEFAULT_SVID_TTL};
+use ward_identity::ca::DEFAULT_SVID_TTL;
 
 use crate::attest::{
     Attestor, DEFAULT_AUDIENCE, JoinTokenStore, K8sTokenConfig, PodDirectory,
@@ -137,7 +137,9 @@ impl Config {
 }
 
 struct State {
-    ca: Arc<CertificateAuthority>,
+    /// The CA that signs (a CA rotation swaps it).
+    ca: crate::rotation::Signer,
+    rotation: Arc<crate::rotation::Rotation>,
     attestor: Attestor,
     attest_failures: crate::attest::limiter::FailureLimiter,
     metrics: Arc<Metrics>,
@@ -190,7 +192,9 @@ impl ControlPlane {
             lease.validate()?;
         }
         let data = DataDir::open(&config.data_dir)?;
-        let ca = data.load_or_init_ca(&config.trust_domain)?;
+        // The CA, and a CA rotation in progress (resumed where it was).
+        let loaded = crate::rotation::load(&data, &config.trust_domain)?;
+        let ca = loaded.signer();
         let join_tokens = JoinTokenStore::open(&data.join_tokens_dir())?;
         let k8s = service_account_verifier(&config, ca.trust_domain())?;
         // The meshed pods, as the Kubernetes source's reflector sees them:
@@ -226,17 +230,26 @@ impl ControlPlane {
             trust_domain: ca.trust_domain().to_owned(),
         };
 
-        let serving = ServingIdentity::new(&ca, &config.serving_dns_names)?;
-        let serving_id = serving.spiffe_id().clone();
-        let acceptor = TlsAcceptor::from(serving.server_config());
         let trust_domain = ca.trust_domain().to_owned();
         let bundle_pem = ca.bundle_pem();
-        let bundle_set = trust_bundles::load(
+        let dir_roots = config
+            .trust_bundle_dir
+            .as_deref()
+            .map(trust_bundles::read_dir)
+            .transpose()
+            .context("loading the trust bundles")?;
+        let (own_roots_tx, own_roots) = watch::channel(Arc::new(loaded.own_roots()));
+        let bundle_set = trust_bundles::compose(
             &trust_domain,
-            &bundle_pem,
-            config.trust_bundle_dir.as_deref(),
+            &own_roots.borrow(),
+            &dir_roots.clone().unwrap_or_default(),
         )
         .context("loading the trust bundles")?;
+        let serving_ca = loaded.serving_signer();
+        let serving =
+            ServingIdentity::new(&serving_ca, &bundle_set.own_pem, &config.serving_dns_names)?;
+        let serving_id = serving.spiffe_id().clone();
+        let acceptor = TlsAcceptor::from(serving.server_config());
         // Held by the state, so every stream's receiver lives as long as
         // the control plane (with no directory nothing ever sends).
         let (bundles_tx, bundles) = watch::channel(Arc::new(bundle_set));
@@ -277,8 +290,28 @@ impl ControlPlane {
             _ => None,
         };
         quarantine_source.poll();
+        let signer: crate::rotation::Signer = Arc::new(arc_swap::ArcSwap::new(ca));
+        let serving_signer: crate::rotation::Signer = Arc::new(arc_swap::ArcSwap::new(serving_ca));
+        let reissue = Arc::new(tokio::sync::Notify::new());
+        let rotation = crate::rotation::Rotation::new(
+            loaded,
+            crate::rotation::Wiring {
+                trust_domain: trust_domain.clone(),
+                data,
+                signer: signer.clone(),
+                own_roots: own_roots_tx,
+                bundles: bundles.clone(),
+                sidecars: sidecars.clone(),
+                issued: issued.clone(),
+                metrics: metrics.clone(),
+                serving_signer: serving_signer.clone(),
+                reissue: reissue.clone(),
+                kubernetes: config.kubernetes_sources,
+            },
+        );
         let state = Arc::new(State {
-            ca: Arc::new(ca),
+            ca: signer.clone(),
+            rotation: rotation.clone(),
             attestor,
             attest_failures: Default::default(),
             metrics: metrics.clone(),
@@ -299,16 +332,16 @@ impl ControlPlane {
         if let Some(watch) = quarantine_watch {
             tasks.spawn(watch);
         }
-        if let Some(dir) = config.trust_bundle_dir.clone() {
-            tasks.spawn(trust_bundles::watch_dir(
-                trust_domain.clone(),
-                bundle_pem.clone(),
-                dir,
-                bundles_tx,
-                metrics.clone(),
-                shutdown_rx.clone(),
-            ));
-        }
+        // The bundles follow the directory and the CA rotation's roots.
+        tasks.spawn(trust_bundles::run(
+            trust_domain.clone(),
+            own_roots,
+            config.trust_bundle_dir.clone().zip(dir_roots),
+            bundles_tx,
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+        tasks.spawn(rotation.run(shutdown_rx.clone()));
         if let Some(source) = dir_source {
             tasks.spawn(source.run(policies.clone(), shutdown_rx.clone()));
         }
@@ -374,7 +407,12 @@ impl ControlPlane {
             None => None,
         };
         let webhook_addr = webhook.as_ref().map(Webhook::addr);
-        tasks.spawn(serving.renew_forever(state.ca.clone(), shutdown_rx.clone()));
+        tasks.spawn(serving.renew_forever(
+            serving_signer,
+            state.bundles.clone(),
+            reissue,
+            shutdown_rx.clone(),
+        ));
 
         let admin_addr = match config.admin_listen {
             Some(addr) => {
@@ -396,9 +434,25 @@ impl ControlPlane {
                     shutdown_rx,
                     move |tcp, conn| {
                         let state = state.clone();
+                        // Rotation steps come from this host only.
+                        let same_host = matches!(
+                            (tcp.peer_addr(), tcp.local_addr()),
+                            (Ok(peer), Ok(local)) if crate::rotation::admin::same_host(peer, local)
+                        );
                         let service = service_fn(move |req: Request<Incoming>| {
                             let state = state.clone();
-                            async move { Ok::<_, Infallible>(admin_route(&state, &req)) }
+                            async move {
+                                if req.uri().path() == crate::rotation::admin::PATH {
+                                    let response = crate::rotation::admin::serve(
+                                        &state.rotation,
+                                        req,
+                                        same_host,
+                                    )
+                                    .await;
+                                    return Ok::<_, Infallible>(response.map(|b| b.boxed()));
+                                }
+                                Ok::<_, Infallible>(admin_route(&state, &req))
+                            }
                         });
                         conn.serve_http(tcp, service)
                     },
@@ -580,7 +634,7 @@ async fn route(state: &Arc<State>, caller: Caller, req: Request<Incoming>) -> Re
         (&Method::GET, BUNDLE_PATH) => json(
             StatusCode::OK,
             &BundleResponse {
-                trust_domain: state.ca.trust_domain().to_owned(),
+                trust_domain: state.ca.load().trust_domain().to_owned(),
                 bundle_pem: state.bundles.borrow().own_pem.clone(),
             },
         ),
@@ -870,7 +924,8 @@ async fn issue_svid(state: &State, caller: &Caller, req: Request<Incoming>) -> R
         return refusal;
     }
     // Validate the CSR before attesting, so a bad CSR never burns a join token.
-    if let Err(err) = state.ca.check_csr(&request.csr, &requested) {
+    let ca = state.ca.load_full();
+    if let Err(err) = ca.check_csr(&request.csr, &requested) {
         return refuse(
             StatusCode::BAD_REQUEST,
             "bad_csr",
@@ -946,7 +1001,7 @@ async fn issue_svid(state: &State, caller: &Caller, req: Request<Incoming>) -> R
             }
         },
     };
-    match state.ca.sign_csr(&request.csr, &attested, state.svid_ttl) {
+    match ca.sign_csr(&request.csr, &attested, state.svid_ttl) {
         Ok(svid) => {
             state.metrics.certificates_issued.inc();
             if let Some(serial) = ward_identity::svid::canonical_serial(&svid.serial_hex) {
@@ -955,6 +1010,8 @@ async fn issue_svid(state: &State, caller: &Caller, req: Request<Incoming>) -> R
                     spiffe_id: attested.to_string(),
                     pod: pod.clone(),
                     not_after: svid.not_after.unix_timestamp(),
+                    issuer: Some(ca.fingerprint_sha256()),
+                    address: Some(peer_addr.ip().to_string()),
                 });
             }
             let not_after = ward_identity::rfc3339(svid.not_after);
@@ -964,7 +1021,7 @@ async fn issue_svid(state: &State, caller: &Caller, req: Request<Incoming>) -> R
                 &SvidResponse {
                     spiffe_id: attested.to_string(),
                     chain_pem: svid.chain_pem,
-                    trust_domain: state.ca.trust_domain().to_owned(),
+                    trust_domain: ca.trust_domain().to_owned(),
                     bundle_pem: state.bundles.borrow().own_pem.clone(),
                     not_after,
                 },

@@ -17,6 +17,8 @@ use ward_identity::tls::{self, SharedBundles, SvidCell};
 
 use ward_api::control_plane_id;
 
+use crate::trust_bundles::BundleSet;
+
 const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct ServingIdentity {
@@ -27,13 +29,19 @@ pub struct ServingIdentity {
 }
 
 impl ServingIdentity {
-    pub fn new(ca: &CertificateAuthority, extra_dns_names: &[String]) -> anyhow::Result<Self> {
+    /// Issued by `ca`; client certificates are verified against `roots_pem`
+    /// (the CA's trust domain's distributed roots: both CAs' during a
+    /// rotation).
+    pub fn new(
+        ca: &CertificateAuthority,
+        roots_pem: &str,
+        extra_dns_names: &[String],
+    ) -> anyhow::Result<Self> {
         let id = control_plane_id(ca.trust_domain())?;
         let mut dns_names = vec!["localhost".to_owned()];
         dns_names.extend(extra_dns_names.iter().cloned());
-        let bundles = tls::shared_bundles(
-            TrustBundles::new().with_root(ca.trust_domain(), &ca.bundle_pem())?,
-        );
+        let bundles =
+            tls::shared_bundles(TrustBundles::new().with_root(ca.trust_domain(), roots_pem)?);
         let serving = ServingIdentity {
             id,
             dns_names,
@@ -78,10 +86,15 @@ impl ServingIdentity {
         Ok(())
     }
 
-    /// Re-issues the serving certificate at half its lifetime until shutdown.
+    /// Re-issues the serving certificate at half its lifetime, and at once
+    /// when `reissue` is told (a CA rotation changed the signer), until
+    /// shutdown; follows the CA's trust domain's roots in `bundles` for the
+    /// client certificates it accepts.
     pub async fn renew_forever(
         self,
-        ca: Arc<CertificateAuthority>,
+        signer: crate::rotation::Signer,
+        mut bundles: watch::Receiver<Arc<BundleSet>>,
+        reissue: Arc<tokio::sync::Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
@@ -93,8 +106,22 @@ impl ServingIdentity {
                 .unwrap_or(Duration::from_secs(60));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = reissue.notified() => {}
+                changed = bundles.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let roots = bundles.borrow_and_update().own_pem.clone();
+                    let trust_domain = signer.load().trust_domain().to_owned();
+                    match TrustBundles::new().with_root(&trust_domain, &roots) {
+                        Ok(trusted) => self.bundles.store(Arc::new(trusted)),
+                        Err(err) => warn!(%err, "the trust bundle does not load; client certificates are checked against the previous roots"),
+                    }
+                    continue;
+                }
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
+            let ca = signer.load_full();
             match self.issue(&ca) {
                 Ok(()) => {
                     info!(spiffe_id = %self.id, "renewed the control plane's serving certificate")

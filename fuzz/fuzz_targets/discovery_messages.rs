@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         trust: ward_identity::Trust::new(ward_identity::TrustBundles::new()),
         quarantine: ward_proxy::quarantine::Quarantine::new(metrics.clone()),
         metrics,
+        early_renewal: None,
     };
     let mut cache = ResourceCache::default();
     let mut control_plane: BTreeMap<ResourceType, TypeState> = BTreeMap::new();

@@ -121,6 +121,30 @@ impl TrustBundles {
     pub fn pem_for(&self, trust_domain: &str) -> Option<String> {
         self.roots_for(trust_domain).map(crate::ca::certs_to_pem)
     }
+
+    /// These bundles without the roots `other` holds for the same trust
+    /// domain (the roots a CA rotation retired). A trust domain left with
+    /// no root is dropped.
+    pub fn without(&self, other: &TrustBundles) -> TrustBundles {
+        let mut kept = self.clone();
+        for (trust_domain, removed) in &other.domains {
+            let Some(bundle) = kept.domains.get_mut(trust_domain) else {
+                continue;
+            };
+            let (roots, anchors) = bundle
+                .roots
+                .drain(..)
+                .zip(bundle.anchors.drain(..))
+                .filter(|(root, _)| !removed.roots.contains(root))
+                .unzip();
+            bundle.roots = roots;
+            bundle.anchors = anchors;
+            if bundle.roots.is_empty() {
+                kept.domains.remove(trust_domain);
+            }
+        }
+        kept
+    }
 }
 
 fn validate_trust_domain(trust_domain: &str) -> Result<(), BundleError> {

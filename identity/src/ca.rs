@@ -260,6 +260,21 @@ impl CertificateAuthority {
         ))
     }
 
+    /// The root of [`Self::bundle_pem`], DER.
+    pub fn root_der(&self) -> &CertificateDer<'static> {
+        self.issuers_der.last().unwrap_or(&self.cert_der)
+    }
+
+    /// The CA certificate then its issuers up to the root (PEM), as
+    /// imported: what [`Self::from_pem`] loads back.
+    pub fn full_chain_pem(&self) -> String {
+        let chain: Vec<CertificateDer<'static>> = std::iter::once(&self.cert_der)
+            .chain(&self.issuers_der)
+            .cloned()
+            .collect();
+        certs_to_pem(&chain)
+    }
+
     /// The intermediates a workload sends after its leaf (PEM): empty for a
     /// root CA, otherwise the CA certificate and its issuers below the root.
     pub fn chain_pem(&self) -> String {

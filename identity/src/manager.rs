@@ -116,6 +116,45 @@ pub struct IdentityHandle {
     trust: Arc<Trust>,
     installed: watch::Receiver<Option<OffsetDateTime>>,
     stats: Arc<RotationStats>,
+    early: EarlyRenewal,
+}
+
+/// Asks a running manager to renew before its schedule (a CA rotation's
+/// request, see [`EarlyRenewal::renew_unless_signed_by`]). Cheap to clone.
+#[derive(Clone)]
+pub struct EarlyRenewal {
+    svid: Arc<SvidCell>,
+    /// The latest time the next renewal may start, when one was asked for.
+    by: Arc<watch::Sender<Option<tokio::time::Instant>>>,
+}
+
+impl EarlyRenewal {
+    /// Renews at a random point within `within` unless the certificate in
+    /// use was signed by `signer` (DER). A request already pending and due
+    /// sooner stands. Returns whether a renewal was scheduled.
+    pub fn renew_unless_signed_by(&self, signer: &CertificateDer<'_>, within: Duration) -> bool {
+        let Some(current) = self.svid.certified_key() else {
+            return false;
+        };
+        if current
+            .cert
+            .first()
+            .is_some_and(|leaf| crate::svid::signed_by(leaf, signer))
+        {
+            return false;
+        }
+        let delay = within.mul_f64(rand::rng().random_range(0.0..1.0));
+        let at = tokio::time::Instant::now() + delay;
+        self.by.send_if_modified(|by| {
+            if by.is_some_and(|sooner| sooner <= at) {
+                return false;
+            }
+            *by = Some(at);
+            true
+        });
+        info!(renew_in = ?delay, "renewal requested by the control plane (CA rotation)");
+        true
+    }
 }
 
 impl IdentityHandle {
@@ -148,6 +187,11 @@ impl IdentityHandle {
 
     pub fn stats(&self) -> &Arc<RotationStats> {
         &self.stats
+    }
+
+    /// Renewing before the schedule, when the control plane asks.
+    pub fn early_renewal(&self) -> &EarlyRenewal {
+        &self.early
     }
 
     /// Waits for the first SVID; returns its expiry.
@@ -200,12 +244,18 @@ pub fn spawn_with_trust<I: SvidIssuer>(
     let svid = Arc::new(SvidCell::new());
     let (installed_tx, installed) = watch::channel(None);
     let stats = Arc::new(RotationStats::default());
+    let (early_tx, mut early_rx) = watch::channel(None);
+    let early_tx = Arc::new(early_tx);
     let handle = IdentityHandle {
         id: id.clone(),
         svid: svid.clone(),
         trust: trust.clone(),
         installed,
         stats: stats.clone(),
+        early: EarlyRenewal {
+            svid: svid.clone(),
+            by: early_tx.clone(),
+        },
     };
     tokio::spawn(async move {
         let mut backoff = policy.min_backoff;
@@ -222,6 +272,8 @@ pub fn spawn_with_trust<I: SvidIssuer>(
                 Ok(not_after) => {
                     stats.renewals.fetch_add(1, Ordering::Relaxed);
                     backoff = policy.min_backoff;
+                    // Whatever was asked, this certificate is the signer's.
+                    early_tx.send_replace(None);
                     let _ = installed_tx.send(Some(not_after));
                     let wait = renewal_delay(&policy, not_after);
                     info!(spiffe_id = %id, not_after = %crate::rfc3339(not_after), renew_in = ?wait, "installed X.509-SVID");
@@ -235,9 +287,18 @@ pub fn spawn_with_trust<I: SvidIssuer>(
                     wait
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+            let scheduled = tokio::time::Instant::now() + wait;
+            loop {
+                // An early renewal asked for while waiting moves the wake-up
+                // forward (never back).
+                let due = early_rx
+                    .borrow_and_update()
+                    .map_or(scheduled, |by| by.min(scheduled));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => break,
+                    changed = early_rx.changed() => if changed.is_err() { break },
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
             }
         }
     });

@@ -240,6 +240,16 @@ fn serial_hex(raw: &[u8]) -> String {
     canonical_serial(&hex::encode(raw)).unwrap_or_else(|| "0".to_owned())
 }
 
+/// Whether `issuer`'s key signed `cert` (no other check: a CA rotation asks
+/// which CA a certificate in use came from). False when either does not
+/// parse.
+pub fn signed_by(cert: &CertificateDer<'_>, issuer: &CertificateDer<'_>) -> bool {
+    let (Ok(cert), Ok(issuer)) = (parse(cert), parse(issuer)) else {
+        return false;
+    };
+    cert.verify_signature(Some(issuer.public_key())).is_ok()
+}
+
 /// Checks that `key` is the private key of `leaf` (same public key).
 pub fn check_key_matches(
     leaf: &CertificateDer<'_>,

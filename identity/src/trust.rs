@@ -12,6 +12,11 @@
 //! root during a CA rotation leaves the old one trusted for as long as the
 //! pushed bundle (or the bootstrap file) still holds it, and a root leaves
 //! only when every source has dropped it (a rotation's *retire* step).
+//!
+//! One exception narrows all three: the roots the control plane pushes as
+//! **distrusted** (a rotation retired them). They leave the union whatever
+//! source holds them, so a sidecar started from an anchor file with the
+//! old root still stops trusting it once the rotation is over.
 
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +43,8 @@ struct Sources {
     bootstrap: TrustBundles,
     pushed: TrustBundles,
     issued: TrustBundles,
+    /// Taken out of the union, whatever source holds them.
+    distrusted: TrustBundles,
 }
 
 impl Sources {
@@ -53,7 +60,7 @@ impl Sources {
         let mut all = self.bootstrap.clone();
         all.extend(&self.pushed);
         all.extend(&self.issued);
-        all
+        all.without(&self.distrusted)
     }
 }
 
@@ -79,6 +86,12 @@ impl Trust {
     /// the new union.
     pub fn replace(&self, source: Source, bundles: TrustBundles) {
         self.update(|sources| *sources.get_mut(source) = bundles);
+    }
+
+    /// Replaces the distrusted roots (every trust domain) and publishes the
+    /// new union.
+    pub fn set_distrusted(&self, bundles: TrustBundles) {
+        self.update(|sources| sources.distrusted = bundles);
     }
 
     /// Replaces what `source` says about `trust_domain` with the roots in

@@ -15,6 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::Method;
 use http_body_util::BodyExt;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use ward_api::REGISTER_PATH;
@@ -22,6 +24,7 @@ use ward_api::client::discovery::DiscoveryHandler;
 use ward_api::client::{ControlPlaneClient, channel_body};
 use ward_api::discovery::{Registration, Resource, ResourceType, Update, encode_line};
 use ward_identity::TrustBundles;
+use ward_identity::manager::EarlyRenewal;
 use ward_identity::tls::SvidCell;
 use ward_identity::trust::{Source, Trust};
 use ward_policy::PolicySet;
@@ -46,6 +49,9 @@ pub struct ProxyHandler {
     pub trust: Arc<Trust>,
     pub quarantine: Arc<Quarantine>,
     pub metrics: Arc<ProxyMetrics>,
+    /// Renews the workload's certificate early when a bundle asks (a CA
+    /// rotation's activate step); `None` when nothing renews it.
+    pub early_renewal: Option<EarlyRenewal>,
 }
 
 impl DiscoveryHandler for ProxyHandler {
@@ -109,10 +115,14 @@ impl ProxyHandler {
 
     /// Every bundle the workload holds after the update becomes the
     /// pushed part of its trust (so a root removed from the control plane's
-    /// bundles leaves, unless the `--ca` anchor still holds it). One bundle
-    /// that does not load refuses the whole update.
+    /// bundles leaves, unless the `--ca` anchor still holds it), and the
+    /// roots a rotation retired leave every source. One bundle that does
+    /// not load refuses the whole update. A rotation's request to renew
+    /// early is honoured once the update is in force.
     fn apply_bundles(&self, state: &BTreeMap<String, Resource>) -> Result<(), String> {
         let mut bundles = TrustBundles::new();
+        let mut distrusted = TrustBundles::new();
+        let mut renew = Vec::new();
         for resource in state.values() {
             let body: ward_api::discovery::BundleBody = resource.decode()?;
             if body.trust_domain != resource.name {
@@ -124,8 +134,24 @@ impl ProxyHandler {
             bundles
                 .add_pem(&body.trust_domain, &body.roots_pem)
                 .map_err(|e| format!("bundle {:?}: {e}", resource.name))?;
+            if !body.distrusted_pem.is_empty() {
+                distrusted
+                    .add_pem(&body.trust_domain, &body.distrusted_pem)
+                    .map_err(|e| format!("bundle {:?} (distrusted): {e}", resource.name))?;
+            }
+            if let Some(request) = body.renew {
+                let signer = CertificateDer::from_pem_slice(request.signer_pem.as_bytes())
+                    .map_err(|e| format!("bundle {:?} (renew signer): {e}", resource.name))?;
+                renew.push((signer, Duration::from_secs(request.within_seconds)));
+            }
         }
+        self.trust.set_distrusted(distrusted);
         self.trust.replace(Source::Pushed, bundles);
+        if let Some(early) = &self.early_renewal {
+            for (signer, within) in renew {
+                early.renew_unless_signed_by(&signer, within);
+            }
+        }
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use ward_api::client::{ControlPlaneClient, ControlPlaneIssuer, CredentialSource}
 use ward_api::control_plane_id;
 use ward_identity::SpiffeId;
 use ward_identity::bundle::TrustBundles;
-use ward_identity::manager::{self, RotationPolicy, RotationStats};
+use ward_identity::manager::{self, EarlyRenewal, RotationPolicy, RotationStats};
 use ward_identity::svid;
 use ward_identity::tls::{SharedBundles, SvidCell};
 use ward_identity::trust::{Source, Trust};
@@ -80,9 +80,21 @@ impl IdentityArgs {
 /// returns (a bad file is an error at start); the control plane is reached
 /// in the background, and the proxy is not ready until it answered.
 pub fn start(args: &IdentityArgs, shutdown: CancellationToken) -> anyhow::Result<WorkloadIdentity> {
+    start_with_renewal(args, shutdown).map(|(identity, _)| identity)
+}
+
+/// [`start`], and with a control plane the handle that renews early when
+/// a CA rotation asks (`None` for static files: nothing to renew from).
+pub fn start_with_renewal(
+    args: &IdentityArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(WorkloadIdentity, Option<EarlyRenewal>)> {
     match (&args.cert, &args.key, &args.ca, &args.control_plane) {
-        (Some(cert), Some(key), Some(ca), None) => start_from_files(cert, key, ca, shutdown),
-        (None, None, Some(ca), Some(addr)) => start_from_control_plane(args, addr, ca, shutdown),
+        (Some(cert), Some(key), Some(ca), None) => {
+            start_from_files(cert, key, ca, shutdown).map(|identity| (identity, None))
+        }
+        (None, None, Some(ca), Some(addr)) => start_from_control_plane(args, addr, ca, shutdown)
+            .map(|(identity, early)| (identity, Some(early))),
         _ => anyhow::bail!(
             "no identity source: give --cert, --key and --ca (static files), or --control-plane and --ca"
         ),
@@ -120,7 +132,7 @@ fn start_from_control_plane(
     addr: &str,
     ca: &Path,
     shutdown: CancellationToken,
-) -> anyhow::Result<WorkloadIdentity> {
+) -> anyhow::Result<(WorkloadIdentity, EarlyRenewal)> {
     let id = args.workload_id()?;
     let anchor = BootstrapAnchor {
         path: ca.to_owned(),
@@ -153,12 +165,13 @@ fn start_from_control_plane(
         pod: args.pod_name.clone(),
     };
     let handle = manager::spawn_with_trust(id, issuer, RotationPolicy::default(), trust, stop);
-    Ok(WorkloadIdentity {
+    let identity = WorkloadIdentity {
         svid: handle.svid().clone(),
         bundles: handle.bundles().clone(),
         trust: handle.trust().clone(),
         stats: handle.stats().clone(),
-    })
+    };
+    Ok((identity, handle.early_renewal().clone()))
 }
 
 /// The `--ca` file of a sidecar enrolled with the control plane: the roots

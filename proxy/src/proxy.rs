@@ -34,6 +34,7 @@ use crate::outcome::{self, Failure};
 use crate::policy::{PolicyAuthorizer, WorkloadSelector};
 use crate::quarantine::Quarantine;
 use crate::upstream::Upstream;
+use ward_identity::manager::EarlyRenewal;
 
 /// A started proxy. `shutdown` stops it; `drain` waits for connections.
 pub struct Running {
@@ -66,7 +67,8 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let metrics = Arc::new(ProxyMetrics::new());
-    let identity = identity::start(&args.identity_args(), shutdown.clone())?;
+    let (identity, early_renewal) =
+        identity::start_with_renewal(&args.identity_args(), shutdown.clone())?;
     // Filled by the control plane's `quarantine` resources (empty without one).
     let quarantine = Quarantine::new(metrics.clone());
 
@@ -106,6 +108,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
             args,
             addr,
             &identity,
+            early_renewal,
             policy,
             endpoints,
             &quarantine,
@@ -239,6 +242,7 @@ fn start_discovery(
     args: &RunArgs,
     addr: &str,
     identity: &WorkloadIdentity,
+    early_renewal: Option<EarlyRenewal>,
     policy: &Arc<PolicyAuthorizer>,
     static_table: EndpointTable,
     quarantine: &Arc<Quarantine>,
@@ -271,6 +275,7 @@ fn start_discovery(
         trust: identity.trust.clone(),
         quarantine: quarantine.clone(),
         metrics: metrics.clone(),
+        early_renewal,
     });
     tokio::spawn(discovery.run(handler, shutdown.clone()));
     // In Kubernetes the control plane knows pods from the API; elsewhere a

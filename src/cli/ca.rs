@@ -1,4 +1,6 @@
-//! `ward ca init|inspect`: the control plane's certificate authority, on disk.
+//! `ward ca init|issue|inspect`: the control plane's certificate authority,
+//! on disk; `ward ca rotate|status`: rotating it, through a running control
+//! plane ([`rotate`]).
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -6,6 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use ward_control_plane::data_dir::DataDir;
 use ward_identity::ca::CertificateAuthority;
+
+mod rotate;
 
 #[derive(Subcommand)]
 pub enum CaCommand {
@@ -47,6 +51,13 @@ pub enum CaCommand {
         #[arg(long, env = "WARD_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Take one step of a CA rotation on a running control plane:
+    /// prepare, activate, retire (each waits for every sidecar to confirm
+    /// the previous one) or abort.
+    Rotate(rotate::RotateArgs),
+    /// The CA rotation's phase, how many sidecars confirmed each step, and
+    /// the ones holding it back.
+    Status(rotate::AdminArgs),
 }
 
 pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
@@ -102,6 +113,8 @@ pub fn run(cmd: CaCommand) -> anyhow::Result<ExitCode> {
             let ca = DataDir::open(&data_dir)?.load_ca(None)?;
             print_summary(&ca);
         }
+        CaCommand::Rotate(args) => return rotate::rotate(args),
+        CaCommand::Status(args) => return rotate::status(args),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,7 +12,7 @@ use ward_api::discovery::ResourceType;
 use ward_api::discovery::delta::{TypeState, Versions};
 
 /// One connected sidecar, as the admin endpoint shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SidecarStatus {
     pub stream: u64,
     pub spiffe_id: String,
@@ -22,6 +22,12 @@ pub struct SidecarStatus {
     pub proxy_version: String,
     /// RFC 3339.
     pub connected_since: String,
+    /// The serial of the certificate the stream was opened with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_serial: Option<String>,
+    /// When that certificate expires (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<i64>,
     pub policy: TypeStatus,
     pub bundle: TypeStatus,
     pub endpoint: TypeStatus,

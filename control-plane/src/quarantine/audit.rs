@@ -2,7 +2,8 @@
 //! only ever appended to. `ward quarantine` appends what an operator asked
 //! (quarantine, lift: who, when, why, what); the control plane appends when
 //! it puts an entry in force or takes it out (with what it resolved the
-//! target to). `ward audit` lists it.
+//! target to). `ward ca rotate` steps are recorded here too, by the control
+//! plane that performs them (`ca-*` actions). `ward audit` lists it.
 
 use std::fs;
 use std::io::{BufRead, Write};
@@ -28,6 +29,17 @@ pub enum Action {
     Enforced,
     /// The control plane took an entry out of force.
     Lifted,
+    /// CA rotation (`ward ca rotate`): a new CA's root joined the bundles.
+    CaPrepare,
+    /// CA rotation: the new CA signs.
+    CaActivate,
+    /// CA rotation: the old root left the bundles.
+    CaRetire,
+    /// CA rotation: a step was rolled back.
+    CaAbort,
+    /// CA rotation: every sidecar confirmed the retire step; the new CA
+    /// is the CA (recorded by the control plane).
+    CaRotated,
     /// An action this build does not know (written by a newer one).
     #[serde(other)]
     Other,
@@ -40,6 +52,11 @@ impl Action {
             Action::Lift => "lift",
             Action::Enforced => "enforced",
             Action::Lifted => "lifted",
+            Action::CaPrepare => "ca-prepare",
+            Action::CaActivate => "ca-activate",
+            Action::CaRetire => "ca-retire",
+            Action::CaAbort => "ca-abort",
+            Action::CaRotated => "ca-rotated",
             Action::Other => "other",
         }
     }
@@ -63,6 +80,10 @@ pub struct Record {
     /// What the control plane resolved the target to (`enforced` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revokes: Option<QuarantineBody>,
+    /// A CA rotation step: the phases, the CAs and how many sidecars had
+    /// confirmed (`ca-*` actions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<serde_json::Value>,
 }
 
 impl Record {
@@ -77,6 +98,7 @@ impl Record {
             by: by.to_owned(),
             reason: String::new(),
             revokes: None,
+            rotation: None,
         }
     }
 }

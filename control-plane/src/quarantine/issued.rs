@@ -20,7 +20,7 @@ use tracing::warn;
 /// compaction), well inside the 64 MiB data volume of `deploy/`.
 pub const MAX_RECORDS: usize = 50_000;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Issued {
     /// [`ward_identity::svid::serial_of`]'s form.
     pub serial: String,
@@ -30,6 +30,35 @@ pub struct Issued {
     pub pod: Option<String>,
     /// Unix seconds.
     pub not_after: i64,
+    /// SHA-256 fingerprint of the CA certificate that signed it: which
+    /// sidecars a CA rotation still waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The address the request came from (who holds it, outside
+    /// Kubernetes, where there is no pod name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+impl Issued {
+    /// Who holds it, as [`holder_key`] names sidecars.
+    pub fn holder(&self) -> String {
+        holder_key(
+            &self.spiffe_id,
+            self.pod.as_deref(),
+            self.address.as_deref(),
+        )
+    }
+}
+
+/// One sidecar's name across streams and renewals: its pod
+/// (`namespace/pod`) when it names one, else its identity at its address.
+pub fn holder_key(spiffe_id: &str, pod: Option<&str>, address: Option<&str>) -> String {
+    match (pod, address) {
+        (Some(pod), _) => pod.to_owned(),
+        (None, Some(address)) => format!("{spiffe_id}@{address}"),
+        (None, None) => spiffe_id.to_owned(),
+    }
 }
 
 pub struct IssuedCertificates {
@@ -40,6 +69,9 @@ pub struct IssuedCertificates {
 #[derive(Default)]
 struct Inner {
     by_serial: HashMap<String, Issued>,
+    /// Holder ([`holder_key`]) → serial of the certificate issued to it
+    /// that expires last (its current one).
+    latest: HashMap<String, String>,
     /// Lines in the file, live or not.
     lines: usize,
 }
@@ -62,7 +94,7 @@ impl IssuedCertificates {
                         continue;
                     };
                     if issued.not_after > now {
-                        inner.by_serial.insert(issued.serial.clone(), issued);
+                        inner.insert(issued);
                     }
                 }
             }
@@ -86,7 +118,7 @@ impl IssuedCertificates {
     pub fn record(&self, issued: Issued) {
         let mut inner = self.inner.lock().expect("not poisoned");
         let line = serde_json::to_vec(&issued).expect("serializable");
-        inner.by_serial.insert(issued.serial.clone(), issued);
+        inner.insert(issued);
         inner.bound();
         let written = if inner.lines > 2 * inner.by_serial.len() + 1024 {
             self.rewrite(&mut inner)
@@ -111,6 +143,17 @@ impl IssuedCertificates {
             .collect();
         serials.sort();
         serials
+    }
+
+    /// The unexpired certificate issued last to `holder` ([`holder_key`]).
+    pub fn latest_for(&self, holder: &str) -> Option<Issued> {
+        let inner = self.inner.lock().expect("not poisoned");
+        let serial = inner.latest.get(holder)?;
+        inner
+            .by_serial
+            .get(serial)
+            .filter(|i| i.not_after > now())
+            .cloned()
     }
 
     pub fn get(&self, serial: &str) -> Option<Issued> {
@@ -153,6 +196,18 @@ impl IssuedCertificates {
 }
 
 impl Inner {
+    fn insert(&mut self, issued: Issued) {
+        let holder = issued.holder();
+        let newer = match self.latest.get(&holder).and_then(|s| self.by_serial.get(s)) {
+            Some(current) => issued.not_after >= current.not_after,
+            None => true,
+        };
+        if newer {
+            self.latest.insert(holder, issued.serial.clone());
+        }
+        self.by_serial.insert(issued.serial.clone(), issued);
+    }
+
     /// Drops what expired and, over [`MAX_RECORDS`], what expires first
     /// (a tenth at a time, so this is rare).
     fn bound(&mut self) {
@@ -168,6 +223,9 @@ impl Inner {
         expiries.sort_unstable();
         let cut = expiries[self.by_serial.len() - MAX_RECORDS * 9 / 10];
         self.by_serial.retain(|_, i| i.not_after > cut);
+        let by_serial = &self.by_serial;
+        self.latest
+            .retain(|_, serial| by_serial.contains_key(serial));
     }
 }
 
@@ -181,7 +239,35 @@ mod tests {
             spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
             pod: pod.map(str::to_owned),
             not_after,
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_latest_certificate_of_each_holder_is_known_after_a_restart() {
+        let data = tempfile::tempdir().unwrap();
+        let later = now() + 3600;
+        let store = IssuedCertificates::open(data.path()).unwrap();
+        store.record(issued("a1", Some("shop/web-1"), later));
+        store.record(issued("a2", Some("shop/web-1"), later + 60));
+        // An older certificate recorded late does not replace the newer.
+        store.record(issued("a0", Some("shop/web-1"), later - 60));
+        let mut elsewhere = issued("b1", None, later);
+        elsewhere.address = Some("198.18.0.7".into());
+        elsewhere.issuer = Some("AB:CD".into());
+        store.record(elsewhere);
+        assert_eq!(store.latest_for("shop/web-1").unwrap().serial, "a2");
+        drop(store);
+        let reopened = IssuedCertificates::open(data.path()).unwrap();
+        assert_eq!(reopened.latest_for("shop/web-1").unwrap().serial, "a2");
+        let holder = holder_key(
+            "spiffe://cluster.local/ns/shop/sa/web",
+            None,
+            Some("198.18.0.7"),
+        );
+        let b1 = reopened.latest_for(&holder).unwrap();
+        assert_eq!(b1.issuer.as_deref(), Some("AB:CD"));
+        assert!(reopened.latest_for("shop/web-9").is_none());
     }
 
     #[test]

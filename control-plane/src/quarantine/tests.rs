@@ -62,6 +62,7 @@ fn each_kind_of_target_revokes_what_it_names() {
             spiffe_id: "spiffe://cluster.local/ns/shop/sa/web".into(),
             pod: Some(pod.into()),
             not_after: later,
+            ..Default::default()
         });
     }
     let dir = QuarantineDir::open(f.data.path()).unwrap();
@@ -198,6 +199,7 @@ fn a_pods_address_stays_revoked_after_its_stream_is_gone() {
             bundle: Default::default(),
             endpoint: Default::default(),
             service: Default::default(),
+            ..Default::default()
         });
     QuarantineDir::open(f.data.path())
         .unwrap()

@@ -100,3 +100,46 @@ fn a_leaf_certificate_is_not_a_root() {
         "{err}"
     );
 }
+
+/// A rotation's fields ride on the CA's trust domain's bundle only; a
+/// distrusted root leaves it even when the directory lists it; without
+/// them the body (and its version) is what it always was.
+#[test]
+fn a_rotations_fields_go_to_the_cas_own_bundle() {
+    let old = root(TD);
+    let new = root(TD);
+    let partner = root("partner.example");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(format!("{TD}.pem")), &old).unwrap();
+    std::fs::write(dir.path().join("partner.example.pem"), &partner).unwrap();
+    let dir_roots = read_dir(dir.path()).unwrap();
+
+    let plain = compose(TD, &OwnRoots::plain(&old), &dir_roots).unwrap();
+    assert_eq!(plain, load(TD, &old, Some(dir.path())).unwrap());
+    let json = serde_json::to_string(&plain.resources[0].body).unwrap();
+    assert!(
+        !json.contains("distrusted_pem") && !json.contains("renew"),
+        "{json}"
+    );
+
+    let own = OwnRoots {
+        roots_pem: new.clone(),
+        distrusted_pem: old.clone(),
+        renew: Some(RenewRequest {
+            signer_pem: new.clone(),
+            within_seconds: 30,
+        }),
+    };
+    let set = compose(TD, &own, &dir_roots).unwrap();
+    let ours = body(&set, TD);
+    assert_eq!(
+        ours.roots_pem, new,
+        "the directory's copy of the old root left too"
+    );
+    assert_eq!(ours.distrusted_pem, old);
+    assert_eq!(ours.renew.unwrap().within_seconds, 30);
+    assert_eq!(set.own_pem, new);
+    assert_eq!(set.own, own);
+    let theirs = body(&set, "partner.example");
+    assert!(theirs.distrusted_pem.is_empty() && theirs.renew.is_none());
+}

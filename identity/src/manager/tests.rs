@@ -262,3 +262,39 @@ async fn a_renewal_that_never_answers_is_abandoned_and_retried() {
     assert!(renewed > first);
     assert_eq!(handle.stats().failures.load(Ordering::Relaxed), 1);
 }
+
+/// A CA rotation's early renewal: nothing happens while the certificate in
+/// use comes from the signer named; another signer makes the manager
+/// renew within the window, long before half-life.
+#[tokio::test]
+async fn an_early_renewal_is_honoured_only_for_another_signer() {
+    let (_stop_tx, stop) = watch::channel(false);
+    let ca = local_ca();
+    let issuer = LocalIssuer {
+        ca: ca.clone(),
+        ttl: Duration::from_secs(3600),
+    };
+    let handle = spawn(workload(), issuer, RotationPolicy::default(), stop);
+    tokio::time::timeout(Duration::from_secs(30), handle.ready())
+        .await
+        .unwrap();
+    let first_leaf = handle.svid().certified_key().unwrap().cert[0].clone();
+    let early = handle.early_renewal();
+    assert!(
+        !early.renew_unless_signed_by(ca.cert_der(), Duration::from_millis(10)),
+        "the certificate in use is the signer's"
+    );
+    let other = local_ca();
+    assert!(early.renew_unless_signed_by(other.cert_der(), Duration::from_millis(200)));
+    // Within the window, not at half-life (30 min). The expiry may not
+    // change (whole seconds), the certificate does.
+    let renewed = async {
+        while handle.svid().certified_key().unwrap().cert[0] == first_leaf {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), renewed)
+        .await
+        .expect("renewed early");
+    assert_eq!(handle.stats().renewals.load(Ordering::Relaxed), 2);
+}

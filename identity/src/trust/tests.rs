@@ -106,3 +106,21 @@ fn other_trust_domains_are_kept_apart() {
     trust.replace(Source::Pushed, TrustBundles::new());
     assert!(trust.shared().load().roots_for("partner.example").is_none());
 }
+
+/// A rotation's retired root leaves the union whatever source holds it
+/// (here the anchor file and a certificate's bundle), and comes back when
+/// it is no longer distrusted.
+#[test]
+fn a_distrusted_root_leaves_every_source() {
+    let old = TestCa::root(TD);
+    let new = TestCa::root(TD);
+    let trust = Trust::new(TrustBundles::new().with_root(TD, &old.pem).unwrap());
+    trust
+        .replace_domain(Source::Issued, TD, &format!("{}{}", old.pem, new.pem))
+        .unwrap();
+    assert_eq!(roots(&trust), [old.der.clone(), new.der.clone()]);
+    trust.set_distrusted(TrustBundles::new().with_root(TD, &old.pem).unwrap());
+    assert_eq!(roots(&trust), std::slice::from_ref(&new.der));
+    trust.set_distrusted(TrustBundles::new());
+    assert_eq!(roots(&trust), [old.der.clone(), new.der.clone()]);
+}
