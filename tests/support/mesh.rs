@@ -115,11 +115,26 @@ impl PodOptions {
     }
 }
 
+/// Where the mesh's CA comes from.
+pub enum MeshCa<'a> {
+    /// `ward ca init`: a new root.
+    Generate,
+    /// `ward ca init --import-cert CERT --import-key KEY` (a CA and its
+    /// issuers up to the root); sidecars start from the root `bundle`.
+    Import {
+        cert: &'a Path,
+        key: &'a Path,
+        bundle: &'a Path,
+    },
+}
+
 /// The network, its control plane and the mesh's CA.
 pub struct Mesh {
     // Drop order matters: the control plane dies before its namespace goes,
     // the temporary directory last.
     control_plane: ChildGuard,
+    /// How the control plane was started ([`Mesh::restart_control_plane`]).
+    control_plane_argv: Vec<String>,
     network: Network,
     /// `IP=SPIFFE_ID` of every sidecar pod so far (or planned).
     endpoints: Mutex<Vec<String>>,
@@ -157,7 +172,28 @@ impl Mesh {
         mesh
     }
 
+    /// Like [`Mesh::planned_with_control_plane_args`], with the CA from `ca`.
+    pub fn planned_with_ca(
+        name_prefix: &str,
+        pods: &[(&str, &str)],
+        args: &[&str],
+        ca: MeshCa<'_>,
+    ) -> Mesh {
+        let mesh = Mesh::start_with_ca(name_prefix, false, args, ca);
+        mesh.plan(pods);
+        mesh
+    }
+
     fn start(name_prefix: &str, policy_dir: bool, extra_args: &[&str]) -> Mesh {
+        Mesh::start_with_ca(name_prefix, policy_dir, extra_args, MeshCa::Generate)
+    }
+
+    fn start_with_ca(
+        name_prefix: &str,
+        policy_dir: bool,
+        extra_args: &[&str],
+        ca: MeshCa<'_>,
+    ) -> Mesh {
         let bins = bins();
         let dir = tempfile::Builder::new()
             .prefix("ward-mesh-")
@@ -167,9 +203,30 @@ impl Mesh {
         // in the data dir, which `ward` keeps private.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let data = dir.path().join("data");
-        ca_init(&data, TRUST_DOMAIN);
         let bundle = dir.path().join("bundle.pem");
-        std::fs::copy(data.join("ca/ca.pem"), &bundle).expect("copy the CA bundle");
+        match ca {
+            MeshCa::Generate => {
+                ca_init(&data, TRUST_DOMAIN);
+                std::fs::copy(data.join("ca/ca.pem"), &bundle).expect("copy the CA bundle");
+            }
+            MeshCa::Import {
+                cert,
+                key,
+                bundle: root,
+            } => {
+                let out = Command::new(&bins.ward)
+                    .args(["ca", "init", "--data-dir"])
+                    .arg(&data)
+                    .arg("--import-cert")
+                    .arg(cert)
+                    .arg("--import-key")
+                    .arg(key)
+                    .output()
+                    .expect("run ward ca init");
+                assert_ok(out, "ward ca init --import-cert");
+                std::fs::copy(root, &bundle).expect("copy the CA bundle");
+            }
+        }
         std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
 
         let policies = dir.path().join("policies");
@@ -199,15 +256,21 @@ impl Mesh {
         let control_plane = ChildGuard::spawn(command);
         let mesh = Mesh {
             control_plane,
+            control_plane_argv: argv.iter().map(|a| a.to_string()).collect(),
             network,
             endpoints: Mutex::new(Vec::new()),
             planned: Mutex::new(Vec::new()),
             next_host: AtomicUsize::new(2),
             dir,
         };
+        mesh.wait_control_plane_ready();
+        mesh
+    }
+
+    fn wait_control_plane_ready(&self) {
         let ready = format!("http://{CONTROL_PLANE_ADMIN}/ready");
         let deadline = Instant::now() + READY_TIMEOUT;
-        while !mesh
+        while !self
             .network
             .exec(&["curl", "-sf", "-o", "/dev/null", "--max-time", "1", &ready])
             .status
@@ -216,11 +279,29 @@ impl Mesh {
             assert!(
                 Instant::now() < deadline,
                 "the control plane did not become ready:\n{}",
-                tail(&mesh.dir.path().join("control-plane.log"), 40)
+                tail(&self.dir.path().join("control-plane.log"), 40)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        mesh
+    }
+
+    /// Kills the control plane (SIGKILL: no shutdown of its own) and starts
+    /// it again with the same flags and data directory; returns once it is
+    /// ready. Its log continues in the same file.
+    pub fn restart_control_plane(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.control_plane.id().to_string()])
+            .status();
+        let _ = self.control_plane.wait_timeout(Duration::from_secs(10));
+        let argv: Vec<&str> = self.control_plane_argv.iter().map(String::as_str).collect();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("control-plane.log"))
+            .expect("open the control plane's log");
+        let mut command = self.network.command(&argv);
+        command.stderr(Stdio::from(log));
+        self.control_plane = ChildGuard::spawn(command);
+        self.wait_control_plane_ready();
     }
 
     /// A mesh whose sidecar pods `(name, service account)` are known up
