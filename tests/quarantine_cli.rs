@@ -198,3 +198,50 @@ fn ward_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> std::proce
         .output()
         .unwrap()
 }
+
+/// `ward quarantine --kubernetes` without a reachable API server: the
+/// target and the reason are checked first (the rule, exit 1, nothing
+/// sent), then the missing API access is said as such; and
+/// `WARD_KUBERNETES=false` is the embedded mode. The API server side is
+/// `tests/k8s_quarantine.rs`.
+#[test]
+fn kubernetes_mode_checks_everything_before_calling_the_api_server() {
+    let data = data_dir();
+    let nowhere = data.path.join("no-such-kubeconfig");
+    let kube = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
+            .args(args)
+            .env("KUBECONFIG", &nowhere)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("HOME", data.path.as_os_str())
+            .output()
+            .unwrap()
+    };
+    let out = kube(&["quarantine", "--kubernetes", "Shop/web", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the namespace must be a DNS-1123 label"),
+        "{}",
+        stderr(&out)
+    );
+    let out = kube(&["quarantine", "--kubernetes", "shop/web", "--reason", "  "]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("spec.reason"), "{}", stderr(&out));
+    let out = kube(&["quarantine", "--kubernetes", "shop/web", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no Kubernetes API access"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(entries(&data.path).is_empty());
+
+    let out = ward_with_env(
+        &data.path,
+        &["quarantine", "shop/web", "--reason", "x"],
+        &[("WARD_KUBERNETES", "false")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(entries(&data.path).len(), 1);
+}

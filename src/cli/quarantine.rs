@@ -1,8 +1,11 @@
 //! `ward quarantine` and `ward audit`: cut an identity, a pod or one
 //! certificate off the mesh, lift it again, and list the audit trail. In
 //! the embedded mode the entries are files in the control plane's data
-//! directory, which the control plane watches (`docs/identity.md`,
-//! "Quarantine").
+//! directory, which the control plane watches; with `--kubernetes` they are
+//! `Quarantine` objects, which every replica watches ([`kubernetes`];
+//! `docs/identity.md`, "Quarantine").
+
+mod kubernetes;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,9 +32,14 @@ pub struct QuarantineArgs {
     /// Who asks, for the audit trail (default: $USER, else `id -un`).
     #[arg(long, env = "WARD_QUARANTINE_BY")]
     by: Option<String>,
-    /// The control plane's data directory.
+    /// The control plane's data directory (not used with --kubernetes).
     #[arg(long, env = "WARD_DATA_DIR", default_value = "/var/lib/ward")]
     data_dir: PathBuf,
+    /// Create (with --lift, delete) a Quarantine object through the
+    /// Kubernetes API instead (in-cluster service account, else
+    /// KUBECONFIG): every control plane replica watches them.
+    #[arg(long, env = "WARD_KUBERNETES")]
+    kubernetes: bool,
 }
 
 #[derive(Args)]
@@ -50,8 +58,14 @@ pub fn run(args: QuarantineArgs) -> anyhow::Result<ExitCode> {
         .target
         .parse()
         .with_context(|| format!("target {:?}", args.target))?;
-    check_data_dir(&args.data_dir)?;
     let by = args.by.unwrap_or_else(operator);
+    if args.kubernetes {
+        return match args.lift {
+            true => kubernetes::lift(&target, args.reason.as_deref()),
+            false => kubernetes::quarantine(target, &by, &args.reason.unwrap_or_default()),
+        };
+    }
+    check_data_dir(&args.data_dir)?;
     let dir = QuarantineDir::open(&args.data_dir)?;
     let audit = AuditLog::new(&args.data_dir);
     if args.lift {
