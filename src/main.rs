@@ -44,6 +44,10 @@ enum Command {
     /// The live inventory: every connected sidecar, its identity,
     /// certificate, build, and whether it enforces the current policies.
     Status(cli::status::StatusArgs),
+    /// Check the installed mesh: control plane ready, sidecars connected
+    /// and in sync, certificates, rejected policies, plaintext ports.
+    /// ✓ or ✗ with the fix; exit 1 when a check fails.
+    Check(cli::check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Quarantine(args) => cli::quarantine::run(args),
         Command::Audit(args) => cli::quarantine::run_audit(args),
         Command::Status(args) => cli::status::run(args),
+        Command::Check(args) => cli::check::run(args),
     };
     match result {
         Ok(code) => code,

@@ -322,7 +322,7 @@ fn sidecar<'s>(status: &'s serde_json::Value, spiffe_id: &str) -> Option<&'s ser
 }
 
 #[test]
-fn ward_status_lists_every_sidecar_and_drops_a_stopped_one() {
+fn ward_status_lists_every_sidecar_and_a_stopped_one_as_disconnected() {
     if !prerequisites() {
         return;
     }
@@ -375,7 +375,8 @@ fn ward_status_lists_every_sidecar_and_drops_a_stopped_one() {
         .expect(&table);
     assert!(b_row.contains("in_sync 2/2"), "{table}");
 
-    // C's sidecar stops: it leaves the inventory, the others stay.
+    // C's sidecar stops: it leaves the connected ones and is listed as
+    // disconnected; the others stay.
     let c_id = p.c.spiffe_id().to_owned();
     let Pods {
         a,
@@ -391,6 +392,9 @@ fn ward_status_lists_every_sidecar_and_drops_a_stopped_one() {
         if sidecar(&now, &c_id).is_none() {
             assert!(sidecar(&now, a.spiffe_id()).is_some(), "{now}");
             assert!(sidecar(&now, b.spiffe_id()).is_some(), "{now}");
+            let gone = now["disconnected"].as_array().expect("a disconnected list");
+            assert_eq!(gone.len(), 1, "{now}");
+            assert_eq!(gone[0]["spiffe_id"], c_id.as_str(), "{now}");
             break;
         }
         assert!(
@@ -413,5 +417,162 @@ fn ward_status_lists_every_sidecar_and_drops_a_stopped_one() {
         stderr.contains("reading the control plane's admin port at 198.18.0.1:1"),
         "{stderr}"
     );
+    drop((a, b, plain));
+}
+
+/// `ward check --json ARGS` from the bridge namespace: exit code and JSON.
+fn check(mesh: &Mesh, args: &[&str]) -> (i32, serde_json::Value) {
+    let ward = &bins().ward;
+    let mut argv = vec![
+        ward.as_str(),
+        "check",
+        "--json",
+        "--control-plane-admin",
+        CONTROL_PLANE_ADMIN,
+    ];
+    argv.extend_from_slice(args);
+    let out = mesh.network().exec(&argv);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json)
+}
+
+/// The failed checks: name → details joined.
+fn failed(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| {
+            assert!(
+                c["fix"].as_str().is_some_and(|f| !f.is_empty()),
+                "a failed check without its fix: {c}"
+            );
+            let details: Vec<&str> = c["details"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_str().unwrap())
+                .collect();
+            (c["check"].as_str().unwrap().to_owned(), details.join("; "))
+        })
+        .collect()
+}
+
+/// Waits until every check passes again (a fixed policy directory is read
+/// within moments).
+fn wait_healthy(mesh: &Mesh) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, report) = check(mesh, &[]);
+        if code == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not healthy again: {report}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn ward_check_passes_on_a_healthy_mesh_and_fails_each_broken_item_with_its_fix() {
+    if !prerequisites() {
+        return;
+    }
+    let p = pods("ward-op-check");
+    let (code, report) = check(&p.mesh, &[]);
+    assert_eq!((code, failed(&report)), (0, vec![]), "{report}");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 6, "{report}");
+
+    // Certificates: a threshold beyond the 24 h lifetime makes every
+    // certificate too close to its expiry.
+    let (code, report) = check(&p.mesh, &["--min-certificate-validity", "25h"]);
+    let f = failed(&report);
+    assert_eq!(code, 1);
+    assert_eq!(f.len(), 1, "{report}");
+    assert_eq!(f[0].0, "certificates far from expiry");
+    for pod in [&p.a, &p.b, &p.c] {
+        assert!(f[0].1.contains(pod.spiffe_id()), "{report}");
+    }
+
+    // A PERMISSIVE port.
+    let permissive = "apiVersion: security.ward.io/v1\nkind: PeerAuthentication\nmetadata: {name: b-legacy, namespace: default}\nspec:\n  selector: {matchLabels: {app: b}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    8080: {mode: PERMISSIVE}\n";
+    p.mesh.apply_policy("peer.yaml", permissive, &[&p.b]);
+    let (code, report) = check(&p.mesh, &[]);
+    let f = failed(&report);
+    assert_eq!(code, 1);
+    assert_eq!(f.len(), 1, "{report}");
+    assert_eq!(f[0].0, "no port open to plaintext");
+    assert!(
+        f[0].1
+            .contains("default/b-legacy (app=b): STRICT, ports 8080 PERMISSIVE"),
+        "{report}"
+    );
+    p.mesh.remove_policy("peer.yaml");
+    wait_healthy(&p.mesh);
+
+    // A rejected policy file: the previous set stays, the check says why.
+    p.mesh
+        .write_policy("broken.yaml", "apiVersion: security.ward.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: broken, namespace: default}\nspec: {action: MAYBE}\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let f = loop {
+        let (code, report) = check(&p.mesh, &[]);
+        let f = failed(&report);
+        if f.iter().any(|(name, _)| name == "no rejected policies") {
+            assert_eq!(code, 1);
+            break f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rejection was not reported: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].1.contains("broken.yaml"), "{f:?}");
+    assert!(f[0].1.contains("MAYBE"), "{f:?}");
+    p.mesh.remove_policy("broken.yaml");
+    wait_healthy(&p.mesh);
+
+    // A stopped sidecar.
+    let c_id = p.c.spiffe_id().to_owned();
+    let Pods {
+        a,
+        b,
+        c,
+        plain,
+        mesh,
+    } = p;
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let f = loop {
+        let (_, report) = check(&mesh, &[]);
+        let f = failed(&report);
+        if f.iter().any(|(name, _)| name == "every sidecar connected") {
+            break f;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped sidecar was not reported: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0].1.contains(&c_id), "{f:?}");
+    assert!(f[0].1.contains("disconnected at"), "{f:?}");
+
+    // The text form: ✓/✗ lines with the fix.
+    let out = mesh.network().exec(&[
+        &bins().ward,
+        "check",
+        "--control-plane-admin",
+        CONTROL_PLANE_ADMIN,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("✓ control plane ready"), "{text}");
+    assert!(text.contains("✗ every sidecar connected"), "{text}");
+    assert!(text.contains("    fix: "), "{text}");
     drop((a, b, plain));
 }

@@ -162,6 +162,20 @@ pub struct PolicyStore {
     tx: watch::Sender<Arc<PolicySnapshot>>,
     synced: watch::Sender<bool>,
     metrics: Arc<Metrics>,
+    /// The source's last offer, when it was rejected (cleared by the next
+    /// accepted set): what `ward check` reports.
+    rejection: std::sync::Mutex<Option<Rejection>>,
+}
+
+/// A set the source offered and the store refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    pub source: String,
+    pub error: String,
+    /// RFC 3339.
+    pub at: String,
+    /// The version that stayed in force.
+    pub version_in_force: u64,
 }
 
 impl PolicyStore {
@@ -176,6 +190,7 @@ impl PolicyStore {
             tx,
             synced: watch::channel(synced).0,
             metrics,
+            rejection: std::sync::Mutex::new(None),
         }
     }
 
@@ -199,6 +214,11 @@ impl PolicyStore {
 
     pub fn current(&self) -> Arc<PolicySnapshot> {
         self.tx.borrow().clone()
+    }
+
+    /// The source's last offer, if it was rejected.
+    pub fn rejection(&self) -> Option<Rejection> {
+        self.rejection.lock().expect("not poisoned").clone()
     }
 
     /// Validates `texts` whole and, if valid, publishes them as a new
@@ -232,6 +252,7 @@ impl PolicyStore {
             .with_label_values(&["accepted"])
             .inc();
         self.metrics.policy_version.set(version as i64);
+        *self.rejection.lock().expect("not poisoned") = None;
         info!(version, documents = count, source, "policy set accepted");
         version
     }
@@ -242,7 +263,14 @@ impl PolicyStore {
             .policy_sets
             .with_label_values(&["rejected"])
             .inc();
-        error!(source, error = %err, version_in_force = self.current().version, "policy set rejected; the previous set stays in force");
+        let version_in_force = self.current().version;
+        *self.rejection.lock().expect("not poisoned") = Some(Rejection {
+            source: source.to_owned(),
+            error: err.to_string(),
+            at: ward_identity::rfc3339(time::OffsetDateTime::now_utc()),
+            version_in_force,
+        });
+        error!(source, error = %err, version_in_force, "policy set rejected; the previous set stays in force");
     }
 }
 

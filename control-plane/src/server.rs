@@ -3,6 +3,7 @@
 //! certificate), and a plaintext admin listener for `/metrics`, `/ready`
 //! and `/live`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -1117,7 +1118,7 @@ fn admin_route(state: &State, req: &Request<Incoming>) -> Response<ApiBody> {
             })
             .expect("valid response"),
         (&Method::GET, "/live") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/debug/discovery") => json(StatusCode::OK, &state.sidecars.report()),
+        (&Method::GET, "/debug/discovery") => json(StatusCode::OK, &discovery_report(state)),
         // Not ready (no traffic from the Service) until the policy and
         // endpoint sources have synced.
         (&Method::GET, "/ready") if !state.policies.is_synced() => text(
@@ -1130,6 +1131,80 @@ fn admin_route(state: &State, req: &Request<Incoming>) -> Response<ApiBody> {
         ),
         (&Method::GET, "/ready") => text(StatusCode::OK, "ok\n"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/debug/discovery`: the sidecars' report, and what `ward status` and
+/// `ward check` need beside it.
+#[derive(serde::Serialize)]
+struct DiscoveryReport {
+    #[serde(flatten)]
+    report: crate::discovery::sidecars::Report,
+    /// The policy set in force (`ward_cp_policy_version`).
+    policy_version: u64,
+    /// The policy source's last offer, when it was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_rejection: Option<crate::policy_store::Rejection>,
+    /// By stream: when the newest certificate issued to that sidecar
+    /// expires (Unix seconds). A stream keeps the certificate it was
+    /// opened with until that one expires; the sidecar renews long before.
+    newest_certificates: BTreeMap<u64, i64>,
+    /// PeerAuthentications that let plaintext in (PERMISSIVE or DISABLE,
+    /// for the workload or one of its ports).
+    plaintext_allowed: Vec<PlaintextAllowed>,
+}
+
+#[derive(serde::Serialize)]
+struct PlaintextAllowed {
+    peer_authentication: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    selector: Option<BTreeMap<String, String>>,
+    mode: &'static str,
+    /// Ports whose own mode lets plaintext in.
+    ports: BTreeMap<u16, &'static str>,
+}
+
+fn discovery_report(state: &State) -> DiscoveryReport {
+    use crate::quarantine::issued::holder_key;
+    use ward_policy::MtlsMode;
+    let report = state.sidecars.report();
+    let newest_certificates = report
+        .sidecars
+        .iter()
+        .filter_map(|s| {
+            let key = holder_key(&s.spiffe_id, s.pod.as_deref(), Some(&s.address));
+            let newest = state.issued.latest_for(&key).map(|i| i.not_after);
+            s.certificate_not_after
+                .max(newest)
+                .map(|not_after| (s.stream, not_after))
+        })
+        .collect();
+    let snapshot = state.policies.current();
+    let lets_plaintext_in = |m: MtlsMode| matches!(m, MtlsMode::Permissive | MtlsMode::Disable);
+    let plaintext_allowed = snapshot
+        .set
+        .peer_authentications()
+        .filter_map(|p| {
+            let ports: BTreeMap<u16, &'static str> = p
+                .port_level
+                .iter()
+                .filter(|(_, m)| lets_plaintext_in(**m))
+                .map(|(port, m)| (*port, m.as_str()))
+                .collect();
+            (lets_plaintext_in(p.mode) || !ports.is_empty()).then(|| PlaintextAllowed {
+                peer_authentication: p.id.to_string(),
+                selector: p.selector.clone(),
+                mode: p.mode.as_str(),
+                ports,
+            })
+        })
+        .collect();
+    DiscoveryReport {
+        report,
+        policy_version: snapshot.version,
+        policy_rejection: state.policies.rejection(),
+        newest_certificates,
+        plaintext_allowed,
     }
 }
 

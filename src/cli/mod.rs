@@ -4,6 +4,7 @@
 pub mod admin_http;
 pub mod authz;
 pub mod ca;
+pub mod check;
 pub mod identity;
 pub mod inject;
 pub mod quarantine;

@@ -2,7 +2,8 @@
 //! (`/debug/discovery` and `/metrics`): every connected sidecar with its
 //! identity, pod, certificate expiry, build, and the policy and trust
 //! bundle versions it acknowledged against those it should enforce.
-//! A sidecar that stopped leaves the inventory when its stream ends.
+//! A sidecar that stopped is listed as disconnected for ten minutes
+//! (unless it comes back).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -36,10 +37,35 @@ pub struct StatusArgs {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Discovery {
     pub sidecars: Vec<Sidecar>,
+    /// Absent from control planes older than this CLI.
+    #[serde(default)]
+    pub disconnected: Option<Vec<Departed>>,
+    #[serde(default)]
+    pub policy_version: Option<u64>,
+    #[serde(default)]
+    pub policy_rejection: Option<serde_json::Value>,
+    /// By stream: the newest certificate's expiry (Unix seconds).
+    #[serde(default)]
+    pub newest_certificates: BTreeMap<u64, i64>,
+    #[serde(default)]
+    pub plaintext_allowed: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Departed {
+    pub spiffe_id: String,
+    #[serde(default)]
+    pub pod: Option<String>,
+    pub address: String,
+    #[serde(default)]
+    pub proxy_version: String,
+    pub left_at: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Sidecar {
+    #[serde(default)]
+    pub stream: u64,
     pub spiffe_id: String,
     #[serde(default)]
     pub pod: Option<String>,
@@ -49,7 +75,7 @@ pub struct Sidecar {
     #[serde(default)]
     pub connected_since: String,
     /// Unix seconds: when the certificate the sidecar authenticated its
-    /// stream with expires.
+    /// stream with expires; replaced by the newest one issued to it.
     #[serde(default)]
     pub certificate_not_after: Option<i64>,
     #[serde(default)]
@@ -108,6 +134,12 @@ pub struct Inventory {
     /// `ward_cp_policy_version`: the set the control plane holds now.
     pub policy_version: Option<u64>,
     pub sidecars: Vec<Sidecar>,
+    /// `None`: the control plane does not say.
+    pub disconnected: Option<Vec<Departed>>,
+    pub policy_rejection: Option<serde_json::Value>,
+    pub plaintext_allowed: Option<Vec<serde_json::Value>>,
+    /// `ward_cp_policy_resources{state="rejected"}` (Kubernetes source).
+    pub rejected_resources: f64,
 }
 
 impl Inventory {
@@ -128,11 +160,26 @@ impl Inventory {
             .with_context(|| format!("{addr}/debug/discovery is not a discovery report"))?;
         let (status, metrics) =
             admin_http::exchange(addr, Method::GET, "/metrics", None).with_context(reach)?;
-        let policy_version = (status == StatusCode::OK)
-            .then(|| gauge(&String::from_utf8_lossy(&metrics), "ward_cp_policy_version"))
-            .flatten()
-            .map(|v| v as u64);
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        let ok = status == StatusCode::OK;
+        let policy_version = discovery.policy_version.or_else(|| {
+            ok.then(|| gauge(&metrics, "ward_cp_policy_version"))
+                .flatten()
+                .map(|v| v as u64)
+        });
+        let rejected_resources = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("ward_cp_policy_resources{") && l.contains("state=\"rejected\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .sum();
         let mut sidecars = discovery.sidecars;
+        for s in &mut sidecars {
+            if let Some(newest) = discovery.newest_certificates.get(&s.stream) {
+                s.certificate_not_after = s.certificate_not_after.max(Some(*newest));
+            }
+        }
         sidecars.sort_by(|a, b| {
             (&a.spiffe_id, &a.pod, &a.address).cmp(&(&b.spiffe_id, &b.pod, &b.address))
         });
@@ -140,6 +187,10 @@ impl Inventory {
             control_plane: addr.to_owned(),
             policy_version,
             sidecars,
+            disconnected: discovery.disconnected,
+            policy_rejection: discovery.policy_rejection,
+            plaintext_allowed: discovery.plaintext_allowed,
+            rejected_resources,
         })
     }
 }
@@ -202,6 +253,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 "policy_version": inventory.policy_version,
             },
             "sidecars": sidecars,
+            "disconnected": inventory.disconnected,
         });
         println!("{out}");
         return Ok(ExitCode::SUCCESS);
@@ -272,6 +324,14 @@ fn table(inventory: &Inventory, now: i64) -> String {
     let _ = writeln!(out, "{}", line(header.to_vec()));
     for row in &rows {
         let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+    for d in inventory.disconnected.iter().flatten() {
+        let pod = d.pod.as_deref().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "DISCONNECTED {} (pod {pod}, {}) since {}",
+            d.spiffe_id, d.address, d.left_at
+        );
     }
     out
 }

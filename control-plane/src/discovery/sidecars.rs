@@ -1,13 +1,17 @@
 //! Which sidecar enforces what: every connected stream's acknowledged
 //! state, for the admin endpoint `/debug/discovery` and the
 //! `ward_discovery_sidecars` gauge. "Policy X: enforced by 48 of 50
-//! sidecars, not by pod Y because ..." is read from here.
+//! sidecars, not by pod Y because ..." is read from here. A sidecar whose
+//! stream ended stays in the report as disconnected for [`DEPARTED_FOR`]
+//! (`ward status`, `ward check`), unless it comes back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
+use time::OffsetDateTime;
 use ward_api::discovery::ResourceType;
 use ward_api::discovery::delta::{TypeState, Versions};
 
@@ -99,10 +103,43 @@ impl TypeStatus {
     }
 }
 
+/// How long a sidecar that left is reported as disconnected.
+pub const DEPARTED_FOR: Duration = Duration::from_secs(600);
+/// Most departed sidecars remembered (after a mass restart, the newest).
+const MAX_DEPARTED: usize = 1024;
+
+/// A sidecar whose stream ended within [`DEPARTED_FOR`] and that has not
+/// come back.
+#[derive(Debug, Clone, Serialize)]
+pub struct Departed {
+    pub spiffe_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    pub address: String,
+    pub proxy_version: String,
+    /// RFC 3339.
+    pub left_at: String,
+    #[serde(skip)]
+    left: OffsetDateTime,
+}
+
+impl Departed {
+    /// The same workload: the same pod, else the same identity at the
+    /// same address.
+    fn is(&self, s: &SidecarStatus) -> bool {
+        match (&self.pod, &s.pod) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.spiffe_id == s.spiffe_id && self.address == s.address,
+        }
+    }
+}
+
 /// Every connected stream's status.
 #[derive(Default)]
 pub struct Sidecars {
     streams: Mutex<BTreeMap<u64, Arc<Mutex<SidecarStatus>>>>,
+    /// Oldest first.
+    departed: Mutex<VecDeque<Departed>>,
     next: AtomicU64,
 }
 
@@ -112,6 +149,10 @@ impl Sidecars {
     }
 
     pub fn insert(&self, status: SidecarStatus) -> Arc<Mutex<SidecarStatus>> {
+        self.departed
+            .lock()
+            .expect("not poisoned")
+            .retain(|d| !d.is(&status));
         let cell = Arc::new(Mutex::new(status));
         let stream = cell.lock().expect("not poisoned").stream;
         self.streams
@@ -121,8 +162,43 @@ impl Sidecars {
         cell
     }
 
+    /// The stream ended: reported as disconnected for [`DEPARTED_FOR`],
+    /// unless another stream of the same workload is open (a reconnect
+    /// that overtook the old stream's end).
     pub fn remove(&self, stream: u64) {
-        self.streams.lock().expect("not poisoned").remove(&stream);
+        let Some(cell) = self.streams.lock().expect("not poisoned").remove(&stream) else {
+            return;
+        };
+        let status = cell.lock().expect("not poisoned").clone();
+        let now = OffsetDateTime::now_utc();
+        let gone = Departed {
+            spiffe_id: status.spiffe_id.clone(),
+            pod: status.pod.clone(),
+            address: status.address.clone(),
+            proxy_version: status.proxy_version.clone(),
+            left_at: ward_identity::rfc3339(now),
+            left: now,
+        };
+        if self.all().iter().any(|s| gone.is(s)) {
+            return;
+        }
+        let mut departed = self.departed.lock().expect("not poisoned");
+        departed.retain(|d| {
+            !(d.pod == gone.pod && d.spiffe_id == gone.spiffe_id && d.address == gone.address)
+        });
+        departed.push_back(gone);
+        while departed.len() > MAX_DEPARTED {
+            departed.pop_front();
+        }
+    }
+
+    /// Sidecars that left within [`DEPARTED_FOR`] and did not come back,
+    /// oldest first.
+    pub fn departed(&self) -> Vec<Departed> {
+        let horizon = OffsetDateTime::now_utc() - DEPARTED_FOR;
+        let mut departed = self.departed.lock().expect("not poisoned");
+        departed.retain(|d| d.left > horizon);
+        departed.iter().cloned().collect()
     }
 
     pub fn all(&self) -> Vec<SidecarStatus> {
@@ -172,13 +248,20 @@ impl Sidecars {
                 }
             }
         }
-        Report { sidecars, policies }
+        Report {
+            sidecars,
+            disconnected: self.departed(),
+            policies,
+        }
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub sidecars: Vec<SidecarStatus>,
+    /// Sidecars whose stream ended within [`DEPARTED_FOR`] and that have
+    /// not reconnected.
+    pub disconnected: Vec<Departed>,
     pub policies: BTreeMap<String, PolicyReport>,
 }
 
