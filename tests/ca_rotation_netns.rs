@@ -414,7 +414,7 @@ fn a_loaded_mesh_rotates_its_root_with_zero_failed_requests() {
         stop.store(true, Ordering::Relaxed);
         std::fs::write(&stop_tcp, "").unwrap();
         let totals: Vec<Totals> = loads.into_iter().map(|h| h.join().unwrap()).collect();
-        eprintln!("finished: {done}");
+        eprintln!("rotation finished at {}", done["since"]);
         ((during_prepare, during_activate), totals)
     });
     assert_no_failed_request(&totals);
