@@ -1,6 +1,9 @@
 //! Log setup shared by Ward's binaries: `tracing`, human-readable by default,
 //! one JSON object per line with `--log-format json`. The level filter can
 //! be changed while running (the proxy's localhost admin endpoint uses it).
+//! The sidecar writes through [`buffered`], off its request path.
+
+pub mod buffered;
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -19,9 +22,27 @@ pub enum LogFormat {
 
 static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
 
-/// Installs the global subscriber. `level` is an `EnvFilter` directive
-/// (`info`, `ward_proxy=debug,info`, `warn,ward::access=off`, …).
+/// Installs the global subscriber, writing to stderr as each line is
+/// logged. `level` is an `EnvFilter` directive (`info`,
+/// `ward_proxy=debug,info`, `warn,ward::access=off`, …).
 pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    install(format, level, std::io::stderr)
+}
+
+/// As [`init`], but lines reach stderr through [`buffered`]: a writer
+/// thread writes them in batches (within 10 ms), so logging costs no
+/// system call on the thread that logs. Keep the returned guard until the
+/// process ends: dropping it writes what is left.
+pub fn init_buffered(format: LogFormat, level: &str) -> anyhow::Result<buffered::Flusher> {
+    let (writer, flusher) = buffered::buffered(std::io::stderr())?;
+    install(format, level, writer)?;
+    Ok(flusher)
+}
+
+fn install<W>(format: LogFormat, level: &str, writer: W) -> anyhow::Result<()>
+where
+    W: for<'w> fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(level)?;
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
@@ -32,16 +53,11 @@ pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
             .with(
                 fmt::layer()
                     .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init(),
         LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
+            .with(fmt::layer().json().flatten_event(true).with_writer(writer))
             .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))?;
