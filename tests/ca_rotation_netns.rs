@@ -487,7 +487,9 @@ fn a_sidecar_cut_off_from_the_control_plane_holds_prepare_back_until_it_returns(
         "-j",
         "DROP",
     ];
-    let mut insert = vec!["iptables", "-I"];
+    // -w: the xtables lock is one for every namespace, and the other tests'
+    // `ward-proxy init` may hold it.
+    let mut insert = vec!["iptables", "-w", "-I"];
     insert.extend_from_slice(&rule);
     assert_ok(cut.pod().exec(&insert), "iptables -I");
 
@@ -518,7 +520,7 @@ fn a_sidecar_cut_off_from_the_control_plane_holds_prepare_back_until_it_returns(
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(step_of(&status(&mesh), "prepare")["complete"], false);
 
-    let mut delete = vec!["iptables", "-D"];
+    let mut delete = vec!["iptables", "-w", "-D"];
     delete.extend_from_slice(&rule);
     assert_ok(cut.pod().exec(&delete), "iptables -D");
     wait_step(&mesh, "prepare");
