@@ -519,6 +519,27 @@ fn a_sidecar_cut_off_from_the_control_plane_holds_prepare_back_until_it_returns(
     );
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(step_of(&status(&mesh), "prepare")["complete"], false);
+    // Steps come from the control plane's own host only: another pod may
+    // read the status but not take a step.
+    let outsider = mesh.add_plain_pod("outsider");
+    let from_elsewhere = |args: &[&str]| {
+        let mut argv = vec![mesh::bins().ward.as_str()];
+        argv.extend_from_slice(args);
+        argv.extend(["--control-plane-admin", CONTROL_PLANE_ADMIN]);
+        outsider.exec(&argv)
+    };
+    assert_ok(
+        from_elsewhere(&["ca", "status"]),
+        "ward ca status from a pod",
+    );
+    let refused = from_elsewhere(&["ca", "rotate", "abort", "--reason", "not mine", "--force"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(status(&mesh)["phase"], "prepare", "nothing changed");
 
     let mut delete = vec!["iptables", "-w", "-D"];
     delete.extend_from_slice(&rule);
