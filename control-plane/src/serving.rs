@@ -20,6 +20,8 @@ use ward_api::control_plane_id;
 use crate::trust_bundles::BundleSet;
 
 const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The wait before another attempt after a failed issuance.
+const RETRY: Duration = Duration::from_secs(2);
 
 pub struct ServingIdentity {
     id: SpiffeId,
@@ -97,6 +99,9 @@ impl ServingIdentity {
         reissue: Arc<tokio::sync::Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // After a failed issuance (a rotation step whose roots had not
+        // reached this task yet), retry soon rather than at half-life.
+        let mut failed = false;
         loop {
             let wait = self
                 .svid
@@ -104,6 +109,7 @@ impl ServingIdentity {
                 .map(|t| (t - time::OffsetDateTime::now_utc()) / 2)
                 .and_then(|d| Duration::try_from(d).ok())
                 .unwrap_or(Duration::from_secs(60));
+            let wait = if failed { wait.min(RETRY) } else { wait };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = reissue.notified() => {}
@@ -122,14 +128,16 @@ impl ServingIdentity {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let ca = signer.load_full();
-            match self.issue(&ca) {
+            failed = match self.issue(&ca) {
                 Ok(()) => {
-                    info!(spiffe_id = %self.id, "renewed the control plane's serving certificate")
+                    info!(spiffe_id = %self.id, ca = %ca.fingerprint_sha256(), "issued the control plane's serving certificate");
+                    false
                 }
                 Err(err) => {
-                    warn!(%err, "renewing the serving certificate failed; retrying at half the remaining lifetime")
+                    warn!(%err, retry_in = ?RETRY, "issuing the serving certificate failed; retrying");
+                    true
                 }
-            }
+            };
         }
     }
 }
