@@ -6,7 +6,8 @@
 //! - a mesh under continuous HTTP/1.1 and HTTP/2 load (a new connection,
 //!   so a new mTLS handshake, every 5 requests) and with a long-lived TCP
 //!   connection goes through prepare → activate → retire with zero failed
-//!   requests, pods started during prepare and activate included; every
+//!   requests and zero TLS handshake failures, pods started during prepare
+//!   and activate included; every
 //!   sidecar ends presenting a certificate from the new root and refusing
 //!   the old one;
 //! - a sidecar cut off from the control plane holds `prepare` back and
@@ -423,13 +424,20 @@ fn a_loaded_mesh_rotates_its_root_with_zero_failed_requests() {
         held.starts_with("tcp ok "),
         "the long-lived TCP connection: {held}"
     );
+    // Not one handshake failed in any sidecar (before the checks below,
+    // which fail some on purpose).
+    let mut all: Vec<&MeshPod> = pods.iter().collect();
+    all.extend([&late.0, &late.1]);
+    for pod in &all {
+        let failures =
+            mesh::metric_sum(&mesh.metrics(pod), "ward_tls_handshake_failures_total", &[]);
+        assert_eq!(failures, 0.0, "TLS handshake failures in {}", pod.ip());
+    }
 
     // The data directory's CA is the new one now: certificates from it.
     let new_root = std::fs::read_to_string(mesh.data_dir().join("ca/ca.pem")).unwrap();
     assert_ne!(new_root, old_root);
     let new_client = issue(&mesh, "new-client");
-    let mut all: Vec<&MeshPod> = pods.iter().collect();
-    all.extend([&late.0, &late.1]);
     assert_on_new_root_only(
         &mesh,
         &all,
