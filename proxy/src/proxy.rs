@@ -96,6 +96,7 @@ pub async fn start(args: &RunArgs) -> anyhow::Result<Running> {
         .chain(outbound_listeners.iter().map(|(l, _)| l.local_addr()))
         .collect::<Result<_, _>>()?;
     refuse_loops(&outbound_listeners, &self_addrs)?;
+    refuse_admin_as_app(&args.inbound, args.admin)?;
 
     let policy = policy_engine(args, &identity, &metrics)?;
     let authz: Arc<dyn Authorizer> = match (&policy, args.allow_peers.is_empty()) {
@@ -310,6 +311,21 @@ fn refuse_loops(outbound: &OutboundListeners, self_addrs: &[SocketAddr]) -> anyh
     Ok(())
 }
 
+/// An explicit inbound may not forward to the admin port: the inbound
+/// reaches its application from loopback, so every mesh peer would get the
+/// admin endpoints kept for callers inside the pod (`/logging`,
+/// `/debug/authz/why`, `/ready`). (Transparent mode's `init` leaves the
+/// admin port out of the capture.)
+fn refuse_admin_as_app(inbound: &[(SocketAddr, u16)], admin: SocketAddr) -> anyhow::Result<()> {
+    for (listen, app_port) in inbound {
+        anyhow::ensure!(
+            admin.port() == 0 || *app_port != admin.port(),
+            "--inbound {listen}={app_port}: that is this proxy's admin port (--admin {admin}); mesh peers would reach its local-only endpoints"
+        );
+    }
+    Ok(())
+}
+
 /// The policy engine, when there are policies to enforce: from the control
 /// plane (nothing allowed until the first set arrives), or from local files
 /// (loaded now; an invalid set is an error at start).
@@ -453,3 +469,6 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests;
