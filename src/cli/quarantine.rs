@@ -207,8 +207,9 @@ fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Who runs the command: $USER, else `id -un`, else the numeric id.
-fn operator() -> String {
+/// Who runs the command: $USER, else `id -un`, else "unknown" (the
+/// default `--by` of `ward quarantine` and `ward ca rotate`).
+pub(crate) fn operator() -> String {
     if let Ok(user) = std::env::var("USER")
         && !user.trim().is_empty()
     {

@@ -113,7 +113,7 @@ pub fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
     };
     let request = StepRequest {
         step,
-        by: args.by.unwrap_or_else(operator),
+        by: args.by.unwrap_or_else(crate::cli::quarantine::operator),
         reason,
         force: args.force,
         import,
@@ -249,21 +249,4 @@ fn held_back(step: &StepStatus) -> String {
         .map(|p| format!("{}: {}", p.sidecar, p.reason))
         .collect::<Vec<_>>()
         .join(&format!("\n{:<9}  {:>9}  ", "", ""))
-}
-
-/// Who runs the command: $USER, else `id -un`, else "unknown".
-fn operator() -> String {
-    if let Ok(user) = std::env::var("USER")
-        && !user.trim().is_empty()
-    {
-        return user;
-    }
-    std::process::Command::new("id")
-        .arg("-un")
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        .filter(|user| !user.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
 }
